@@ -1,0 +1,2 @@
+//! Host huge pages: hugetlbfs mounts, pools per page size, transparent huge pages and populate.
+#![deny(missing_docs)]

@@ -1,0 +1,2 @@
+//! Kernel samepage merging (KSM): sysfs knobs, global and per-process counters, madvise/prctl.
+#![deny(missing_docs)]
