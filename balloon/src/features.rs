@@ -1,0 +1,149 @@
+//! Feature bits and queue layout.
+//!
+//! This module owns the virtio-balloon feature bits the device offers (virtio 1.2 §5.5.3) and the
+//! mapping from negotiated features to queue indices ([`QueueLayout`]). The Linux driver numbers
+//! only the queues that exist, so `reporting_vq` is queue 2 without `STATS_VQ` and queue 3 with
+//! it; the layout therefore always derives from the *negotiated* features.
+
+use serde::Serialize;
+
+/// `VIRTIO_F_VERSION_1`: the device is a modern (non-legacy) virtio device.
+pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// `VIRTIO_BALLOON_F_MUST_TELL_HOST` (never offered by this device).
+pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u32 = 0;
+/// `VIRTIO_BALLOON_F_STATS_VQ`: a memory statistics virtqueue is present.
+pub const VIRTIO_BALLOON_F_STATS_VQ: u32 = 1;
+/// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM`: the guest may deflate the balloon under memory pressure.
+pub const VIRTIO_BALLOON_F_DEFLATE_ON_OOM: u32 = 2;
+/// `VIRTIO_BALLOON_F_FREE_PAGE_HINT` (never offered by this device).
+pub const VIRTIO_BALLOON_F_FREE_PAGE_HINT: u32 = 3;
+/// `VIRTIO_BALLOON_F_PAGE_POISON` (never offered by this device).
+pub const VIRTIO_BALLOON_F_PAGE_POISON: u32 = 4;
+/// `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING` (Linux: `VIRTIO_BALLOON_F_REPORTING`): a page
+/// reporting virtqueue is present.
+pub const VIRTIO_BALLOON_F_FREE_PAGE_REPORTING: u32 = 5;
+
+/// Maximum size of each queue the device exposes.
+pub const QUEUE_MAX_SIZE: u16 = 256;
+
+/// Returns the feature mask for a feature bit number.
+pub const fn feature_mask(bit: u32) -> u64 {
+    1u64 << bit
+}
+
+/// Builds the feature set the device offers for the given options.
+pub(crate) fn avail_features(stats: bool, deflate_on_oom: bool, page_reporting: bool) -> u64 {
+    let mut f = feature_mask(VIRTIO_F_VERSION_1);
+    if stats {
+        f |= feature_mask(VIRTIO_BALLOON_F_STATS_VQ);
+    }
+    if deflate_on_oom {
+        f |= feature_mask(VIRTIO_BALLOON_F_DEFLATE_ON_OOM);
+    }
+    if page_reporting {
+        f |= feature_mask(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING);
+    }
+    f
+}
+
+/// Which queue index serves which purpose for a given feature set.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct QueueLayout {
+    /// Index of `inflateq` (always 0).
+    pub inflate: u16,
+    /// Index of `deflateq` (always 1).
+    pub deflate: u16,
+    /// Index of `statsq`, present if `VIRTIO_BALLOON_F_STATS_VQ` was negotiated.
+    pub stats: Option<u16>,
+    /// Index of `reporting_vq`, present if `VIRTIO_BALLOON_F_FREE_PAGE_REPORTING` was negotiated.
+    pub reporting: Option<u16>,
+}
+
+/// The role of one queue.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QueueKind {
+    /// `inflateq`: the driver hands pages to the host.
+    Inflate,
+    /// `deflateq`: the driver takes pages back.
+    Deflate,
+    /// `statsq`: the driver posts memory statistics.
+    Stats,
+    /// `reporting_vq`: the driver reports free page ranges.
+    Reporting,
+}
+
+impl QueueLayout {
+    /// Layout for a set of (negotiated) features. Queues of absent features are skipped, as the
+    /// Linux driver numbers queues consecutively.
+    pub fn for_features(features: u64) -> Self {
+        let mut next = 2u16;
+        let stats = if features & feature_mask(VIRTIO_BALLOON_F_STATS_VQ) != 0 {
+            next += 1;
+            Some(next - 1)
+        } else {
+            None
+        };
+        let reporting = if features & feature_mask(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING) != 0 {
+            Some(next)
+        } else {
+            None
+        };
+        QueueLayout {
+            inflate: 0,
+            deflate: 1,
+            stats,
+            reporting,
+        }
+    }
+
+    /// Number of queues in this layout.
+    pub fn count(&self) -> u16 {
+        2 + u16::from(self.stats.is_some()) + u16::from(self.reporting.is_some())
+    }
+
+    /// The role of queue `index`, or `None` if the layout has no such queue.
+    pub fn kind(&self, index: u16) -> Option<QueueKind> {
+        if index == self.inflate {
+            Some(QueueKind::Inflate)
+        } else if index == self.deflate {
+            Some(QueueKind::Deflate)
+        } else if Some(index) == self.stats {
+            Some(QueueKind::Stats)
+        } else if Some(index) == self.reporting {
+            Some(QueueKind::Reporting)
+        } else {
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use virtio_bindings::bindings::virtio_config;
+
+    #[test]
+    fn constants_match_bindings() {
+        assert_eq!(VIRTIO_F_VERSION_1, virtio_config::VIRTIO_F_VERSION_1);
+    }
+
+    #[test]
+    fn layout_skips_absent_queues() {
+        let s = feature_mask(VIRTIO_BALLOON_F_STATS_VQ);
+        let r = feature_mask(VIRTIO_BALLOON_F_FREE_PAGE_REPORTING);
+        let l = QueueLayout::for_features(0);
+        assert_eq!((l.stats, l.reporting, l.count()), (None, None, 2));
+        let l = QueueLayout::for_features(s);
+        assert_eq!((l.stats, l.reporting, l.count()), (Some(2), None, 3));
+        let l = QueueLayout::for_features(r);
+        assert_eq!((l.stats, l.reporting, l.count()), (None, Some(2), 3));
+        assert_eq!(l.kind(2), Some(QueueKind::Reporting));
+        let l = QueueLayout::for_features(s | r);
+        assert_eq!((l.stats, l.reporting, l.count()), (Some(2), Some(3), 4));
+        assert_eq!(l.kind(0), Some(QueueKind::Inflate));
+        assert_eq!(l.kind(1), Some(QueueKind::Deflate));
+        assert_eq!(l.kind(2), Some(QueueKind::Stats));
+        assert_eq!(l.kind(3), Some(QueueKind::Reporting));
+        assert_eq!(l.kind(4), None);
+    }
+}
