@@ -1,1 +1,25 @@
 //! memvisor: a KVM virtual machine monitor built around guest memory and memory overcommit.
+//!
+//! Where things live:
+//! - [`config`], [`workload`]: what the user asked for, parsed and checked before anything runs;
+//! - [`memory`]: owns guest RAM (every mmap/madvise/fallocate/userfaultfd call);
+//! - [`vm`], [`cpuid`]: the KVM VM, memslots and what the guest CPU looks like;
+//! - [`vcpu`]: vCPU threads, exit accounting, pause/resume/stop;
+//! - [`boot`]: the embedded built-in guest and the 64-bit machine state it starts in;
+//! - [`devices`]: the I/O bus and device models wired to it;
+//! - [`runner`]: runs a VM to the end; [`report`]: what a run produced.
+#![deny(missing_docs)]
+
+/// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
+#[path = "../guest/abi.rs"]
+pub mod abi;
+pub mod boot;
+pub mod config;
+pub mod cpuid;
+pub mod devices;
+pub mod memory;
+pub mod report;
+pub mod runner;
+pub mod vcpu;
+pub mod vm;
+pub mod workload;

@@ -1,0 +1,487 @@
+//! VM configuration: what the user asked for, parsed once from the CLI (or a JSON file) and
+//! checked for consistency before anything is mapped or created.
+//!
+//! This module owns the option syntax (`size=1G,backend=hugetlbfs,...`), size parsing and the
+//! rules that need no host state. Checks against the host (is the hugepage pool large enough,
+//! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
+
+use crate::workload::{self, Workload};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+/// Configuration errors. Each names the region or flag, the option and the fix.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A size that does not parse.
+    #[error("{what}: `{value}` is not a size; write e.g. 512M, 4G, 2048K or a byte count")]
+    BadSize {
+        /// Where the size was given.
+        what: String,
+        /// The text given.
+        value: String,
+    },
+    /// An option of a `--memory` region that is wrong.
+    #[error("memory region {region}: option `{option}`: {reason}")]
+    Region {
+        /// Region index (order of `--memory` flags).
+        region: usize,
+        /// The option.
+        option: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// A bad `--pin` entry.
+    #[error("--pin `{0}`: expected VCPU=HOSTCPU pairs such as 0=2,1=3 (vCPU below --vcpus, host CPU online)")]
+    BadPin(String),
+    /// A bad vCPU count.
+    #[error("--vcpus {0}: must be between 1 and {max}", max = crate::abi::MAX_VCPUS)]
+    BadVcpus(u32),
+    /// A bad workload.
+    #[error(transparent)]
+    Workload(#[from] workload::WorkloadError),
+    /// The JSON config file could not be read or parsed.
+    #[error("config file {path}: {reason}")]
+    File {
+        /// The file.
+        path: PathBuf,
+        /// What went wrong.
+        reason: String,
+    },
+    /// Something else that does not fit together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// How a region's host memory is provided.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "lowercase")]
+pub enum Backend {
+    /// Anonymous memory; `shared` uses a memfd mapped `MAP_SHARED`.
+    Anon {
+        /// `MAP_SHARED` through a memfd instead of private anonymous memory.
+        #[serde(default)]
+        shared: bool,
+        /// `Some(true)`: `MADV_HUGEPAGE`; `Some(false)`: `MADV_NOHUGEPAGE`; `None`: host default.
+        #[serde(default)]
+        thp: Option<bool>,
+    },
+    /// A file on a hugetlbfs mount (QEMU's `-mem-path`).
+    Hugetlbfs {
+        /// A directory on a hugetlbfs mount.
+        mem_path: PathBuf,
+    },
+    /// A memfd, optionally on huge pages.
+    Memfd {
+        /// Huge page size when `hugetlb=on`.
+        #[serde(default)]
+        hugepage_size: Option<u64>,
+    },
+    /// Pages served on demand through userfaultfd.
+    Uffd {
+        /// An image of guest memory to serve bytes from; zero pages when `None`.
+        #[serde(default)]
+        source: Option<PathBuf>,
+        /// Bytes served per fault (4K..=2M, power of two).
+        #[serde(default = "default_fetch")]
+        fetch: u64,
+        /// Hand the region to an external handler at this Unix socket instead.
+        #[serde(default)]
+        external_socket: Option<PathBuf>,
+    },
+}
+
+fn default_fetch() -> u64 {
+    4096
+}
+
+impl Backend {
+    /// Short name used in reports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Backend::Anon { shared: false, .. } => "anon",
+            Backend::Anon { shared: true, .. } => "anon-shared",
+            Backend::Hugetlbfs { .. } => "hugetlbfs",
+            Backend::Memfd { hugepage_size: None } => "memfd",
+            Backend::Memfd { .. } => "memfd-hugetlb",
+            Backend::Uffd { .. } => "uffd",
+        }
+    }
+}
+
+/// One guest RAM region.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RegionConfig {
+    /// Size in bytes.
+    pub size: u64,
+    /// Backing.
+    #[serde(flatten)]
+    pub backend: Backend,
+    /// Populate every page before the guest starts.
+    #[serde(default)]
+    pub prealloc: bool,
+    /// Threads used to prealloc (0: one per host CPU, at most 8).
+    #[serde(default)]
+    pub prealloc_threads: usize,
+    /// Mark the region `MADV_MERGEABLE` for KSM.
+    #[serde(default)]
+    pub mergeable: bool,
+}
+
+impl RegionConfig {
+    /// Private anonymous memory of `size` bytes, host defaults.
+    pub fn anon(size: u64) -> Self {
+        RegionConfig {
+            size,
+            backend: Backend::Anon {
+                shared: false,
+                thp: None,
+            },
+            prealloc: false,
+            prealloc_threads: 0,
+            mergeable: false,
+        }
+    }
+
+    /// Parses one `--memory` value (`size=1G,backend=...,...`) for region `index`.
+    pub fn parse(index: usize, text: &str) -> Result<Self, ConfigError> {
+        let err = |option: &str, reason: String| ConfigError::Region {
+            region: index,
+            option: option.to_string(),
+            reason,
+        };
+        let mut opts: BTreeMap<String, String> = BTreeMap::new();
+        for part in text.split(',').filter(|p| !p.is_empty()) {
+            let (k, v) = match part.split_once('=') {
+                Some((k, v)) => (k.trim(), v.trim()),
+                // A bare size (`--memory 512M`) is accepted as `size=512M`.
+                None if opts.is_empty() && parse_size(part).is_some() => ("size", part),
+                None => return Err(err(part, "expected key=value".into())),
+            };
+            if opts.insert(k.replace('_', "-"), v.to_string()).is_some() {
+                return Err(err(k, "given twice".into()));
+            }
+        }
+        let mut take = |k: &str| opts.remove(k);
+        let size_text = take("size").ok_or_else(|| err("size", "missing; add e.g. size=512M".into()))?;
+        let size = parse_size(&size_text).ok_or_else(|| err("size", format!("`{size_text}` is not a size (e.g. 512M, 4G)")))?;
+        let on_off = |k: &str, v: Option<String>| -> Result<Option<bool>, ConfigError> {
+            match v.as_deref() {
+                None => Ok(None),
+                Some("on" | "true" | "yes" | "1") => Ok(Some(true)),
+                Some("off" | "false" | "no" | "0") => Ok(Some(false)),
+                Some(o) => Err(err(k, format!("`{o}`: write on or off"))),
+            }
+        };
+        let prealloc = on_off("prealloc", take("prealloc"))?.unwrap_or(false);
+        let mergeable = on_off("mergeable", take("mergeable"))?.unwrap_or(false);
+        let prealloc_threads = match take("prealloc-threads") {
+            None => 0,
+            Some(t) => t
+                .parse()
+                .map_err(|_| err("prealloc-threads", format!("`{t}` is not a thread count")))?,
+        };
+        let backend_name = take("backend").unwrap_or_else(|| "anon".into());
+        let backend = match backend_name.as_str() {
+            "anon" => Backend::Anon {
+                shared: on_off("shared", take("shared"))?.unwrap_or(false),
+                thp: on_off("thp", take("thp"))?,
+            },
+            "hugetlbfs" => Backend::Hugetlbfs {
+                mem_path: take("mem-path")
+                    .map(PathBuf::from)
+                    .ok_or_else(|| err("mem-path", "backend=hugetlbfs needs mem-path=DIR, a hugetlbfs mount such as /dev/hugepages (see `memvisor hugepages mount`)".into()))?,
+            },
+            "memfd" => {
+                let hugetlb = on_off("hugetlb", take("hugetlb"))?.unwrap_or(false);
+                let hps = take("hugepage-size");
+                let hugepage_size = match (hugetlb, hps) {
+                    (false, None) => None,
+                    (false, Some(_)) => return Err(err("hugepage-size", "only with hugetlb=on".into())),
+                    (true, None) => Some(2 << 20),
+                    (true, Some(s)) => match parse_size(&s) {
+                        Some(b) if b == 2 << 20 || b == 1 << 30 => Some(b),
+                        _ => return Err(err("hugepage-size", format!("`{s}`: write 2M or 1G"))),
+                    },
+                };
+                Backend::Memfd { hugepage_size }
+            }
+            "uffd" => {
+                let fetch = match take("fetch") {
+                    None => default_fetch(),
+                    Some(f) => parse_size(&f).ok_or_else(|| err("fetch", format!("`{f}` is not a size")))?,
+                };
+                let handler = take("handler").unwrap_or_else(|| "internal".into());
+                let socket = take("socket").map(PathBuf::from);
+                let external_socket = match (handler.as_str(), socket) {
+                    ("internal", None) => None,
+                    ("internal", Some(_)) => {
+                        return Err(err("socket", "only with handler=external".into()))
+                    }
+                    ("external", Some(s)) => Some(s),
+                    ("external", None) => {
+                        return Err(err("socket", "handler=external needs socket=PATH of the page-fault handler".into()))
+                    }
+                    (h, _) => return Err(err("handler", format!("`{h}`: write internal or external"))),
+                };
+                Backend::Uffd {
+                    source: take("source").map(PathBuf::from),
+                    fetch,
+                    external_socket,
+                }
+            }
+            other => {
+                return Err(err(
+                    "backend",
+                    format!("`{other}`: write anon, hugetlbfs, memfd or uffd"),
+                ))
+            }
+        };
+        if let Some(k) = opts.keys().next() {
+            return Err(err(k, format!("unknown for backend={backend_name}")));
+        }
+        let region = RegionConfig {
+            size,
+            backend,
+            prealloc,
+            prealloc_threads,
+            mergeable,
+        };
+        region.check(index)?;
+        Ok(region)
+    }
+
+    /// Rules that need no host state.
+    pub fn check(&self, index: usize) -> Result<(), ConfigError> {
+        let err = |option: &str, reason: String| ConfigError::Region {
+            region: index,
+            option: option.to_string(),
+            reason,
+        };
+        if self.size == 0 || self.size % 4096 != 0 {
+            return Err(err("size", format!("{} is not a positive multiple of 4 KiB", self.size)));
+        }
+        if let Backend::Memfd {
+            hugepage_size: Some(hp),
+        } = self.backend
+        {
+            if self.size % hp != 0 {
+                return Err(err(
+                    "size",
+                    format!("{} is not a multiple of the {} huge page size", Size(self.size), Size(hp)),
+                ));
+            }
+        }
+        if let Backend::Uffd {
+            fetch,
+            external_socket,
+            ..
+        } = &self.backend
+        {
+            if !fetch.is_power_of_two() || !(4096..=2 << 20).contains(fetch) {
+                return Err(err("fetch", format!("{} must be a power of two from 4K to 2M", Size(*fetch))));
+            }
+            if self.prealloc && external_socket.is_some() {
+                return Err(err("prealloc", "an external handler serves the pages; prealloc=on cannot be combined with handler=external".into()));
+            }
+        }
+        if self.mergeable {
+            let why = match &self.backend {
+                Backend::Anon { shared: true, .. } => Some("KSM does not merge MAP_SHARED memory; use shared=off"),
+                Backend::Hugetlbfs { .. } => Some("KSM does not merge hugetlb pages; use backend=anon"),
+                Backend::Memfd { .. } => Some("KSM does not merge shared memfd memory; use backend=anon"),
+                _ => None,
+            };
+            if let Some(why) = why {
+                return Err(err("mergeable", why.into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The whole VM.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Guest RAM regions, laid out in this order from GPA 0 (skipping the MMIO hole).
+    pub memory: Vec<RegionConfig>,
+    /// vCPU index -> host CPU.
+    #[serde(default)]
+    pub pin: BTreeMap<u32, usize>,
+    /// What the built-in guest does.
+    pub workload: Workload,
+    /// Triple-fault deliberately at entry (tests the failure path).
+    #[serde(default)]
+    pub triple_fault: bool,
+}
+
+impl Default for VmConfig {
+    fn default() -> Self {
+        VmConfig {
+            vcpus: 1,
+            memory: vec![RegionConfig::anon(512 << 20)],
+            pin: BTreeMap::new(),
+            workload: Workload::default_run(),
+            triple_fault: false,
+        }
+    }
+}
+
+impl VmConfig {
+    /// Total configured guest RAM.
+    pub fn ram_bytes(&self) -> u64 {
+        self.memory.iter().map(|r| r.size).sum()
+    }
+
+    /// Checks everything that needs no host state.
+    pub fn check(&self) -> Result<(), ConfigError> {
+        if self.vcpus == 0 || self.vcpus as usize > crate::abi::MAX_VCPUS {
+            return Err(ConfigError::BadVcpus(self.vcpus));
+        }
+        if self.memory.is_empty() {
+            return Err(ConfigError::Invalid("no guest memory: give at least one --memory size=...".into()));
+        }
+        for (i, r) in self.memory.iter().enumerate() {
+            r.check(i)?;
+        }
+        if self.ram_bytes() < crate::abi::MIN_RAM_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "guest RAM {} is below the built-in guest's minimum of {}",
+                Size(self.ram_bytes()),
+                Size(crate::abi::MIN_RAM_BYTES)
+            )));
+        }
+        for (&v, &c) in &self.pin {
+            if v >= self.vcpus {
+                return Err(ConfigError::BadPin(format!("{v}={c} (there are only {} vCPUs)", self.vcpus)));
+            }
+        }
+        self.workload.check()?;
+        Ok(())
+    }
+}
+
+/// Parses `--pin 0=2,1=3`.
+pub fn parse_pin(text: &str) -> Result<BTreeMap<u32, usize>, ConfigError> {
+    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut map = BTreeMap::new();
+    for pair in text.split(',').filter(|p| !p.is_empty()) {
+        let (v, c) = pair.split_once('=').ok_or_else(|| ConfigError::BadPin(pair.into()))?;
+        let v: u32 = v.trim().parse().map_err(|_| ConfigError::BadPin(pair.into()))?;
+        let c: usize = c.trim().parse().map_err(|_| ConfigError::BadPin(pair.into()))?;
+        if c >= online {
+            return Err(ConfigError::BadPin(format!("{pair}: host CPU {c} is not online (this host has {online})")));
+        }
+        map.insert(v, c);
+    }
+    Ok(map)
+}
+
+/// Parses a size: a byte count or a number with K, M, G, T (optionally KiB/KB/...) suffix,
+/// binary multiples.
+pub fn parse_size(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let digits = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (num, suffix) = t.split_at(digits);
+    let n: u64 = num.parse().ok()?;
+    let shift = match suffix.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    n.checked_mul(1u64 << shift)
+}
+
+/// A byte count printed the way people read it (`512 MiB`, `1.50 GiB`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Size(pub u64);
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut u = 0;
+        while v >= 1024.0 && u < UNITS.len() - 1 {
+            v /= 1024.0;
+            u += 1;
+        }
+        if u == 0 || v.fract() == 0.0 {
+            write!(f, "{} {}", v as u64, UNITS[u])
+        } else {
+            write!(f, "{:.2} {}", v, UNITS[u])
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("512M"), Some(512 << 20));
+        assert_eq!(parse_size("4GiB"), Some(4 << 30));
+        assert_eq!(parse_size("2048k"), Some(2 << 20));
+        assert_eq!(parse_size("4096"), Some(4096));
+        assert_eq!(parse_size("1.5G"), None);
+        assert_eq!(parse_size("G"), None);
+        assert_eq!(parse_size("99999999999T"), None);
+        assert_eq!(Size(512 << 20).to_string(), "512 MiB");
+        assert_eq!(Size(3 << 29).to_string(), "1.50 GiB");
+    }
+
+    #[test]
+    fn region_options() {
+        let r = RegionConfig::parse(0, "size=1G,backend=hugetlbfs,mem-path=/dev/hugepages,prealloc=on").unwrap();
+        assert_eq!(r.size, 1 << 30);
+        assert!(r.prealloc);
+        assert_eq!(
+            r.backend,
+            Backend::Hugetlbfs {
+                mem_path: "/dev/hugepages".into()
+            }
+        );
+        let r = RegionConfig::parse(1, "512M").unwrap();
+        assert_eq!(r, RegionConfig::anon(512 << 20));
+        let r = RegionConfig::parse(0, "size=64M,backend=uffd,fetch=64K").unwrap();
+        assert!(matches!(r.backend, Backend::Uffd { fetch: 65536, .. }));
+    }
+
+    #[test]
+    fn region_errors_name_region_and_option() {
+        let e = RegionConfig::parse(2, "size=1G,backend=floppy").unwrap_err().to_string();
+        assert!(e.contains("memory region 2") && e.contains("backend") && e.contains("hugetlbfs"), "{e}");
+        let e = RegionConfig::parse(0, "size=1G,backend=hugetlbfs").unwrap_err().to_string();
+        assert!(e.contains("mem-path"), "{e}");
+        let e = RegionConfig::parse(0, "size=1G,colour=blue").unwrap_err().to_string();
+        assert!(e.contains("colour") && e.contains("unknown"), "{e}");
+        let e = RegionConfig::parse(0, "size=1G,shared=on,mergeable=on").unwrap_err().to_string();
+        assert!(e.contains("MAP_SHARED"), "{e}");
+        let e = RegionConfig::parse(0, "size=3M,backend=memfd,hugetlb=on").unwrap_err().to_string();
+        assert!(e.contains("multiple"), "{e}");
+        let e = RegionConfig::parse(0, "size=1G,backend=uffd,fetch=3K").unwrap_err().to_string();
+        assert!(e.contains("power of two"), "{e}");
+        let e = RegionConfig::parse(0, "size=1G,prealloc=maybe").unwrap_err().to_string();
+        assert!(e.contains("on or off"), "{e}");
+    }
+
+    #[test]
+    fn vm_checks() {
+        let mut c = VmConfig::default();
+        c.check().unwrap();
+        c.vcpus = 0;
+        assert!(matches!(c.check(), Err(ConfigError::BadVcpus(0))));
+        c.vcpus = 2;
+        c.pin.insert(5, 0);
+        assert!(matches!(c.check(), Err(ConfigError::BadPin(_))));
+        assert!(parse_pin("0=0").is_ok());
+        assert!(parse_pin("0=9999").is_err());
+        assert!(parse_pin("x").is_err());
+    }
+}

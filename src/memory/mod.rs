@@ -1,0 +1,330 @@
+//! Guest memory: the one module that maps, advises, populates and discards guest RAM.
+//!
+//! Each configured region gets one host mapping, placed at one or more guest-physical extents
+//! (see [`layout`]). Everyone else sees guest RAM through what this module hands out: the
+//! `vm-memory` [`GuestMemoryMmap`] view (devices, loaders, hypercalls), [`GuestRam::slots`]
+//! (KVM memslots), [`GuestRam::discard`] (balloon) and [`GuestRam::regions`] (reports).
+
+pub mod layout;
+mod mapping;
+
+pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
+pub use mapping::HostMapping;
+
+use crate::config::{RegionConfig, Size};
+use serde::Serialize;
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// Memory errors. Each names the region and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// mmap and friends failed.
+    #[error("memory region {region}: {op} failed: {source}{hint}")]
+    Sys {
+        /// Region index.
+        region: usize,
+        /// The call.
+        op: &'static str,
+        /// The error.
+        source: std::io::Error,
+        /// What to try.
+        hint: String,
+    },
+    /// The region collection could not be built (overlap, bad alignment).
+    #[error("guest memory layout: {0}")]
+    Layout(String),
+    /// A range that is not guest RAM.
+    #[error("range {gpa:#x}+{len:#x} is not inside guest RAM")]
+    NotRam {
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// A range that is not aligned as needed.
+    #[error("range {gpa:#x}+{len:#x} is not aligned to 4 KiB")]
+    Unaligned {
+        /// Start.
+        gpa: u64,
+        /// Length.
+        len: u64,
+    },
+    /// Not supported yet for this backend.
+    #[error("memory region {region}: backend {backend} is not available in this build: {reason}")]
+    Unsupported {
+        /// Region index.
+        region: usize,
+        /// Backend name.
+        backend: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// One guest RAM region and its host mapping.
+#[derive(Debug)]
+pub struct RamRegion {
+    /// Index in the configuration.
+    pub index: usize,
+    /// What was configured.
+    pub config: RegionConfig,
+    /// Host page size backing the region (4 KiB, 2 MiB or 1 GiB).
+    pub page_size: u64,
+    /// Where the region lies in guest-physical space.
+    pub extents: Vec<Extent>,
+    map: HostMapping,
+}
+
+impl RamRegion {
+    /// Host virtual address of the region's first byte.
+    pub fn host_addr(&self) -> *mut u8 {
+        self.map.addr()
+    }
+
+    /// Length of the host mapping.
+    pub fn len(&self) -> u64 {
+        self.map.len() as u64
+    }
+
+    /// Whether the region is empty (never, once built).
+    pub fn is_empty(&self) -> bool {
+        self.map.len() == 0
+    }
+
+    /// Offset in the mapping of guest-physical `gpa`, if inside this region.
+    pub fn offset_of(&self, gpa: u64) -> Option<u64> {
+        self.extents
+            .iter()
+            .find(|e| gpa >= e.gpa && gpa < e.end())
+            .map(|e| e.offset + (gpa - e.gpa))
+    }
+}
+
+/// A KVM memslot's worth of guest RAM.
+#[derive(Clone, Copy, Debug)]
+pub struct Slot {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// Length.
+    pub len: u64,
+    /// Host virtual address.
+    pub host_addr: u64,
+}
+
+/// What a discard really did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct DiscardOutcome {
+    /// Bytes asked for.
+    pub requested: u64,
+    /// Bytes whose host pages were released.
+    pub released: u64,
+}
+
+/// All guest RAM of one VM.
+pub struct GuestRam {
+    regions: Vec<RamRegion>,
+    mem: GuestMemoryMmap,
+}
+
+impl std::fmt::Debug for GuestRam {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GuestRam").field("regions", &self.regions).finish()
+    }
+}
+
+impl GuestRam {
+    /// Maps every region. Nothing is left mapped if any region fails.
+    pub fn new(configs: &[RegionConfig]) -> Result<Self, MemoryError> {
+        let aligns: Vec<(u64, u64)> = configs
+            .iter()
+            .map(|c| (c.size, mapping::page_size_of(c)))
+            .collect();
+        let placed = layout::place(&aligns);
+        let mut regions = Vec::with_capacity(configs.len());
+        for (index, (config, extents)) in configs.iter().zip(placed).enumerate() {
+            let map = HostMapping::create(index, config)?;
+            regions.push(RamRegion {
+                index,
+                page_size: mapping::page_size_of(config),
+                config: config.clone(),
+                extents,
+                map,
+            });
+        }
+        let mut mmap_regions = Vec::new();
+        for r in &regions {
+            for e in &r.extents {
+                // SAFETY: the range lies inside `r.map`, a live mapping of at least
+                // `e.offset + e.len` bytes that `GuestRam` keeps mapped for as long as the
+                // vm-memory view (also owned by `GuestRam`) exists; prot/flags match the mmap.
+                let raw = unsafe {
+                    MmapRegion::<()>::build_raw(
+                        r.map.addr().add(e.offset as usize),
+                        e.len as usize,
+                        libc::PROT_READ | libc::PROT_WRITE,
+                        r.map.mmap_flags(),
+                    )
+                }
+                .map_err(|err| MemoryError::Layout(err.to_string()))?;
+                let region = GuestRegionMmap::new(raw, GuestAddress(e.gpa))
+                    .ok_or_else(|| MemoryError::Layout(format!("region at {:#x} overflows", e.gpa)))?;
+                mmap_regions.push(region);
+            }
+        }
+        let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| MemoryError::Layout(e.to_string()))?;
+        Ok(GuestRam { regions, mem })
+    }
+
+    /// The `vm-memory` view for devices, loaders and hypercalls.
+    pub fn memory(&self) -> &GuestMemoryMmap {
+        &self.mem
+    }
+
+    /// The regions, in configuration order.
+    pub fn regions(&self) -> &[RamRegion] {
+        &self.regions
+    }
+
+    /// Total guest RAM.
+    pub fn size(&self) -> u64 {
+        self.regions.iter().map(|r| r.config.size).sum()
+    }
+
+    /// KVM memslots, one per extent.
+    pub fn slots(&self) -> Vec<Slot> {
+        let mut v: Vec<Slot> = self
+            .regions
+            .iter()
+            .flat_map(|r| {
+                r.extents.iter().map(move |e| Slot {
+                    gpa: e.gpa,
+                    len: e.len,
+                    host_addr: r.map.addr() as u64 + e.offset,
+                })
+            })
+            .collect();
+        v.sort_by_key(|s| s.gpa);
+        v
+    }
+
+    /// Guest RAM as ascending `(gpa, len)` ranges, adjacent extents merged.
+    pub fn ram_ranges(&self) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for s in self.slots() {
+            match out.last_mut() {
+                Some((g, l)) if *g + *l == s.gpa => *l += s.len,
+                _ => out.push((s.gpa, s.len)),
+            }
+        }
+        out
+    }
+
+    /// The highest guest-physical address of RAM plus one.
+    pub fn end(&self) -> u64 {
+        self.slots().last().map(|s| s.gpa + s.len).unwrap_or(0)
+    }
+
+    /// Whether `[gpa, gpa+len)` is entirely guest RAM.
+    pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
+        let mut at = gpa;
+        for s in self.slots() {
+            if at >= s.gpa && at < s.gpa + s.len {
+                at = end.min(s.gpa + s.len);
+                if at == end {
+                    return true;
+                }
+            }
+        }
+        len == 0
+    }
+
+    /// Resident host bytes of each region (pages present in the host), in configuration order.
+    pub fn resident_bytes(&self) -> Vec<u64> {
+        self.regions.iter().map(|r| r.map.resident_bytes()).collect()
+    }
+
+    /// Releases the host memory behind guest-physical `[gpa, gpa+len)`: afterwards the guest
+    /// reads zeros there and the host has the memory back. Refuses anything that is not
+    /// entirely guest RAM or not 4 KiB aligned; never touches other memory.
+    pub fn discard(&self, gpa: u64, len: u64) -> Result<DiscardOutcome, MemoryError> {
+        if gpa % 4096 != 0 || len % 4096 != 0 {
+            return Err(MemoryError::Unaligned { gpa, len });
+        }
+        if !self.is_ram(gpa, len) {
+            return Err(MemoryError::NotRam { gpa, len });
+        }
+        let mut outcome = DiscardOutcome {
+            requested: len,
+            released: 0,
+        };
+        for r in &self.regions {
+            for e in &r.extents {
+                let lo = gpa.max(e.gpa);
+                let hi = (gpa + len).min(e.end());
+                if lo < hi {
+                    outcome.released += r.map.discard(r.index, e.offset + (lo - e.gpa), hi - lo)?;
+                }
+            }
+        }
+        Ok(outcome)
+    }
+
+    /// A one-line description of each region for reports.
+    pub fn describe(&self) -> Vec<String> {
+        self.regions
+            .iter()
+            .map(|r| {
+                let ext: Vec<String> = r
+                    .extents
+                    .iter()
+                    .map(|e| format!("{:#x}-{:#x}", e.gpa, e.end()))
+                    .collect();
+                format!(
+                    "region {}: {} {} (page {}) at {}",
+                    r.index,
+                    Size(r.config.size),
+                    r.config.backend.name(),
+                    Size(r.page_size),
+                    ext.join(", ")
+                )
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    #[test]
+    fn anon_ram_reads_back_and_discards() {
+        let ram = GuestRam::new(&[RegionConfig::anon(8 << 20)]).unwrap();
+        let mem = ram.memory();
+        mem.write_obj(0xdead_beefu64, GuestAddress(0x10_0000)).unwrap();
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0xdead_beef);
+        let before = ram.resident_bytes()[0];
+        assert!(before >= 4096);
+        let out = ram.discard(0x10_0000, 4096).unwrap();
+        assert_eq!(out.released, 4096);
+        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0);
+        assert!(ram.discard(8 << 20, 4096).is_err(), "outside RAM is refused");
+        assert!(ram.discard(0x800, 4096).is_err(), "unaligned is refused");
+        assert!(ram.discard((8 << 20) - 4096, 8192).is_err(), "crossing the end is refused");
+    }
+
+    #[test]
+    fn slots_follow_layout() {
+        let ram = GuestRam::new(&[RegionConfig::anon(4 << 20), RegionConfig::anon(2 << 20)]).unwrap();
+        let slots = ram.slots();
+        assert_eq!(slots.len(), 2);
+        assert_eq!((slots[1].gpa, slots[1].len), (4 << 20, 2 << 20));
+        assert_eq!(ram.ram_ranges(), vec![(0, 6 << 20)]);
+        assert!(ram.is_ram(0, 6 << 20));
+        assert!(!ram.is_ram(0, (6 << 20) + 1));
+        assert!(!ram.is_ram(u64::MAX - 10, 20));
+    }
+}

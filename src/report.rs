@@ -1,0 +1,348 @@
+//! The run report: configuration, memory regions and their residency, per-vCPU exit counts,
+//! what the guest reported per operation, timings and the outcome; as text or JSON.
+
+use crate::config::{Size, VmConfig};
+use crate::memory::GuestRam;
+use crate::vcpu::VcpuFailure;
+use crate::vm::HostVirt;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+/// How the run ended.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Outcome {
+    /// Every vCPU finished its workload.
+    Completed,
+    /// A vCPU stopped on an error.
+    Failed(VcpuFailure),
+    /// The guest reported a non-zero status.
+    GuestError {
+        /// vCPU.
+        vcpu: u32,
+        /// Status.
+        status: u64,
+    },
+    /// Stopped by Ctrl-C or a stop request.
+    Interrupted,
+    /// Stopped by `--timeout`.
+    TimedOut {
+        /// Seconds run.
+        after_s: f64,
+    },
+}
+
+impl Outcome {
+    /// The process exit status this outcome maps to.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            Outcome::Completed => 0,
+            Outcome::Interrupted => 130,
+            _ => 1,
+        }
+    }
+}
+
+/// One region in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct RegionReport {
+    /// Index.
+    pub index: usize,
+    /// Backend name.
+    pub backend: String,
+    /// Configured size.
+    pub size: u64,
+    /// Host page size.
+    pub page_size: u64,
+    /// Guest-physical ranges `(start, end)`.
+    pub gpa: Vec<(u64, u64)>,
+    /// Host bytes resident at the end of the run.
+    pub resident: u64,
+}
+
+/// One operation as one vCPU ran it.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpRecord {
+    /// Index in the workload.
+    pub index: usize,
+    /// Operation name.
+    pub name: String,
+    /// What the guest reported (meaning per operation, see `abi.rs`).
+    pub results: [u64; 3],
+    /// Seconds from guest start to the operation's begin.
+    pub start_s: f64,
+    /// Seconds it took (host clock, between the begin and end hypercalls).
+    pub seconds: f64,
+}
+
+/// One vCPU in the report.
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuReport {
+    /// Index.
+    pub id: u32,
+    /// Host CPU it was pinned to.
+    pub pinned: Option<usize>,
+    /// Exits by reason.
+    pub exits: BTreeMap<String, u64>,
+    /// All exits.
+    pub total_exits: u64,
+    /// Exits that were hypercalls.
+    pub hypercall_exits: u64,
+    /// Port/MMIO accesses no device claimed.
+    pub unclaimed_io: u64,
+    /// Hypercalls the guest says it made (when it finished).
+    pub guest_hypercalls: Option<u64>,
+    /// Guest's final status.
+    pub guest_status: Option<u64>,
+    /// Operations.
+    pub ops: Vec<OpRecord>,
+}
+
+impl VcpuReport {
+    /// An empty record.
+    pub fn new(id: u32, pinned: Option<usize>) -> Self {
+        VcpuReport {
+            id,
+            pinned,
+            exits: BTreeMap::new(),
+            total_exits: 0,
+            hypercall_exits: 0,
+            unclaimed_io: 0,
+            guest_hypercalls: None,
+            guest_status: None,
+            ops: Vec::new(),
+        }
+    }
+}
+
+/// An operation summed over all vCPUs.
+#[derive(Clone, Debug, Serialize)]
+pub struct OpSummary {
+    /// Index.
+    pub index: usize,
+    /// Name.
+    pub name: String,
+    /// vCPUs that completed it.
+    pub vcpus: usize,
+    /// Sum of result 0 (touches, bytes, reads, accesses).
+    pub amount: u64,
+    /// Sum of result 1 where it is a count (verify: mismatched words).
+    pub mismatches: u64,
+    /// Wall time from the first begin to the last end.
+    pub seconds: f64,
+}
+
+/// Everything `memvisor run` reports.
+#[derive(Clone, Debug, Serialize)]
+pub struct RunReport {
+    /// The configuration run.
+    pub config: VmConfig,
+    /// Host virtualisation facts.
+    pub host: HostVirt,
+    /// Regions.
+    pub regions: Vec<RegionReport>,
+    /// vCPUs.
+    pub vcpus: Vec<VcpuReport>,
+    /// Operations summed over vCPUs.
+    pub ops: Vec<OpSummary>,
+    /// Seconds from start to the first guest instruction being possible.
+    pub setup_seconds: f64,
+    /// Seconds the guest ran.
+    pub run_seconds: f64,
+    /// Lines the guest logged.
+    pub guest_log: Vec<String>,
+    /// How it ended.
+    pub outcome: Outcome,
+}
+
+impl RunReport {
+    /// A report before the run.
+    pub fn new(config: &VmConfig, host: HostVirt, ram: &GuestRam) -> Self {
+        let mut r = RunReport {
+            config: config.clone(),
+            host,
+            regions: Vec::new(),
+            vcpus: Vec::new(),
+            ops: Vec::new(),
+            setup_seconds: 0.0,
+            run_seconds: 0.0,
+            guest_log: Vec::new(),
+            outcome: Outcome::Completed,
+        };
+        r.read_regions(ram);
+        r
+    }
+
+    fn read_regions(&mut self, ram: &GuestRam) {
+        let resident = ram.resident_bytes();
+        self.regions = ram
+            .regions()
+            .iter()
+            .zip(resident)
+            .map(|(r, res)| RegionReport {
+                index: r.index,
+                backend: r.config.backend.name().into(),
+                size: r.config.size,
+                page_size: r.page_size,
+                gpa: r.extents.iter().map(|e| (e.gpa, e.end())).collect(),
+                resident: res,
+            })
+            .collect();
+    }
+
+    /// Completes the report at the end of the run.
+    pub fn finish(&mut self, outcome: Outcome, ram: &GuestRam) {
+        self.outcome = outcome;
+        self.read_regions(ram);
+        let mut ops: BTreeMap<usize, (OpSummary, f64, f64)> = BTreeMap::new();
+        for v in &self.vcpus {
+            for o in &v.ops {
+                let e = ops.entry(o.index).or_insert_with(|| {
+                    (
+                        OpSummary {
+                            index: o.index,
+                            name: o.name.clone(),
+                            vcpus: 0,
+                            amount: 0,
+                            mismatches: 0,
+                            seconds: 0.0,
+                        },
+                        f64::MAX,
+                        0.0,
+                    )
+                });
+                e.0.vcpus += 1;
+                e.0.amount += o.results[0];
+                if o.name == "verify" {
+                    e.0.mismatches += o.results[1];
+                }
+                e.1 = e.1.min(o.start_s);
+                e.2 = e.2.max(o.start_s + o.seconds);
+            }
+        }
+        self.ops = ops
+            .into_values()
+            .map(|(mut s, a, b)| {
+                s.seconds = b - a;
+                s
+            })
+            .collect();
+    }
+
+    /// Sum of an exit reason over all vCPUs.
+    pub fn exits(&self, reason: &str) -> u64 {
+        self.vcpus.iter().map(|v| v.exits.get(reason).copied().unwrap_or(0)).sum()
+    }
+
+    /// The readable report.
+    pub fn to_text(&self) -> String {
+        let mut s = String::new();
+        let c = &self.config;
+        let _ = writeln!(s, "memvisor run report");
+        let _ = writeln!(
+            s,
+            "  guest: built-in, {} vCPU(s), {} RAM; host MMU: {}{}",
+            c.vcpus,
+            Size(c.ram_bytes()),
+            self.host.mmu,
+            if self.host.hardware { "" } else { " (no VMX/SVM: guest ring-0 code is emulated)" }
+        );
+        let steps: Vec<&str> = c.workload.steps.iter().map(|s| s.name()).collect();
+        let _ = writeln!(s, "  workload: {}", steps.join(", "));
+        let _ = writeln!(s, "memory");
+        for r in &self.regions {
+            let gpa: Vec<String> = r.gpa.iter().map(|(a, b)| format!("{a:#x}-{b:#x}")).collect();
+            let _ = writeln!(
+                s,
+                "  region {}: {} {} (page {}), GPA {}, resident {}",
+                r.index,
+                Size(r.size),
+                r.backend,
+                Size(r.page_size),
+                gpa.join(" "),
+                Size(r.resident)
+            );
+        }
+        let _ = writeln!(s, "vCPUs");
+        for v in &self.vcpus {
+            let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k}={n}")).collect();
+            let pin = v.pinned.map(|p| format!(", pinned to CPU {p}")).unwrap_or_default();
+            let _ = writeln!(
+                s,
+                "  vcpu{}{}: {} exits ({}); hypercalls {} seen, {} made by guest",
+                v.id,
+                pin,
+                v.total_exits,
+                if exits.is_empty() { "none".into() } else { exits.join(" ") },
+                v.hypercall_exits,
+                v.guest_hypercalls.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+            );
+        }
+        let _ = writeln!(s, "workload results");
+        for o in &self.ops {
+            let _ = writeln!(s, "  {}", describe_op(o));
+        }
+        let _ = writeln!(
+            s,
+            "timings: setup {:.1} ms, guest run {:.3} s",
+            self.setup_seconds * 1e3,
+            self.run_seconds
+        );
+        for l in &self.guest_log {
+            let _ = writeln!(s, "guest: {l}");
+        }
+        let _ = match &self.outcome {
+            Outcome::Completed => writeln!(s, "outcome: completed"),
+            Outcome::Failed(f) => writeln!(s, "outcome: FAILED: {f}"),
+            Outcome::GuestError { vcpu, status } => writeln!(s, "outcome: FAILED: guest vCPU {vcpu} reported status {status}"),
+            Outcome::Interrupted => writeln!(s, "outcome: interrupted (stopped on request)"),
+            Outcome::TimedOut { after_s } => writeln!(s, "outcome: FAILED: timed out after {after_s:.1} s"),
+        };
+        s
+    }
+}
+
+fn describe_op(o: &OpSummary) -> String {
+    let rate = |bytes: f64| {
+        if o.seconds > 0.0 {
+            format!(", {:.2} GiB/s", bytes / o.seconds / (1u64 << 30) as f64)
+        } else {
+            String::new()
+        }
+    };
+    match o.name.as_str() {
+        "touch" => format!(
+            "#{} touch: {} touches ({} of 4 KiB pages) in {:.3} s on {} vCPU(s)",
+            o.index,
+            o.amount,
+            Size(o.amount * 4096),
+            o.seconds,
+            o.vcpus
+        ),
+        "fill" | "same" | "checksum" => format!(
+            "#{} {}: {} in {:.3} s{}",
+            o.index,
+            o.name,
+            Size(o.amount),
+            o.seconds,
+            rate(o.amount as f64)
+        ),
+        "verify" => format!(
+            "#{} verify: {} checked, {} mismatched words in {:.3} s{}",
+            o.index,
+            Size(o.amount),
+            o.mismatches,
+            o.seconds,
+            rate(o.amount as f64)
+        ),
+        _ => format!(
+            "#{} {}: {} accesses in {:.3} s ({:.1} ns per access per vCPU)",
+            o.index,
+            o.name,
+            o.amount,
+            o.seconds,
+            if o.amount > 0 { o.seconds * 1e9 * o.vcpus as f64 / o.amount as f64 } else { 0.0 }
+        ),
+    }
+}

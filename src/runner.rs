@@ -1,0 +1,185 @@
+//! Running a VM to the end: validate, map memory, create the VM, boot the built-in guest, run
+//! the vCPUs, collect their events, stop cleanly on failure, Ctrl-C or timeout, and build the
+//! report. The event loop lives on the caller's thread.
+
+use crate::boot;
+use crate::config::{ConfigError, VmConfig};
+use crate::devices::{Bus, NoDevices};
+use crate::memory::{GuestRam, MemoryError};
+use crate::report::{OpRecord, Outcome, RunReport, VcpuReport};
+use crate::vcpu::{self, VcpuEvent, VcpuHandle};
+use crate::vm::{Vm, VmError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+/// Everything that can stop a VM from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    /// Bad configuration.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Guest memory.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// KVM.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Boot.
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    /// Thread creation.
+    #[error("starting vCPU {vcpu} thread: {source}")]
+    Thread {
+        /// vCPU index.
+        vcpu: u32,
+        /// The error.
+        source: std::io::Error,
+    },
+}
+
+/// How a run is controlled from outside.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Set (e.g. by a Ctrl-C handler) to stop the guest early; the report is still produced.
+    pub interrupt: Option<Arc<AtomicBool>>,
+    /// Stop the guest after this long.
+    pub timeout: Option<Duration>,
+}
+
+/// Runs `config` to the end and returns the report. Errors before the guest starts are
+/// returned as `Err`; everything after (guest failures included) is in the report's outcome.
+pub fn run(config: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
+    let t0 = Instant::now();
+    config.check()?;
+    let ram = Arc::new(GuestRam::new(&config.memory)?);
+    let vm = Vm::new(&ram)?;
+    let flags = if config.triple_fault {
+        crate::abi::BOOT_FLAG_TRIPLE_FAULT
+    } else {
+        0
+    };
+    let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, 0)?;
+    let bus: Arc<dyn Bus> = Arc::new(NoDevices);
+    let (tx, rx) = mpsc::channel();
+    let mut fds = Vec::new();
+    for id in 0..config.vcpus {
+        let fd = vm.create_vcpu(id)?;
+        boot::setup_vcpu(&fd, id, &layout)?;
+        fds.push(fd);
+    }
+    let setup = t0.elapsed();
+    let started = Instant::now();
+    let mut handles: Vec<VcpuHandle> = Vec::new();
+    for (id, fd) in fds.into_iter().enumerate() {
+        let id = id as u32;
+        let h = vcpu::spawn(id, fd, ram.clone(), bus.clone(), tx.clone(), config.pin.get(&id).copied())
+            .map_err(|source| VmmError::Thread { vcpu: id, source })?;
+        handles.push(h);
+    }
+    drop(tx);
+    let mut report = RunReport::new(config, vm.host().clone(), &ram);
+    report.vcpus = handles
+        .iter()
+        .map(|h| VcpuReport::new(h.id, h.pinned))
+        .collect();
+    let mut begins: Vec<Vec<Option<Instant>>> = vec![vec![None; config.workload.steps.len()]; config.vcpus as usize];
+    let mut outcome: Option<Outcome> = None;
+    let mut running = config.vcpus as usize;
+    while running > 0 {
+        if outcome.is_none() {
+            if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
+                outcome = Some(Outcome::Interrupted);
+                stop_all(&mut handles);
+            } else if opts.timeout.is_some_and(|t| started.elapsed() > t) {
+                outcome = Some(Outcome::TimedOut {
+                    after_s: started.elapsed().as_secs_f64(),
+                });
+                stop_all(&mut handles);
+            }
+        }
+        let ev = match rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(ev) => ev,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+        };
+        match ev {
+            VcpuEvent::OpBegin { vcpu, index, at } => {
+                if let Some(slot) = begins.get_mut(vcpu as usize).and_then(|v| v.get_mut(index)) {
+                    *slot = Some(at);
+                }
+            }
+            VcpuEvent::OpEnd {
+                vcpu,
+                index,
+                kind,
+                results,
+                at,
+            } => {
+                let begin = begins
+                    .get(vcpu as usize)
+                    .and_then(|v| v.get(index))
+                    .copied()
+                    .flatten()
+                    .unwrap_or(at);
+                if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
+                    v.ops.push(OpRecord {
+                        index,
+                        name: crate::workload::kind_name(kind).into(),
+                        results,
+                        start_s: begin.duration_since(started).as_secs_f64(),
+                        seconds: at.duration_since(begin).as_secs_f64(),
+                    });
+                }
+            }
+            VcpuEvent::Log { vcpu, text } => {
+                log::info!("guest vcpu{vcpu}: {text}");
+                report.guest_log.push(format!("vcpu{vcpu}: {text}"));
+            }
+            VcpuEvent::Done { vcpu, status, calls } => {
+                running -= 1;
+                if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
+                    v.guest_status = Some(status);
+                    v.guest_hypercalls = Some(calls);
+                }
+                if status != 0 && outcome.is_none() {
+                    outcome = Some(Outcome::GuestError { vcpu, status });
+                }
+            }
+            VcpuEvent::Failed(f) => {
+                running -= 1;
+                log::info!("{f}");
+                if outcome.is_none() {
+                    outcome = Some(Outcome::Failed(f));
+                    stop_all(&mut handles);
+                }
+            }
+            VcpuEvent::Stopped { .. } => running -= 1,
+        }
+    }
+    report.run_seconds = started.elapsed().as_secs_f64();
+    report.setup_seconds = setup.as_secs_f64();
+    for h in &handles {
+        let v = &mut report.vcpus[h.id as usize];
+        v.exits = h.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), n)).collect();
+        v.total_exits = h.stats.total();
+        v.hypercall_exits = h.stats.hypercalls.load(Ordering::Relaxed);
+        v.unclaimed_io = h.stats.unclaimed_io.load(Ordering::Relaxed);
+    }
+    for mut h in handles {
+        h.stop();
+    }
+    report.finish(outcome.unwrap_or(Outcome::Completed), &ram);
+    drop(vm);
+    Ok(report)
+}
+
+fn stop_all(handles: &mut [VcpuHandle]) {
+    for h in handles.iter() {
+        // Ask all first, so they stop in parallel; `stop` below joins.
+        let _ = h.request(vcpu::RunState::Stopped, Duration::from_millis(0));
+    }
+    for h in handles.iter_mut() {
+        h.stop();
+    }
+}

@@ -1,0 +1,520 @@
+//! vCPUs: one named host thread each (`vcpu0`, ...), optional pinning, the `KVM_RUN` loop that
+//! counts every exit by reason, the built-in guest's hypercalls, and a small state machine
+//! (running, paused, stopped) driven through [`VcpuHandle`] with a signal kick.
+
+use crate::abi::{self, Hypercall};
+use crate::devices::Bus;
+use crate::memory::GuestRam;
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use serde::Serialize;
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::mpsc::Sender;
+use std::sync::{Arc, Condvar, Mutex, Once};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+use vmm_sys_util::signal::{register_signal_handler, Killable, SIGRTMIN};
+
+/// Why `KVM_RUN` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitReason {
+    /// Port write.
+    IoOut,
+    /// Port read.
+    IoIn,
+    /// MMIO read.
+    MmioRead,
+    /// MMIO write.
+    MmioWrite,
+    /// `hlt`.
+    Hlt,
+    /// Triple fault or similar.
+    Shutdown,
+    /// KVM could not emulate something.
+    InternalError,
+    /// VM entry failed.
+    FailEntry,
+    /// Guest-requested shutdown or reset.
+    SystemEvent,
+    /// A signal interrupted `KVM_RUN` (a kick).
+    Interrupted,
+    /// Anything else.
+    Other,
+}
+
+impl ExitReason {
+    /// Every reason, in report order.
+    pub const ALL: [ExitReason; 11] = [
+        ExitReason::IoOut,
+        ExitReason::IoIn,
+        ExitReason::MmioRead,
+        ExitReason::MmioWrite,
+        ExitReason::Hlt,
+        ExitReason::Shutdown,
+        ExitReason::InternalError,
+        ExitReason::FailEntry,
+        ExitReason::SystemEvent,
+        ExitReason::Interrupted,
+        ExitReason::Other,
+    ];
+
+    /// Name in reports and metrics.
+    pub fn name(self) -> &'static str {
+        match self {
+            ExitReason::IoOut => "io_out",
+            ExitReason::IoIn => "io_in",
+            ExitReason::MmioRead => "mmio_read",
+            ExitReason::MmioWrite => "mmio_write",
+            ExitReason::Hlt => "hlt",
+            ExitReason::Shutdown => "shutdown",
+            ExitReason::InternalError => "internal_error",
+            ExitReason::FailEntry => "fail_entry",
+            ExitReason::SystemEvent => "system_event",
+            ExitReason::Interrupted => "interrupted",
+            ExitReason::Other => "other",
+        }
+    }
+}
+
+/// Live per-vCPU counters, readable from any thread.
+#[derive(Debug, Default)]
+pub struct VcpuStats {
+    exits: [AtomicU64; 11],
+    /// Port writes that were hypercalls.
+    pub hypercalls: AtomicU64,
+    /// Port or MMIO accesses no device claimed.
+    pub unclaimed_io: AtomicU64,
+}
+
+impl VcpuStats {
+    fn count(&self, r: ExitReason) {
+        self.exits[r as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Snapshot of the exit counts, nonzero reasons only.
+    pub fn exits(&self) -> Vec<(ExitReason, u64)> {
+        ExitReason::ALL
+            .iter()
+            .map(|r| (*r, self.exits[*r as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
+    }
+
+    /// Total exits.
+    pub fn total(&self) -> u64 {
+        self.exits.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+}
+
+/// Why a vCPU stopped with an error.
+#[derive(Clone, Debug, Serialize)]
+pub struct VcpuFailure {
+    /// vCPU index.
+    pub vcpu: u32,
+    /// The exit reason or event.
+    pub reason: String,
+    /// Guest RIP when it happened.
+    pub rip: u64,
+    /// More detail (exception vector, error code, ...).
+    pub detail: String,
+}
+
+impl std::fmt::Display for VcpuFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "vCPU {}: {} at RIP {:#x}", self.vcpu, self.reason, self.rip)?;
+        if !self.detail.is_empty() {
+            write!(f, " ({})", self.detail)?;
+        }
+        Ok(())
+    }
+}
+
+/// What vCPU threads tell the runner.
+#[derive(Clone, Debug)]
+pub enum VcpuEvent {
+    /// A workload operation began.
+    OpBegin {
+        /// vCPU.
+        vcpu: u32,
+        /// Operation index.
+        index: usize,
+        /// When.
+        at: Instant,
+    },
+    /// A workload operation ended.
+    OpEnd {
+        /// vCPU.
+        vcpu: u32,
+        /// Operation index.
+        index: usize,
+        /// `OP_*` kind.
+        kind: u64,
+        /// What the guest reported.
+        results: [u64; 3],
+        /// When.
+        at: Instant,
+    },
+    /// The guest printed something.
+    Log {
+        /// vCPU.
+        vcpu: u32,
+        /// The text.
+        text: String,
+    },
+    /// The guest finished its workload.
+    Done {
+        /// vCPU.
+        vcpu: u32,
+        /// Guest status (0 = ok).
+        status: u64,
+        /// Hypercalls the guest says it made.
+        calls: u64,
+    },
+    /// The vCPU stopped on an error.
+    Failed(VcpuFailure),
+    /// The vCPU stopped because it was asked to.
+    Stopped {
+        /// vCPU.
+        vcpu: u32,
+    },
+}
+
+/// Requested and current state of a vCPU.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[repr(u8)]
+pub enum RunState {
+    /// Running guest code.
+    Running = 0,
+    /// Parked until resumed.
+    Paused = 1,
+    /// Finished; the thread has ended or is ending.
+    Stopped = 2,
+}
+
+#[derive(Debug)]
+struct Control {
+    requested: Mutex<RunState>,
+    cv: Condvar,
+    current: AtomicU8,
+}
+
+/// The runner's handle on a vCPU thread.
+#[derive(Debug)]
+pub struct VcpuHandle {
+    /// vCPU index.
+    pub id: u32,
+    /// Host CPU it is pinned to.
+    pub pinned: Option<usize>,
+    /// Live counters.
+    pub stats: Arc<VcpuStats>,
+    ctl: Arc<Control>,
+    thread: Option<JoinHandle<()>>,
+}
+
+fn kick_signal() -> i32 {
+    SIGRTMIN()
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl VcpuHandle {
+    /// Current state.
+    pub fn state(&self) -> RunState {
+        match self.ctl.current.load(Ordering::Acquire) {
+            0 => RunState::Running,
+            1 => RunState::Paused,
+            _ => RunState::Stopped,
+        }
+    }
+
+    /// Asks the vCPU to enter `state` and waits (up to `timeout`) until it has; kicks it out
+    /// of `KVM_RUN` with a signal, repeatedly, since a kick that lands just before the thread
+    /// enters the guest would otherwise be lost.
+    pub fn request(&self, state: RunState, timeout: Duration) -> bool {
+        {
+            let mut r = self.ctl.requested.lock().unwrap();
+            if *r == RunState::Stopped {
+                return self.state() == RunState::Stopped;
+            }
+            *r = state;
+            self.ctl.cv.notify_all();
+        }
+        let deadline = Instant::now() + timeout;
+        while self.state() != state {
+            if self.thread.as_ref().is_none_or(|t| t.is_finished()) {
+                return state == RunState::Stopped;
+            }
+            if let Some(t) = &self.thread {
+                let _ = t.kill(kick_signal());
+            }
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        true
+    }
+
+    /// Stops the vCPU and joins its thread.
+    pub fn stop(&mut self) {
+        self.request(RunState::Stopped, Duration::from_secs(5));
+        if let Some(t) = self.thread.take() {
+            if t.is_finished() || self.state() == RunState::Stopped {
+                let _ = t.join();
+            } else {
+                log::warn!("vcpu{} did not stop in time; leaving its thread", self.id);
+            }
+        }
+    }
+}
+
+impl Drop for VcpuHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Starts vCPU `id` on a thread named `vcpu<id>`.
+pub fn spawn(
+    id: u32,
+    fd: VcpuFd,
+    ram: Arc<GuestRam>,
+    bus: Arc<dyn Bus>,
+    events: Sender<VcpuEvent>,
+    pin: Option<usize>,
+) -> std::io::Result<VcpuHandle> {
+    static SIGNAL: Once = Once::new();
+    SIGNAL.call_once(|| {
+        if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
+            log::error!("cannot install the vCPU kick signal handler: {e}");
+        }
+    });
+    let ctl = Arc::new(Control {
+        requested: Mutex::new(RunState::Running),
+        cv: Condvar::new(),
+        current: AtomicU8::new(RunState::Running as u8),
+    });
+    let stats = Arc::new(VcpuStats::default());
+    let mut runner = Runner {
+        id,
+        fd,
+        ram,
+        bus,
+        events,
+        ctl: ctl.clone(),
+        stats: stats.clone(),
+    };
+    let thread = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
+        if let Some(cpu) = pin {
+            let mut set = nix::sched::CpuSet::new();
+            if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
+                log::warn!("vcpu{id}: could not pin to host CPU {cpu}");
+            }
+        }
+        runner.run();
+    })?;
+    Ok(VcpuHandle {
+        id,
+        pinned: pin,
+        stats,
+        ctl,
+        thread: Some(thread),
+    })
+}
+
+struct Runner {
+    id: u32,
+    fd: VcpuFd,
+    ram: Arc<GuestRam>,
+    bus: Arc<dyn Bus>,
+    events: Sender<VcpuEvent>,
+    ctl: Arc<Control>,
+    stats: Arc<VcpuStats>,
+}
+
+/// What the loop does after one exit.
+enum Next {
+    Continue,
+    Finish(VcpuEvent),
+}
+
+impl Runner {
+    fn set_current(&self, s: RunState) {
+        self.ctl.current.store(s as u8, Ordering::Release);
+    }
+
+    fn run(&mut self) {
+        let end = loop {
+            {
+                let mut req = self.ctl.requested.lock().unwrap();
+                while *req == RunState::Paused {
+                    self.set_current(RunState::Paused);
+                    req = self.ctl.cv.wait(req).unwrap();
+                }
+                if *req == RunState::Stopped {
+                    break VcpuEvent::Stopped { vcpu: self.id };
+                }
+                self.set_current(RunState::Running);
+            }
+            match self.step() {
+                Next::Continue => {}
+                Next::Finish(ev) => break ev,
+            }
+        };
+        *self.ctl.requested.lock().unwrap() = RunState::Stopped;
+        self.set_current(RunState::Stopped);
+        let _ = self.events.send(end);
+    }
+
+    fn rip(&self) -> u64 {
+        self.fd.get_regs().map(|r| r.rip).unwrap_or(0)
+    }
+
+    fn fail(&self, reason: &str, detail: String) -> Next {
+        Next::Finish(VcpuEvent::Failed(VcpuFailure {
+            vcpu: self.id,
+            reason: reason.into(),
+            rip: self.rip(),
+            detail,
+        }))
+    }
+
+    fn step(&mut self) -> Next {
+        let exit = match self.fd.run() {
+            Ok(exit) => exit,
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                self.stats.count(ExitReason::Interrupted);
+                return Next::Continue;
+            }
+            Err(e) => return self.fail("KVM_RUN failed", e.to_string()),
+        };
+        match exit {
+            VcpuExit::IoOut(port, data) => {
+                self.stats.count(ExitReason::IoOut);
+                if port == abi::HYPERCALL_PORT && data.len() == 4 {
+                    let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
+                    self.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
+                    return self.hypercall(gpa);
+                }
+                let (port, data) = (port, data.to_vec());
+                if !self.bus.pio_write(port, &data) {
+                    self.stats.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::Continue
+            }
+            VcpuExit::IoIn(port, data) => {
+                self.stats.count(ExitReason::IoIn);
+                if !self.bus.pio_read(port, data) {
+                    data.fill(0xff);
+                    self.stats.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::Continue
+            }
+            VcpuExit::MmioRead(addr, data) => {
+                self.stats.count(ExitReason::MmioRead);
+                if !self.bus.mmio_read(addr, data) {
+                    data.fill(0xff);
+                    self.stats.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::Continue
+            }
+            VcpuExit::MmioWrite(addr, data) => {
+                self.stats.count(ExitReason::MmioWrite);
+                if !self.bus.mmio_write(addr, data) {
+                    self.stats.unclaimed_io.fetch_add(1, Ordering::Relaxed);
+                }
+                Next::Continue
+            }
+            VcpuExit::Hlt => {
+                self.stats.count(ExitReason::Hlt);
+                self.fail("guest halted (hlt) without finishing its workload", String::new())
+            }
+            VcpuExit::Shutdown => {
+                self.stats.count(ExitReason::Shutdown);
+                self.fail("guest shut down (KVM_EXIT_SHUTDOWN: triple fault)", String::new())
+            }
+            VcpuExit::InternalError => {
+                self.stats.count(ExitReason::InternalError);
+                self.fail(
+                    "KVM internal error (KVM_EXIT_INTERNAL_ERROR)",
+                    "KVM could not emulate a guest instruction; on hosts without hardware virtualisation guest ring-0 code is emulated and e.g. int3 fails".into(),
+                )
+            }
+            VcpuExit::FailEntry(reason, cpu) => {
+                self.stats.count(ExitReason::FailEntry);
+                self.fail("VM entry failed (KVM_EXIT_FAIL_ENTRY)", format!("hardware reason {reason:#x} on host CPU {cpu}"))
+            }
+            VcpuExit::SystemEvent(kind, _) => {
+                self.stats.count(ExitReason::SystemEvent);
+                self.fail("guest requested a system event", format!("type {kind}"))
+            }
+            other => {
+                self.stats.count(ExitReason::Other);
+                let d = format!("{other:?}");
+                self.fail("unhandled VM exit", d)
+            }
+        }
+    }
+
+    fn hypercall(&mut self, gpa: u64) -> Next {
+        let mem = self.ram.memory();
+        let hc: Hypercall = match mem.read_obj(GuestAddress(gpa)) {
+            Ok(hc) => hc,
+            Err(e) => return self.fail("hypercall block outside guest RAM", format!("block at {gpa:#x}: {e}")),
+        };
+        let a = hc.args;
+        let at = Instant::now();
+        match hc.nr {
+            abi::HC_LOG => {
+                let len = a[1].min(4096) as usize;
+                let mut buf = vec![0u8; len];
+                let text = match mem.read_slice(&mut buf, GuestAddress(a[0])) {
+                    Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
+                    Err(e) => format!("<unreadable log at {:#x}: {e}>", a[0]),
+                };
+                let _ = self.events.send(VcpuEvent::Log { vcpu: self.id, text });
+                Next::Continue
+            }
+            abi::HC_OP_BEGIN => {
+                let _ = self.events.send(VcpuEvent::OpBegin {
+                    vcpu: self.id,
+                    index: a[0] as usize,
+                    at,
+                });
+                Next::Continue
+            }
+            abi::HC_OP_END => {
+                let _ = self.events.send(VcpuEvent::OpEnd {
+                    vcpu: self.id,
+                    index: a[0] as usize,
+                    kind: a[1],
+                    results: [a[2], a[3], a[4]],
+                    at,
+                });
+                Next::Continue
+            }
+            abi::HC_DONE => Next::Finish(VcpuEvent::Done {
+                vcpu: self.id,
+                status: a[0],
+                calls: a[1],
+            }),
+            abi::HC_EXCEPTION => Next::Finish(VcpuEvent::Failed(VcpuFailure {
+                vcpu: self.id,
+                reason: format!("guest exception {} (vector {})", exception_name(a[0]), a[0]),
+                rip: a[2],
+                detail: format!("error code {:#x}, cr2 {:#x}, cs {:#x}, rflags {:#x}", a[1], a[3], a[4], a[5]),
+            })),
+            nr => self.fail("unknown hypercall", format!("number {nr}")),
+        }
+    }
+}
+
+/// Mnemonic of an x86 exception vector.
+pub fn exception_name(v: u64) -> &'static str {
+    const NAMES: [&str; 21] = [
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "?", "#MF",
+        "#AC", "#MC", "#XM", "#VE",
+    ];
+    NAMES.get(v as usize).copied().unwrap_or("?")
+}

@@ -1,0 +1,293 @@
+//! Workloads of the built-in guest: the user-facing syntax (`touch:stride=4K`, `fill:seed=7`,
+//! ...), its translation into the boot-info operations of `abi.rs`, and names for reports.
+
+use crate::abi::{self, Op};
+use crate::config::parse_size;
+use serde::{Deserialize, Serialize};
+
+/// Workload errors name the operation and say what is accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkloadError {
+    /// Unknown operation.
+    #[error("--workload `{0}`: unknown operation; use touch, fill, verify, same, checksum, read, random or fault")]
+    UnknownOp(String),
+    /// Bad parameter.
+    #[error("--workload `{op}`: parameter `{param}`: {reason}")]
+    BadParam {
+        /// The operation.
+        op: String,
+        /// The parameter.
+        param: String,
+        /// What is accepted.
+        reason: String,
+    },
+    /// Too many operations.
+    #[error("--workload: at most {max} operations, got {0}", max = abi::MAX_OPS)]
+    TooMany(usize),
+}
+
+/// One operation with its parameters, as the user wrote it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "lowercase")]
+pub enum Step {
+    /// Dirty one word every `stride` bytes, `passes` times, over all RAM or the work area.
+    Touch {
+        /// Bytes between touches.
+        stride: u64,
+        /// Passes over the range.
+        passes: u64,
+        /// Only the work area (not the guest's own pages).
+        work_only: bool,
+    },
+    /// Write the address-derived pattern over the work area.
+    Fill {
+        /// Pattern seed.
+        seed: u64,
+    },
+    /// Check the pattern.
+    Verify {
+        /// Pattern seed.
+        seed: u64,
+    },
+    /// Give every page of the work area the same content (KSM food).
+    Same {
+        /// Content seed.
+        value: u64,
+    },
+    /// Checksum the work area.
+    Checksum,
+    /// Read one word every `stride` bytes.
+    Read {
+        /// Bytes between reads.
+        stride: u64,
+        /// Passes.
+        passes: u64,
+    },
+    /// Random read-writes over a working set.
+    Random {
+        /// Working-set bytes per vCPU (0: the whole share).
+        working_set: u64,
+        /// Accesses per vCPU.
+        accesses: u64,
+        /// Random seed.
+        seed: u64,
+    },
+    /// Raise an exception in ring 3 (tests failure reporting).
+    Fault,
+}
+
+impl Step {
+    /// Name used in reports.
+    pub fn name(&self) -> &'static str {
+        kind_name(self.to_op().kind)
+    }
+
+    /// The boot-info form.
+    pub fn to_op(&self) -> Op {
+        let (kind, args) = match *self {
+            Step::Touch {
+                stride,
+                passes,
+                work_only,
+            } => (abi::OP_TOUCH, [stride, passes, work_only as u64, 0]),
+            Step::Fill { seed } => (abi::OP_FILL_PATTERN, [seed, 0, 0, 0]),
+            Step::Verify { seed } => (abi::OP_VERIFY_PATTERN, [seed, 0, 0, 0]),
+            Step::Same { value } => (abi::OP_FILL_SAME, [value, 0, 0, 0]),
+            Step::Checksum => (abi::OP_CHECKSUM, [0; 4]),
+            Step::Read { stride, passes } => (abi::OP_READ, [stride, passes, 0, 0]),
+            Step::Random {
+                working_set,
+                accesses,
+                seed,
+            } => (abi::OP_RANDOM, [working_set, accesses, seed, 0]),
+            Step::Fault => (abi::OP_FAULT, [0; 4]),
+        };
+        Op { kind, args }
+    }
+
+    /// Parses `name[:key=value,...]`.
+    pub fn parse(text: &str) -> Result<Step, WorkloadError> {
+        let (name, params) = text.split_once(':').unwrap_or((text, ""));
+        let name = name.trim();
+        let mut kv = Vec::new();
+        for p in params.split(',').filter(|p| !p.trim().is_empty()) {
+            let (k, v) = p.split_once('=').ok_or_else(|| WorkloadError::BadParam {
+                op: name.into(),
+                param: p.into(),
+                reason: "expected key=value".into(),
+            })?;
+            kv.push((k.trim().to_string(), v.trim().to_string()));
+        }
+        let mut get = |key: &str, default: u64, size: bool| -> Result<u64, WorkloadError> {
+            match kv.iter().position(|(k, _)| k == key) {
+                None => Ok(default),
+                Some(i) => {
+                    let (_, v) = kv.remove(i);
+                    let parsed = if size { parse_size(&v) } else { parse_count(&v) };
+                    parsed.ok_or_else(|| WorkloadError::BadParam {
+                        op: name.into(),
+                        param: key.into(),
+                        reason: format!("`{v}` is not a {}", if size { "size (e.g. 4K, 2M)" } else { "number (e.g. 1000, 10M)" }),
+                    })
+                }
+            }
+        };
+        let step = match name {
+            "touch" => Step::Touch {
+                stride: get("stride", 4096, true)?,
+                passes: get("passes", 1, false)?,
+                work_only: get("work-only", 0, false)? != 0,
+            },
+            "fill" => Step::Fill {
+                seed: get("seed", 1, false)?,
+            },
+            "verify" => Step::Verify {
+                seed: get("seed", 1, false)?,
+            },
+            "same" => Step::Same {
+                value: get("value", 0x5a5a, false)?,
+            },
+            "checksum" => Step::Checksum,
+            "read" => Step::Read {
+                stride: get("stride", 4096, true)?,
+                passes: get("passes", 1, false)?,
+            },
+            "random" => Step::Random {
+                working_set: get("ws", 0, true)?,
+                accesses: get("accesses", 1_000_000, false)?,
+                seed: get("seed", 12345, false)?,
+            },
+            "fault" => Step::Fault,
+            other => return Err(WorkloadError::UnknownOp(other.into())),
+        };
+        if let Some((k, _)) = kv.first() {
+            return Err(WorkloadError::BadParam {
+                op: name.into(),
+                param: k.clone(),
+                reason: "unknown parameter".into(),
+            });
+        }
+        if let Step::Touch { stride, .. } | Step::Read { stride, .. } = step {
+            if stride < 8 || stride % 8 != 0 {
+                return Err(WorkloadError::BadParam {
+                    op: name.into(),
+                    param: "stride".into(),
+                    reason: "must be a multiple of 8 bytes".into(),
+                });
+            }
+        }
+        Ok(step)
+    }
+}
+
+/// A count with an optional K/M/G decimal suffix (`10M` = 10,000,000).
+fn parse_count(text: &str) -> Option<u64> {
+    let t = text.trim();
+    let (num, mult) = match t.chars().last()? {
+        'k' | 'K' => (&t[..t.len() - 1], 1_000),
+        'm' | 'M' => (&t[..t.len() - 1], 1_000_000),
+        'g' | 'G' => (&t[..t.len() - 1], 1_000_000_000),
+        _ => (t, 1),
+    };
+    num.parse::<u64>().ok()?.checked_mul(mult)
+}
+
+/// Report name of an `OP_*` kind.
+pub fn kind_name(kind: u64) -> &'static str {
+    match kind {
+        abi::OP_TOUCH => "touch",
+        abi::OP_FILL_PATTERN => "fill",
+        abi::OP_VERIFY_PATTERN => "verify",
+        abi::OP_FILL_SAME => "same",
+        abi::OP_CHECKSUM => "checksum",
+        abi::OP_READ => "read",
+        abi::OP_RANDOM => "random",
+        abi::OP_FAULT => "fault",
+        _ => "unknown",
+    }
+}
+
+/// An ordered list of steps every vCPU runs on its own share.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Workload {
+    /// The steps.
+    pub steps: Vec<Step>,
+}
+
+impl Workload {
+    /// What `memvisor run` does by default: touch every page of RAM, then write and verify
+    /// a pattern over the work area.
+    pub fn default_run() -> Self {
+        Workload {
+            steps: vec![
+                Step::Touch {
+                    stride: 4096,
+                    passes: 1,
+                    work_only: false,
+                },
+                Step::Fill { seed: 1 },
+                Step::Verify { seed: 1 },
+            ],
+        }
+    }
+
+    /// Parses `--workload` values; each may hold several steps separated by `;`.
+    pub fn parse<S: AsRef<str>>(values: &[S]) -> Result<Self, WorkloadError> {
+        let mut steps = Vec::new();
+        for v in values {
+            for s in v.as_ref().split(';').filter(|s| !s.trim().is_empty()) {
+                steps.push(Step::parse(s)?);
+            }
+        }
+        let w = Workload { steps };
+        w.check()?;
+        Ok(w)
+    }
+
+    /// Checks limits.
+    pub fn check(&self) -> Result<(), WorkloadError> {
+        if self.steps.len() > abi::MAX_OPS {
+            return Err(WorkloadError::TooMany(self.steps.len()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_steps() {
+        let w = Workload::parse(&["touch:stride=2M,passes=3;fill:seed=7", "random:ws=64M,accesses=10K"]).unwrap();
+        assert_eq!(
+            w.steps,
+            vec![
+                Step::Touch {
+                    stride: 2 << 20,
+                    passes: 3,
+                    work_only: false
+                },
+                Step::Fill { seed: 7 },
+                Step::Random {
+                    working_set: 64 << 20,
+                    accesses: 10_000,
+                    seed: 12345
+                }
+            ]
+        );
+        assert_eq!(w.steps[0].to_op().kind, abi::OP_TOUCH);
+        assert_eq!(w.steps[2].to_op().args, [64 << 20, 10_000, 12345, 0]);
+    }
+
+    #[test]
+    fn rejects_bad_steps() {
+        assert!(matches!(Step::parse("dance"), Err(WorkloadError::UnknownOp(_))));
+        let e = Step::parse("touch:stride=3").unwrap_err().to_string();
+        assert!(e.contains("stride") && e.contains("multiple of 8"), "{e}");
+        let e = Step::parse("fill:colour=1").unwrap_err().to_string();
+        assert!(e.contains("colour"), "{e}");
+        let many: Vec<String> = (0..=abi::MAX_OPS).map(|_| "checksum".to_string()).collect();
+        assert!(matches!(Workload::parse(&many), Err(WorkloadError::TooMany(_))));
+    }
+}
