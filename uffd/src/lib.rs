@@ -24,6 +24,7 @@ mod error;
 mod external;
 mod handler;
 mod ioctl;
+mod server;
 mod stats;
 
 pub use error::UffdError;
