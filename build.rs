@@ -11,16 +11,44 @@ fn main() {
     for f in ["guest/main.rs", "guest/abi.rs", "guest/link.ld"] {
         println!("cargo:rerun-if-changed={f}");
     }
-    let manifest = PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
-    let out = PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("memvisor-guest.elf");
+    let manifest =
+        PathBuf::from(env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR"));
+    let out =
+        PathBuf::from(env::var("OUT_DIR").expect("cargo sets OUT_DIR")).join("memvisor-guest.elf");
     let rustc = env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
     let link_script = manifest.join("guest/link.ld");
     let output = Command::new(rustc)
-        .args(["--edition", "2021", "--crate-type", "bin", "--crate-name", "memvisor_guest"])
+        .args([
+            "--edition",
+            "2021",
+            "--crate-type",
+            "bin",
+            "--crate-name",
+            "memvisor_guest",
+        ])
         .args(["--target", "x86_64-unknown-linux-gnu"])
-        .args(["-C", "opt-level=2", "-C", "panic=abort", "-C", "relocation-model=static"])
-        .args(["-C", "debuginfo=0", "-C", "link-arg=-nostdlib", "-C", "link-arg=-static"])
-        .args(["-C", "link-arg=-no-pie", "-C", "link-arg=-Wl,--build-id=none"])
+        .args([
+            "-C",
+            "opt-level=2",
+            "-C",
+            "panic=abort",
+            "-C",
+            "relocation-model=static",
+        ])
+        .args([
+            "-C",
+            "debuginfo=0",
+            "-C",
+            "link-arg=-nostdlib",
+            "-C",
+            "link-arg=-static",
+        ])
+        .args([
+            "-C",
+            "link-arg=-no-pie",
+            "-C",
+            "link-arg=-Wl,--build-id=none",
+        ])
         .arg("-C")
         .arg(format!("link-arg=-Wl,-T,{}", link_script.display()))
         .arg("-o")

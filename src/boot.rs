@@ -62,7 +62,12 @@ pub struct BootLayout {
     pub flags: u64,
 }
 
-fn write<T: ByteValued>(mem: &GuestMemoryMmap, what: &'static str, v: T, gpa: u64) -> Result<(), BootError> {
+fn write<T: ByteValued>(
+    mem: &GuestMemoryMmap,
+    what: &'static str,
+    v: T,
+    gpa: u64,
+) -> Result<(), BootError> {
     mem.write_obj(v, GuestAddress(gpa))
         .map_err(|source| BootError::Write { what, source })
 }
@@ -95,13 +100,22 @@ pub fn setup(
     }
     let header: ImageHeader = mem
         .read_obj(GuestAddress(abi::IMAGE_GPA))
-        .map_err(|source| BootError::Write { what: "image header", source })?;
+        .map_err(|source| BootError::Write {
+            what: "image header",
+            source,
+        })?;
     if header.magic != abi::IMAGE_MAGIC {
         return Err(BootError::Load("image header magic mismatch".into()));
     }
 
     // GDT: null, kernel code/data, user code/data, then one 16-byte TSS descriptor per vCPU.
-    let mut gdt: Vec<u64> = vec![0, 0x00af_9b00_0000_ffff, 0x00cf_9300_0000_ffff, 0x00af_fb00_0000_ffff, 0x00cf_f300_0000_ffff];
+    let mut gdt: Vec<u64> = vec![
+        0,
+        0x00af_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+    ];
     for i in 0..vcpus as u64 {
         let base = abi::TSS_GPA + i * abi::TSS_STRIDE;
         let limit = tss_limit();
@@ -128,12 +142,18 @@ pub fn setup(
         write(mem, "TSS", kernel_stack_top(i as u32), tss + 4)?;
         write(mem, "TSS", abi::TSS_SIZE as u16, tss + 102)?;
         mem.write_slice(&bitmap, GuestAddress(tss + abi::TSS_SIZE))
-            .map_err(|source| BootError::Write { what: "TSS I/O bitmap", source })?;
+            .map_err(|source| BootError::Write {
+                what: "TSS I/O bitmap",
+                source,
+            })?;
     }
     // IDT: 32 interrupt gates (DPL 0) to the image's exception stubs.
     for v in 0..abi::EXCEPTION_VECTORS as u64 {
         let h = header.exception_stubs + v * abi::EXCEPTION_STUB_STRIDE;
-        let low = (h & 0xffff) | ((abi::SEL_KERNEL_CODE as u64) << 16) | (0x8e << 40) | (((h >> 16) & 0xffff) << 48);
+        let low = (h & 0xffff)
+            | ((abi::SEL_KERNEL_CODE as u64) << 16)
+            | (0x8e << 40)
+            | (((h >> 16) & 0xffff) << 48);
         write(mem, "IDT", low, abi::IDT_GPA + 16 * v)?;
         write(mem, "IDT", h >> 32, abi::IDT_GPA + 16 * v + 8)?;
     }
@@ -153,9 +173,14 @@ pub fn setup(
     for g in 0..gibs {
         let pd = pdpt + 0x1000 * (g + 1);
         write(mem, "page tables", pd | 0x7, pdpt + 8 * g)?;
-        let entries: Vec<u64> = (0..512u64).map(|i| ((g << 30) + (i << 21)) | 0x87).collect();
+        let entries: Vec<u64> = (0..512u64)
+            .map(|i| ((g << 30) + (i << 21)) | 0x87)
+            .collect();
         mem.write_slice(entries.as_slice().as_bytes_compat(), GuestAddress(pd))
-            .map_err(|source| BootError::Write { what: "page tables", source })?;
+            .map_err(|source| BootError::Write {
+                what: "page tables",
+                source,
+            })?;
     }
     // Boot info.
     let mut info = BootInfo {
@@ -166,14 +191,23 @@ pub fn setup(
     };
     let ranges = ram.ram_ranges();
     if ranges.len() > abi::MAX_RANGES {
-        return Err(BootError::Layout(format!("at most {} RAM ranges", abi::MAX_RANGES)));
+        return Err(BootError::Layout(format!(
+            "at most {} RAM ranges",
+            abi::MAX_RANGES
+        )));
     }
     for (gpa, len) in ranges {
-        info.ram[info.num_ram as usize] = GpaRange { start: gpa, end: gpa + len };
+        info.ram[info.num_ram as usize] = GpaRange {
+            start: gpa,
+            end: gpa + len,
+        };
         info.num_ram += 1;
         let start = gpa.max(abi::WORK_AREA_GPA);
         if start < gpa + len {
-            info.work[info.num_work as usize] = GpaRange { start, end: gpa + len };
+            info.work[info.num_work as usize] = GpaRange {
+                start,
+                end: gpa + len,
+            };
             info.num_work += 1;
         }
     }
@@ -216,7 +250,13 @@ fn kernel_stack_top(vcpu: u32) -> u64 {
 
 /// Sets vCPU `id`'s registers: 64-bit mode, paging on, SSE enabled, at the entry point.
 pub fn setup_vcpu(vcpu: &VcpuFd, id: u32, layout: &BootLayout) -> Result<(), BootError> {
-    let err = |what| move |source| BootError::Regs { vcpu: id, what, source };
+    let err = |what| {
+        move |source| BootError::Regs {
+            vcpu: id,
+            what,
+            source,
+        }
+    };
     let mut sregs: kvm_sregs = vcpu.get_sregs().map_err(err("get sregs"))?;
     let code = kvm_segment {
         base: 0,

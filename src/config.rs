@@ -103,7 +103,9 @@ impl Backend {
             Backend::Anon { shared: false, .. } => "anon",
             Backend::Anon { shared: true, .. } => "anon-shared",
             Backend::Hugetlbfs { .. } => "hugetlbfs",
-            Backend::Memfd { hugepage_size: None } => "memfd",
+            Backend::Memfd {
+                hugepage_size: None,
+            } => "memfd",
             Backend::Memfd { .. } => "memfd-hugetlb",
             Backend::Uffd { .. } => "uffd",
         }
@@ -164,8 +166,14 @@ impl RegionConfig {
             }
         }
         let mut take = |k: &str| opts.remove(k);
-        let size_text = take("size").ok_or_else(|| err("size", "missing; add e.g. size=512M".into()))?;
-        let size = parse_size(&size_text).ok_or_else(|| err("size", format!("`{size_text}` is not a size (e.g. 512M, 4G)")))?;
+        let size_text =
+            take("size").ok_or_else(|| err("size", "missing; add e.g. size=512M".into()))?;
+        let size = parse_size(&size_text).ok_or_else(|| {
+            err(
+                "size",
+                format!("`{size_text}` is not a size (e.g. 512M, 4G)"),
+            )
+        })?;
         let on_off = |k: &str, v: Option<String>| -> Result<Option<bool>, ConfigError> {
             match v.as_deref() {
                 None => Ok(None),
@@ -260,7 +268,10 @@ impl RegionConfig {
             reason,
         };
         if self.size == 0 || self.size % 4096 != 0 {
-            return Err(err("size", format!("{} is not a positive multiple of 4 KiB", self.size)));
+            return Err(err(
+                "size",
+                format!("{} is not a positive multiple of 4 KiB", self.size),
+            ));
         }
         if let Backend::Memfd {
             hugepage_size: Some(hp),
@@ -269,7 +280,11 @@ impl RegionConfig {
             if self.size % hp != 0 {
                 return Err(err(
                     "size",
-                    format!("{} is not a multiple of the {} huge page size", Size(self.size), Size(hp)),
+                    format!(
+                        "{} is not a multiple of the {} huge page size",
+                        Size(self.size),
+                        Size(hp)
+                    ),
                 ));
             }
         }
@@ -280,7 +295,10 @@ impl RegionConfig {
         } = &self.backend
         {
             if !fetch.is_power_of_two() || !(4096..=2 << 20).contains(fetch) {
-                return Err(err("fetch", format!("{} must be a power of two from 4K to 2M", Size(*fetch))));
+                return Err(err(
+                    "fetch",
+                    format!("{} must be a power of two from 4K to 2M", Size(*fetch)),
+                ));
             }
             if self.prealloc && external_socket.is_some() {
                 return Err(err("prealloc", "an external handler serves the pages; prealloc=on cannot be combined with handler=external".into()));
@@ -288,9 +306,15 @@ impl RegionConfig {
         }
         if self.mergeable {
             let why = match &self.backend {
-                Backend::Anon { shared: true, .. } => Some("KSM does not merge MAP_SHARED memory; use shared=off"),
-                Backend::Hugetlbfs { .. } => Some("KSM does not merge hugetlb pages; use backend=anon"),
-                Backend::Memfd { .. } => Some("KSM does not merge shared memfd memory; use backend=anon"),
+                Backend::Anon { shared: true, .. } => {
+                    Some("KSM does not merge MAP_SHARED memory; use shared=off")
+                }
+                Backend::Hugetlbfs { .. } => {
+                    Some("KSM does not merge hugetlb pages; use backend=anon")
+                }
+                Backend::Memfd { .. } => {
+                    Some("KSM does not merge shared memfd memory; use backend=anon")
+                }
                 _ => None,
             };
             if let Some(why) = why {
@@ -342,7 +366,9 @@ impl VmConfig {
             return Err(ConfigError::BadVcpus(self.vcpus));
         }
         if self.memory.is_empty() {
-            return Err(ConfigError::Invalid("no guest memory: give at least one --memory size=...".into()));
+            return Err(ConfigError::Invalid(
+                "no guest memory: give at least one --memory size=...".into(),
+            ));
         }
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
@@ -356,7 +382,10 @@ impl VmConfig {
         }
         for (&v, &c) in &self.pin {
             if v >= self.vcpus {
-                return Err(ConfigError::BadPin(format!("{v}={c} (there are only {} vCPUs)", self.vcpus)));
+                return Err(ConfigError::BadPin(format!(
+                    "{v}={c} (there are only {} vCPUs)",
+                    self.vcpus
+                )));
             }
         }
         self.workload.check()?;
@@ -366,14 +395,26 @@ impl VmConfig {
 
 /// Parses `--pin 0=2,1=3`.
 pub fn parse_pin(text: &str) -> Result<BTreeMap<u32, usize>, ConfigError> {
-    let online = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let online = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let mut map = BTreeMap::new();
     for pair in text.split(',').filter(|p| !p.is_empty()) {
-        let (v, c) = pair.split_once('=').ok_or_else(|| ConfigError::BadPin(pair.into()))?;
-        let v: u32 = v.trim().parse().map_err(|_| ConfigError::BadPin(pair.into()))?;
-        let c: usize = c.trim().parse().map_err(|_| ConfigError::BadPin(pair.into()))?;
+        let (v, c) = pair
+            .split_once('=')
+            .ok_or_else(|| ConfigError::BadPin(pair.into()))?;
+        let v: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadPin(pair.into()))?;
+        let c: usize = c
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadPin(pair.into()))?;
         if c >= online {
-            return Err(ConfigError::BadPin(format!("{pair}: host CPU {c} is not online (this host has {online})")));
+            return Err(ConfigError::BadPin(format!(
+                "{pair}: host CPU {c} is not online (this host has {online})"
+            )));
         }
         map.insert(v, c);
     }
@@ -438,7 +479,11 @@ mod tests {
 
     #[test]
     fn region_options() {
-        let r = RegionConfig::parse(0, "size=1G,backend=hugetlbfs,mem-path=/dev/hugepages,prealloc=on").unwrap();
+        let r = RegionConfig::parse(
+            0,
+            "size=1G,backend=hugetlbfs,mem-path=/dev/hugepages,prealloc=on",
+        )
+        .unwrap();
         assert_eq!(r.size, 1 << 30);
         assert!(r.prealloc);
         assert_eq!(
@@ -455,19 +500,36 @@ mod tests {
 
     #[test]
     fn region_errors_name_region_and_option() {
-        let e = RegionConfig::parse(2, "size=1G,backend=floppy").unwrap_err().to_string();
-        assert!(e.contains("memory region 2") && e.contains("backend") && e.contains("hugetlbfs"), "{e}");
-        let e = RegionConfig::parse(0, "size=1G,backend=hugetlbfs").unwrap_err().to_string();
+        let e = RegionConfig::parse(2, "size=1G,backend=floppy")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("memory region 2") && e.contains("backend") && e.contains("hugetlbfs"),
+            "{e}"
+        );
+        let e = RegionConfig::parse(0, "size=1G,backend=hugetlbfs")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("mem-path"), "{e}");
-        let e = RegionConfig::parse(0, "size=1G,colour=blue").unwrap_err().to_string();
+        let e = RegionConfig::parse(0, "size=1G,colour=blue")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("colour") && e.contains("unknown"), "{e}");
-        let e = RegionConfig::parse(0, "size=1G,shared=on,mergeable=on").unwrap_err().to_string();
+        let e = RegionConfig::parse(0, "size=1G,shared=on,mergeable=on")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("MAP_SHARED"), "{e}");
-        let e = RegionConfig::parse(0, "size=3M,backend=memfd,hugetlb=on").unwrap_err().to_string();
+        let e = RegionConfig::parse(0, "size=3M,backend=memfd,hugetlb=on")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("multiple"), "{e}");
-        let e = RegionConfig::parse(0, "size=1G,backend=uffd,fetch=3K").unwrap_err().to_string();
+        let e = RegionConfig::parse(0, "size=1G,backend=uffd,fetch=3K")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("power of two"), "{e}");
-        let e = RegionConfig::parse(0, "size=1G,prealloc=maybe").unwrap_err().to_string();
+        let e = RegionConfig::parse(0, "size=1G,prealloc=maybe")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("on or off"), "{e}");
     }
 

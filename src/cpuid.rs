@@ -68,6 +68,10 @@ mod tests {
         assert_eq!(s[1].edx, 3);
         assert_eq!(s[2].edx, 2);
         let hw = for_vcpu(&table, 1, true);
-        assert_ne!(hw.as_slice()[0].ecx & ECX_CMPXCHG16B, 0, "kept with hardware virtualisation");
+        assert_ne!(
+            hw.as_slice()[0].ecx & ECX_CMPXCHG16B,
+            0,
+            "kept with hardware virtualisation"
+        );
     }
 }

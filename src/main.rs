@@ -103,7 +103,8 @@ fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     let config = build_config(&a).map_err(|e| e.to_string())?;
     let interrupt = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, interrupt.clone()).map_err(|e| format!("installing signal handler: {e}"))?;
+        signal_hook::flag::register(sig, interrupt.clone())
+            .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     let opts = RunOptions {
         interrupt: Some(interrupt),

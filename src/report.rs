@@ -232,7 +232,10 @@ impl RunReport {
 
     /// Sum of an exit reason over all vCPUs.
     pub fn exits(&self, reason: &str) -> u64 {
-        self.vcpus.iter().map(|v| v.exits.get(reason).copied().unwrap_or(0)).sum()
+        self.vcpus
+            .iter()
+            .map(|v| v.exits.get(reason).copied().unwrap_or(0))
+            .sum()
     }
 
     /// The readable report.
@@ -246,13 +249,21 @@ impl RunReport {
             c.vcpus,
             Size(c.ram_bytes()),
             self.host.mmu,
-            if self.host.hardware { "" } else { " (no VMX/SVM: guest ring-0 code is emulated)" }
+            if self.host.hardware {
+                ""
+            } else {
+                " (no VMX/SVM: guest ring-0 code is emulated)"
+            }
         );
         let steps: Vec<&str> = c.workload.steps.iter().map(|s| s.name()).collect();
         let _ = writeln!(s, "  workload: {}", steps.join(", "));
         let _ = writeln!(s, "memory");
         for r in &self.regions {
-            let gpa: Vec<String> = r.gpa.iter().map(|(a, b)| format!("{a:#x}-{b:#x}")).collect();
+            let gpa: Vec<String> = r
+                .gpa
+                .iter()
+                .map(|(a, b)| format!("{a:#x}-{b:#x}"))
+                .collect();
             let _ = writeln!(
                 s,
                 "  region {}: {} {} (page {}), GPA {}, resident {}",
@@ -267,16 +278,25 @@ impl RunReport {
         let _ = writeln!(s, "vCPUs");
         for v in &self.vcpus {
             let exits: Vec<String> = v.exits.iter().map(|(k, n)| format!("{k}={n}")).collect();
-            let pin = v.pinned.map(|p| format!(", pinned to CPU {p}")).unwrap_or_default();
+            let pin = v
+                .pinned
+                .map(|p| format!(", pinned to CPU {p}"))
+                .unwrap_or_default();
             let _ = writeln!(
                 s,
                 "  vcpu{}{}: {} exits ({}); hypercalls {} seen, {} made by guest",
                 v.id,
                 pin,
                 v.total_exits,
-                if exits.is_empty() { "none".into() } else { exits.join(" ") },
+                if exits.is_empty() {
+                    "none".into()
+                } else {
+                    exits.join(" ")
+                },
                 v.hypercall_exits,
-                v.guest_hypercalls.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                v.guest_hypercalls
+                    .map(|n| n.to_string())
+                    .unwrap_or_else(|| "?".into())
             );
         }
         let _ = writeln!(s, "workload results");
@@ -295,9 +315,14 @@ impl RunReport {
         let _ = match &self.outcome {
             Outcome::Completed => writeln!(s, "outcome: completed"),
             Outcome::Failed(f) => writeln!(s, "outcome: FAILED: {f}"),
-            Outcome::GuestError { vcpu, status } => writeln!(s, "outcome: FAILED: guest vCPU {vcpu} reported status {status}"),
+            Outcome::GuestError { vcpu, status } => writeln!(
+                s,
+                "outcome: FAILED: guest vCPU {vcpu} reported status {status}"
+            ),
             Outcome::Interrupted => writeln!(s, "outcome: interrupted (stopped on request)"),
-            Outcome::TimedOut { after_s } => writeln!(s, "outcome: FAILED: timed out after {after_s:.1} s"),
+            Outcome::TimedOut { after_s } => {
+                writeln!(s, "outcome: FAILED: timed out after {after_s:.1} s")
+            }
         };
         s
     }
@@ -342,7 +367,11 @@ fn describe_op(o: &OpSummary) -> String {
             o.name,
             o.amount,
             o.seconds,
-            if o.amount > 0 { o.seconds * 1e9 * o.vcpus as f64 / o.amount as f64 } else { 0.0 }
+            if o.amount > 0 {
+                o.seconds * 1e9 * o.vcpus as f64 / o.amount as f64
+            } else {
+                0.0
+            }
         ),
     }
 }

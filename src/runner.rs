@@ -50,128 +50,201 @@ pub struct RunOptions {
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
 /// returned as `Err`; everything after (guest failures included) is in the report's outcome.
 pub fn run(config: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
-    let t0 = Instant::now();
-    config.check()?;
-    let ram = Arc::new(GuestRam::new(&config.memory)?);
-    let vm = Vm::new(&ram)?;
-    let flags = if config.triple_fault {
-        crate::abi::BOOT_FLAG_TRIPLE_FAULT
-    } else {
-        0
-    };
-    let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, 0)?;
-    let bus: Arc<dyn Bus> = Arc::new(NoDevices);
-    let (tx, rx) = mpsc::channel();
-    let mut fds = Vec::new();
-    for id in 0..config.vcpus {
-        let fd = vm.create_vcpu(id)?;
-        boot::setup_vcpu(&fd, id, &layout)?;
-        fds.push(fd);
-    }
-    let setup = t0.elapsed();
-    let started = Instant::now();
-    let mut handles: Vec<VcpuHandle> = Vec::new();
-    for (id, fd) in fds.into_iter().enumerate() {
-        let id = id as u32;
-        let h = vcpu::spawn(id, fd, ram.clone(), bus.clone(), tx.clone(), config.pin.get(&id).copied())
-            .map_err(|source| VmmError::Thread { vcpu: id, source })?;
-        handles.push(h);
-    }
-    drop(tx);
-    let mut report = RunReport::new(config, vm.host().clone(), &ram);
-    report.vcpus = handles
-        .iter()
-        .map(|h| VcpuReport::new(h.id, h.pinned))
-        .collect();
-    let mut begins: Vec<Vec<Option<Instant>>> = vec![vec![None; config.workload.steps.len()]; config.vcpus as usize];
-    let mut outcome: Option<Outcome> = None;
-    let mut running = config.vcpus as usize;
-    while running > 0 {
-        if outcome.is_none() {
-            if opts.interrupt.as_ref().is_some_and(|f| f.load(Ordering::Relaxed)) {
-                outcome = Some(Outcome::Interrupted);
-                stop_all(&mut handles);
-            } else if opts.timeout.is_some_and(|t| started.elapsed() > t) {
-                outcome = Some(Outcome::TimedOut {
-                    after_s: started.elapsed().as_secs_f64(),
-                });
-                stop_all(&mut handles);
-            }
-        }
-        let ev = match rx.recv_timeout(Duration::from_millis(50)) {
-            Ok(ev) => ev,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => break,
+    Ok(Vmm::start(config)?.wait(opts))
+}
+
+/// A started VM: guest memory, KVM VM and running vCPU threads.
+///
+/// Fields drop in order: vCPU threads, then the VM (memslots), then guest memory.
+pub struct Vmm {
+    handles: Vec<VcpuHandle>,
+    vm: Vm,
+    ram: Arc<GuestRam>,
+    config: VmConfig,
+    events: mpsc::Receiver<VcpuEvent>,
+    setup: Duration,
+    started: Instant,
+}
+
+impl Vmm {
+    /// Validates `config`, maps guest memory, creates the VM, boots the built-in guest and
+    /// starts every vCPU.
+    pub fn start(config: &VmConfig) -> Result<Vmm, VmmError> {
+        let t0 = Instant::now();
+        config.check()?;
+        let ram = Arc::new(GuestRam::new(&config.memory)?);
+        let vm = Vm::new(&ram)?;
+        let flags = if config.triple_fault {
+            crate::abi::BOOT_FLAG_TRIPLE_FAULT
+        } else {
+            0
         };
-        match ev {
-            VcpuEvent::OpBegin { vcpu, index, at } => {
-                if let Some(slot) = begins.get_mut(vcpu as usize).and_then(|v| v.get_mut(index)) {
-                    *slot = Some(at);
-                }
-            }
-            VcpuEvent::OpEnd {
-                vcpu,
-                index,
-                kind,
-                results,
-                at,
-            } => {
-                let begin = begins
-                    .get(vcpu as usize)
-                    .and_then(|v| v.get(index))
-                    .copied()
-                    .flatten()
-                    .unwrap_or(at);
-                if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
-                    v.ops.push(OpRecord {
-                        index,
-                        name: crate::workload::kind_name(kind).into(),
-                        results,
-                        start_s: begin.duration_since(started).as_secs_f64(),
-                        seconds: at.duration_since(begin).as_secs_f64(),
+        let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, 0)?;
+        let bus: Arc<dyn Bus> = Arc::new(NoDevices);
+        let (tx, rx) = mpsc::channel();
+        let mut fds = Vec::new();
+        for id in 0..config.vcpus {
+            let fd = vm.create_vcpu(id)?;
+            boot::setup_vcpu(&fd, id, &layout)?;
+            fds.push(fd);
+        }
+        let setup = t0.elapsed();
+        let started = Instant::now();
+        let mut handles: Vec<VcpuHandle> = Vec::new();
+        for (id, fd) in fds.into_iter().enumerate() {
+            let id = id as u32;
+            let h = vcpu::spawn(
+                id,
+                fd,
+                ram.clone(),
+                bus.clone(),
+                tx.clone(),
+                config.pin.get(&id).copied(),
+            )
+            .map_err(|source| VmmError::Thread { vcpu: id, source })?;
+            handles.push(h);
+        }
+        Ok(Vmm {
+            config: config.clone(),
+            ram,
+            vm,
+            handles,
+            events: rx,
+            setup,
+            started,
+        })
+    }
+
+    /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).
+    pub fn ram(&self) -> &Arc<GuestRam> {
+        &self.ram
+    }
+
+    /// Collects vCPU events until every vCPU has finished, failed or been stopped, stopping
+    /// all of them at the first failure, on interrupt or timeout. Returns the report. Call it
+    /// once; guest memory stays readable through [`Vmm::ram`] afterwards.
+    pub fn wait(&mut self, opts: &RunOptions) -> RunReport {
+        let config = &self.config;
+        let started = self.started;
+        let mut report = RunReport::new(config, self.vm.host().clone(), &self.ram);
+        report.vcpus = self
+            .handles
+            .iter()
+            .map(|h| VcpuReport::new(h.id, h.pinned))
+            .collect();
+        let mut begins: Vec<Vec<Option<Instant>>> =
+            vec![vec![None; config.workload.steps.len()]; config.vcpus as usize];
+        let mut outcome: Option<Outcome> = None;
+        let mut running = config.vcpus as usize;
+        while running > 0 {
+            if outcome.is_none() {
+                if opts
+                    .interrupt
+                    .as_ref()
+                    .is_some_and(|f| f.load(Ordering::Relaxed))
+                {
+                    outcome = Some(Outcome::Interrupted);
+                    stop_all(&mut self.handles);
+                } else if opts.timeout.is_some_and(|t| started.elapsed() > t) {
+                    outcome = Some(Outcome::TimedOut {
+                        after_s: started.elapsed().as_secs_f64(),
                     });
+                    stop_all(&mut self.handles);
                 }
             }
-            VcpuEvent::Log { vcpu, text } => {
-                log::info!("guest vcpu{vcpu}: {text}");
-                report.guest_log.push(format!("vcpu{vcpu}: {text}"));
-            }
-            VcpuEvent::Done { vcpu, status, calls } => {
-                running -= 1;
-                if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
-                    v.guest_status = Some(status);
-                    v.guest_hypercalls = Some(calls);
+            let ev = match self.events.recv_timeout(Duration::from_millis(50)) {
+                Ok(ev) => ev,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
+            match ev {
+                VcpuEvent::OpBegin { vcpu, index, at } => {
+                    if let Some(slot) = begins.get_mut(vcpu as usize).and_then(|v| v.get_mut(index))
+                    {
+                        *slot = Some(at);
+                    }
                 }
-                if status != 0 && outcome.is_none() {
-                    outcome = Some(Outcome::GuestError { vcpu, status });
+                VcpuEvent::OpEnd {
+                    vcpu,
+                    index,
+                    kind,
+                    results,
+                    at,
+                } => {
+                    let begin = begins
+                        .get(vcpu as usize)
+                        .and_then(|v| v.get(index))
+                        .copied()
+                        .flatten()
+                        .unwrap_or(at);
+                    if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
+                        v.ops.push(OpRecord {
+                            index,
+                            name: crate::workload::kind_name(kind).into(),
+                            results,
+                            start_s: begin.duration_since(started).as_secs_f64(),
+                            seconds: at.duration_since(begin).as_secs_f64(),
+                        });
+                    }
                 }
-            }
-            VcpuEvent::Failed(f) => {
-                running -= 1;
-                log::info!("{f}");
-                if outcome.is_none() {
-                    outcome = Some(Outcome::Failed(f));
-                    stop_all(&mut handles);
+                VcpuEvent::Log { vcpu, text } => {
+                    log::info!("guest vcpu{vcpu}: {text}");
+                    report.guest_log.push(format!("vcpu{vcpu}: {text}"));
                 }
+                VcpuEvent::Done {
+                    vcpu,
+                    status,
+                    calls,
+                } => {
+                    running -= 1;
+                    if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
+                        v.guest_status = Some(status);
+                        v.guest_hypercalls = Some(calls);
+                    }
+                    if status != 0 && outcome.is_none() {
+                        outcome = Some(Outcome::GuestError { vcpu, status });
+                    }
+                }
+                VcpuEvent::Failed(f) => {
+                    running -= 1;
+                    log::info!("{f}");
+                    if outcome.is_none() {
+                        outcome = Some(Outcome::Failed(f));
+                        stop_all(&mut self.handles);
+                    }
+                }
+                VcpuEvent::Stopped { .. } => running -= 1,
             }
-            VcpuEvent::Stopped { .. } => running -= 1,
+        }
+        report.run_seconds = started.elapsed().as_secs_f64();
+        report.setup_seconds = self.setup.as_secs_f64();
+        for h in &self.handles {
+            let v = &mut report.vcpus[h.id as usize];
+            v.exits = h
+                .stats
+                .exits()
+                .into_iter()
+                .map(|(r, n)| (r.name().to_string(), n))
+                .collect();
+            v.total_exits = h.stats.total();
+            v.hypercall_exits = h.stats.hypercalls.load(Ordering::Relaxed);
+            v.unclaimed_io = h.stats.unclaimed_io.load(Ordering::Relaxed);
+        }
+        for h in self.handles.iter_mut() {
+            h.stop();
+        }
+        report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
+        report
+    }
+}
+
+impl Drop for Vmm {
+    fn drop(&mut self) {
+        // vCPU threads use guest memory; stop them before the mappings go away.
+        for h in self.handles.iter_mut() {
+            h.stop();
         }
     }
-    report.run_seconds = started.elapsed().as_secs_f64();
-    report.setup_seconds = setup.as_secs_f64();
-    for h in &handles {
-        let v = &mut report.vcpus[h.id as usize];
-        v.exits = h.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), n)).collect();
-        v.total_exits = h.stats.total();
-        v.hypercall_exits = h.stats.hypercalls.load(Ordering::Relaxed);
-        v.unclaimed_io = h.stats.unclaimed_io.load(Ordering::Relaxed);
-    }
-    for mut h in handles {
-        h.stop();
-    }
-    report.finish(outcome.unwrap_or(Outcome::Completed), &ram);
-    drop(vm);
-    Ok(report)
 }
 
 fn stop_all(handles: &mut [VcpuHandle]) {

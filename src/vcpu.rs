@@ -122,7 +122,11 @@ pub struct VcpuFailure {
 
 impl std::fmt::Display for VcpuFailure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "vCPU {}: {} at RIP {:#x}", self.vcpu, self.reason, self.rip)?;
+        write!(
+            f,
+            "vCPU {}: {} at RIP {:#x}",
+            self.vcpu, self.reason, self.rip
+        )?;
         if !self.detail.is_empty() {
             write!(f, " ({})", self.detail)?;
         }
@@ -305,15 +309,24 @@ pub fn spawn(
         ctl: ctl.clone(),
         stats: stats.clone(),
     };
-    let thread = std::thread::Builder::new().name(format!("vcpu{id}")).spawn(move || {
-        if let Some(cpu) = pin {
-            let mut set = nix::sched::CpuSet::new();
-            if set.set(cpu).is_err() || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err() {
-                log::warn!("vcpu{id}: could not pin to host CPU {cpu}");
+    // The thread pins itself before the guest runs; spawn returns once that is done.
+    let ready = Arc::new(std::sync::Barrier::new(2));
+    let thread_ready = ready.clone();
+    let thread = std::thread::Builder::new()
+        .name(format!("vcpu{id}"))
+        .spawn(move || {
+            if let Some(cpu) = pin {
+                let mut set = nix::sched::CpuSet::new();
+                if set.set(cpu).is_err()
+                    || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
+                {
+                    log::warn!("vcpu{id}: could not pin to host CPU {cpu}");
+                }
             }
-        }
-        runner.run();
-    })?;
+            thread_ready.wait();
+            runner.run();
+        })?;
+    ready.wait();
     Ok(VcpuHandle {
         id,
         pinned: pin,
@@ -428,11 +441,17 @@ impl Runner {
             }
             VcpuExit::Hlt => {
                 self.stats.count(ExitReason::Hlt);
-                self.fail("guest halted (hlt) without finishing its workload", String::new())
+                self.fail(
+                    "guest halted (hlt) without finishing its workload",
+                    String::new(),
+                )
             }
             VcpuExit::Shutdown => {
                 self.stats.count(ExitReason::Shutdown);
-                self.fail("guest shut down (KVM_EXIT_SHUTDOWN: triple fault)", String::new())
+                self.fail(
+                    "guest shut down (KVM_EXIT_SHUTDOWN: triple fault)",
+                    String::new(),
+                )
             }
             VcpuExit::InternalError => {
                 self.stats.count(ExitReason::InternalError);
@@ -443,7 +462,10 @@ impl Runner {
             }
             VcpuExit::FailEntry(reason, cpu) => {
                 self.stats.count(ExitReason::FailEntry);
-                self.fail("VM entry failed (KVM_EXIT_FAIL_ENTRY)", format!("hardware reason {reason:#x} on host CPU {cpu}"))
+                self.fail(
+                    "VM entry failed (KVM_EXIT_FAIL_ENTRY)",
+                    format!("hardware reason {reason:#x} on host CPU {cpu}"),
+                )
             }
             VcpuExit::SystemEvent(kind, _) => {
                 self.stats.count(ExitReason::SystemEvent);
@@ -461,7 +483,12 @@ impl Runner {
         let mem = self.ram.memory();
         let hc: Hypercall = match mem.read_obj(GuestAddress(gpa)) {
             Ok(hc) => hc,
-            Err(e) => return self.fail("hypercall block outside guest RAM", format!("block at {gpa:#x}: {e}")),
+            Err(e) => {
+                return self.fail(
+                    "hypercall block outside guest RAM",
+                    format!("block at {gpa:#x}: {e}"),
+                )
+            }
         };
         let a = hc.args;
         let at = Instant::now();
@@ -473,7 +500,10 @@ impl Runner {
                     Ok(()) => String::from_utf8_lossy(&buf).into_owned(),
                     Err(e) => format!("<unreadable log at {:#x}: {e}>", a[0]),
                 };
-                let _ = self.events.send(VcpuEvent::Log { vcpu: self.id, text });
+                let _ = self.events.send(VcpuEvent::Log {
+                    vcpu: self.id,
+                    text,
+                });
                 Next::Continue
             }
             abi::HC_OP_BEGIN => {
@@ -503,7 +533,10 @@ impl Runner {
                 vcpu: self.id,
                 reason: format!("guest exception {} (vector {})", exception_name(a[0]), a[0]),
                 rip: a[2],
-                detail: format!("error code {:#x}, cr2 {:#x}, cs {:#x}, rflags {:#x}", a[1], a[3], a[4], a[5]),
+                detail: format!(
+                    "error code {:#x}, cr2 {:#x}, cs {:#x}, rflags {:#x}",
+                    a[1], a[3], a[4], a[5]
+                ),
             })),
             nr => self.fail("unknown hypercall", format!("number {nr}")),
         }
@@ -513,8 +546,8 @@ impl Runner {
 /// Mnemonic of an x86 exception vector.
 pub fn exception_name(v: u64) -> &'static str {
     const NAMES: [&str; 21] = [
-        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS", "#GP", "#PF", "?", "#MF",
-        "#AC", "#MC", "#XM", "#VE",
+        "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "CSO", "#TS", "#NP", "#SS",
+        "#GP", "#PF", "?", "#MF", "#AC", "#MC", "#XM", "#VE",
     ];
     NAMES.get(v as usize).copied().unwrap_or("?")
 }

@@ -98,7 +98,8 @@ impl Vm {
             };
             // SAFETY: the host range is a live mapping owned by `ram`, which the caller keeps
             // alive for as long as this VM exists (the runner drops the VM first).
-            unsafe { fd.set_user_memory_region(region) }.map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
+            unsafe { fd.set_user_memory_region(region) }
+                .map_err(ioctl("KVM_SET_USER_MEMORY_REGION"))?;
         }
         let cpuid = kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -128,7 +129,10 @@ impl Vm {
 
     /// Creates vCPU `id` with CPUID filtered for this host and a distinct APIC id.
     pub fn create_vcpu(&self, id: u32) -> Result<VcpuFd, VmError> {
-        let vcpu = self.fd.create_vcpu(id as u64).map_err(ioctl("KVM_CREATE_VCPU"))?;
+        let vcpu = self
+            .fd
+            .create_vcpu(id as u64)
+            .map_err(ioctl("KVM_CREATE_VCPU"))?;
         let cpuid = crate::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         Ok(vcpu)

@@ -123,11 +123,22 @@ impl Step {
                 None => Ok(default),
                 Some(i) => {
                     let (_, v) = kv.remove(i);
-                    let parsed = if size { parse_size(&v) } else { parse_count(&v) };
+                    let parsed = if size {
+                        parse_size(&v)
+                    } else {
+                        parse_count(&v)
+                    };
                     parsed.ok_or_else(|| WorkloadError::BadParam {
                         op: name.into(),
                         param: key.into(),
-                        reason: format!("`{v}` is not a {}", if size { "size (e.g. 4K, 2M)" } else { "number (e.g. 1000, 10M)" }),
+                        reason: format!(
+                            "`{v}` is not a {}",
+                            if size {
+                                "size (e.g. 4K, 2M)"
+                            } else {
+                                "number (e.g. 1000, 10M)"
+                            }
+                        ),
                     })
                 }
             }
@@ -259,7 +270,11 @@ mod tests {
 
     #[test]
     fn parses_steps() {
-        let w = Workload::parse(&["touch:stride=2M,passes=3;fill:seed=7", "random:ws=64M,accesses=10K"]).unwrap();
+        let w = Workload::parse(&[
+            "touch:stride=2M,passes=3;fill:seed=7",
+            "random:ws=64M,accesses=10K",
+        ])
+        .unwrap();
         assert_eq!(
             w.steps,
             vec![
@@ -282,12 +297,18 @@ mod tests {
 
     #[test]
     fn rejects_bad_steps() {
-        assert!(matches!(Step::parse("dance"), Err(WorkloadError::UnknownOp(_))));
+        assert!(matches!(
+            Step::parse("dance"),
+            Err(WorkloadError::UnknownOp(_))
+        ));
         let e = Step::parse("touch:stride=3").unwrap_err().to_string();
         assert!(e.contains("stride") && e.contains("multiple of 8"), "{e}");
         let e = Step::parse("fill:colour=1").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
         let many: Vec<String> = (0..=abi::MAX_OPS).map(|_| "checksum".to_string()).collect();
-        assert!(matches!(Workload::parse(&many), Err(WorkloadError::TooMany(_))));
+        assert!(matches!(
+            Workload::parse(&many),
+            Err(WorkloadError::TooMany(_))
+        ));
     }
 }

@@ -35,7 +35,7 @@ pub fn place(regions: &[(u64, u64)]) -> Vec<Vec<Extent>> {
     for &(size, align) in regions {
         let align = align.max(4096);
         cursor = align_up(cursor, align);
-        if cursor >= MMIO_HOLE_START && cursor < MMIO_HOLE_END {
+        if (MMIO_HOLE_START..MMIO_HOLE_END).contains(&cursor) {
             cursor = MMIO_HOLE_END;
         }
         let mut extents = Vec::new();
@@ -117,7 +117,15 @@ mod tests {
         assert_eq!(p[1][0].gpa, 6 * M, "2M region aligned up");
         assert_eq!(p[2][0].gpa, G, "1G region aligned up");
         let p = place(&[(3 * G, 4096), (G, 2 * M)]);
-        assert_eq!(p[1], vec![Extent { gpa: 4 * G, len: G, offset: 0 }], "region after a full low part starts above the hole");
+        assert_eq!(
+            p[1],
+            vec![Extent {
+                gpa: 4 * G,
+                len: G,
+                offset: 0
+            }],
+            "region after a full low part starts above the hole"
+        );
     }
 
     #[test]
@@ -127,7 +135,10 @@ mod tests {
             for (i, ex) in place(&regions).iter().enumerate() {
                 assert_eq!(ex.iter().map(|e| e.len).sum::<u64>(), regions[i].0);
                 for e in ex {
-                    assert!(e.end() <= MMIO_HOLE_START || e.gpa >= MMIO_HOLE_END, "{e:?}");
+                    assert!(
+                        e.end() <= MMIO_HOLE_START || e.gpa >= MMIO_HOLE_END,
+                        "{e:?}"
+                    );
                 }
             }
         }

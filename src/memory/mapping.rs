@@ -26,7 +26,9 @@ pub(crate) fn page_size_of(c: &RegionConfig) -> u64 {
 
 /// The block size of the filesystem at `path` (the huge page size on hugetlbfs).
 pub(crate) fn hugetlbfs_page_size(path: &std::path::Path) -> Option<u64> {
-    nix::sys::statfs::statfs(path).ok().map(|s| s.block_size() as u64)
+    nix::sys::statfs::statfs(path)
+        .ok()
+        .map(|s| s.block_size() as u64)
 }
 
 /// A host mapping backing one region; unmapped on drop.
@@ -47,7 +49,11 @@ unsafe impl Send for HostMapping {}
 // SAFETY: as above; the only interior state (`partial`) is behind a mutex.
 unsafe impl Sync for HostMapping {}
 
-fn sys<'a>(region: usize, op: &'static str, hint: &'a str) -> impl FnOnce(io::Error) -> MemoryError + 'a {
+fn sys<'a>(
+    region: usize,
+    op: &'static str,
+    hint: &'a str,
+) -> impl FnOnce(io::Error) -> MemoryError + 'a {
     move |source| MemoryError::Sys {
         region,
         op,
@@ -62,19 +68,31 @@ impl HostMapping {
         let len = c.size as usize;
         let page_size = page_size_of(c);
         let (fd, flags) = match &c.backend {
-            Backend::Anon { shared: false, .. } | Backend::Uffd { .. } => {
-                (None, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE)
-            }
-            Backend::Anon { shared: true, .. } | Backend::Memfd { hugepage_size: None } => {
-                (Some(memfd(index, 0, c.size)?), libc::MAP_SHARED)
-            }
+            Backend::Anon { shared: false, .. } | Backend::Uffd { .. } => (
+                None,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            ),
+            Backend::Anon { shared: true, .. }
+            | Backend::Memfd {
+                hugepage_size: None,
+            } => (Some(memfd(index, 0, c.size)?), libc::MAP_SHARED),
             Backend::Memfd {
                 hugepage_size: Some(hp),
             } => {
-                let size_flag = if *hp == 1 << 30 { libc::MFD_HUGE_1GB } else { libc::MFD_HUGE_2MB };
-                (Some(memfd(index, libc::MFD_HUGETLB | size_flag, c.size)?), libc::MAP_SHARED)
+                let size_flag = if *hp == 1 << 30 {
+                    libc::MFD_HUGE_1GB
+                } else {
+                    libc::MFD_HUGE_2MB
+                };
+                (
+                    Some(memfd(index, libc::MFD_HUGETLB | size_flag, c.size)?),
+                    libc::MAP_SHARED,
+                )
             }
-            Backend::Hugetlbfs { mem_path } => (Some(hugetlbfs_file(index, mem_path, c.size)?), libc::MAP_SHARED),
+            Backend::Hugetlbfs { mem_path } => (
+                Some(hugetlbfs_file(index, mem_path, c.size)?),
+                libc::MAP_SHARED,
+            ),
         };
         let raw_fd = fd.as_ref().map(|f| f.as_raw_fd()).unwrap_or(-1);
         // SAFETY: a fresh mapping chosen by the kernel (addr NULL); no existing memory is affected.
@@ -89,7 +107,11 @@ impl HostMapping {
             )
         };
         if addr == libc::MAP_FAILED {
-            return Err(sys(index, "mmap", " (is there enough address space and memory for the region?)")(io::Error::last_os_error()));
+            return Err(sys(
+                index,
+                "mmap",
+                " (is there enough address space and memory for the region?)",
+            )(io::Error::last_os_error()));
         }
         let map = HostMapping {
             addr: addr.cast(),
@@ -100,8 +122,18 @@ impl HostMapping {
             partial: Mutex::new(HashMap::new()),
         };
         if let Backend::Anon { thp: Some(on), .. } = c.backend {
-            let advice = if on { libc::MADV_HUGEPAGE } else { libc::MADV_NOHUGEPAGE };
-            map.madvise(index, 0, c.size, advice, "madvise(MADV_HUGEPAGE/NOHUGEPAGE)")?;
+            let advice = if on {
+                libc::MADV_HUGEPAGE
+            } else {
+                libc::MADV_NOHUGEPAGE
+            };
+            map.madvise(
+                index,
+                0,
+                c.size,
+                advice,
+                "madvise(MADV_HUGEPAGE/NOHUGEPAGE)",
+            )?;
         }
         Ok(map)
     }
@@ -131,10 +163,21 @@ impl HostMapping {
         self.fd.as_ref()
     }
 
-    fn madvise(&self, index: usize, offset: u64, len: u64, advice: i32, what: &'static str) -> Result<(), MemoryError> {
-        assert!(offset + len <= self.len as u64, "madvise range inside the mapping");
+    fn madvise(
+        &self,
+        index: usize,
+        offset: u64,
+        len: u64,
+        advice: i32,
+        what: &'static str,
+    ) -> Result<(), MemoryError> {
+        assert!(
+            offset + len <= self.len as u64,
+            "madvise range inside the mapping"
+        );
         // SAFETY: the range lies inside this live mapping (checked above).
-        let rc = unsafe { libc::madvise(self.addr.add(offset as usize).cast(), len as usize, advice) };
+        let rc =
+            unsafe { libc::madvise(self.addr.add(offset as usize).cast(), len as usize, advice) };
         if rc != 0 {
             return Err(sys(index, what, "")(io::Error::last_os_error()));
         }
@@ -178,7 +221,9 @@ impl HostMapping {
             } else {
                 // SAFETY: the piece lies inside this live mapping; zeroing keeps the promise that
                 // discarded memory reads as zeros.
-                unsafe { std::ptr::write_bytes(self.addr.add(at as usize), 0, (piece_end - at) as usize) };
+                unsafe {
+                    std::ptr::write_bytes(self.addr.add(at as usize), 0, (piece_end - at) as usize)
+                };
                 let mut partial = self.partial.lock().unwrap();
                 let bits = partial
                     .entry(hp_start / hp)
@@ -234,13 +279,20 @@ impl HostMapping {
             // is what gives it back.
             nix::fcntl::fallocate(
                 fd,
-                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
                 offset as i64,
                 len as i64,
             )
             .map_err(|e| sys(index, "fallocate(PUNCH_HOLE)", "")(io::Error::from(e)))?;
         }
-        self.madvise(index, offset, len, libc::MADV_DONTNEED, "madvise(MADV_DONTNEED)")
+        self.madvise(
+            index,
+            offset,
+            len,
+            libc::MADV_DONTNEED,
+            "madvise(MADV_DONTNEED)",
+        )
     }
 }
 
@@ -277,13 +329,20 @@ fn hugetlbfs_file(index: usize, dir: &std::path::Path, size: u64) -> Result<Owne
         .write(true)
         .create_new(true)
         .open(&path)
-        .map_err(sys(index, "open on the mem-path", " (is mem-path a writable hugetlbfs mount?)"))?;
+        .map_err(sys(
+            index,
+            "open on the mem-path",
+            " (is mem-path a writable hugetlbfs mount?)",
+        ))?;
     // The file only needs to live as long as our descriptor.
     let _ = std::fs::remove_file(&path);
     file.set_len(size).map_err(sys(
         index,
         "ftruncate",
-        &format!(" (region size {} must be a multiple of the mount's page size)", Size(size)),
+        &format!(
+            " (region size {} must be a multiple of the mount's page size)",
+            Size(size)
+        ),
     ))?;
     Ok(file.into())
 }

@@ -128,7 +128,9 @@ pub struct GuestRam {
 
 impl std::fmt::Debug for GuestRam {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("GuestRam").field("regions", &self.regions).finish()
+        f.debug_struct("GuestRam")
+            .field("regions", &self.regions)
+            .finish()
     }
 }
 
@@ -166,12 +168,14 @@ impl GuestRam {
                     )
                 }
                 .map_err(|err| MemoryError::Layout(err.to_string()))?;
-                let region = GuestRegionMmap::new(raw, GuestAddress(e.gpa))
-                    .ok_or_else(|| MemoryError::Layout(format!("region at {:#x} overflows", e.gpa)))?;
+                let region = GuestRegionMmap::new(raw, GuestAddress(e.gpa)).ok_or_else(|| {
+                    MemoryError::Layout(format!("region at {:#x} overflows", e.gpa))
+                })?;
                 mmap_regions.push(region);
             }
         }
-        let mem = GuestMemoryMmap::from_regions(mmap_regions).map_err(|e| MemoryError::Layout(e.to_string()))?;
+        let mem = GuestMemoryMmap::from_regions(mmap_regions)
+            .map_err(|e| MemoryError::Layout(e.to_string()))?;
         Ok(GuestRam { regions, mem })
     }
 
@@ -243,7 +247,10 @@ impl GuestRam {
 
     /// Resident host bytes of each region (pages present in the host), in configuration order.
     pub fn resident_bytes(&self) -> Vec<u64> {
-        self.regions.iter().map(|r| r.map.resident_bytes()).collect()
+        self.regions
+            .iter()
+            .map(|r| r.map.resident_bytes())
+            .collect()
     }
 
     /// Releases the host memory behind guest-physical `[gpa, gpa+len)`: afterwards the guest
@@ -304,21 +311,32 @@ mod tests {
     fn anon_ram_reads_back_and_discards() {
         let ram = GuestRam::new(&[RegionConfig::anon(8 << 20)]).unwrap();
         let mem = ram.memory();
-        mem.write_obj(0xdead_beefu64, GuestAddress(0x10_0000)).unwrap();
-        assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0xdead_beef);
+        mem.write_obj(0xdead_beefu64, GuestAddress(0x10_0000))
+            .unwrap();
+        assert_eq!(
+            mem.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(),
+            0xdead_beef
+        );
         let before = ram.resident_bytes()[0];
         assert!(before >= 4096);
         let out = ram.discard(0x10_0000, 4096).unwrap();
         assert_eq!(out.released, 4096);
         assert_eq!(mem.read_obj::<u64>(GuestAddress(0x10_0000)).unwrap(), 0);
-        assert!(ram.discard(8 << 20, 4096).is_err(), "outside RAM is refused");
+        assert!(
+            ram.discard(8 << 20, 4096).is_err(),
+            "outside RAM is refused"
+        );
         assert!(ram.discard(0x800, 4096).is_err(), "unaligned is refused");
-        assert!(ram.discard((8 << 20) - 4096, 8192).is_err(), "crossing the end is refused");
+        assert!(
+            ram.discard((8 << 20) - 4096, 8192).is_err(),
+            "crossing the end is refused"
+        );
     }
 
     #[test]
     fn slots_follow_layout() {
-        let ram = GuestRam::new(&[RegionConfig::anon(4 << 20), RegionConfig::anon(2 << 20)]).unwrap();
+        let ram =
+            GuestRam::new(&[RegionConfig::anon(4 << 20), RegionConfig::anon(2 << 20)]).unwrap();
         let slots = ram.slots();
         assert_eq!(slots.len(), 2);
         assert_eq!((slots[1].gpa, slots[1].len), (4 << 20, 2 << 20));
