@@ -1,14 +1,9 @@
 //! The `memvisor` command line.
 
-use clap::{Args, Parser, Subcommand};
-use memvisor::config::{parse_pin, ConfigError, RegionConfig, VmConfig};
-use memvisor::runner::{self, RunOptions};
-use memvisor::workload::Workload;
-use std::path::PathBuf;
+mod cmd;
+
+use clap::{Parser, Subcommand};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// memvisor: a KVM virtual machine monitor built around guest memory and overcommit.
 #[derive(Parser, Debug)]
@@ -24,103 +19,10 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a guest (the built-in guest by default: 512 MiB, 1 vCPU) and print a report.
-    Run(RunArgs),
-}
-
-#[derive(Args, Debug)]
-struct RunArgs {
-    /// Number of vCPUs, each a host thread named vcpu<N> (QEMU: -smp).
-    #[arg(long, visible_alias = "smp", default_value_t = 1)]
-    vcpus: u32,
-    /// A guest RAM region, repeatable; regions are laid out in order from GPA 0, skipping the
-    /// 3-4 GiB MMIO hole. Syntax: size=512M[,backend=anon][,thp=on|off][,shared=on]
-    /// [,prealloc=on][,mergeable=on]. Default: one 512M anonymous region.
-    #[arg(long = "memory", short = 'm', value_name = "SPEC")]
-    memory: Vec<String>,
-    /// Read the VM configuration from a JSON file (the --json report's "config" object).
-    #[arg(long, value_name = "FILE", conflicts_with_all = ["memory", "workload"])]
-    config: Option<PathBuf>,
-    /// Pin vCPU threads to host CPUs, e.g. 0=2,1=3 (what `taskset` does by hand).
-    #[arg(long, value_name = "VCPU=CPU,...")]
-    pin: Option<String>,
-    /// Built-in guest workload, repeatable or `;`-separated, run in order by every vCPU on its
-    /// own share of RAM: touch[:stride=4K,passes=1,work-only=0], fill[:seed=1], verify[:seed=1],
-    /// same[:value=N], checksum, read[:stride=4K,passes=1], random[:ws=SIZE,accesses=1M,seed=N],
-    /// fault. Default: touch;fill;verify.
-    #[arg(long, short = 'w', value_name = "STEP")]
-    workload: Vec<String>,
-    /// Print the report as JSON instead of text.
-    #[arg(long)]
-    json: bool,
-    /// Also write the JSON report to this file.
-    #[arg(long, value_name = "FILE")]
-    report_file: Option<PathBuf>,
-    /// Stop the guest after this many seconds (the run then counts as failed).
-    #[arg(long, value_name = "SECONDS")]
-    timeout: Option<f64>,
-    /// Make the built-in guest triple-fault at entry (tests the failure path).
-    #[arg(long, hide = true)]
-    triple_fault: bool,
-}
-
-fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
-    let mut c = match &a.config {
-        Some(path) => {
-            let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?;
-            serde_json::from_str(&text).map_err(|e| ConfigError::File {
-                path: path.clone(),
-                reason: e.to_string(),
-            })?
-        }
-        None => VmConfig::default(),
-    };
-    if a.config.is_none() || a.vcpus != 1 {
-        c.vcpus = a.vcpus;
-    }
-    if !a.memory.is_empty() {
-        c.memory = a
-            .memory
-            .iter()
-            .enumerate()
-            .map(|(i, m)| RegionConfig::parse(i, m))
-            .collect::<Result<_, _>>()?;
-    }
-    if !a.workload.is_empty() {
-        c.workload = Workload::parse(&a.workload)?;
-    }
-    if let Some(p) = &a.pin {
-        c.pin = parse_pin(p)?;
-    }
-    c.triple_fault |= a.triple_fault;
-    c.check()?;
-    Ok(c)
-}
-
-fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
-    let config = build_config(&a).map_err(|e| e.to_string())?;
-    let interrupt = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, interrupt.clone())
-            .map_err(|e| format!("installing signal handler: {e}"))?;
-    }
-    let opts = RunOptions {
-        interrupt: Some(interrupt),
-        timeout: a.timeout.map(Duration::from_secs_f64),
-    };
-    let report = runner::run(&config, &opts).map_err(|e| e.to_string())?;
-    let json = serde_json::to_string_pretty(&report).expect("report serialises");
-    if let Some(path) = &a.report_file {
-        std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;
-    }
-    if a.json {
-        println!("{json}");
-    } else {
-        print!("{}", report.to_text());
-    }
-    Ok(ExitCode::from(report.outcome.exit_code() as u8))
+    Run(cmd::run::RunArgs),
+    /// Host huge pages: show pools and mounts, grow a pool, mount hugetlbfs.
+    #[command(subcommand)]
+    Hugepages(cmd::hugepages::HugepagesCmd),
 }
 
 fn main() -> ExitCode {
@@ -132,7 +34,8 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Run(a) => cmd_run(a),
+        Command::Run(a) => cmd::run::cmd_run(a),
+        Command::Hugepages(c) => cmd::hugepages::run(c),
     };
     match result {
         Ok(code) => code,

@@ -2,7 +2,7 @@
 //! what the guest reported per operation, timings and the outcome; as text or JSON.
 
 use crate::config::{Size, VmConfig};
-use crate::memory::GuestRam;
+use crate::memory::{GuestRam, PagerReport, PreallocReport};
 use crate::vcpu::VcpuFailure;
 use crate::vm::HostVirt;
 use serde::Serialize;
@@ -59,6 +59,12 @@ pub struct RegionReport {
     pub gpa: Vec<(u64, u64)>,
     /// Host bytes resident at the end of the run.
     pub resident: u64,
+    /// Marked `MADV_MERGEABLE` for KSM.
+    pub mergeable: bool,
+    /// What preallocation did.
+    pub prealloc: Option<PreallocReport>,
+    /// Page serving of a uffd region.
+    pub uffd: Option<PagerReport>,
 }
 
 /// One operation as one vCPU ran it.
@@ -187,6 +193,9 @@ impl RunReport {
                 page_size: r.page_size,
                 gpa: r.extents.iter().map(|e| (e.gpa, e.end())).collect(),
                 resident: res,
+                mergeable: r.config.mergeable,
+                prealloc: r.prealloc.clone(),
+                uffd: r.pager.as_ref().map(|p| p.report()),
             })
             .collect();
     }
@@ -274,6 +283,41 @@ impl RunReport {
                 gpa.join(" "),
                 Size(r.resident)
             );
+            if let Some(p) = &r.prealloc {
+                let _ = writeln!(
+                    s,
+                    "    prealloc: {} in {:.3} s, {:.2} GiB/s on {} thread(s) ({})",
+                    Size(p.bytes),
+                    p.seconds,
+                    p.gib_per_s(),
+                    p.threads,
+                    p.method
+                );
+            }
+            match &r.uffd {
+                Some(PagerReport::Internal(u)) => {
+                    let _ = writeln!(
+                        s,
+                        "    uffd: {} faults, {} served ({} zero pages, {} copied), {} removes ({}), latency mean {:.1} µs p99 {} µs max {:.1} µs",
+                        u.faults,
+                        Size(u.bytes_served),
+                        u.zero_pages,
+                        u.copied_pages,
+                        u.remove_events,
+                        Size(u.removed_bytes),
+                        u.latency.mean_us(),
+                        u.latency.percentile_us(99.0),
+                        u.latency.max_ns as f64 / 1e3
+                    );
+                }
+                Some(PagerReport::External { alive }) => {
+                    let _ = writeln!(s, "    uffd: external handler, {}", if *alive { "connected" } else { "GONE" });
+                }
+                None => {}
+            }
+            if r.mergeable {
+                let _ = writeln!(s, "    mergeable: marked MADV_MERGEABLE for KSM");
+            }
         }
         let _ = writeln!(s, "vCPUs");
         for v in &self.vcpus {
@@ -301,7 +345,11 @@ impl RunReport {
         }
         let _ = writeln!(s, "workload results");
         for o in &self.ops {
-            let _ = writeln!(s, "  {}", describe_op(o));
+            let (stride, passes) = match c.workload.steps.get(o.index) {
+                Some(crate::workload::Step::Touch { stride, passes, .. }) => (*stride, (*passes).max(1)),
+                _ => (4096, 1),
+            };
+            let _ = writeln!(s, "  {}", describe_op(o, stride, passes));
         }
         let _ = writeln!(
             s,
@@ -328,7 +376,7 @@ impl RunReport {
     }
 }
 
-fn describe_op(o: &OpSummary) -> String {
+fn describe_op(o: &OpSummary, stride: u64, passes: u64) -> String {
     let rate = |bytes: f64| {
         if o.seconds > 0.0 {
             format!(", {:.2} GiB/s", bytes / o.seconds / (1u64 << 30) as f64)
@@ -338,10 +386,12 @@ fn describe_op(o: &OpSummary) -> String {
     };
     match o.name.as_str() {
         "touch" => format!(
-            "#{} touch: {} touches ({} of 4 KiB pages) in {:.3} s on {} vCPU(s)",
+            "#{} touch: {} touches, one per {} ({} covered, {} pass(es)) in {:.3} s on {} vCPU(s)",
             o.index,
             o.amount,
-            Size(o.amount * 4096),
+            Size(stride),
+            Size(o.amount / passes * stride),
+            passes,
             o.seconds,
             o.vcpus
         ),

@@ -50,7 +50,16 @@ pub struct RunOptions {
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
 /// returned as `Err`; everything after (guest failures included) is in the report's outcome.
 pub fn run(config: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
-    Ok(Vmm::start(config)?.wait(opts))
+    run_with_progress(config, opts, None)
+}
+
+/// As [`run`], reporting preallocation progress.
+pub fn run_with_progress(
+    config: &VmConfig,
+    opts: &RunOptions,
+    progress: Option<crate::memory::Progress<'_>>,
+) -> Result<RunReport, VmmError> {
+    Ok(Vmm::start_with_progress(config, progress)?.wait(opts))
 }
 
 /// A started VM: guest memory, KVM VM and running vCPU threads.
@@ -70,9 +79,14 @@ impl Vmm {
     /// Validates `config`, maps guest memory, creates the VM, boots the built-in guest and
     /// starts every vCPU.
     pub fn start(config: &VmConfig) -> Result<Vmm, VmmError> {
+        Self::start_with_progress(config, None)
+    }
+
+    /// As [`Vmm::start`], reporting preallocation progress.
+    pub fn start_with_progress(config: &VmConfig, progress: Option<crate::memory::Progress<'_>>) -> Result<Vmm, VmmError> {
         let t0 = Instant::now();
         config.check()?;
-        let ram = Arc::new(GuestRam::new(&config.memory)?);
+        let ram = Arc::new(GuestRam::new_with_progress(&config.memory, progress)?);
         let vm = Vm::new(&ram)?;
         let flags = if config.triple_fault {
             crate::abi::BOOT_FLAG_TRIPLE_FAULT

@@ -19,16 +19,11 @@ pub(crate) fn page_size_of(c: &RegionConfig) -> u64 {
         Backend::Memfd {
             hugepage_size: Some(hp),
         } => *hp,
-        Backend::Hugetlbfs { mem_path } => hugetlbfs_page_size(mem_path).unwrap_or(2 << 20),
+        Backend::Hugetlbfs { mem_path } => hugepages::mount_info(mem_path)
+            .map(|m| m.page_size.bytes())
+            .unwrap_or(2 << 20),
         _ => PAGE,
     }
-}
-
-/// The block size of the filesystem at `path` (the huge page size on hugetlbfs).
-pub(crate) fn hugetlbfs_page_size(path: &std::path::Path) -> Option<u64> {
-    nix::sys::statfs::statfs(path)
-        .ok()
-        .map(|s| s.block_size() as u64)
 }
 
 /// A host mapping backing one region; unmapped on drop.
@@ -89,6 +84,8 @@ impl HostMapping {
                     libc::MAP_SHARED,
                 )
             }
+            // No MAP_NORESERVE on huge pages: the kernel reserves the pool pages at mmap time,
+            // so a pool that is too small fails here, not with a SIGBUS while the guest runs.
             Backend::Hugetlbfs { mem_path } => (
                 Some(hugetlbfs_file(index, mem_path, c.size)?),
                 libc::MAP_SHARED,
@@ -184,6 +181,59 @@ impl HostMapping {
         Ok(())
     }
 
+    /// Marks the whole mapping `MADV_MERGEABLE` for KSM.
+    pub fn set_mergeable(&self, index: usize) -> Result<(), MemoryError> {
+        // SAFETY: the range is exactly this live mapping.
+        unsafe { ksm::madvise_mergeable(self.addr, self.len) }.map_err(|e| MemoryError::Sys {
+            region: index,
+            op: "madvise(MADV_MERGEABLE)",
+            source: io::Error::other(e.to_string()),
+            hint: String::new(),
+        })
+    }
+
+    /// Faults in every page for writing on `threads` threads.
+    pub fn populate(
+        &self,
+        index: usize,
+        threads: usize,
+        progress: Option<&(dyn Fn(u64) + Sync)>,
+    ) -> Result<hugepages::PopulateStats, MemoryError> {
+        // SAFETY: the range is exactly this live mapping, writable, and nothing unmaps it while
+        // this runs (the owner is borrowed).
+        unsafe { hugepages::populate(self.addr, self.len, self.page_size as usize, threads, progress) }.map_err(|e| {
+            MemoryError::Prealloc {
+                region: index,
+                reason: e.to_string(),
+            }
+        })
+    }
+
+    /// Faults in `[offset, offset+len)` (page aligned) for writing, on the calling thread.
+    pub fn populate_range(&self, index: usize, offset: u64, len: u64) -> Result<(), MemoryError> {
+        assert!(offset + len <= self.len as u64, "populate range inside the mapping");
+        // SAFETY: the range lies inside this live mapping, which the owner keeps mapped.
+        unsafe {
+            hugepages::populate(
+                self.addr.add(offset as usize),
+                len as usize,
+                self.page_size as usize,
+                1,
+                None,
+            )
+        }
+        .map(|_| ())
+        .map_err(|e| MemoryError::Prealloc {
+            region: index,
+            reason: e.to_string(),
+        })
+    }
+
+    /// Host page size.
+    pub fn page_size(&self) -> u64 {
+        self.page_size
+    }
+
     /// Host bytes currently resident in this mapping.
     pub fn resident_bytes(&self) -> u64 {
         let pages = self.len.div_ceil(PAGE as usize);
@@ -245,7 +295,7 @@ impl HostMapping {
     }
 
     /// Forgets partial-huge-page tracking of `[offset, offset+len)` (the guest uses it again).
-    pub fn reclaim(&self, offset: u64, len: u64) {
+    pub fn forget_partial(&self, offset: u64, len: u64) {
         if self.page_size == PAGE {
             return;
         }

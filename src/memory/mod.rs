@@ -5,13 +5,16 @@
 //! `vm-memory` [`GuestMemoryMmap`] view (devices, loaders, hypercalls), [`GuestRam::slots`]
 //! (KVM memslots), [`GuestRam::discard`] (balloon) and [`GuestRam::regions`] (reports).
 
+mod checks;
 pub mod layout;
 mod mapping;
+mod pager;
 
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
+pub use pager::{Pager, PagerReport};
 
-use crate::config::{RegionConfig, Size};
+use crate::config::{Backend, RegionConfig, Size};
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -29,6 +32,27 @@ pub enum MemoryError {
         source: std::io::Error,
         /// What to try.
         hint: String,
+    },
+    /// A region does not fit the host (checked before anything is mapped).
+    #[error("memory region {region}: option `{option}`: {reason}")]
+    Check {
+        /// Region index.
+        region: usize,
+        /// The option at fault.
+        option: String,
+        /// What is wrong and how to fix it.
+        reason: String,
+    },
+    /// The hugepage pool is too small (checked before anything is mapped).
+    #[error("{0}")]
+    Pool(String),
+    /// Preallocation failed.
+    #[error("memory region {region}: prealloc failed: {reason}")]
+    Prealloc {
+        /// Region index.
+        region: usize,
+        /// Why.
+        reason: String,
     },
     /// The region collection could not be built (overlap, bad alignment).
     #[error("guest memory layout: {0}")]
@@ -72,8 +96,39 @@ pub struct RamRegion {
     pub page_size: u64,
     /// Where the region lies in guest-physical space.
     pub extents: Vec<Extent>,
+    /// What preallocation did, if it ran.
+    pub prealloc: Option<PreallocReport>,
+    /// Who serves pages of a uffd region.
+    pub pager: Option<Pager>,
     map: HostMapping,
 }
+
+/// What preallocating a region did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PreallocReport {
+    /// Bytes populated.
+    pub bytes: u64,
+    /// Seconds it took.
+    pub seconds: f64,
+    /// Threads used.
+    pub threads: usize,
+    /// `populate_write` (MADV_POPULATE_WRITE) or `touch`.
+    pub method: String,
+}
+
+impl PreallocReport {
+    /// Throughput in GiB/s.
+    pub fn gib_per_s(&self) -> f64 {
+        if self.seconds > 0.0 {
+            self.bytes as f64 / self.seconds / (1u64 << 30) as f64
+        } else {
+            0.0
+        }
+    }
+}
+
+/// Progress of preallocation: `(region, bytes done, bytes total)`.
+pub type Progress<'a> = &'a (dyn Fn(usize, u64, u64) + Sync);
 
 impl RamRegion {
     /// Host virtual address of the region's first byte.
@@ -135,8 +190,15 @@ impl std::fmt::Debug for GuestRam {
 }
 
 impl GuestRam {
-    /// Maps every region. Nothing is left mapped if any region fails.
+    /// Checks every region against the host, then maps, advises, starts page serving and
+    /// preallocates. Nothing is left mapped if any region fails.
     pub fn new(configs: &[RegionConfig]) -> Result<Self, MemoryError> {
+        Self::new_with_progress(configs, None)
+    }
+
+    /// As [`GuestRam::new`], reporting preallocation progress.
+    pub fn new_with_progress(configs: &[RegionConfig], progress: Option<Progress<'_>>) -> Result<Self, MemoryError> {
+        checks::check(configs)?;
         let aligns: Vec<(u64, u64)> = configs
             .iter()
             .map(|c| (c.size, mapping::page_size_of(c)))
@@ -145,11 +207,40 @@ impl GuestRam {
         let mut regions = Vec::with_capacity(configs.len());
         for (index, (config, extents)) in configs.iter().zip(placed).enumerate() {
             let map = HostMapping::create(index, config)?;
+            if config.mergeable {
+                map.set_mergeable(index)?;
+            }
+            let pager = match config.backend {
+                Backend::Uffd { .. } => Some(Pager::start(index, config, map.addr() as usize, map.len(), map.page_size())?),
+                _ => None,
+            };
+            let prealloc = if config.prealloc {
+                let threads = match config.prealloc_threads {
+                    0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8),
+                    n => n,
+                };
+                let total = config.size;
+                let cb = progress.map(|p| move |done: u64| p(index, done, total));
+                let stats = map.populate(index, threads, cb.as_ref().map(|f| f as &(dyn Fn(u64) + Sync)))?;
+                Some(PreallocReport {
+                    bytes: stats.bytes,
+                    seconds: stats.elapsed.as_secs_f64(),
+                    threads: stats.threads,
+                    method: match stats.method {
+                        hugepages::PopulateMethod::PopulateWrite => "populate_write".into(),
+                        hugepages::PopulateMethod::Touch => "touch".into(),
+                    },
+                })
+            } else {
+                None
+            };
             regions.push(RamRegion {
                 index,
-                page_size: mapping::page_size_of(config),
+                page_size: map.page_size(),
                 config: config.clone(),
                 extents,
+                prealloc,
+                pager,
                 map,
             });
         }
@@ -277,6 +368,40 @@ impl GuestRam {
             }
         }
         Ok(outcome)
+    }
+
+    /// The deflate side of a discard: `[gpa, gpa+len)` is the guest's again. Forgets partial
+    /// huge-page tracking there; `populate` faults the range back in right away.
+    pub fn reclaim(&self, gpa: u64, len: u64, populate: bool) -> Result<(), MemoryError> {
+        if !self.is_ram(gpa, len) {
+            return Err(MemoryError::NotRam { gpa, len });
+        }
+        for r in &self.regions {
+            for e in &r.extents {
+                let lo = gpa.max(e.gpa);
+                let hi = (gpa + len).min(e.end());
+                if lo < hi {
+                    r.map.forget_partial(e.offset + (lo - e.gpa), hi - lo);
+                    if populate {
+                        let page = r.page_size;
+                        let a = (e.offset + (lo - e.gpa)) / page * page;
+                        let b = (e.offset + (hi - e.gpa)).div_ceil(page) * page;
+                        r.map.populate_range(r.index, a, b - a)?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of huge pages partly discarded (not yet returned to the host), per region.
+    pub fn partially_discarded_bytes(&self) -> Vec<u64> {
+        self.regions.iter().map(|r| r.map.partially_discarded_bytes()).collect()
+    }
+
+    /// Whether every uffd region still has a live page server.
+    pub fn pagers_healthy(&self) -> bool {
+        self.regions.iter().filter_map(|r| r.pager.as_ref()).all(|p| p.healthy())
     }
 
     /// A one-line description of each region for reports.

@@ -1,0 +1,4 @@
+//! The subcommands of the `memvisor` binary, one module each.
+
+pub mod hugepages;
+pub mod run;
