@@ -116,7 +116,7 @@ pub const OP_VERIFY_PATTERN: u64 = 3;
 /// Fill every page of the share with the same content: `args = [value, 0, 0, 0]`.
 /// Results: `[bytes, 0, 0]`.
 pub const OP_FILL_SAME: u64 = 4;
-/// Checksum the share: `args = [0; 4]`. Results: `[bytes, checksum, 0]`.
+/// Checksum the share: `args = [0; 4]`. Results: `[bytes, checksum, zero words]`.
 pub const OP_CHECKSUM: u64 = 5;
 /// Random 8-byte read-modify-writes over the first `working_set` bytes of the share:
 /// `args = [working_set, accesses, seed, 0]`. Results: `[accesses, checksum, 0]`.
@@ -126,6 +126,10 @@ pub const OP_RANDOM: u64 = 6;
 pub const OP_READ: u64 = 7;
 /// Execute `ud2` in ring 3 (tests exception reporting). Never returns.
 pub const OP_FAULT: u64 = 8;
+/// Stop at a sync point: the vCPU makes an `HC_SYNC` hypercall and continues when the VMM
+/// returns from it (tests and tools act on guest memory meanwhile): `args = [tag, 0, 0, 0]`.
+/// Results: `[tag, 0, 0]`.
+pub const OP_SYNC: u64 = 9;
 
 /// `OP_TOUCH` scope: the vCPU's share of all RAM (including the guest's own pages).
 pub const SCOPE_ALL_RAM: u64 = 0;
@@ -213,6 +217,9 @@ pub const fn pattern_word(gpa: u64, seed: u64) -> u64 {
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
 }
+
+/// A sync point: `args = [tag, ..]`. The VMM returns when whoever waits on it is done.
+pub const HC_SYNC: u64 = 6;
 
 /// The word `OP_FILL_SAME` writes at byte `offset_in_page` of every page.
 pub const fn same_word(offset_in_page: u64, value: u64) -> u64 {

@@ -295,14 +295,15 @@ fn fill_same(share: &Share, value: u64) -> u64 {
 }
 
 fn checksum(share: &Share) -> [u64; 3] {
-    let (mut bytes, mut sum) = (0u64, 0u64);
+    let (mut bytes, mut sum, mut zeros) = (0u64, 0u64, 0u64);
     for r in share.ranges() {
         for w in words(r).iter() {
             sum = sum.rotate_left(5) ^ *w;
+            zeros += (*w == 0) as u64;
         }
         bytes += r.end - r.start;
     }
-    [bytes, sum, 0]
+    [bytes, sum, zeros]
 }
 
 fn read(share: &Share, stride: u64, passes: u64) -> [u64; 3] {
@@ -397,7 +398,12 @@ extern "C" fn user_main(vcpu: u64, info: *const BootInfo) -> ! {
     for i in 0..(info.num_ops as usize).min(MAX_OPS) {
         let op = &info.ops[i];
         ch.call(HC_OP_BEGIN, [i as u64, op.kind, 0, 0, 0, 0]);
-        let r = run_op(op, info, vcpu);
+        let r = if op.kind == OP_SYNC {
+            ch.call(HC_SYNC, [op.args[0], 0, 0, 0, 0, 0]);
+            [op.args[0], 0, 0]
+        } else {
+            run_op(op, info, vcpu)
+        };
         ch.call(HC_OP_END, [i as u64, op.kind, r[0], r[1], r[2], 0]);
     }
     ch.done(0)

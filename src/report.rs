@@ -135,6 +135,8 @@ pub struct OpSummary {
     pub amount: u64,
     /// Sum of result 1 where it is a count (verify: mismatched words).
     pub mismatches: u64,
+    /// Checksum: words that were zero.
+    pub zero_words: u64,
     /// Wall time from the first begin to the last end.
     pub seconds: f64,
 }
@@ -215,6 +217,7 @@ impl RunReport {
                             vcpus: 0,
                             amount: 0,
                             mismatches: 0,
+                            zero_words: 0,
                             seconds: 0.0,
                         },
                         f64::MAX,
@@ -225,6 +228,9 @@ impl RunReport {
                 e.0.amount += o.results[0];
                 if o.name == "verify" {
                     e.0.mismatches += o.results[1];
+                }
+                if o.name == "checksum" {
+                    e.0.zero_words += o.results[2];
                 }
                 e.1 = e.1.min(o.start_s);
                 e.2 = e.2.max(o.start_s + o.seconds);
@@ -311,7 +317,11 @@ impl RunReport {
                     );
                 }
                 Some(PagerReport::External { alive }) => {
-                    let _ = writeln!(s, "    uffd: external handler, {}", if *alive { "connected" } else { "GONE" });
+                    let _ = writeln!(
+                        s,
+                        "    uffd: external handler, {}",
+                        if *alive { "connected" } else { "GONE" }
+                    );
                 }
                 None => {}
             }
@@ -346,7 +356,9 @@ impl RunReport {
         let _ = writeln!(s, "workload results");
         for o in &self.ops {
             let (stride, passes) = match c.workload.steps.get(o.index) {
-                Some(crate::workload::Step::Touch { stride, passes, .. }) => (*stride, (*passes).max(1)),
+                Some(crate::workload::Step::Touch { stride, passes, .. }) => {
+                    (*stride, (*passes).max(1))
+                }
                 _ => (4096, 1),
             };
             let _ = writeln!(s, "  {}", describe_op(o, stride, passes));
@@ -395,7 +407,16 @@ fn describe_op(o: &OpSummary, stride: u64, passes: u64) -> String {
             o.seconds,
             o.vcpus
         ),
-        "fill" | "same" | "checksum" => format!(
+        "sync" => format!("#{} sync point", o.index),
+        "checksum" => format!(
+            "#{} checksum: {} ({} zero words) in {:.3} s{}",
+            o.index,
+            Size(o.amount),
+            o.zero_words,
+            o.seconds,
+            rate(o.amount as f64)
+        ),
+        "fill" | "same" => format!(
             "#{} {}: {} in {:.3} s{}",
             o.index,
             o.name,

@@ -47,6 +47,15 @@ pub struct RunOptions {
     pub timeout: Option<Duration>,
 }
 
+/// Hooks given when a VM starts.
+#[derive(Default)]
+pub struct StartOptions<'a> {
+    /// Preallocation progress.
+    pub progress: Option<crate::memory::Progress<'a>>,
+    /// Called at guest sync points (`sync` workload step).
+    pub sync: Option<vcpu::SyncHook>,
+}
+
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
 /// returned as `Err`; everything after (guest failures included) is in the report's outcome.
 pub fn run(config: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
@@ -79,11 +88,26 @@ impl Vmm {
     /// Validates `config`, maps guest memory, creates the VM, boots the built-in guest and
     /// starts every vCPU.
     pub fn start(config: &VmConfig) -> Result<Vmm, VmmError> {
-        Self::start_with_progress(config, None)
+        Self::start_with(config, StartOptions::default())
     }
 
     /// As [`Vmm::start`], reporting preallocation progress.
-    pub fn start_with_progress(config: &VmConfig, progress: Option<crate::memory::Progress<'_>>) -> Result<Vmm, VmmError> {
+    pub fn start_with_progress(
+        config: &VmConfig,
+        progress: Option<crate::memory::Progress<'_>>,
+    ) -> Result<Vmm, VmmError> {
+        Self::start_with(
+            config,
+            StartOptions {
+                progress,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As [`Vmm::start`], with hooks.
+    pub fn start_with(config: &VmConfig, opts: StartOptions<'_>) -> Result<Vmm, VmmError> {
+        let progress = opts.progress;
         let t0 = Instant::now();
         config.check()?;
         let ram = Arc::new(GuestRam::new_with_progress(&config.memory, progress)?);
@@ -114,6 +138,7 @@ impl Vmm {
                 bus.clone(),
                 tx.clone(),
                 config.pin.get(&id).copied(),
+                opts.sync.clone(),
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);

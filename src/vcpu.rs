@@ -184,6 +184,10 @@ pub enum VcpuEvent {
     },
 }
 
+/// Called on the vCPU thread at a guest sync point (`sync` workload step); the vCPU waits
+/// until it returns. Arguments: vCPU index, tag, guest memory.
+pub type SyncHook = Arc<dyn Fn(u32, u64, &GuestRam) + Send + Sync>;
+
 /// Requested and current state of a vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[repr(u8)]
@@ -287,6 +291,7 @@ pub fn spawn(
     bus: Arc<dyn Bus>,
     events: Sender<VcpuEvent>,
     pin: Option<usize>,
+    sync: Option<SyncHook>,
 ) -> std::io::Result<VcpuHandle> {
     static SIGNAL: Once = Once::new();
     SIGNAL.call_once(|| {
@@ -308,6 +313,7 @@ pub fn spawn(
         events,
         ctl: ctl.clone(),
         stats: stats.clone(),
+        sync,
     };
     // The thread pins itself before the guest runs; spawn returns once that is done.
     let ready = Arc::new(std::sync::Barrier::new(2));
@@ -344,6 +350,7 @@ struct Runner {
     events: Sender<VcpuEvent>,
     ctl: Arc<Control>,
     stats: Arc<VcpuStats>,
+    sync: Option<SyncHook>,
 }
 
 /// What the loop does after one exit.
@@ -522,6 +529,12 @@ impl Runner {
                     results: [a[2], a[3], a[4]],
                     at,
                 });
+                Next::Continue
+            }
+            abi::HC_SYNC => {
+                if let Some(hook) = &self.sync {
+                    hook(self.id, a[0], &self.ram);
+                }
                 Next::Continue
             }
             abi::HC_DONE => Next::Finish(VcpuEvent::Done {

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// Unknown operation.
-    #[error("--workload `{0}`: unknown operation; use touch, fill, verify, same, checksum, read, random or fault")]
+    #[error("--workload `{0}`: unknown operation; use touch, fill, verify, same, checksum, read, random, sync or fault")]
     UnknownOp(String),
     /// Bad parameter.
     #[error("--workload `{op}`: parameter `{param}`: {reason}")]
@@ -74,6 +74,11 @@ pub enum Step {
     },
     /// Raise an exception in ring 3 (tests failure reporting).
     Fault,
+    /// Stop at a sync point until the VMM's sync hook returns.
+    Sync {
+        /// Tag passed to the hook.
+        tag: u64,
+    },
 }
 
 impl Step {
@@ -101,6 +106,7 @@ impl Step {
                 seed,
             } => (abi::OP_RANDOM, [working_set, accesses, seed, 0]),
             Step::Fault => (abi::OP_FAULT, [0; 4]),
+            Step::Sync { tag } => (abi::OP_SYNC, [tag, 0, 0, 0]),
         };
         Op { kind, args }
     }
@@ -169,6 +175,9 @@ impl Step {
                 seed: get("seed", 12345, false)?,
             },
             "fault" => Step::Fault,
+            "sync" => Step::Sync {
+                tag: get("tag", 0, false)?,
+            },
             other => return Err(WorkloadError::UnknownOp(other.into())),
         };
         if let Some((k, _)) = kv.first() {
@@ -214,6 +223,7 @@ pub fn kind_name(kind: u64) -> &'static str {
         abi::OP_READ => "read",
         abi::OP_RANDOM => "random",
         abi::OP_FAULT => "fault",
+        abi::OP_SYNC => "sync",
         _ => "unknown",
     }
 }

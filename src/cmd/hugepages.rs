@@ -64,9 +64,17 @@ pub fn run(cmd: HugepagesCmd) -> Result<ExitCode, String> {
         HugepagesCmd::Mount { dir, size } => {
             let (m, changed) = hugepages::mount(&dir, size).map_err(e)?;
             if changed {
-                println!("mounted hugetlbfs ({}) at {}", m.page_size, m.path.display());
+                println!(
+                    "mounted hugetlbfs ({}) at {}",
+                    m.page_size,
+                    m.path.display()
+                );
             } else {
-                println!("{} is already a hugetlbfs mount of {} pages; nothing changed", m.path.display(), m.page_size);
+                println!(
+                    "{} is already a hugetlbfs mount of {} pages; nothing changed",
+                    m.path.display(),
+                    m.page_size
+                );
             }
         }
     }

@@ -95,7 +95,8 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         interrupt: Some(interrupt),
         timeout: a.timeout.map(Duration::from_secs_f64),
     };
-    let report = runner::run_with_progress(&config, &opts, progress_bar().as_ref().map(|f| f as _)).map_err(|e| e.to_string())?;
+    let report = runner::run_with_progress(&config, &opts, progress_bar().as_ref().map(|f| f as _))
+        .map_err(|e| e.to_string())?;
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
     if let Some(path) = &a.report_file {
         std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;
@@ -108,7 +109,6 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     Ok(ExitCode::from(report.outcome.exit_code() as u8))
 }
 
-
 /// A progress bar for preallocation when stderr is a terminal.
 fn progress_bar() -> Option<impl Fn(usize, u64, u64) + Sync> {
     if !std::io::stderr().is_terminal() {
@@ -116,9 +116,11 @@ fn progress_bar() -> Option<impl Fn(usize, u64, u64) + Sync> {
     }
     let bar = ProgressBar::new(0);
     bar.set_style(
-        ProgressStyle::with_template("prealloc region {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}")
-            .expect("valid template")
-            .progress_chars("=> "),
+        ProgressStyle::with_template(
+            "prealloc region {msg} [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec}",
+        )
+        .expect("valid template")
+        .progress_chars("=> "),
     );
     Some(move |region: usize, done: u64, total: u64| {
         bar.set_length(total);

@@ -22,7 +22,8 @@ pub fn check(configs: &[RegionConfig]) -> Result<(), MemoryError> {
     for (i, c) in configs.iter().enumerate() {
         match &c.backend {
             Backend::Hugetlbfs { mem_path } => {
-                let mount = hugepages::mount_info(mem_path).map_err(|e| region_err(i, "mem-path", e.to_string()))?;
+                let mount = hugepages::mount_info(mem_path)
+                    .map_err(|e| region_err(i, "mem-path", e.to_string()))?;
                 let ps = mount.page_size.bytes();
                 if c.size % ps != 0 {
                     return Err(region_err(
@@ -44,9 +45,14 @@ pub fn check(configs: &[RegionConfig]) -> Result<(), MemoryError> {
             Backend::Memfd {
                 hugepage_size: Some(hp),
             } => {
-                let size = HugePageSize::from_bytes(*hp).ok_or_else(|| region_err(i, "hugepage-size", "use 2M or 1G".into()))?;
+                let size = HugePageSize::from_bytes(*hp)
+                    .ok_or_else(|| region_err(i, "hugepage-size", "use 2M or 1G".into()))?;
                 if !hugepages::supported_sizes().contains(&size) {
-                    return Err(region_err(i, "hugepage-size", format!("this host has no {size} huge pages")));
+                    return Err(region_err(
+                        i,
+                        "hugepage-size",
+                        format!("this host has no {size} huge pages"),
+                    ));
                 }
                 let e = need.entry(size).or_default();
                 e.0 += c.size;
@@ -57,29 +63,40 @@ pub fn check(configs: &[RegionConfig]) -> Result<(), MemoryError> {
                 external_socket,
                 ..
             } => {
-                uffd::available().map_err(|e| region_err(i, "backend", format!("userfaultfd is not usable here: {e}")))?;
+                uffd::available().map_err(|e| {
+                    region_err(i, "backend", format!("userfaultfd is not usable here: {e}"))
+                })?;
                 if let Some(src) = source {
-                    std::fs::File::open(src)
-                        .map_err(|e| region_err(i, "source", format!("cannot read {}: {e}", src.display())))?;
+                    std::fs::File::open(src).map_err(|e| {
+                        region_err(i, "source", format!("cannot read {}: {e}", src.display()))
+                    })?;
                 }
                 if let Some(sock) = external_socket {
                     if !sock.exists() {
                         return Err(region_err(
                             i,
                             "socket",
-                            format!("{} does not exist; start the page-fault handler first", sock.display()),
+                            format!(
+                                "{} does not exist; start the page-fault handler first",
+                                sock.display()
+                            ),
                         ));
                     }
                 }
             }
-            Backend::Anon { thp: Some(true), .. } => {
+            Backend::Anon {
+                thp: Some(true), ..
+            } => {
                 if matches!(hugepages::thp_mode(), Ok(hugepages::ThpMode::Never)) {
                     log::warn!(
                         "memory region {i}: thp=on but transparent huge pages are disabled host-wide (/sys/kernel/mm/transparent_hugepage/enabled is [never]); the region gets 4 KiB pages"
                     );
                 }
             }
-            Backend::Anon { .. } | Backend::Memfd { hugepage_size: None } => {}
+            Backend::Anon { .. }
+            | Backend::Memfd {
+                hugepage_size: None,
+            } => {}
         }
         if c.mergeable && !ksm::Ksm::system().available() {
             return Err(region_err(

@@ -201,17 +201,27 @@ impl HostMapping {
     ) -> Result<hugepages::PopulateStats, MemoryError> {
         // SAFETY: the range is exactly this live mapping, writable, and nothing unmaps it while
         // this runs (the owner is borrowed).
-        unsafe { hugepages::populate(self.addr, self.len, self.page_size as usize, threads, progress) }.map_err(|e| {
-            MemoryError::Prealloc {
-                region: index,
-                reason: e.to_string(),
-            }
+        unsafe {
+            hugepages::populate(
+                self.addr,
+                self.len,
+                self.page_size as usize,
+                threads,
+                progress,
+            )
+        }
+        .map_err(|e| MemoryError::Prealloc {
+            region: index,
+            reason: e.to_string(),
         })
     }
 
     /// Faults in `[offset, offset+len)` (page aligned) for writing, on the calling thread.
     pub fn populate_range(&self, index: usize, offset: u64, len: u64) -> Result<(), MemoryError> {
-        assert!(offset + len <= self.len as u64, "populate range inside the mapping");
+        assert!(
+            offset + len <= self.len as u64,
+            "populate range inside the mapping"
+        );
         // SAFETY: the range lies inside this live mapping, which the owner keeps mapped.
         unsafe {
             hugepages::populate(

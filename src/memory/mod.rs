@@ -197,7 +197,10 @@ impl GuestRam {
     }
 
     /// As [`GuestRam::new`], reporting preallocation progress.
-    pub fn new_with_progress(configs: &[RegionConfig], progress: Option<Progress<'_>>) -> Result<Self, MemoryError> {
+    pub fn new_with_progress(
+        configs: &[RegionConfig],
+        progress: Option<Progress<'_>>,
+    ) -> Result<Self, MemoryError> {
         checks::check(configs)?;
         let aligns: Vec<(u64, u64)> = configs
             .iter()
@@ -211,17 +214,30 @@ impl GuestRam {
                 map.set_mergeable(index)?;
             }
             let pager = match config.backend {
-                Backend::Uffd { .. } => Some(Pager::start(index, config, map.addr() as usize, map.len(), map.page_size())?),
+                Backend::Uffd { .. } => Some(Pager::start(
+                    index,
+                    config,
+                    map.addr() as usize,
+                    map.len(),
+                    map.page_size(),
+                )?),
                 _ => None,
             };
             let prealloc = if config.prealloc {
                 let threads = match config.prealloc_threads {
-                    0 => std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(8),
+                    0 => std::thread::available_parallelism()
+                        .map(|n| n.get())
+                        .unwrap_or(1)
+                        .min(8),
                     n => n,
                 };
                 let total = config.size;
                 let cb = progress.map(|p| move |done: u64| p(index, done, total));
-                let stats = map.populate(index, threads, cb.as_ref().map(|f| f as &(dyn Fn(u64) + Sync)))?;
+                let stats = map.populate(
+                    index,
+                    threads,
+                    cb.as_ref().map(|f| f as &(dyn Fn(u64) + Sync)),
+                )?;
                 Some(PreallocReport {
                     bytes: stats.bytes,
                     seconds: stats.elapsed.as_secs_f64(),
@@ -396,12 +412,18 @@ impl GuestRam {
 
     /// Bytes of huge pages partly discarded (not yet returned to the host), per region.
     pub fn partially_discarded_bytes(&self) -> Vec<u64> {
-        self.regions.iter().map(|r| r.map.partially_discarded_bytes()).collect()
+        self.regions
+            .iter()
+            .map(|r| r.map.partially_discarded_bytes())
+            .collect()
     }
 
     /// Whether every uffd region still has a live page server.
     pub fn pagers_healthy(&self) -> bool {
-        self.regions.iter().filter_map(|r| r.pager.as_ref()).all(|p| p.healthy())
+        self.regions
+            .iter()
+            .filter_map(|r| r.pager.as_ref())
+            .all(|p| p.healthy())
     }
 
     /// A one-line description of each region for reports.

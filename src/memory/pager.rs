@@ -30,7 +30,13 @@ pub enum PagerReport {
 
 impl Pager {
     /// Registers `[host_addr, host_addr+len)` of region `index` and starts serving it.
-    pub fn start(index: usize, c: &RegionConfig, host_addr: usize, len: usize, page_size: u64) -> Result<Pager, MemoryError> {
+    pub fn start(
+        index: usize,
+        c: &RegionConfig,
+        host_addr: usize,
+        len: usize,
+        page_size: u64,
+    ) -> Result<Pager, MemoryError> {
         let Backend::Uffd {
             source,
             fetch,
@@ -51,7 +57,9 @@ impl Pager {
             reason: format!("userfaultfd: {e}"),
         };
         if let Some(sock) = external_socket {
-            return uffd::hand_over(vec![spec], sock).map(Pager::External).map_err(err);
+            return uffd::hand_over(vec![spec], sock)
+                .map(Pager::External)
+                .map_err(err);
         }
         let config = HandlerConfig {
             source: match source {
@@ -60,14 +68,18 @@ impl Pager {
             },
             fetch_unit: *fetch as usize,
         };
-        uffd::start(vec![spec], config).map(Pager::Internal).map_err(err)
+        uffd::start(vec![spec], config)
+            .map(Pager::Internal)
+            .map_err(err)
     }
 
     /// Snapshot for reports.
     pub fn report(&self) -> PagerReport {
         match self {
             Pager::Internal(h) => PagerReport::Internal(h.stats()),
-            Pager::External(h) => PagerReport::External { alive: h.peer_alive() },
+            Pager::External(h) => PagerReport::External {
+                alive: h.peer_alive(),
+            },
         }
     }
 

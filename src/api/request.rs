@@ -1,0 +1,264 @@
+//! Typed API requests and the pure mapping from (method, path and query, body) onto them.
+//!
+//! [`parse_request`] does no I/O, so routing, body decoding and query parsing are unit-tested
+//! here; every failure comes back as the [`ApiResponse`] to send (400, 404 or 405) with a
+//! `fault_message` that says what was wrong and what shape was expected.
+
+use super::ApiResponse;
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// One request the VMM is asked to carry out.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ApiRequest {
+    /// `GET /vm`: the VM's state.
+    GetVm,
+    /// `PUT /vm` (or `PATCH /vm`, as Firecracker) `{"state": "Paused"|"Resumed"}`.
+    PutVmState(VmState),
+    /// `PUT /actions` `{"action_type": "SendCtrlAltDel"|"Shutdown"}`.
+    PutAction(ActionType),
+    /// `PUT /balloon` `{"amount_mib", "deflate_on_oom", "stats_polling_interval_s"}`.
+    PutBalloon(BalloonConfig),
+    /// `PATCH /balloon` `{"amount_mib"}`: a new balloon target.
+    PatchBalloon {
+        /// Target balloon size in MiB.
+        amount_mib: u32,
+    },
+    /// `GET /balloon`: the balloon configuration.
+    GetBalloon,
+    /// `GET /balloon/statistics`: the latest balloon statistics.
+    GetBalloonStats,
+    /// `PATCH /balloon/statistics` `{"stats_polling_interval_s"}`.
+    PatchBalloonStats {
+        /// Seconds between statistics refreshes.
+        stats_polling_interval_s: u16,
+    },
+    /// `GET /memory/mappings?gpa=..&len=..`: host mappings of guest memory, optionally only
+    /// those overlapping `[gpa, gpa + len)`.
+    GetMemoryMappings {
+        /// First guest physical address of interest.
+        gpa: Option<u64>,
+        /// Length in bytes of the range of interest.
+        len: Option<u64>,
+    },
+    /// `GET /memory/report`: guest memory residency and overcommit report.
+    GetMemoryReport,
+    /// `GET /metrics`: metrics in the Prometheus text format.
+    GetMetrics,
+}
+
+/// The state a VM is asked to move to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum VmState {
+    /// Stop running the vCPUs.
+    Paused,
+    /// Run the vCPUs again.
+    Resumed,
+}
+
+/// A one-off action.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ActionType {
+    /// Ask the guest to reboot, as the Ctrl+Alt+Del key combination does.
+    SendCtrlAltDel,
+    /// Stop the VM.
+    Shutdown,
+}
+
+/// The balloon device configuration (Firecracker's `Balloon`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BalloonConfig {
+    /// Target balloon size in MiB.
+    pub amount_mib: u32,
+    /// Whether the guest may deflate the balloon when it runs out of memory.
+    pub deflate_on_oom: bool,
+    /// Seconds between statistics refreshes; 0 disables statistics.
+    #[serde(default)]
+    pub stats_polling_interval_s: u16,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct VmStateBody {
+    state: VmState,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ActionBody {
+    action_type: ActionType,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonUpdate {
+    amount_mib: u32,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BalloonStatsUpdate {
+    stats_polling_interval_s: u16,
+}
+
+const VM_SHAPE: &str = r#"{"state": "Paused" | "Resumed"}"#;
+const ACTION_SHAPE: &str = r#"{"action_type": "SendCtrlAltDel" | "Shutdown"}"#;
+const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>}"#;
+const BALLOON_UPDATE_SHAPE: &str = r#"{"amount_mib": <u32>}"#;
+const STATS_UPDATE_SHAPE: &str = r#"{"stats_polling_interval_s": <u16>}"#;
+
+/// Every endpoint with the methods it accepts.
+pub const ENDPOINTS: &[(&str, &[&str])] = &[
+    ("/vm", &["GET", "PUT", "PATCH"]),
+    ("/actions", &["PUT"]),
+    ("/balloon", &["GET", "PUT", "PATCH"]),
+    ("/balloon/statistics", &["GET", "PATCH"]),
+    ("/memory/mappings", &["GET"]),
+    ("/memory/report", &["GET"]),
+    ("/metrics", &["GET"]),
+];
+
+/// The methods `path` (without query) accepts, or `None` if there is no such endpoint.
+pub fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
+    let path = normalize(split_query(path).0);
+    ENDPOINTS.iter().find(|(p, _)| *p == path).map(|(_, m)| *m)
+}
+
+/// Maps one HTTP request onto an [`ApiRequest`].
+///
+/// `path_and_query` is the request target (`/memory/mappings?gpa=0x1000&len=4096`); a query on
+/// other endpoints is ignored. On failure the error is the response to send: 404 for an unknown
+/// path, 405 for a method the path does not accept, 400 for a missing or malformed body or query.
+pub fn parse_request(
+    method: &str,
+    path_and_query: &str,
+    body: &[u8],
+) -> Result<ApiRequest, ApiResponse> {
+    let (raw_path, query) = split_query(path_and_query);
+    let path = normalize(raw_path);
+    let Some(allowed) = allowed_methods(path) else {
+        let known: Vec<&str> = ENDPOINTS.iter().map(|(p, _)| *p).collect();
+        return Err(ApiResponse::error(
+            404,
+            format!(
+                "no API endpoint {raw_path}; the endpoints are {}",
+                known.join(", ")
+            ),
+        ));
+    };
+    let req = match (method, path) {
+        ("GET", "/vm") => ApiRequest::GetVm,
+        ("PUT" | "PATCH", "/vm") => {
+            ApiRequest::PutVmState(json_body::<VmStateBody>(method, path, body, VM_SHAPE)?.state)
+        }
+        ("PUT", "/actions") => {
+            let b: ActionBody = json_body(method, path, body, ACTION_SHAPE)?;
+            ApiRequest::PutAction(b.action_type)
+        }
+        ("GET", "/balloon") => ApiRequest::GetBalloon,
+        ("PUT", "/balloon") => ApiRequest::PutBalloon(json_body(method, path, body, BALLOON_SHAPE)?),
+        ("PATCH", "/balloon") => {
+            let b: BalloonUpdate = json_body(method, path, body, BALLOON_UPDATE_SHAPE)?;
+            ApiRequest::PatchBalloon {
+                amount_mib: b.amount_mib,
+            }
+        }
+        ("GET", "/balloon/statistics") => ApiRequest::GetBalloonStats,
+        ("PATCH", "/balloon/statistics") => {
+            let b: BalloonStatsUpdate = json_body(method, path, body, STATS_UPDATE_SHAPE)?;
+            ApiRequest::PatchBalloonStats {
+                stats_polling_interval_s: b.stats_polling_interval_s,
+            }
+        }
+        ("GET", "/memory/mappings") => mappings_query(query)?,
+        ("GET", "/memory/report") => ApiRequest::GetMemoryReport,
+        ("GET", "/metrics") => ApiRequest::GetMetrics,
+        _ => {
+            return Err(ApiResponse::error(
+                405,
+                format!(
+                    "method {method} is not allowed on {path}; use {}",
+                    allowed.join(", ")
+                ),
+            ))
+        }
+    };
+    Ok(req)
+}
+
+fn split_query(target: &str) -> (&str, Option<&str>) {
+    match target.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (target, None),
+    }
+}
+
+/// `/balloon/` is `/balloon`.
+fn normalize(path: &str) -> &str {
+    match path.strip_suffix('/') {
+        Some(p) if !p.is_empty() => p,
+        _ => path,
+    }
+}
+
+fn json_body<T: DeserializeOwned>(
+    method: &str,
+    path: &str,
+    body: &[u8],
+    shape: &str,
+) -> Result<T, ApiResponse> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(ApiResponse::bad_request(format!(
+            "{method} {path} needs a JSON body: {shape}"
+        )));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        ApiResponse::bad_request(format!(
+            "invalid JSON body for {method} {path}: {e}; expected {shape}"
+        ))
+    })
+}
+
+fn mappings_query(query: Option<&str>) -> Result<ApiRequest, ApiResponse> {
+    let bad = |what: String| {
+        ApiResponse::bad_request(format!(
+            "bad query for GET /memory/mappings: {what}; expected ?gpa=<addr>&len=<bytes>, both \
+             optional, in decimal or 0x hex"
+        ))
+    };
+    let (mut gpa, mut len) = (None, None);
+    for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let Some((key, value)) = pair.split_once('=') else {
+            return Err(bad(format!("`{pair}` has no value")));
+        };
+        let slot = match key {
+            "gpa" => &mut gpa,
+            "len" => &mut len,
+            _ => return Err(bad(format!("unknown parameter `{key}`"))),
+        };
+        if slot.is_some() {
+            return Err(bad(format!("`{key}` given twice")));
+        }
+        let number = parse_u64(value)
+            .ok_or_else(|| bad(format!("`{key}={value}` is not a 64-bit unsigned number")))?;
+        *slot = Some(number);
+    }
+    Ok(ApiRequest::GetMemoryMappings { gpa, len })
+}
+
+/// Decimal or `0x`-prefixed hex, digits only (no sign, no spaces).
+fn parse_u64(s: &str) -> Option<u64> {
+    let (digits, radix) = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => (hex, 16),
+        None => (s, 10),
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    u64::from_str_radix(digits, radix).ok()
+}
+
+#[cfg(test)]
+#[path = "request_tests.rs"]
+mod tests;
