@@ -218,6 +218,12 @@ pub const fn pattern_word(gpa: u64, seed: u64) -> u64 {
     z ^ (z >> 31)
 }
 
+/// Wait for a device event: `args = [timeout µs, ..]`. The vCPU blocks in the VMM until a
+/// device raises an interrupt or the timeout passes; the VMM writes the pending interrupt bits
+/// of the balloon's virtio-mmio window into `args[1]` (0 on timeout). Lets a polling driver
+/// sleep instead of spinning on MMIO reads (each a VM exit).
+pub const HC_WAIT: u64 = 7;
+
 /// A sync point: `args = [tag, ..]`. The VMM returns when whoever waits on it is done.
 pub const HC_SYNC: u64 = 6;
 

@@ -340,6 +340,9 @@ pub struct VmConfig {
     /// Triple-fault deliberately at entry (tests the failure path).
     #[serde(default)]
     pub triple_fault: bool,
+    /// A virtio-balloon device.
+    #[serde(default)]
+    pub balloon: Option<balloon::BalloonOptions>,
 }
 
 impl Default for VmConfig {
@@ -350,6 +353,7 @@ impl Default for VmConfig {
             pin: BTreeMap::new(),
             workload: Workload::default_run(),
             triple_fault: false,
+            balloon: None,
         }
     }
 }
@@ -380,6 +384,15 @@ impl VmConfig {
                 Size(crate::abi::MIN_RAM_BYTES)
             )));
         }
+        if let Some(b) = &self.balloon {
+            if (b.amount_mib as u64) << 20 > self.ram_bytes() {
+                return Err(ConfigError::Invalid(format!(
+                    "--balloon amount_mib={} is larger than guest RAM ({})",
+                    b.amount_mib,
+                    Size(self.ram_bytes())
+                )));
+            }
+        }
         for (&v, &c) in &self.pin {
             if v >= self.vcpus {
                 return Err(ConfigError::BadPin(format!(
@@ -391,6 +404,32 @@ impl VmConfig {
         self.workload.check()?;
         Ok(())
     }
+}
+
+/// Parses `--balloon amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1[,free_page_reporting=on]`.
+pub fn parse_balloon(text: &str) -> Result<balloon::BalloonOptions, ConfigError> {
+    let bad = |m: String| ConfigError::Invalid(format!("--balloon: {m}"));
+    let mut o = balloon::BalloonOptions::default();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| bad(format!("`{part}`: expected key=value")))?;
+        let on = || match v {
+            "on" | "true" | "1" => Ok(true),
+            "off" | "false" | "0" => Ok(false),
+            _ => Err(bad(format!("{k}=`{v}`: write on or off"))),
+        };
+        match k.replace('-', "_").as_str() {
+            "amount_mib" => o.amount_mib = v.parse().map_err(|_| bad(format!("amount_mib=`{v}` is not a number of MiB")))?,
+            "deflate_on_oom" => o.deflate_on_oom = on()?,
+            "stats_polling_interval_s" => {
+                o.stats_polling_interval_s = v.parse().map_err(|_| bad(format!("stats_polling_interval_s=`{v}` is not a number of seconds")))?
+            }
+            "free_page_reporting" => o.free_page_reporting = on()?,
+            other => return Err(bad(format!("unknown option `{other}`; use amount_mib, deflate_on_oom, stats_polling_interval_s, free_page_reporting"))),
+        }
+    }
+    Ok(o)
 }
 
 /// Parses `--pin 0=2,1=3`.

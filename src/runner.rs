@@ -4,7 +4,12 @@
 
 use crate::boot;
 use crate::config::{ConfigError, VmConfig};
-use crate::devices::{Bus, NoDevices};
+use crate::devices::balloon::BalloonDevice;
+use crate::devices::virtio_mmio::MmioTransport;
+use crate::devices::{Bus, VmBus};
+
+/// Guest-physical address of the balloon's virtio-mmio window (start of the MMIO hole).
+pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{OpRecord, Outcome, RunReport, VcpuReport};
 use crate::vcpu::{self, VcpuEvent, VcpuHandle};
@@ -78,6 +83,7 @@ pub struct Vmm {
     handles: Vec<VcpuHandle>,
     vm: Vm,
     ram: Arc<GuestRam>,
+    balloon: Option<Arc<MmioTransport<BalloonDevice>>>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
     setup: Duration,
@@ -117,8 +123,19 @@ impl Vmm {
         } else {
             0
         };
-        let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, 0)?;
-        let bus: Arc<dyn Bus> = Arc::new(NoDevices);
+        let balloon = config.balloon.clone().map(|opts| {
+            Arc::new(MmioTransport::new(
+                BALLOON_MMIO_GPA,
+                BalloonDevice::new(opts, ram.clone()),
+            ))
+        });
+        let balloon_gpa = if balloon.is_some() {
+            BALLOON_MMIO_GPA
+        } else {
+            0
+        };
+        let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
+        let bus: Arc<dyn Bus> = Arc::new(VmBus::new(ram.clone(), balloon.clone()));
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
         for id in 0..config.vcpus {
@@ -144,6 +161,7 @@ impl Vmm {
             handles.push(h);
         }
         Ok(Vmm {
+            balloon,
             config: config.clone(),
             ram,
             vm,
@@ -152,6 +170,11 @@ impl Vmm {
             setup,
             started,
         })
+    }
+
+    /// The balloon device, if configured.
+    pub fn balloon(&self) -> Option<&Arc<MmioTransport<BalloonDevice>>> {
+        self.balloon.as_ref()
     }
 
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).

@@ -531,6 +531,14 @@ impl Runner {
                 });
                 Next::Continue
             }
+            abi::HC_WAIT => {
+                let timeout = Duration::from_micros(a[0].min(1_000_000));
+                let pending = self.bus.wait_event(timeout) as u64;
+                if let Err(e) = mem.write_obj(pending, GuestAddress(gpa + 24)) {
+                    return self.fail("hypercall block outside guest RAM", e.to_string());
+                }
+                Next::Continue
+            }
             abi::HC_SYNC => {
                 if let Some(hook) = &self.sync {
                     hook(self.id, a[0], &self.ram);

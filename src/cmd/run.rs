@@ -34,6 +34,10 @@ pub struct RunArgs {
     /// fault. Default: touch;fill;verify.
     #[arg(long, short = 'w', value_name = "STEP")]
     workload: Vec<String>,
+    /// A virtio-balloon device (virtio-mmio for the built-in guest):
+    /// amount_mib=N,deflate_on_oom=on|off,stats_polling_interval_s=N[,free_page_reporting=on].
+    #[arg(long, value_name = "OPTIONS")]
+    balloon: Option<String>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -80,6 +84,9 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
         c.pin = parse_pin(p)?;
     }
     c.triple_fault |= a.triple_fault;
+    if let Some(b) = &a.balloon {
+        c.balloon = Some(memvisor::config::parse_balloon(b)?);
+    }
     c.check()?;
     Ok(c)
 }

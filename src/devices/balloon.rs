@@ -1,0 +1,93 @@
+//! The virtio-balloon device (the `balloon` crate's model) wired to guest memory: inflated and
+//! reported ranges are discarded through the memory module, deflated ranges reclaimed.
+
+use super::virtio::VirtioDevice;
+use crate::memory::GuestRam;
+use balloon::{Balloon, BalloonOptions, MemoryBackend};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use virtio_queue::Queue;
+use vm_memory::GuestMemoryMmap;
+
+/// Guest memory as the balloon sees it.
+pub struct RamBackend {
+    ram: Arc<GuestRam>,
+    /// Bytes the host really got back (whole huge pages only on hugetlb).
+    pub released: AtomicU64,
+}
+
+impl MemoryBackend for RamBackend {
+    fn is_ram(&self, gpa: u64, len: u64) -> bool {
+        self.ram.is_ram(gpa, len)
+    }
+
+    fn discard(&self, gpa: u64, len: u64) -> Result<u64, String> {
+        let out = self.ram.discard(gpa, len).map_err(|e| e.to_string())?;
+        self.released.fetch_add(out.released, Ordering::Relaxed);
+        Ok(out.released)
+    }
+
+    fn reclaim(&self, gpa: u64, len: u64) -> Result<(), String> {
+        self.ram.reclaim(gpa, len, false).map_err(|e| e.to_string())
+    }
+}
+
+/// The balloon device with its memory backend.
+pub struct BalloonDevice {
+    /// The device model.
+    pub model: Balloon,
+    backend: RamBackend,
+}
+
+impl BalloonDevice {
+    /// A balloon over `ram`.
+    pub fn new(opts: BalloonOptions, ram: Arc<GuestRam>) -> Self {
+        BalloonDevice {
+            model: Balloon::new(opts),
+            backend: RamBackend {
+                ram,
+                released: AtomicU64::new(0),
+            },
+        }
+    }
+
+    /// Bytes returned to the host so far.
+    pub fn released_bytes(&self) -> u64 {
+        self.backend.released.load(Ordering::Relaxed)
+    }
+}
+
+impl VirtioDevice for BalloonDevice {
+    fn device_type(&self) -> u32 {
+        self.model.device_type()
+    }
+    fn avail_features(&self) -> u64 {
+        self.model.avail_features()
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.model.ack_features(features)
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        self.model.queue_max_sizes()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.model.read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.model.write_config(offset, data)
+    }
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), String> {
+        self.model.activate(queues).map_err(|e| e.to_string())
+    }
+    fn reset(&mut self) {
+        self.model.reset()
+    }
+    fn process_queue(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<bool, String> {
+        self.model
+            .process_queue(index, mem, &self.backend)
+            .map_err(|e| e.to_string())
+    }
+    fn needs_reset(&self) -> bool {
+        self.model.needs_reset()
+    }
+}
