@@ -132,7 +132,9 @@ pub enum ApiError {
         source: io::Error,
     },
     /// A server thread could not be started.
-    #[error("cannot start the API server thread: {0}; the process may be out of threads or memory")]
+    #[error(
+        "cannot start the API server thread: {0}; the process may be out of threads or memory"
+    )]
     Spawn(#[source] io::Error),
     /// The client could not connect.
     #[error(

@@ -157,7 +157,9 @@ pub fn parse_request(
             ApiRequest::PutAction(b.action_type)
         }
         ("GET", "/balloon") => ApiRequest::GetBalloon,
-        ("PUT", "/balloon") => ApiRequest::PutBalloon(json_body(method, path, body, BALLOON_SHAPE)?),
+        ("PUT", "/balloon") => {
+            ApiRequest::PutBalloon(json_body(method, path, body, BALLOON_SHAPE)?)
+        }
         ("PATCH", "/balloon") => {
             let b: BalloonUpdate = json_body(method, path, body, BALLOON_UPDATE_SHAPE)?;
             ApiRequest::PatchBalloon {
@@ -211,6 +213,13 @@ fn json_body<T: DeserializeOwned>(
     if body.iter().all(u8::is_ascii_whitespace) {
         return Err(ApiResponse::bad_request(format!(
             "{method} {path} needs a JSON body: {shape}"
+        )));
+    }
+    // serde would also take a struct from an array (`[5]`); only objects are accepted.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiResponse::bad_request(format!(
+            "invalid JSON body for {method} {path}: the body must be a JSON object; expected \
+             {shape}"
         )));
     }
     serde_json::from_slice(body).map_err(|e| {
