@@ -13,10 +13,12 @@
 /// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
 #[path = "../guest/abi.rs"]
 pub mod abi;
+pub mod api;
 pub mod boot;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod mappings;
 pub mod memory;
 pub mod report;
 pub mod runner;
