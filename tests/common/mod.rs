@@ -44,3 +44,262 @@ pub fn text(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr)
     )
 }
+
+// ---------------------------------------------------------------------------------------------
+// Host-side memory observation and temporary host state (guest RAM backend and discard tests).
+
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Prints the skip line of `test`.
+pub fn skip(test: &str, reason: impl std::fmt::Display) {
+    println!("skip: {test}: {reason}");
+}
+
+/// Whether userfaultfd can be used here; prints one skip line when not.
+pub fn uffd_or_skip(test: &str) -> bool {
+    match uffd::available() {
+        Ok(()) => true,
+        Err(e) => {
+            skip(test, format_args!("userfaultfd is not usable here ({e})"));
+            false
+        }
+    }
+}
+
+/// Bytes of `[addr, addr+len)` (4 KiB pages) whose page-table entry in this process is present,
+/// read independently of memvisor from `/proc/self/pagemap` (bit 63 of each 8-byte entry).
+pub fn pagemap_present_bytes(addr: *const u8, len: u64) -> u64 {
+    pagemap_present_pages(addr, len)
+        .iter()
+        .filter(|p| **p)
+        .count() as u64
+        * 4096
+}
+
+/// One flag per 4 KiB page of `[addr, addr+len)`: present in `/proc/self/pagemap`.
+pub fn pagemap_present_pages(addr: *const u8, len: u64) -> Vec<bool> {
+    let addr = addr as u64;
+    assert!(addr % 4096 == 0 && len % 4096 == 0, "page-aligned range");
+    let pages = (len / 4096) as usize;
+    let f = std::fs::File::open("/proc/self/pagemap").expect("open /proc/self/pagemap");
+    let mut buf = vec![0u8; pages * 8];
+    let mut done = 0;
+    while done < buf.len() {
+        let n = f
+            .read_at(&mut buf[done..], (addr / 4096) * 8 + done as u64)
+            .expect("read /proc/self/pagemap");
+        assert!(n > 0, "short read of /proc/self/pagemap");
+        done += n;
+    }
+    buf.chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap()) >> 63 == 1)
+        .collect()
+}
+
+/// A field (`AnonHugePages`, `Rss`, ...) in kB of the `/proc/self/smaps` entry of the mapping
+/// that contains `addr`, in bytes.
+pub fn smaps_field(addr: *const u8, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/self/smaps").ok()?;
+    let addr = addr as u64;
+    let mut inside = false;
+    for line in text.lines() {
+        let head = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = head.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                inside = a <= addr && addr < b;
+                continue;
+            }
+        }
+        if inside {
+            if let Some(rest) = line.strip_prefix(field).and_then(|r| r.strip_prefix(':')) {
+                let kb: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+                return Some(kb * 1024);
+            }
+        }
+    }
+    None
+}
+
+/// Bytes allocated to the file mapped at `addr` (its `st_blocks` * 512): for a memfd or
+/// hugetlbfs file, the memory it holds. Found through the inode in `/proc/self/maps` and the
+/// open descriptor in `/proc/self/fd` with that inode.
+pub fn mapped_file_allocated_bytes(addr: *const u8) -> Option<u64> {
+    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
+    let addr = addr as u64;
+    let inode: u64 = maps.lines().find_map(|l| {
+        let mut f = l.split_whitespace();
+        let (a, b) = f.next()?.split_once('-')?;
+        let (a, b) = (
+            u64::from_str_radix(a, 16).ok()?,
+            u64::from_str_radix(b, 16).ok()?,
+        );
+        if !(a <= addr && addr < b) {
+            return None;
+        }
+        f.nth(3)?.parse().ok()
+    })?;
+    for e in std::fs::read_dir("/proc/self/fd").ok()?.flatten() {
+        if let Ok(m) = std::fs::metadata(e.path()) {
+            if m.ino() == inode && m.file_type().is_file() {
+                return Some(m.blocks() * 512);
+            }
+        }
+    }
+    None
+}
+
+/// A fresh directory under the temp dir, removed (with its contents) on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    /// Creates `<tmp>/memvisor-<tag>-<pid>-<n>`.
+    pub fn new(tag: &str) -> TempDir {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let p = std::env::temp_dir().join(format!(
+            "memvisor-{tag}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        std::fs::create_dir_all(&p).expect("create temp dir");
+        TempDir(p)
+    }
+
+    /// The directory.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A hugetlbfs mount on a fresh temp dir; unmounted and removed on drop (also on panic).
+/// Declare it before anything mapping files on it, so those are dropped first.
+pub struct HugetlbfsMount {
+    dir: PathBuf,
+}
+
+impl HugetlbfsMount {
+    /// Mounts hugetlbfs with `size` pages on a new temp dir.
+    pub fn new(size: hugepages::HugePageSize) -> Result<Self, hugepages::HugePageError> {
+        static N: AtomicU64 = AtomicU64::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "memvisor-hugetlbfs-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        match hugepages::mount(&dir, size) {
+            Ok((_, true)) => Ok(HugetlbfsMount { dir }),
+            Ok((_, false)) => panic!("{} was already a hugetlbfs mount", dir.display()),
+            Err(e) => {
+                let _ = std::fs::remove_dir(&dir);
+                Err(e)
+            }
+        }
+    }
+
+    /// The mount point.
+    pub fn path(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for HugetlbfsMount {
+    fn drop(&mut self) {
+        if let Err(e) = hugepages::unmount(&self.dir) {
+            eprintln!("could not unmount {}: {e}", self.dir.display());
+        }
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+/// The pool of `size` now.
+pub fn pool(size: hugepages::HugePageSize) -> hugepages::PoolStatus {
+    hugepages::pool_status(size).expect("read hugepage pool")
+}
+
+/// Holds the pool lock and a reservation of `pages` more pages of `size` (restored on drop:
+/// the reservation is dropped before the lock).
+pub struct HugePool {
+    reservation: Option<hugepages::PoolReservation>,
+    _lock: hugepages::PoolLock,
+    /// The page size.
+    pub size: hugepages::HugePageSize,
+}
+
+impl HugePool {
+    /// Takes the pool lock, then grows the pool of `size` by `pages`.
+    pub fn reserve(
+        size: hugepages::HugePageSize,
+        pages: u64,
+    ) -> Result<HugePool, hugepages::HugePageError> {
+        let lock = hugepages::lock_pools()?;
+        let reservation = hugepages::PoolReservation::reserve_additional(size, pages)?;
+        Ok(HugePool {
+            reservation: Some(reservation),
+            _lock: lock,
+            size,
+        })
+    }
+
+    /// Free pages of the pool now.
+    pub fn free(&self) -> u64 {
+        pool(self.size).free
+    }
+}
+
+impl Drop for HugePool {
+    fn drop(&mut self) {
+        drop(self.reservation.take());
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// A minimal external userfaultfd page-fault handler (raw ioctls), for the Firecracker hand-over.
+
+/// `struct uffdio_copy` of `<linux/userfaultfd.h>`.
+#[repr(C)]
+pub struct UffdioCopy {
+    /// Destination (page aligned).
+    pub dst: u64,
+    /// Source buffer.
+    pub src: u64,
+    /// Bytes.
+    pub len: u64,
+    /// Mode bits.
+    pub mode: u64,
+    /// Bytes copied, or a negative errno.
+    pub copy: i64,
+}
+
+nix::ioctl_readwrite!(uffdio_copy_ioctl, 0xAA, 0x03, UffdioCopy);
+
+/// `UFFD_EVENT_PAGEFAULT`.
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+/// `UFFD_EVENT_REMOVE`.
+pub const UFFD_EVENT_REMOVE: u8 = 0x15;
+
+/// One `struct uffd_msg` (32 bytes): `(event, address)` (address of a page fault, start of a
+/// removed range).
+pub fn parse_uffd_msg(msg: &[u8; 32]) -> (u8, u64) {
+    (msg[0], u64::from_le_bytes(msg[16..24].try_into().unwrap()))
+}
+
+/// `UFFDIO_COPY` of `src` to `dst` (waking the faulting thread).
+pub fn uffd_copy(uffd: std::os::fd::RawFd, dst: u64, src: &[u8]) -> nix::Result<i64> {
+    let mut c = UffdioCopy {
+        dst,
+        src: src.as_ptr() as u64,
+        len: src.len() as u64,
+        mode: 0,
+        copy: 0,
+    };
+    // SAFETY: `c` is a valid uffdio_copy; `src` is readable for `len` bytes for the call.
+    unsafe { uffdio_copy_ioctl(uffd, &mut c) }?;
+    Ok(c.copy)
+}
