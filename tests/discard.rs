@@ -384,7 +384,7 @@ fn refused_discards_change_nothing() {
 }
 
 #[test]
-#[ignore = "blocked by src/memory/mapping.rs:285 HostMapping::discard zeroing (and so allocating) absent huge pages"]
+
 fn hugetlb_discard_of_absent_pages_takes_no_memory() {
     // A discard must never take host memory. Sub-huge-page pieces are zeroed with
     // `write_bytes`, which faults in (allocates from the pool) a huge page that is not present:

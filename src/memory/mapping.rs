@@ -278,6 +278,10 @@ impl HostMapping {
                 self.partial.lock().unwrap().remove(&(hp_start / hp));
                 self.release(index, hp_start, hp)?;
                 released += hp;
+            } else if !self.is_present(hp_start) {
+                // Not backed (never touched, or already released): it reads as zeros already, and
+                // writing zeros would take a huge page from the pool instead of giving one back.
+                self.partial.lock().unwrap().remove(&(hp_start / hp));
             } else {
                 // SAFETY: the piece lies inside this live mapping; zeroing keeps the promise that
                 // discarded memory reads as zeros.
@@ -302,6 +306,21 @@ impl HostMapping {
             at = piece_end;
         }
         Ok(released)
+    }
+
+    /// Whether the host page containing `offset` is backed (for huge pages, in the page cache).
+    fn is_present(&self, offset: u64) -> bool {
+        let start = offset / self.page_size * self.page_size;
+        let mut v = [0u8; 1];
+        // SAFETY: one page-aligned 4 KiB range inside this live mapping; `v` holds its one entry.
+        let rc = unsafe {
+            libc::mincore(
+                self.addr.add(start as usize).cast(),
+                PAGE as usize,
+                v.as_mut_ptr(),
+            )
+        };
+        rc != 0 || v[0] & 1 != 0
     }
 
     /// Forgets partial-huge-page tracking of `[offset, offset+len)` (the guest uses it again).
