@@ -231,3 +231,43 @@ pub const HC_SYNC: u64 = 6;
 pub const fn same_word(offset_in_page: u64, value: u64) -> u64 {
     value ^ (offset_in_page.wrapping_mul(0x0101_0101_0101_0101))
 }
+
+/// Guest-owned memory for device drivers (virtqueues and their buffers): from the end of the
+/// last vCPU's stack area to the work area. The built-in guest's balloon driver keeps its queues
+/// here (see `guest/balloon.rs`); the VMM never puts anything here.
+pub const DRIVER_AREA_GPA: u64 = STACKS_GPA + MAX_VCPUS as u64 * STACK_BYTES_PER_VCPU;
+/// Bytes of the driver area (4 MiB).
+pub const DRIVER_AREA_BYTES: u64 = WORK_AREA_GPA - DRIVER_AREA_GPA;
+
+/// Drive the virtio balloon (vCPU 0 only; other vCPUs skip it with results `[0, 0, 0]`). The
+/// guest treats the whole work area as a pool of 4 KiB pages: a data set at the bottom (filled
+/// with the pattern of `seed`), the balloon at the top, free pages between. It fills `data`
+/// bytes (0: the whole work area), then until the VMM requests finish (see [`HC_PROGRESS`]) or
+/// `seconds` pass (0: no limit): waits for a device event ([`HC_WAIT`]), inflates or deflates
+/// to the target the device announces (inflating takes free pages first, then the top of the
+/// data set; deflating lets the data set grow back toward `data`, re-filled with the pattern),
+/// answers statistics requests, verifies a chunk of its data and reports progress.
+/// `args = [data bytes, seconds, seed, 0]`. Results: `[data bytes owned, mismatched words,
+/// balloon pages held]`.
+pub const OP_BALLOON: u64 = 10;
+/// Grow the data set of [`OP_BALLOON`] to `to` bytes (vCPU 0 only), filling the new pages with
+/// the pattern and then verifying all of it. When free pages are not enough and
+/// `VIRTIO_BALLOON_F_DEFLATE_ON_OOM` was negotiated, it deflates the balloon by what is missing
+/// first (telling the device); without it the guest never touches ballooned pages: it grows
+/// as far as free pages allow and the workload ends with [`STATUS_GROW_FAILED`].
+/// `args = [to bytes, seed, 0, 0]`. Results: as [`OP_BALLOON`].
+pub const OP_GROW: u64 = 11;
+
+/// `HC_DONE` status: the balloon step found no usable balloon device (none configured, or the
+/// driver could not initialise it).
+pub const STATUS_BALLOON_FAILED: u64 = 2;
+/// `HC_DONE` status: an [`OP_GROW`] could not reach its size.
+pub const STATUS_GROW_FAILED: u64 = 3;
+
+/// Progress of the balloon driver: `args = [data bytes owned, balloon pages held, mismatched
+/// words so far, bytes verified so far, negotiated virtio features, ..]`. The VMM keeps the
+/// latest per vCPU and answers in the block: `args[4]` = host monotonic clock in milliseconds,
+/// `args[5]` = 1 if the VMM asked the guest to finish its current balloon step (the request is
+/// consumed by this answer), else 0. The virtio statistics have no tag for the balloon's own
+/// size, so it is reported here (and in the device's `actual`).
+pub const HC_PROGRESS: u64 = 8;

@@ -17,6 +17,8 @@
 #[allow(dead_code)]
 #[path = "abi.rs"]
 mod abi;
+mod balloon;
+mod virtio;
 
 use abi::*;
 use core::arch::{asm, global_asm};
@@ -166,7 +168,9 @@ struct Channel {
 }
 
 impl Channel {
-    fn call(&mut self, nr: u64, args: [u64; 6]) {
+    /// Makes hypercall `nr`; returns the arguments as the VMM left them (some calls answer
+    /// there).
+    fn call(&mut self, nr: u64, args: [u64; 6]) -> [u64; 6] {
         let mut block = Hypercall {
             nr,
             vcpu: self.vcpu,
@@ -178,6 +182,8 @@ impl Channel {
         // (and may write) the block during the exit, so the asm is not marked `nomem`.
         unsafe { asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") addr, options(nostack)) };
         core::hint::black_box(&mut block);
+        // SAFETY: reading back the block the VMM may have written during the exit.
+        unsafe { core::ptr::read_volatile(&block.args) }
     }
 
     fn log(&mut self, msg: &str) {
@@ -205,7 +211,11 @@ impl Share {
         let total: u64 = all.iter().map(|r| r.end - r.start).sum();
         let per = (total / parts.max(1)) & !0xfff;
         let from = per * index;
-        let to = if index + 1 >= parts { total } else { from + per };
+        let to = if index + 1 >= parts {
+            total
+        } else {
+            from + per
+        };
         let mut share = Share {
             ranges: [GpaRange::default(); MAX_RANGES],
             len: 0,
@@ -235,7 +245,9 @@ impl Share {
 fn words(r: &GpaRange) -> &'static mut [u64] {
     // SAFETY: all guest RAM is identity-mapped and writable from ring 3, and shares of different
     // vCPUs are disjoint, so this vCPU is the only one using these words.
-    unsafe { core::slice::from_raw_parts_mut(r.start as *mut u64, ((r.end - r.start) / 8) as usize) }
+    unsafe {
+        core::slice::from_raw_parts_mut(r.start as *mut u64, ((r.end - r.start) / 8) as usize)
+    }
 }
 
 fn touch(share: &Share, stride: u64, passes: u64) -> u64 {
@@ -395,18 +407,33 @@ extern "C" fn user_main(vcpu: u64, info: *const BootInfo) -> ! {
         ch.log("boot info has a wrong magic");
         ch.done(1);
     }
+    let mut status = 0;
     for i in 0..(info.num_ops as usize).min(MAX_OPS) {
         let op = &info.ops[i];
         ch.call(HC_OP_BEGIN, [i as u64, op.kind, 0, 0, 0, 0]);
-        let r = if op.kind == OP_SYNC {
-            ch.call(HC_SYNC, [op.args[0], 0, 0, 0, 0, 0]);
-            [op.args[0], 0, 0]
-        } else {
-            run_op(op, info, vcpu)
+        let r = match op.kind {
+            OP_SYNC => {
+                ch.call(HC_SYNC, [op.args[0], 0, 0, 0, 0, 0]);
+                [op.args[0], 0, 0]
+            }
+            // The balloon and its memory model belong to vCPU 0; the others skip these steps.
+            OP_BALLOON | OP_GROW if vcpu != 0 => [0, 0, 0],
+            OP_BALLOON | OP_GROW => {
+                let (r, s) = if op.kind == OP_BALLOON {
+                    balloon::run_balloon(&mut ch, info, op.args)
+                } else {
+                    balloon::run_grow(&mut ch, info, op.args)
+                };
+                if status == 0 {
+                    status = s;
+                }
+                r
+            }
+            _ => run_op(op, info, vcpu),
         };
         ch.call(HC_OP_END, [i as u64, op.kind, r[0], r[1], r[2], 0]);
     }
-    ch.done(0)
+    ch.done(status)
 }
 
 #[panic_handler]

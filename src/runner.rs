@@ -84,6 +84,7 @@ pub struct Vmm {
     vm: Vm,
     ram: Arc<GuestRam>,
     balloon: Option<Arc<MmioTransport<BalloonDevice>>>,
+    stats_timer: Option<StatsTimer>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
     setup: Duration,
@@ -160,8 +161,12 @@ impl Vmm {
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);
         }
+        let stats_timer = balloon
+            .as_ref()
+            .map(|b| StatsTimer::start(b.clone(), ram.clone()));
         Ok(Vmm {
             balloon,
+            stats_timer,
             config: config.clone(),
             ram,
             vm,
@@ -180,6 +185,19 @@ impl Vmm {
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).
     pub fn ram(&self) -> &Arc<GuestRam> {
         &self.ram
+    }
+
+    /// Asks the built-in guest to end its current balloon step (the step polls for this
+    /// through `HC_PROGRESS`; the request is consumed there).
+    pub fn request_finish(&self) {
+        for h in &self.handles {
+            h.stats.finish_requested.store(true, Ordering::Release);
+        }
+    }
+
+    /// The latest balloon-driver progress vCPU `vcpu` reported, if there is such a vCPU.
+    pub fn guest_progress(&self, vcpu: u32) -> Option<vcpu::GuestProgress> {
+        self.handles.get(vcpu as usize).map(|h| h.stats.progress())
     }
 
     /// Collects vCPU events until every vCPU has finished, failed or been stopped, stopping
@@ -305,6 +323,55 @@ impl Drop for Vmm {
         // vCPU threads use guest memory; stop them before the mappings go away.
         for h in self.handles.iter_mut() {
             h.stop();
+        }
+        self.stats_timer.take();
+    }
+}
+
+/// Returns the balloon's held statistics buffer to the driver every polling interval
+/// (`Balloon::trigger_stats_update`), so the guest posts fresh statistics. Reads the interval
+/// from the device each time, so a changed interval takes effect; 0 pauses it.
+struct StatsTimer {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl StatsTimer {
+    fn start(dev: Arc<MmioTransport<BalloonDevice>>, ram: Arc<GuestRam>) -> StatsTimer {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("balloon-stats".into())
+            .spawn(move || {
+                let mut last = Instant::now();
+                while !flag.load(Ordering::Acquire) {
+                    std::thread::park_timeout(Duration::from_millis(100));
+                    let interval = dev.with_device(|d| (d.model.stats_polling_interval(), false));
+                    if interval == 0 || last.elapsed() < Duration::from_secs(interval.into()) {
+                        continue;
+                    }
+                    last = Instant::now();
+                    dev.with_device_mem(|d| match d.model.trigger_stats_update(ram.memory()) {
+                        Ok(returned) => ((), returned),
+                        Err(e) => {
+                            log::warn!("balloon: statistics request failed: {e}");
+                            ((), false)
+                        }
+                    });
+                }
+            })
+            .map_err(|e| log::warn!("balloon: no statistics timer thread: {e}"))
+            .ok();
+        StatsTimer { stop, thread }
+    }
+}
+
+impl Drop for StatsTimer {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            t.thread().unpark();
+            let _ = t.join();
         }
     }
 }

@@ -7,7 +7,7 @@ use crate::devices::Bus;
 use crate::memory::GuestRam;
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
-use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::mpsc::Sender;
 use std::sync::{Arc, Condvar, Mutex, Once};
 use std::thread::JoinHandle;
@@ -85,6 +85,45 @@ pub struct VcpuStats {
     pub hypercalls: AtomicU64,
     /// Port or MMIO accesses no device claimed.
     pub unclaimed_io: AtomicU64,
+    /// The latest `HC_PROGRESS` arguments (balloon driver progress).
+    progress: [AtomicU64; 5],
+    /// `HC_PROGRESS` calls seen.
+    progress_updates: AtomicU64,
+    /// Set by the VMM to end the guest's current balloon step; consumed by its next
+    /// `HC_PROGRESS`.
+    pub finish_requested: AtomicBool,
+}
+
+/// The latest progress the guest's balloon driver reported (`HC_PROGRESS`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub struct GuestProgress {
+    /// Bytes the guest's data set owns.
+    pub data_bytes: u64,
+    /// 4 KiB pages the guest holds in the balloon.
+    pub balloon_pages: u64,
+    /// Mismatched data words found so far.
+    pub mismatches: u64,
+    /// Bytes of data verified so far.
+    pub verified_bytes: u64,
+    /// Virtio features the driver negotiated.
+    pub features: u64,
+    /// Progress reports so far (0: none yet; the other fields are then 0).
+    pub updates: u64,
+}
+
+impl VcpuStats {
+    /// The latest guest progress.
+    pub fn progress(&self) -> GuestProgress {
+        let p = |i: usize| self.progress[i].load(Ordering::Acquire);
+        GuestProgress {
+            data_bytes: p(0),
+            balloon_pages: p(1),
+            mismatches: p(2),
+            verified_bytes: p(3),
+            features: p(4),
+            updates: self.progress_updates.load(Ordering::Acquire),
+        }
+    }
 }
 
 impl VcpuStats {
@@ -536,6 +575,22 @@ impl Runner {
                 let pending = self.bus.wait_event(timeout) as u64;
                 if let Err(e) = mem.write_obj(pending, GuestAddress(gpa + 24)) {
                     return self.fail("hypercall block outside guest RAM", e.to_string());
+                }
+                Next::Continue
+            }
+            abi::HC_PROGRESS => {
+                for (slot, v) in self.stats.progress.iter().zip(a) {
+                    slot.store(v, Ordering::Release);
+                }
+                self.stats.progress_updates.fetch_add(1, Ordering::AcqRel);
+                let finish = self.stats.finish_requested.swap(false, Ordering::AcqRel);
+                let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+                    .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)
+                    .unwrap_or(0);
+                for (i, v) in [(4u64, now), (5, finish as u64)] {
+                    if let Err(e) = mem.write_obj(v, GuestAddress(gpa + 16 + 8 * i)) {
+                        return self.fail("hypercall block outside guest RAM", e.to_string());
+                    }
                 }
                 Next::Continue
             }

@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, thiserror::Error)]
 pub enum WorkloadError {
     /// Unknown operation.
-    #[error("--workload `{0}`: unknown operation; use touch, fill, verify, same, checksum, read, random, sync or fault")]
+    #[error("--workload `{0}`: unknown operation; use touch, fill, verify, same, checksum, read, random, sync, balloon, grow or fault")]
     UnknownOp(String),
     /// Bad parameter.
     #[error("--workload `{op}`: parameter `{param}`: {reason}")]
@@ -79,6 +79,25 @@ pub enum Step {
         /// Tag passed to the hook.
         tag: u64,
     },
+    /// Drive the balloon (vCPU 0): keep `data` bytes of patterned data, inflate and deflate to
+    /// the device's target, answer statistics, verify, until finish is requested or `seconds`
+    /// pass (see `abi::OP_BALLOON`).
+    Balloon {
+        /// Bytes of data to keep (0: the whole work area).
+        data: u64,
+        /// Seconds to run (0: until the VMM requests finish).
+        seconds: u64,
+        /// Pattern seed.
+        seed: u64,
+    },
+    /// Grow the balloon step's data set to `to` bytes, deflating first on memory pressure when
+    /// deflate-on-oom was negotiated (see `abi::OP_GROW`).
+    Grow {
+        /// Bytes the data set should reach.
+        to: u64,
+        /// Pattern seed.
+        seed: u64,
+    },
 }
 
 impl Step {
@@ -107,6 +126,12 @@ impl Step {
             } => (abi::OP_RANDOM, [working_set, accesses, seed, 0]),
             Step::Fault => (abi::OP_FAULT, [0; 4]),
             Step::Sync { tag } => (abi::OP_SYNC, [tag, 0, 0, 0]),
+            Step::Balloon {
+                data,
+                seconds,
+                seed,
+            } => (abi::OP_BALLOON, [data, seconds, seed, 0]),
+            Step::Grow { to, seed } => (abi::OP_GROW, [to, seed, 0, 0]),
         };
         Op { kind, args }
     }
@@ -178,6 +203,15 @@ impl Step {
             "sync" => Step::Sync {
                 tag: get("tag", 0, false)?,
             },
+            "balloon" => Step::Balloon {
+                data: get("data", 0, true)?,
+                seconds: get("seconds", 60, false)?,
+                seed: get("seed", 1, false)?,
+            },
+            "grow" => Step::Grow {
+                to: get("to", 0, true)?,
+                seed: get("seed", 1, false)?,
+            },
             other => return Err(WorkloadError::UnknownOp(other.into())),
         };
         if let Some((k, _)) = kv.first() {
@@ -185,6 +219,13 @@ impl Step {
                 op: name.into(),
                 param: k.clone(),
                 reason: "unknown parameter".into(),
+            });
+        }
+        if let Step::Grow { to: 0, .. } = step {
+            return Err(WorkloadError::BadParam {
+                op: name.into(),
+                param: "to".into(),
+                reason: "give the size the data set should reach, e.g. to=900M".into(),
             });
         }
         if let Step::Touch { stride, .. } | Step::Read { stride, .. } = step {
@@ -224,6 +265,8 @@ pub fn kind_name(kind: u64) -> &'static str {
         abi::OP_RANDOM => "random",
         abi::OP_FAULT => "fault",
         abi::OP_SYNC => "sync",
+        abi::OP_BALLOON => "balloon",
+        abi::OP_GROW => "grow",
         _ => "unknown",
     }
 }
@@ -303,6 +346,16 @@ mod tests {
         );
         assert_eq!(w.steps[0].to_op().kind, abi::OP_TOUCH);
         assert_eq!(w.steps[2].to_op().args, [64 << 20, 10_000, 12345, 0]);
+        let w = Workload::parse(&["balloon:data=900M,seconds=0;grow:to=1G,seed=3"]).unwrap();
+        assert_eq!(
+            w.steps[0].to_op(),
+            Op {
+                kind: abi::OP_BALLOON,
+                args: [900 << 20, 0, 1, 0]
+            }
+        );
+        assert_eq!(w.steps[1].to_op().args, [1 << 30, 3, 0, 0]);
+        assert_eq!((w.steps[0].name(), w.steps[1].name()), ("balloon", "grow"));
     }
 
     #[test]
@@ -313,6 +366,8 @@ mod tests {
         ));
         let e = Step::parse("touch:stride=3").unwrap_err().to_string();
         assert!(e.contains("stride") && e.contains("multiple of 8"), "{e}");
+        let e = Step::parse("grow").unwrap_err().to_string();
+        assert!(e.contains("to=900M"), "{e}");
         let e = Step::parse("fill:colour=1").unwrap_err().to_string();
         assert!(e.contains("colour"), "{e}");
         let many: Vec<String> = (0..=abi::MAX_OPS).map(|_| "checksum".to_string()).collect();
