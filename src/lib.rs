@@ -24,4 +24,5 @@ pub mod report;
 pub mod runner;
 pub mod vcpu;
 pub mod vm;
+pub mod vmm_api;
 pub mod workload;

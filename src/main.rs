@@ -23,9 +23,21 @@ enum Command {
     /// Host huge pages: show pools and mounts, grow a pool, mount hugetlbfs.
     #[command(subcommand)]
     Hugepages(cmd::hugepages::HugepagesCmd),
+    /// Balloon of a running VM (needs `memvisor run --api-sock`).
+    #[command(subcommand)]
+    Balloon(cmd::client::BalloonCmd),
+    /// State of a running VM: status, pause, resume, stop (needs `--api-sock`).
+    #[command(subcommand)]
+    Vm(cmd::client::VmCmd),
+    /// Memory reports of a running VM (needs `--api-sock`).
+    #[command(subcommand)]
+    Report(cmd::client::ReportCmd),
 }
 
 fn main() -> ExitCode {
+    // SAFETY: restoring the default disposition of SIGPIPE before any thread starts, so that
+    // `memvisor ... | head` ends quietly instead of panicking on a closed stdout.
+    unsafe { libc::signal(libc::SIGPIPE, libc::SIG_DFL) };
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -36,6 +48,9 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::cmd_run(a),
         Command::Hugepages(c) => cmd::hugepages::run(c),
+        Command::Balloon(c) => cmd::client::balloon(c),
+        Command::Vm(c) => cmd::client::vm(c),
+        Command::Report(c) => cmd::client::report(c),
     };
     match result {
         Ok(code) => code,

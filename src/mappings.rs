@@ -10,7 +10,7 @@
 //! printing zeros as if they were addresses.
 
 use crate::memory::GuestRam;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -64,10 +64,14 @@ pub struct PageFlags {
 }
 
 impl PageFlags {
-    fn names(&self) -> Vec<&'static str> {
+    fn names(&self) -> Vec<String> {
         let mut v = Vec::new();
         if !self.present {
-            v.push(if self.swapped { "swapped" } else { "not-present" });
+            v.push(if self.swapped {
+                "swapped"
+            } else {
+                "not-present"
+            });
         }
         for (on, name) in [
             (self.hugetlb, "huge"),
@@ -80,12 +84,12 @@ impl PageFlags {
                 v.push(name);
             }
         }
-        v
+        v.into_iter().map(String::from).collect()
     }
 }
 
 /// A run of guest pages mapping to contiguous host frames with the same kind.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Run {
     /// Guest-physical start.
     pub gpa: u64,
@@ -96,11 +100,11 @@ pub struct Run {
     /// Host page size behind the run (4 KiB, 2 MiB THP/hugetlb, 1 GiB hugetlb).
     pub page_size: u64,
     /// Flags.
-    pub flags: Vec<&'static str>,
+    pub flags: Vec<String>,
 }
 
 /// Totals of one region, in bytes.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Totals {
     /// Bytes scanned.
     pub bytes: u64,
@@ -121,7 +125,7 @@ pub struct Totals {
 }
 
 /// The map of one region.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegionMap {
     /// Region index.
     pub region: usize,
@@ -134,7 +138,7 @@ pub struct RegionMap {
 }
 
 /// A GPA→HPA map.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MappingReport {
     /// Whether host frame numbers were visible (CAP_SYS_ADMIN).
     pub pfns_visible: bool,
@@ -170,7 +174,8 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
             let lo = lo / PAGE * PAGE;
             let host = r.host_addr() as u64 + e.offset + (lo - e.gpa);
             let pages = (hi - lo).div_ceil(PAGE);
-            let entries = read_entries(&pagemap, host / PAGE, pages).map_err(MappingError::Pagemap)?;
+            let entries =
+                read_entries(&pagemap, host / PAGE, pages).map_err(MappingError::Pagemap)?;
             for (i, pm) in entries.iter().enumerate() {
                 let gpa = lo + i as u64 * PAGE;
                 let present = pm & PM_PRESENT != 0;
@@ -190,7 +195,13 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
                     zero: kf & KPF_ZERO_PAGE != 0,
                     anon: kf & KPF_ANON != 0,
                 };
-                let page_size = if flags.hugetlb { r.page_size } else if flags.thp { 2 << 20 } else { PAGE };
+                let page_size = if flags.hugetlb {
+                    r.page_size
+                } else if flags.thp {
+                    2 << 20
+                } else {
+                    PAGE
+                };
                 totals.bytes += PAGE;
                 totals.present += PAGE * present as u64;
                 totals.not_present += PAGE * (!present && !flags.swapped) as u64;
@@ -208,7 +219,11 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
                         (None, None) => true,
                         _ => false,
                     };
-                    if contiguous_gpa && contiguous_hpa && last.page_size == page_size && last.flags == names {
+                    if contiguous_gpa
+                        && contiguous_hpa
+                        && last.page_size == page_size
+                        && last.flags == names
+                    {
                         last.len += PAGE;
                         continue;
                     }
@@ -253,7 +268,10 @@ fn read_entries(f: &File, index: u64, count: u64) -> std::io::Result<Vec<u64>> {
         let n = (count - done).min(65536);
         let b = &mut buf[..(n * 8) as usize];
         f.read_exact_at(b, (index + done) * 8)?;
-        out.extend(b.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))));
+        out.extend(
+            b.chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
+        );
         done += n;
     }
     Ok(out)
@@ -284,7 +302,10 @@ impl MappingReport {
                 crate::config::Size(t.zero)
             );
             for run in &r.runs {
-                let hpa = run.hpa.map(|h| format!("{h:#014x}")).unwrap_or_else(|| "-".into());
+                let hpa = run
+                    .hpa
+                    .map(|h| format!("{h:#014x}"))
+                    .unwrap_or_else(|| "-".into());
                 let _ = writeln!(
                     s,
                     "  GPA {:#014x}-{:#014x} -> HPA {hpa:>16}  {:>9}  page {:>7}  {}",
@@ -310,7 +331,9 @@ mod tests {
     fn touched_pages_are_present_and_runs_merge() {
         let ram = GuestRam::new(&[RegionConfig::parse(0, "size=8M,thp=off").unwrap()]).unwrap();
         for p in 0..16u64 {
-            ram.memory().write_obj(p + 1, GuestAddress(p * PAGE)).unwrap();
+            ram.memory()
+                .write_obj(p + 1, GuestAddress(p * PAGE))
+                .unwrap();
         }
         let m = map(&ram, None).unwrap();
         let t = &m.regions[0].totals;
@@ -318,12 +341,12 @@ mod tests {
         assert_eq!(t.present, 16 * PAGE);
         assert_eq!(t.not_present, (8 << 20) - 16 * PAGE);
         let runs = &m.regions[0].runs;
-        assert_eq!(runs.last().unwrap().flags, vec!["not-present"]);
+        assert_eq!(runs.last().unwrap().flags, vec!["not-present".to_string()]);
         assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 8 << 20);
         if nix::unistd::geteuid().is_root() {
             assert!(m.pfns_visible);
             assert!(runs[0].hpa.is_some());
-            assert!(runs[0].flags.contains(&"anon"));
+            assert!(runs[0].flags.iter().any(|f| f == "anon"));
         }
         // Discarded pages are no longer present.
         ram.discard(0, 8 * PAGE).unwrap();

@@ -2,11 +2,13 @@
 //! the vCPUs, collect their events, stop cleanly on failure, Ctrl-C or timeout, and build the
 //! report. The event loop lives on the caller's thread.
 
+use crate::api::ApiServer;
 use crate::boot;
 use crate::config::{ConfigError, VmConfig};
 use crate::devices::balloon::BalloonDevice;
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
+use crate::vmm_api::{CommandMsg, VmCommand, VmmApi};
 
 /// Guest-physical address of the balloon's virtio-mmio window (start of the MMIO hole).
 pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
@@ -33,6 +35,9 @@ pub enum VmmError {
     /// Boot.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// The API socket.
+    #[error("control API: {0}")]
+    Api(crate::api::ApiError),
     /// Thread creation.
     #[error("starting vCPU {vcpu} thread: {source}")]
     Thread {
@@ -59,6 +64,8 @@ pub struct StartOptions<'a> {
     pub progress: Option<crate::memory::Progress<'a>>,
     /// Called at guest sync points (`sync` workload step).
     pub sync: Option<vcpu::SyncHook>,
+    /// Serve the control API on this Unix socket.
+    pub api_sock: Option<std::path::PathBuf>,
 }
 
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
@@ -87,6 +94,8 @@ pub struct Vmm {
     stats_timer: Option<StatsTimer>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
+    commands: mpsc::Receiver<CommandMsg>,
+    api: Option<ApiServer>,
     setup: Duration,
     started: Instant,
 }
@@ -164,7 +173,24 @@ impl Vmm {
         let stats_timer = balloon
             .as_ref()
             .map(|b| StatsTimer::start(b.clone(), ram.clone()));
+        let (cmd_tx, commands) = mpsc::channel();
+        let api = match &opts.api_sock {
+            Some(path) => {
+                let handler = Arc::new(VmmApi {
+                    config: config.clone(),
+                    ram: ram.clone(),
+                    balloon: balloon.clone(),
+                    vcpus: handles.iter().map(|h| h.status()).collect(),
+                    commands: std::sync::Mutex::new(cmd_tx),
+                    started,
+                });
+                Some(ApiServer::start(path, handler).map_err(VmmError::Api)?)
+            }
+            None => None,
+        };
         Ok(Vmm {
+            commands,
+            api,
             balloon,
             stats_timer,
             config: config.clone(),
@@ -232,7 +258,36 @@ impl Vmm {
                     stop_all(&mut self.handles);
                 }
             }
-            let ev = match self.events.recv_timeout(Duration::from_millis(50)) {
+            while let Ok((cmd, reply)) = self.commands.try_recv() {
+                let result = match cmd {
+                    VmCommand::Pause | VmCommand::Resume => {
+                        let target = if cmd == VmCommand::Pause {
+                            vcpu::RunState::Paused
+                        } else {
+                            vcpu::RunState::Running
+                        };
+                        let ok = self
+                            .handles
+                            .iter()
+                            .filter(|h| h.state() != vcpu::RunState::Stopped)
+                            .all(|h| h.request(target, Duration::from_secs(5)));
+                        if ok {
+                            Ok(())
+                        } else {
+                            Err("a vCPU did not change state within 5 s".to_string())
+                        }
+                    }
+                    VmCommand::Stop => {
+                        if outcome.is_none() {
+                            outcome = Some(Outcome::Interrupted);
+                        }
+                        stop_all(&mut self.handles);
+                        Ok(())
+                    }
+                };
+                let _ = reply.send(result);
+            }
+            let ev = match self.events.recv_timeout(Duration::from_millis(20)) {
                 Ok(ev) => ev,
                 Err(mpsc::RecvTimeoutError::Timeout) => continue,
                 Err(mpsc::RecvTimeoutError::Disconnected) => break,
@@ -295,6 +350,9 @@ impl Vmm {
                 }
                 VcpuEvent::Stopped { .. } => running -= 1,
             }
+        }
+        if let Some(api) = self.api.take() {
+            api.stop();
         }
         report.run_seconds = started.elapsed().as_secs_f64();
         report.setup_seconds = self.setup.as_secs_f64();

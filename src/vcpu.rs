@@ -265,14 +265,44 @@ fn kick_signal() -> i32 {
 
 extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
 
-impl VcpuHandle {
+/// A cloneable view of one vCPU's state and counters (for the API).
+#[derive(Clone, Debug)]
+pub struct VcpuStatus {
+    /// vCPU index.
+    pub id: u32,
+    /// Live counters.
+    pub stats: Arc<VcpuStats>,
+    ctl: Arc<Control>,
+}
+
+impl VcpuStatus {
     /// Current state.
     pub fn state(&self) -> RunState {
-        match self.ctl.current.load(Ordering::Acquire) {
-            0 => RunState::Running,
-            1 => RunState::Paused,
-            _ => RunState::Stopped,
+        state_of(&self.ctl)
+    }
+}
+
+fn state_of(ctl: &Control) -> RunState {
+    match ctl.current.load(Ordering::Acquire) {
+        0 => RunState::Running,
+        1 => RunState::Paused,
+        _ => RunState::Stopped,
+    }
+}
+
+impl VcpuHandle {
+    /// A cloneable view of this vCPU's state and counters.
+    pub fn status(&self) -> VcpuStatus {
+        VcpuStatus {
+            id: self.id,
+            stats: self.stats.clone(),
+            ctl: self.ctl.clone(),
         }
+    }
+
+    /// Current state.
+    pub fn state(&self) -> RunState {
+        state_of(&self.ctl)
     }
 
     /// Asks the vCPU to enter `state` and waits (up to `timeout`) until it has; kicks it out

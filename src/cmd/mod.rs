@@ -1,4 +1,5 @@
 //! The subcommands of the `memvisor` binary, one module each.
 
+pub mod client;
 pub mod hugepages;
 pub mod run;

@@ -38,6 +38,9 @@ pub struct RunArgs {
     /// amount_mib=N,deflate_on_oom=on|off,stats_polling_interval_s=N[,free_page_reporting=on].
     #[arg(long, value_name = "OPTIONS")]
     balloon: Option<String>,
+    /// Serve the control API (HTTP/1.1, JSON) on this Unix socket, mode 0600.
+    #[arg(long, value_name = "PATH")]
+    api_sock: Option<PathBuf>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -102,8 +105,15 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         interrupt: Some(interrupt),
         timeout: a.timeout.map(Duration::from_secs_f64),
     };
-    let report = runner::run_with_progress(&config, &opts, progress_bar().as_ref().map(|f| f as _))
-        .map_err(|e| e.to_string())?;
+    let bar = progress_bar();
+    let start = runner::StartOptions {
+        progress: bar.as_ref().map(|f| f as _),
+        api_sock: a.api_sock.clone(),
+        ..Default::default()
+    };
+    let report = runner::Vmm::start_with(&config, start)
+        .map_err(|e| e.to_string())?
+        .wait(&opts);
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
     if let Some(path) = &a.report_file {
         std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -1,0 +1,170 @@
+//! Client subcommands that talk to a running `memvisor run --api-sock PATH`:
+//! `memvisor balloon ...`, `memvisor vm ...`, `memvisor report mappings ...`.
+
+use clap::{Args, Subcommand};
+use memvisor::api::client;
+use memvisor::config::parse_size;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Args, Debug)]
+pub struct Sock {
+    /// The API socket given to `memvisor run --api-sock`.
+    #[arg(long, value_name = "PATH")]
+    api_sock: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum BalloonCmd {
+    /// Set the balloon target (e.g. 256M, 1G; 0 deflates fully): PATCH /balloon.
+    Set {
+        /// Target size of the balloon.
+        size: String,
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Target and actual size: GET /balloon.
+    Status {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// The guest's latest statistics: GET /balloon/statistics.
+    Stats {
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum VmCmd {
+    /// State, configuration and per-vCPU exit counts: GET /vm.
+    Status {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Pause every vCPU: PUT /vm {"state":"Paused"}.
+    Pause {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Resume: PUT /vm {"state":"Resumed"}.
+    Resume {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// Stop the guest cleanly (memvisor run still prints its report): PUT /actions Shutdown.
+    Stop {
+        #[command(flatten)]
+        sock: Sock,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ReportCmd {
+    /// GPA→HPA map of a running VM: GET /memory/mappings.
+    Mappings {
+        #[command(flatten)]
+        sock: Sock,
+        /// Only this guest-physical address range (with --len).
+        #[arg(long)]
+        gpa: Option<String>,
+        /// Length of the range (e.g. 2M).
+        #[arg(long)]
+        len: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+    let (status, text) =
+        client::request(&sock.api_sock, method, path, body).map_err(|e| e.to_string())?;
+    if !(200..300).contains(&status) {
+        let msg = serde_json::from_str::<serde_json::Value>(&text)
+            .ok()
+            .and_then(|v| v["fault_message"].as_str().map(String::from))
+            .unwrap_or(text);
+        return Err(format!("{method} {path}: {status}: {msg}"));
+    }
+    Ok(text)
+}
+
+fn print_json(text: &str) {
+    match serde_json::from_str::<serde_json::Value>(text) {
+        Ok(v) => println!("{}", serde_json::to_string_pretty(&v).expect("serialises")),
+        Err(_) => println!("{text}"),
+    }
+}
+
+pub fn balloon(cmd: BalloonCmd) -> Result<ExitCode, String> {
+    match cmd {
+        BalloonCmd::Set { size, sock } => {
+            let bytes = parse_size(&size)
+                .ok_or_else(|| format!("`{size}` is not a size (e.g. 256M, 1G)"))?;
+            if bytes % (1 << 20) != 0 {
+                return Err(format!("{size}: the balloon moves in whole MiB"));
+            }
+            let body = format!("{{\"amount_mib\": {}}}", bytes >> 20);
+            call(&sock, "PATCH", "/balloon", Some(&body))?;
+            println!("balloon target set to {} MiB", bytes >> 20);
+        }
+        BalloonCmd::Status { sock } => print_json(&call(&sock, "GET", "/balloon", None)?),
+        BalloonCmd::Stats { sock } => print_json(&call(&sock, "GET", "/balloon/statistics", None)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn vm(cmd: VmCmd) -> Result<ExitCode, String> {
+    match cmd {
+        VmCmd::Status { sock } => print_json(&call(&sock, "GET", "/vm", None)?),
+        VmCmd::Pause { sock } => {
+            call(&sock, "PUT", "/vm", Some(r#"{"state": "Paused"}"#))?;
+            println!("paused");
+        }
+        VmCmd::Resume { sock } => {
+            call(&sock, "PUT", "/vm", Some(r#"{"state": "Resumed"}"#))?;
+            println!("resumed");
+        }
+        VmCmd::Stop { sock } => {
+            call(
+                &sock,
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "Shutdown"}"#),
+            )?;
+            println!("stopped");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
+    match cmd {
+        ReportCmd::Mappings {
+            sock,
+            gpa,
+            len,
+            json,
+        } => {
+            let mut path = "/memory/mappings".to_string();
+            if let Some(g) = gpa {
+                path.push_str(&format!("?gpa={g}"));
+                if let Some(l) = len {
+                    let bytes =
+                        parse_size(&l).ok_or_else(|| format!("--len `{l}` is not a size"))?;
+                    path.push_str(&format!("&len={bytes}"));
+                }
+            }
+            let text = call(&sock, "GET", &path, None)?;
+            if json {
+                print_json(&text);
+            } else {
+                let m: memvisor::mappings::MappingReport =
+                    serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
+                print!("{}", m.to_text());
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

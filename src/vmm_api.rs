@@ -1,0 +1,312 @@
+//! The VMM side of the control API: answers typed [`ApiRequest`]s from what a running VM
+//! shares (configuration, guest memory, balloon, vCPU counters) and sends state changes
+//! (pause, resume, stop) to the VMM's event loop as commands.
+
+use crate::api::{
+    ActionType, ApiHandler, ApiRequest, ApiResponse, VmState, PROMETHEUS_CONTENT_TYPE,
+};
+use crate::config::VmConfig;
+use crate::devices::balloon::BalloonDevice;
+use crate::devices::virtio_mmio::MmioTransport;
+use crate::memory::{GuestRam, PagerReport};
+use crate::vcpu::{RunState, VcpuStatus};
+use serde_json::json;
+use std::fmt::Write as _;
+use std::sync::mpsc::{self, Sender};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// A state change the event loop carries out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VmCommand {
+    /// Park every vCPU.
+    Pause,
+    /// Let them run again.
+    Resume,
+    /// Stop the VM cleanly (the report is still produced).
+    Stop,
+}
+
+/// A command and where to send its result.
+pub type CommandMsg = (VmCommand, Sender<Result<(), String>>);
+
+/// What the API handler sees of a running VM.
+pub struct VmmApi {
+    /// The configuration.
+    pub config: VmConfig,
+    /// Guest memory.
+    pub ram: Arc<GuestRam>,
+    /// The balloon, if configured.
+    pub balloon: Option<Arc<MmioTransport<BalloonDevice>>>,
+    /// vCPU states and counters.
+    pub vcpus: Vec<VcpuStatus>,
+    /// Channel to the event loop.
+    pub commands: Mutex<Sender<CommandMsg>>,
+    /// When the guest started.
+    pub started: Instant,
+}
+
+fn state_name(s: RunState) -> &'static str {
+    match s {
+        RunState::Running => "Running",
+        RunState::Paused => "Paused",
+        RunState::Stopped => "Stopped",
+    }
+}
+
+impl VmmApi {
+    fn command(&self, c: VmCommand) -> ApiResponse {
+        let (tx, rx) = mpsc::channel();
+        if self.commands.lock().unwrap().send((c, tx)).is_err() {
+            return ApiResponse::error(400, "the VM has already stopped");
+        }
+        match rx.recv_timeout(Duration::from_secs(10)) {
+            Ok(Ok(())) => ApiResponse::NoContent,
+            Ok(Err(e)) => ApiResponse::error(400, e),
+            Err(_) => ApiResponse::error(500, "the VMM did not carry out the request within 10 s"),
+        }
+    }
+
+    fn vm_state(&self) -> &'static str {
+        let states: Vec<RunState> = self.vcpus.iter().map(|v| v.state()).collect();
+        if states.iter().all(|s| *s == RunState::Stopped) {
+            "Stopped"
+        } else if states.iter().all(|s| *s != RunState::Running) {
+            "Paused"
+        } else {
+            "Running"
+        }
+    }
+
+    fn balloon_json(&self, b: &MmioTransport<BalloonDevice>) -> serde_json::Value {
+        b.with_device(|d| {
+            let m = &d.model;
+            let o = m.options();
+            (
+                json!({
+                    "amount_mib": m.target_mib(),
+                    "actual_mib": m.actual_mib(),
+                    "target_pages": m.target_pages(),
+                    "actual_pages": m.actual_pages(),
+                    "deflate_on_oom": o.deflate_on_oom,
+                    "stats_polling_interval_s": m.stats_polling_interval(),
+                    "released_bytes": d.released_bytes(),
+                    "activated": m.is_activated(),
+                }),
+                false,
+            )
+        })
+    }
+
+    /// The per-VM memory figures (configured, resident, ballooned, uffd, hugetlb).
+    pub fn memory_report(&self) -> serde_json::Value {
+        let resident = self.ram.resident_bytes();
+        let regions: Vec<serde_json::Value> = self
+            .ram
+            .regions()
+            .iter()
+            .zip(&resident)
+            .map(|(r, res)| {
+                json!({
+                    "index": r.index,
+                    "backend": r.config.backend.name(),
+                    "size": r.config.size,
+                    "page_size": r.page_size,
+                    "resident": res,
+                    "hugetlb_backed": if r.page_size > 4096 { r.config.size } else { 0 },
+                    "mergeable": r.config.mergeable,
+                    "uffd": r.pager.as_ref().map(|p| p.report()),
+                })
+            })
+            .collect();
+        let balloon = self.balloon.as_ref().map(|b| self.balloon_json(b));
+        json!({
+            "configured_bytes": self.ram.size(),
+            "resident_bytes": resident.iter().sum::<u64>(),
+            "regions": regions,
+            "balloon": balloon,
+        })
+    }
+
+    /// Prometheus text exposition.
+    pub fn metrics(&self) -> String {
+        let mut s = String::new();
+        let _ = writeln!(
+            s,
+            "# HELP memvisor_vcpu_exits_total VM exits by vCPU and reason."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_vcpu_exits_total counter");
+        for v in &self.vcpus {
+            for (r, n) in v.stats.exits() {
+                let _ = writeln!(
+                    s,
+                    "memvisor_vcpu_exits_total{{vcpu=\"{}\",reason=\"{}\"}} {n}",
+                    v.id,
+                    r.name()
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
+            "# HELP memvisor_guest_ram_bytes Configured guest RAM by region."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_guest_ram_bytes gauge");
+        let resident = self.ram.resident_bytes();
+        for r in self.ram.regions() {
+            let _ = writeln!(
+                s,
+                "memvisor_guest_ram_bytes{{region=\"{}\",backend=\"{}\"}} {}",
+                r.index,
+                r.config.backend.name(),
+                r.config.size
+            );
+        }
+        let _ = writeln!(
+            s,
+            "# HELP memvisor_resident_bytes Host memory backing each region."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_resident_bytes gauge");
+        for (r, res) in self.ram.regions().iter().zip(resident) {
+            let _ = writeln!(s, "memvisor_resident_bytes{{region=\"{}\"}} {res}", r.index);
+        }
+        let _ = writeln!(
+            s,
+            "# HELP memvisor_uffd_faults_total Page faults served by userfaultfd."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_uffd_faults_total counter");
+        for r in self.ram.regions() {
+            if let Some(PagerReport::Internal(u)) = r.pager.as_ref().map(|p| p.report()) {
+                let _ = writeln!(
+                    s,
+                    "memvisor_uffd_faults_total{{region=\"{}\"}} {}",
+                    r.index, u.faults
+                );
+            }
+        }
+        if let Some(b) = &self.balloon {
+            let (t, a, rel) = b.with_device(|d| {
+                (
+                    (
+                        d.model.target_pages() as u64 * 4096,
+                        d.model.actual_pages() as u64 * 4096,
+                        d.released_bytes(),
+                    ),
+                    false,
+                )
+            });
+            let _ = writeln!(s, "# HELP memvisor_balloon_target_bytes Balloon target.");
+            let _ = writeln!(s, "# TYPE memvisor_balloon_target_bytes gauge");
+            let _ = writeln!(s, "memvisor_balloon_target_bytes {t}");
+            let _ = writeln!(
+                s,
+                "# HELP memvisor_balloon_actual_bytes Memory the guest has given to the balloon."
+            );
+            let _ = writeln!(s, "# TYPE memvisor_balloon_actual_bytes gauge");
+            let _ = writeln!(s, "memvisor_balloon_actual_bytes {a}");
+            let _ = writeln!(
+                s,
+                "# HELP memvisor_balloon_released_bytes_total Host memory returned by the balloon."
+            );
+            let _ = writeln!(s, "# TYPE memvisor_balloon_released_bytes_total counter");
+            let _ = writeln!(s, "memvisor_balloon_released_bytes_total {rel}");
+        }
+        s
+    }
+}
+
+const NO_BALLOON: &str =
+    "this VM has no balloon device; start memvisor run with --balloon amount_mib=0,...";
+
+impl ApiHandler for VmmApi {
+    fn handle(&self, req: ApiRequest) -> ApiResponse {
+        match req {
+            ApiRequest::GetVm => {
+                let vcpus: Vec<serde_json::Value> = self
+                    .vcpus
+                    .iter()
+                    .map(|v| {
+                        let exits: serde_json::Map<String, serde_json::Value> =
+                            v.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect();
+                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total()})
+                    })
+                    .collect();
+                ApiResponse::ok_json(json!({
+                    "state": self.vm_state(),
+                    "uptime_s": self.started.elapsed().as_secs_f64(),
+                    "config": self.config,
+                    "vcpus": vcpus,
+                }))
+            }
+            ApiRequest::PutVmState(VmState::Paused) => self.command(VmCommand::Pause),
+            ApiRequest::PutVmState(VmState::Resumed) => self.command(VmCommand::Resume),
+            ApiRequest::PutAction(ActionType::Shutdown | ActionType::SendCtrlAltDel) => self.command(VmCommand::Stop),
+            ApiRequest::PutBalloon(_) => ApiResponse::bad_request(
+                "the balloon is configured before boot: memvisor boots at once, so give --balloon amount_mib=..,deflate_on_oom=..,stats_polling_interval_s=.. to memvisor run; change the target with PATCH /balloon",
+            ),
+            ApiRequest::PatchBalloon { amount_mib } => {
+                let Some(b) = &self.balloon else {
+                    return ApiResponse::bad_request(NO_BALLOON);
+                };
+                if (amount_mib as u64) << 20 > self.ram.size() {
+                    return ApiResponse::bad_request(format!(
+                        "amount_mib {amount_mib} is larger than guest RAM ({} MiB)",
+                        self.ram.size() >> 20
+                    ));
+                }
+                b.with_device(|d| ((), d.model.set_target_mib(amount_mib)));
+                ApiResponse::NoContent
+            }
+            ApiRequest::GetBalloon => match &self.balloon {
+                Some(b) => ApiResponse::ok_json(self.balloon_json(b)),
+                None => ApiResponse::bad_request(NO_BALLOON),
+            },
+            ApiRequest::GetBalloonStats => {
+                let Some(b) = &self.balloon else {
+                    return ApiResponse::bad_request(NO_BALLOON);
+                };
+                let mut v = self.balloon_json(b);
+                let stats = b.with_device(|d| (d.model.latest_stats(), false));
+                match stats {
+                    Some(s) => {
+                        if let (Some(obj), Ok(serde_json::Value::Object(st))) = (v.as_object_mut(), serde_json::to_value(&s)) {
+                            obj.extend(st);
+                        }
+                        ApiResponse::ok_json(v)
+                    }
+                    None => ApiResponse::bad_request(
+                        "no statistics yet: the guest has not sent any (is stats_polling_interval_s > 0 and the driver up?)",
+                    ),
+                }
+            }
+            ApiRequest::PatchBalloonStats {
+                stats_polling_interval_s,
+            } => {
+                let Some(b) = &self.balloon else {
+                    return ApiResponse::bad_request(NO_BALLOON);
+                };
+                match b.with_device(|d| (d.model.set_stats_polling_interval(stats_polling_interval_s), false)) {
+                    Ok(()) => ApiResponse::NoContent,
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
+            ApiRequest::GetMemoryMappings { gpa, len } => {
+                let range = match (gpa, len) {
+                    (None, None) => None,
+                    (Some(g), Some(l)) => Some((g, l)),
+                    (Some(g), None) => Some((g, 4096)),
+                    (None, Some(_)) => return ApiResponse::bad_request("len needs gpa"),
+                };
+                match crate::mappings::map(&self.ram, range) {
+                    Ok(m) => ApiResponse::ok_json(serde_json::to_value(m).expect("serialises")),
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
+            ApiRequest::GetMemoryReport => ApiResponse::ok_json(self.memory_report()),
+            ApiRequest::GetMetrics => ApiResponse::Text {
+                status: 200,
+                content_type: PROMETHEUS_CONTENT_TYPE.into(),
+                body: self.metrics(),
+            },
+        }
+    }
+}
