@@ -1,0 +1,189 @@
+//! The control API against a real `memvisor run`: every endpoint through the socket and the CLI
+//! client, the balloon moved through the API with the VMM process's RSS measured from outside,
+//! and bad requests answered without harming the VM.
+
+mod common;
+
+use common::{kvm_or_skip, memvisor, text};
+use memvisor::api::client::request;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap()
+}
+
+fn get(sock: &Path, path: &str) -> (u16, serde_json::Value) {
+    let (status, body) = request(sock, "GET", path, None).unwrap();
+    (
+        status,
+        serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
+    )
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+struct Vm {
+    child: Option<Child>,
+    sock: PathBuf,
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+#[test]
+fn balloon_and_vm_control_through_the_api() {
+    if !kvm_or_skip("balloon_and_vm_control_through_the_api") {
+        return;
+    }
+    let sock = std::env::temp_dir().join(format!("memvisor-api-test-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(["run", "-m", "16M", "-m", "size=496M,thp=off", "--api-sock"])
+        .arg(&sock)
+        .args([
+            "--balloon",
+            "amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1",
+        ])
+        .args(["-w", "touch:work-only=1;balloon:data=400M,seconds=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut vm = Vm {
+        child: Some(child),
+        sock: sock.clone(),
+    };
+    wait_until("the API socket", Duration::from_secs(20), || sock.exists());
+    // The guest driver is up when the device is activated and the data is filled.
+    wait_until("the balloon driver", Duration::from_secs(60), || {
+        let (s, b) = get(&sock, "/balloon");
+        s == 200 && b["activated"] == true
+    });
+    wait_until(
+        "the guest to fill its data",
+        Duration::from_secs(60),
+        || rss_kib(pid) > 480 * 1024,
+    );
+    let before = rss_kib(pid);
+
+    // GET /vm: running, one vCPU with exits counted.
+    let (s, v) = get(&sock, "/vm");
+    assert_eq!(s, 200);
+    assert_eq!(v["state"], "Running");
+    assert!(v["vcpus"][0]["total_exits"].as_u64().unwrap() > 0);
+
+    // Inflate through the CLI client: actual reaches the target, the VMM's RSS drops.
+    let out = memvisor(&[
+        "balloon",
+        "set",
+        "256M",
+        "--api-sock",
+        sock.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("actual == target", Duration::from_secs(60), || {
+        let (_, b) = get(&sock, "/balloon");
+        b["actual_mib"] == 256
+    });
+    wait_until("host RSS to drop", Duration::from_secs(10), || {
+        before - rss_kib(pid) >= 240 * 1024
+    });
+    let inflated = rss_kib(pid);
+    let (_, b) = get(&sock, "/balloon");
+    assert_eq!(b["amount_mib"], 256);
+    assert!(b["released_bytes"].as_u64().unwrap() >= 256 << 20);
+
+    // Statistics arrive (polling every second).
+    wait_until("balloon statistics", Duration::from_secs(10), || {
+        get(&sock, "/balloon/statistics").0 == 200
+    });
+    let (_, st) = get(&sock, "/balloon/statistics");
+    assert_eq!(st["total_memory"].as_u64(), Some(512 << 20), "{st}");
+    assert!(st["free_memory"].is_u64(), "{st}");
+
+    // Metrics show the balloon and the exits.
+    let (s, m) = request(&sock, "GET", "/metrics", None).unwrap();
+    assert_eq!(s, 200);
+    assert!(m.contains("memvisor_balloon_actual_bytes 268435456"), "{m}");
+    assert!(
+        m.contains("memvisor_vcpu_exits_total{vcpu=\"0\",reason=\"io_out\"}"),
+        "{m}"
+    );
+
+    // The map shows the ballooned top of guest RAM as not present.
+    let (s, map) = get(&sock, "/memory/mappings?gpa=0x1f000000&len=0x100000");
+    assert_eq!(s, 200);
+    assert_eq!(
+        map["regions"][1]["totals"]["not_present"], 0x100000,
+        "{map}"
+    );
+    let (s, rep) = get(&sock, "/memory/report");
+    assert_eq!(s, 200);
+    assert_eq!(rep["configured_bytes"], 512u64 << 20);
+
+    // Bad requests: clear errors, and the VM keeps running.
+    let (s, body) = request(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 99999}"#)).unwrap();
+    assert_eq!(s, 400);
+    assert!(body.contains("larger than guest RAM"), "{body}");
+    let (s, body) = request(&sock, "PATCH", "/balloon", Some("{not json")).unwrap();
+    assert_eq!(s, 400, "{body}");
+    let (s, body) = request(
+        &sock,
+        "PUT",
+        "/balloon",
+        Some(r#"{"amount_mib": 1, "deflate_on_oom": false}"#),
+    )
+    .unwrap();
+    assert_eq!(s, 400);
+    assert!(body.contains("--balloon"), "{body}");
+    assert_eq!(request(&sock, "GET", "/nope", None).unwrap().0, 404);
+
+    // Pause and resume.
+    let out = memvisor(&["vm", "pause", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(&sock, "/vm").1["state"], "Paused");
+    let out = memvisor(&["vm", "resume", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert_eq!(get(&sock, "/vm").1["state"], "Running");
+
+    // Deflate: the guest can use the memory again.
+    let out = memvisor(&["balloon", "set", "0", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    wait_until("actual == 0", Duration::from_secs(60), || {
+        get(&sock, "/balloon").1["actual_mib"] == 0
+    });
+    // The guest regrows its 400 MiB data set (the top 96 MiB it never owned stay untouched).
+    wait_until("the guest to refill", Duration::from_secs(60), || {
+        rss_kib(pid) >= inflated + 150 * 1024
+    });
+
+    // Stop cleanly: the report is printed, exit status 130 (stopped on request).
+    let out = memvisor(&["vm", "stop", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = vm.child.take().unwrap().wait_with_output().unwrap();
+    let t = text(&out);
+    assert_eq!(out.status.code(), Some(130), "{t}");
+    assert!(t.contains("outcome: interrupted"), "{t}");
+    assert!(!sock.exists(), "the socket is removed when the VM stops");
+}
