@@ -226,7 +226,7 @@ impl RunReport {
                 });
                 e.0.vcpus += 1;
                 e.0.amount += o.results[0];
-                if o.name == "verify" {
+                if matches!(o.name.as_str(), "verify" | "balloon" | "grow") {
                     e.0.mismatches += o.results[1];
                 }
                 if o.name == "checksum" {
@@ -408,6 +408,14 @@ fn describe_op(o: &OpSummary, stride: u64, passes: u64) -> String {
             o.vcpus
         ),
         "sync" => format!("#{} sync point", o.index),
+        "balloon" | "grow" => format!(
+            "#{} {}: guest owns {} of data, {} mismatched words, in {:.3} s",
+            o.index,
+            o.name,
+            Size(o.amount),
+            o.mismatches,
+            o.seconds
+        ),
         "checksum" => format!(
             "#{} checksum: {} ({} zero words) in {:.3} s{}",
             o.index,
