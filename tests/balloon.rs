@@ -313,7 +313,10 @@ fn balloon_e2e_uffd_1g() {
         return;
     }
     if let Err(e) = uffd::available() {
-        println!("skip: balloon_e2e_uffd_1g: userfaultfd is not usable here ({e})");
+        common::skip(
+            "balloon_e2e_uffd_1g",
+            format!("userfaultfd is not usable here ({e})"),
+        );
         return;
     }
     let _g = serial();
@@ -350,7 +353,7 @@ fn balloon_e2e_hugetlbfs_2m_1g() {
     let reservation = match hugepages::PoolReservation::reserve_additional(size, work / huge) {
         Ok(r) => r,
         Err(e) => {
-            println!("skip: {test}: cannot grow the 2M pool: {e}");
+            common::skip(test, format!("cannot grow the 2M pool: {e}"));
             return;
         }
     };
@@ -358,7 +361,7 @@ fn balloon_e2e_hugetlbfs_2m_1g() {
     let mount = match hugepages::mount(&dir, size) {
         Ok(_) => TempMount(dir.clone()),
         Err(e) => {
-            println!("skip: {test}: cannot mount hugetlbfs: {e}");
+            common::skip(test, format!("cannot mount hugetlbfs: {e}"));
             return;
         }
     };

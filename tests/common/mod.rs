@@ -12,7 +12,7 @@ pub fn kvm_or_skip(test: &str) -> bool {
     {
         Ok(_) => true,
         Err(e) => {
-            println!("skip: {test}: /dev/kvm is not usable here ({e})");
+            skip(test, format!("/dev/kvm is not usable here ({e})"));
             false
         }
     }
@@ -23,7 +23,7 @@ pub fn root_or_skip(test: &str) -> bool {
     if nix::unistd::geteuid().is_root() {
         true
     } else {
-        println!("skip: {test}: needs root");
+        skip(test, "needs root");
         false
     }
 }
@@ -52,9 +52,21 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Prints the skip line of `test`.
+/// Prints one `skip: <test>: <reason>` line, and appends it to the file named by
+/// `MEMVISOR_SKIP_LOG` when set (`.ci/run` shows those lines, which the test harness would
+/// otherwise capture).
 pub fn skip(test: &str, reason: impl std::fmt::Display) {
     println!("skip: {test}: {reason}");
+    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "skip: {test}: {reason}");
+        }
+    }
 }
 
 /// Whether userfaultfd can be used here; prints one skip line when not.
