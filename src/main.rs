@@ -23,6 +23,9 @@ enum Command {
     /// Host huge pages: show pools and mounts, grow a pool, mount hugetlbfs.
     #[command(subcommand)]
     Hugepages(cmd::hugepages::HugepagesCmd),
+    /// Host KSM: status, on, off, tune (prints what it changed).
+    #[command(subcommand)]
+    Ksm(cmd::ksm::KsmCmd),
     /// Balloon of a running VM (needs `memvisor run --api-sock`).
     #[command(subcommand)]
     Balloon(cmd::client::BalloonCmd),
@@ -48,6 +51,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run(a) => cmd::run::cmd_run(a),
         Command::Hugepages(c) => cmd::hugepages::run(c),
+        Command::Ksm(c) => cmd::ksm::run(c),
         Command::Balloon(c) => cmd::client::balloon(c),
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),

@@ -2,4 +2,5 @@
 
 pub mod client;
 pub mod hugepages;
+pub mod ksm;
 pub mod run;
