@@ -14,6 +14,7 @@
 #[path = "../guest/abi.rs"]
 pub mod abi;
 pub mod api;
+pub mod bench;
 pub mod boot;
 pub mod config;
 pub mod cpuid;

@@ -35,6 +35,9 @@ enum Command {
     /// Memory reports of a running VM (needs `--api-sock`).
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
+    /// Benchmarks of memvisor's memory paths beside minimal baselines (and QEMU).
+    #[command(subcommand)]
+    Bench(cmd::bench::BenchCmd),
 }
 
 fn main() -> ExitCode {
@@ -55,6 +58,7 @@ fn main() -> ExitCode {
         Command::Balloon(c) => cmd::client::balloon(c),
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),
+        Command::Bench(c) => cmd::bench::run(c),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The subcommands of the `memvisor` binary, one module each.
 
+pub mod bench;
 pub mod client;
 pub mod hugepages;
 pub mod ksm;

@@ -1,0 +1,157 @@
+//! Benchmarks behind `memvisor bench`: memvisor's guest-memory paths measured beside minimal
+//! baselines written here (and beside QEMU where that makes sense), in the same run, on the same
+//! machine. These are benchmarks, not timed tests: they report figures and say whether a target
+//! was met; they never fail because a target was missed.
+//!
+//! Layout:
+//! - [`stats`]: samples, min/median/max, ratios and target verdicts;
+//! - [`table`]: plain-text tables and the number formats used in them;
+//! - [`machine`]: the machine description printed with every result;
+//! - [`host`]: temporary host setup (a hugetlbfs mount with a grown pool, restored on drop) and
+//!   timing helpers;
+//! - [`qemu`]: starting QEMU and timing its startup, for comparisons;
+//! - [`prealloc`]: `memvisor bench prealloc`;
+//! - [`uffd_faults`]: `memvisor bench uffd`, with [`minimal_uffd`], the bare userfaultfd loop it
+//!   compares against.
+//!
+//! A further benchmark is one more module with an options struct and a
+//! `run(&Options, progress) -> Result<BenchReport<Row>, BenchError>` function whose `Row`
+//! implements [`BenchRow`]; the CLI (`src/cmd/bench.rs`) prints [`BenchReport::to_text`] or
+//! [`BenchReport::to_json`].
+
+pub mod host;
+pub mod machine;
+pub mod minimal_uffd;
+pub mod prealloc;
+pub mod qemu;
+pub mod stats;
+pub mod table;
+pub mod uffd_faults;
+
+pub use machine::Machine;
+pub use stats::{ratio, Summary, Target};
+pub use table::{Align, Table};
+
+use serde::Serialize;
+
+/// Benchmark errors; each says what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum BenchError {
+    /// A command-line option that cannot be used.
+    #[error("{option}: {reason}")]
+    Option {
+        /// The option.
+        option: &'static str,
+        /// What is wrong and what to give instead.
+        reason: String,
+    },
+    /// memvisor's own memory path failed (this is the code under test).
+    #[error("memvisor guest memory: {0}")]
+    Memory(#[from] crate::memory::MemoryError),
+    /// Setting up host huge pages failed.
+    #[error("host huge pages: {0}")]
+    HugePages(#[from] hugepages::HugePageError),
+    /// A system call of the benchmark itself (the baselines, the scratch files) failed.
+    #[error("{what} failed: {source}; {hint}")]
+    Sys {
+        /// The call.
+        what: &'static str,
+        /// The error.
+        source: std::io::Error,
+        /// What to try.
+        hint: &'static str,
+    },
+    /// A baseline or memvisor run produced wrong memory contents or counts.
+    #[error("{what}: {detail}; this is a bug, please report it with the command line")]
+    Check {
+        /// Which run.
+        what: String,
+        /// What was wrong.
+        detail: String,
+    },
+}
+
+impl BenchError {
+    /// A `Sys` error from the last OS error.
+    pub(crate) fn last_os(what: &'static str, hint: &'static str) -> Self {
+        BenchError::Sys {
+            what,
+            source: std::io::Error::last_os_error(),
+            hint,
+        }
+    }
+
+    /// A `Sys` error from an `io::Error`.
+    pub(crate) fn io(
+        what: &'static str,
+        hint: &'static str,
+    ) -> impl FnOnce(std::io::Error) -> Self {
+        move |source| BenchError::Sys { what, source, hint }
+    }
+}
+
+/// A result row of a benchmark: how a list of them becomes a table.
+pub trait BenchRow: Serialize {
+    /// The table of `rows`.
+    fn table(rows: &[Self]) -> Table
+    where
+        Self: Sized;
+}
+
+/// What a benchmark run produced: the machine, the command, one row per configuration, the
+/// verdict on each target and notes (what was skipped and why, what limits a figure).
+#[derive(Clone, Debug, Serialize)]
+pub struct BenchReport<R> {
+    /// Benchmark name (`prealloc`, `uffd`).
+    pub benchmark: String,
+    /// The command that produced it.
+    pub command: String,
+    /// Where it ran.
+    pub machine: Machine,
+    /// How the figures were measured, one sentence each.
+    pub method: Vec<String>,
+    /// One row per configuration.
+    pub rows: Vec<R>,
+    /// Verdict on each target.
+    pub targets: Vec<Target>,
+    /// What was skipped, what limits a figure.
+    pub notes: Vec<String>,
+}
+
+impl<R: BenchRow> BenchReport<R> {
+    /// Readable text: machine, command, method, table, targets, notes.
+    pub fn to_text(&self) -> String {
+        let mut out = format!("memvisor bench {}\n", self.benchmark);
+        for line in self.machine.lines() {
+            out.push_str(&format!("  {line}\n"));
+        }
+        out.push_str(&format!("  command: {}\n", self.command));
+        if !self.method.is_empty() {
+            out.push_str("method\n");
+            for m in &self.method {
+                out.push_str(&format!("  - {m}\n"));
+            }
+        }
+        out.push('\n');
+        out.push_str(&R::table(&self.rows).render());
+        out.push('\n');
+        if !self.targets.is_empty() {
+            out.push_str("targets\n");
+            for t in &self.targets {
+                out.push_str(&format!("  {t}\n"));
+            }
+        }
+        if !self.notes.is_empty() {
+            out.push_str("notes\n");
+            for n in &self.notes {
+                out.push_str(&format!("  - {n}\n"));
+            }
+        }
+        out
+    }
+
+    /// Pretty JSON of the whole report.
+    pub fn to_json(&self) -> String {
+        serde_json::to_string_pretty(self).expect("bench reports serialize")
+    }
+}

@@ -1,0 +1,121 @@
+//! `memvisor bench`: benchmarks of memvisor's memory paths beside minimal baselines (see
+//! `memvisor::bench` and docs/benchmarks.md). Progress goes to stderr, the result to stdout.
+
+use clap::{Args, Subcommand};
+use memvisor::bench::prealloc::{self, PreallocBackend, PreallocOptions, QemuChoice};
+use memvisor::bench::uffd_faults::{self, FaultSource, UffdOptions};
+use memvisor::bench::{BenchError, BenchReport, BenchRow};
+use memvisor::config::parse_size;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Subcommand, Debug)]
+pub enum BenchCmd {
+    /// Preallocation throughput: memvisor's prealloc=on beside a bare MADV_POPULATE_WRITE loop
+    /// and QEMU's prealloc, for hugetlbfs 2M and anon 4K with 1 and 2 threads (needs root for
+    /// hugetlbfs; grows the pool and mounts a temporary hugetlbfs, both undone at the end).
+    Prealloc(PreallocArgs),
+    /// userfaultfd fault service rate: memvisor's in-process handler beside a minimal
+    /// userfaultfd loop, for zero pages and a file image (cold and warm).
+    Uffd(UffdArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct PreallocArgs {
+    /// Region size per run (multiple of 2M).
+    #[arg(long, default_value = "2G", value_parser = size)]
+    size: u64,
+    /// Repetitions of each run.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Populate thread counts.
+    #[arg(long, value_delimiter = ',', default_value = "1,2")]
+    threads: Vec<usize>,
+    /// Backends: hugetlbfs, anon.
+    #[arg(long, value_delimiter = ',', default_value = "hugetlbfs,anon")]
+    backends: Vec<PreallocBackend>,
+    /// QEMU binary to compare with (default: qemu-system-x86_64 on PATH).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_qemu")]
+    qemu: Option<PathBuf>,
+    /// Skip the QEMU comparison.
+    #[arg(long)]
+    no_qemu: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct UffdArgs {
+    /// Region size per run (multiple of 4K).
+    #[arg(long, default_value = "256M", value_parser = size)]
+    size: u64,
+    /// Repetitions of each run.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Sources: zero, file-cold, file-warm.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "zero,file-cold,file-warm"
+    )]
+    sources: Vec<FaultSource>,
+    /// Directory for the file image (default: the temp dir; not tmpfs if it is to be cold).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
+}
+
+fn size(s: &str) -> Result<u64, String> {
+    parse_size(s).ok_or_else(|| format!("`{s}` is not a size; write e.g. 2G, 256M"))
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("memvisor {}", args.join(" "))
+}
+
+fn print<R: BenchRow>(
+    report: Result<BenchReport<R>, BenchError>,
+    json: bool,
+) -> Result<ExitCode, String> {
+    let mut report = report.map_err(|e| e.to_string())?;
+    report.command = command_line();
+    if json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_text());
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
+    let progress = |line: &str| eprintln!("{line}");
+    match cmd {
+        BenchCmd::Prealloc(a) => {
+            let opts = PreallocOptions {
+                size: a.size,
+                reps: a.reps,
+                threads: a.threads,
+                backends: a.backends,
+                qemu: match (a.no_qemu, a.qemu) {
+                    (true, _) => QemuChoice::Skip,
+                    (false, Some(p)) => QemuChoice::Binary(p),
+                    (false, None) => QemuChoice::Auto,
+                },
+            };
+            print(prealloc::run(&opts, &progress), a.json)
+        }
+        BenchCmd::Uffd(a) => {
+            let opts = UffdOptions {
+                size: a.size,
+                reps: a.reps,
+                sources: a.sources,
+                dir: a.dir,
+            };
+            print(uffd_faults::run(&opts, &progress), a.json)
+        }
+    }
+}
