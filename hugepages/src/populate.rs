@@ -279,11 +279,20 @@ pub unsafe fn populate_with_method(
                 )
             })
             .collect();
+        // All threads start their first madvise together: a thread that starts while another
+        // is already inside MADV_POPULATE_WRITE waits for the mmap lock for a whole step.
+        let barrier = std::sync::Barrier::new(threads);
+        let barrier = &barrier;
         std::thread::scope(|s| {
             let handles: Vec<_> = chunks
                 .iter()
-                // SAFETY: the chunks split the caller's range; each is used by one thread.
-                .map(|&(at, n)| s.spawn(move || unsafe { run.chunk(at, n, touch) }))
+                .map(|&(at, n)| {
+                    s.spawn(move || {
+                        barrier.wait();
+                        // SAFETY: the chunks split the caller's range; each is used by one thread.
+                        unsafe { run.chunk(at, n, touch) }
+                    })
+                })
                 .collect();
             handles
                 .into_iter()
