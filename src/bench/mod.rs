@@ -12,13 +12,15 @@
 //! - [`qemu`]: starting QEMU and timing its startup, for comparisons;
 //! - [`prealloc`]: `memvisor bench prealloc`;
 //! - [`uffd_faults`]: `memvisor bench uffd`, with [`minimal_uffd`], the bare userfaultfd loop it
-//!   compares against.
+//!   compares against;
+//! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise.
 //!
 //! A further benchmark is one more module with an options struct and a
 //! `run(&Options, progress) -> Result<BenchReport<Row>, BenchError>` function whose `Row`
 //! implements [`BenchRow`]; the CLI (`src/cmd/bench.rs`) prints [`BenchReport::to_text`] or
 //! [`BenchReport::to_json`].
 
+pub mod balloon;
 pub mod host;
 pub mod machine;
 pub mod minimal_uffd;

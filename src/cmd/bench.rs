@@ -18,6 +18,22 @@ pub enum BenchCmd {
     /// userfaultfd fault service rate: memvisor's in-process handler beside a minimal
     /// userfaultfd loop, for zero pages and a file image (cold and warm).
     Uffd(UffdArgs),
+    /// Balloon return: PATCH /balloon on a running built-in guest until the host pages are
+    /// gone, beside a raw madvise(MADV_DONTNEED) of the same amount.
+    Balloon(BalloonArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BalloonArgs {
+    /// Memory to balloon per round (whole MiB).
+    #[arg(long, default_value = "1G", value_parser = size)]
+    size: u64,
+    /// Rounds (each inflates and deflates once).
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -116,6 +132,13 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
                 dir: a.dir,
             };
             print(uffd_faults::run(&opts, &progress), a.json)
+        }
+        BenchCmd::Balloon(a) => {
+            let opts = memvisor::bench::balloon::BalloonBenchOptions {
+                size: a.size,
+                reps: a.reps,
+            };
+            print(memvisor::bench::balloon::run(&opts, command_line()), a.json)
         }
     }
 }

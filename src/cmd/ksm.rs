@@ -49,7 +49,11 @@ pub fn run(cmd: KsmCmd) -> Result<ExitCode, String> {
         }
         KsmCmd::On => vec![k.set_run(KsmRun::Merge).map_err(e)?],
         KsmCmd::Off { unmerge } => vec![k
-            .set_run(if unmerge { KsmRun::Unmerge } else { KsmRun::Stop })
+            .set_run(if unmerge {
+                KsmRun::Unmerge
+            } else {
+                KsmRun::Stop
+            })
             .map_err(e)?],
         KsmCmd::Tune {
             pages_to_scan,
