@@ -54,17 +54,6 @@ impl BenchRow for BalloonRow {
     }
 }
 
-fn resident(addr: *const u8, len: u64) -> u64 {
-    let pages = len.div_ceil(4096) as usize;
-    let mut v = vec![0u8; pages];
-    // SAFETY: a live mapping of guest RAM owned by the running Vmm; one byte per page.
-    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len as usize, v.as_mut_ptr()) };
-    if rc != 0 {
-        return 0;
-    }
-    v.iter().filter(|b| **b & 1 != 0).count() as u64 * 4096
-}
-
 fn raw_madvise(size: u64) -> Result<f64, BenchError> {
     // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
     let p = unsafe {
@@ -156,21 +145,19 @@ pub fn run(
         what: "starting the guest".into(),
         detail: e.to_string(),
     })?;
-    let r1 = &vmm.ram().regions()[1];
-    let (addr, len) = (r1.host_addr() as *const u8, r1.len());
+    let ram = vmm.ram().clone();
+    let len = ram.regions()[1].len();
+    let resident = || ram.resident_bytes()[1];
     let dev = vmm.balloon().expect("configured").clone();
     wait(
         "the guest filling its memory",
         Duration::from_secs(120),
-        || {
-            resident(addr, len) >= len - (1 << 20)
-                && dev.with_device(|d| (d.model.is_activated(), false))
-        },
+        || resident() >= len - (1 << 20) && dev.with_device(|d| (d.model.is_activated(), false)),
     )?;
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     for _ in 0..opts.reps.max(1) {
-        let before = resident(addr, len);
+        let before = resident();
         let released = |dev: &crate::devices::virtio_mmio::MmioTransport<
             crate::devices::balloon::BalloonDevice,
         >| { dev.with_device(|d| (d.released_bytes(), false)) };
@@ -199,7 +186,7 @@ pub fn run(
         })
         .and_then(|_| {
             let secs = t.elapsed().as_secs_f64();
-            if resident(addr, len) <= len - opts.size {
+            if resident() <= len - opts.size {
                 ours.push(secs);
                 Ok(())
             } else {
@@ -215,7 +202,7 @@ pub fn run(
                 "balloon actual {} pages, resident {} -> {} bytes",
                 dev.with_device(|d| (d.model.actual_pages(), false)),
                 before,
-                resident(addr, len)
+                resident()
             ),
         })?;
         raw.push(raw_madvise(opts.size)?);
@@ -223,7 +210,7 @@ pub fn run(
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
         wait("deflate and refill", Duration::from_secs(120), || {
             dev.with_device(|d| (d.model.actual_pages(), false)) == 0
-                && resident(addr, len) >= len - (1 << 20)
+                && resident() >= len - (1 << 20)
         })?;
     }
     vmm.request_finish();
