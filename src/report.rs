@@ -59,12 +59,36 @@ pub struct RegionReport {
     pub gpa: Vec<(u64, u64)>,
     /// Host bytes resident at the end of the run.
     pub resident: u64,
+    /// Bytes on huge pages (hugetlbfs or hugetlb memfd).
+    pub hugetlb_backed: u64,
     /// Marked `MADV_MERGEABLE` for KSM.
     pub mergeable: bool,
     /// What preallocation did.
     pub prealloc: Option<PreallocReport>,
     /// Page serving of a uffd region.
     pub uffd: Option<PagerReport>,
+}
+
+impl RegionReport {
+    /// The current state of every region of `ram`.
+    pub fn read(ram: &GuestRam) -> Vec<RegionReport> {
+        ram.regions()
+            .iter()
+            .zip(ram.resident_bytes())
+            .map(|(r, res)| RegionReport {
+                index: r.index,
+                backend: r.config.backend.name().into(),
+                size: r.config.size,
+                page_size: r.page_size,
+                gpa: r.extents.iter().map(|e| (e.gpa, e.end())).collect(),
+                resident: res,
+                hugetlb_backed: if r.page_size > 4096 { r.config.size } else { 0 },
+                mergeable: r.config.mergeable,
+                prealloc: r.prealloc.clone(),
+                uffd: r.pager.as_ref().map(|p| p.report()),
+            })
+            .collect()
+    }
 }
 
 /// One operation as one vCPU ran it.
@@ -183,23 +207,7 @@ impl RunReport {
     }
 
     fn read_regions(&mut self, ram: &GuestRam) {
-        let resident = ram.resident_bytes();
-        self.regions = ram
-            .regions()
-            .iter()
-            .zip(resident)
-            .map(|(r, res)| RegionReport {
-                index: r.index,
-                backend: r.config.backend.name().into(),
-                size: r.config.size,
-                page_size: r.page_size,
-                gpa: r.extents.iter().map(|e| (e.gpa, e.end())).collect(),
-                resident: res,
-                mergeable: r.config.mergeable,
-                prealloc: r.prealloc.clone(),
-                uffd: r.pager.as_ref().map(|p| p.report()),
-            })
-            .collect();
+        self.regions = RegionReport::read(ram);
     }
 
     /// Completes the report at the end of the run.

@@ -71,16 +71,7 @@ pub struct StartOptions<'a> {
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
 /// returned as `Err`; everything after (guest failures included) is in the report's outcome.
 pub fn run(config: &VmConfig, opts: &RunOptions) -> Result<RunReport, VmmError> {
-    run_with_progress(config, opts, None)
-}
-
-/// As [`run`], reporting preallocation progress.
-pub fn run_with_progress(
-    config: &VmConfig,
-    opts: &RunOptions,
-    progress: Option<crate::memory::Progress<'_>>,
-) -> Result<RunReport, VmmError> {
-    Ok(Vmm::start_with_progress(config, progress)?.wait(opts))
+    Ok(Vmm::start(config)?.wait(opts))
 }
 
 /// A started VM: guest memory, KVM VM and running vCPU threads.
@@ -105,20 +96,6 @@ impl Vmm {
     /// starts every vCPU.
     pub fn start(config: &VmConfig) -> Result<Vmm, VmmError> {
         Self::start_with(config, StartOptions::default())
-    }
-
-    /// As [`Vmm::start`], reporting preallocation progress.
-    pub fn start_with_progress(
-        config: &VmConfig,
-        progress: Option<crate::memory::Progress<'_>>,
-    ) -> Result<Vmm, VmmError> {
-        Self::start_with(
-            config,
-            StartOptions {
-                progress,
-                ..Default::default()
-            },
-        )
     }
 
     /// As [`Vmm::start`], with hooks.

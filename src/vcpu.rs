@@ -486,8 +486,7 @@ impl Runner {
                     self.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
                     return self.hypercall(gpa);
                 }
-                let (port, data) = (port, data.to_vec());
-                if !self.bus.pio_write(port, &data) {
+                if !self.bus.pio_write(port, data) {
                     self.stats.unclaimed_io.fetch_add(1, Ordering::Relaxed);
                 }
                 Next::Continue

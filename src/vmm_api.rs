@@ -100,29 +100,11 @@ impl VmmApi {
 
     /// The per-VM memory figures (configured, resident, ballooned, uffd, hugetlb).
     pub fn memory_report(&self) -> serde_json::Value {
-        let resident = self.ram.resident_bytes();
-        let regions: Vec<serde_json::Value> = self
-            .ram
-            .regions()
-            .iter()
-            .zip(&resident)
-            .map(|(r, res)| {
-                json!({
-                    "index": r.index,
-                    "backend": r.config.backend.name(),
-                    "size": r.config.size,
-                    "page_size": r.page_size,
-                    "resident": res,
-                    "hugetlb_backed": if r.page_size > 4096 { r.config.size } else { 0 },
-                    "mergeable": r.config.mergeable,
-                    "uffd": r.pager.as_ref().map(|p| p.report()),
-                })
-            })
-            .collect();
+        let regions = crate::report::RegionReport::read(&self.ram);
         let balloon = self.balloon.as_ref().map(|b| self.balloon_json(b));
         json!({
             "configured_bytes": self.ram.size(),
-            "resident_bytes": resident.iter().sum::<u64>(),
+            "resident_bytes": regions.iter().map(|r| r.resident).sum::<u64>(),
             "regions": regions,
             "balloon": balloon,
         })

@@ -279,9 +279,12 @@ impl<D: VirtioDevice> MmioTransport<D> {
     }
 
     fn notify(&self, queue: u16, mem: &GuestMemoryMmap) {
-        if !self.state.lock().unwrap().activated {
-            self.state.lock().unwrap().bad_accesses += 1;
-            return;
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.activated {
+                st.bad_accesses += 1;
+                return;
+            }
         }
         let mut dev = self.device.lock().unwrap();
         match dev.process_queue(queue, mem) {

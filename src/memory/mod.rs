@@ -14,7 +14,7 @@ pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
 pub use pager::{Pager, PagerReport};
 
-use crate::config::{Backend, RegionConfig, Size};
+use crate::config::{Backend, RegionConfig};
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -178,6 +178,8 @@ pub struct DiscardOutcome {
 /// All guest RAM of one VM.
 pub struct GuestRam {
     regions: Vec<RamRegion>,
+    /// Memslots in guest-physical order; fixed once the regions are mapped.
+    slots: Vec<Slot>,
     mem: GuestMemoryMmap,
 }
 
@@ -283,7 +285,22 @@ impl GuestRam {
         }
         let mem = GuestMemoryMmap::from_regions(mmap_regions)
             .map_err(|e| MemoryError::Layout(e.to_string()))?;
-        Ok(GuestRam { regions, mem })
+        let mut slots: Vec<Slot> = regions
+            .iter()
+            .flat_map(|r| {
+                r.extents.iter().map(move |e| Slot {
+                    gpa: e.gpa,
+                    len: e.len,
+                    host_addr: r.map.addr() as u64 + e.offset,
+                })
+            })
+            .collect();
+        slots.sort_by_key(|s| s.gpa);
+        Ok(GuestRam {
+            regions,
+            slots,
+            mem,
+        })
     }
 
     /// The `vm-memory` view for devices, loaders and hypercalls.
@@ -301,21 +318,9 @@ impl GuestRam {
         self.regions.iter().map(|r| r.config.size).sum()
     }
 
-    /// KVM memslots, one per extent.
-    pub fn slots(&self) -> Vec<Slot> {
-        let mut v: Vec<Slot> = self
-            .regions
-            .iter()
-            .flat_map(|r| {
-                r.extents.iter().map(move |e| Slot {
-                    gpa: e.gpa,
-                    len: e.len,
-                    host_addr: r.map.addr() as u64 + e.offset,
-                })
-            })
-            .collect();
-        v.sort_by_key(|s| s.gpa);
-        v
+    /// KVM memslots, one per extent, in guest-physical order.
+    pub fn slots(&self) -> &[Slot] {
+        &self.slots
     }
 
     /// Guest RAM as ascending `(gpa, len)` ranges, adjacent extents merged.
@@ -424,28 +429,6 @@ impl GuestRam {
             .iter()
             .filter_map(|r| r.pager.as_ref())
             .all(|p| p.healthy())
-    }
-
-    /// A one-line description of each region for reports.
-    pub fn describe(&self) -> Vec<String> {
-        self.regions
-            .iter()
-            .map(|r| {
-                let ext: Vec<String> = r
-                    .extents
-                    .iter()
-                    .map(|e| format!("{:#x}-{:#x}", e.gpa, e.end()))
-                    .collect();
-                format!(
-                    "region {}: {} {} (page {}) at {}",
-                    r.index,
-                    Size(r.config.size),
-                    r.config.backend.name(),
-                    Size(r.page_size),
-                    ext.join(", ")
-                )
-            })
-            .collect()
     }
 }
 
