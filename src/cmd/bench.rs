@@ -21,6 +21,11 @@ pub enum BenchCmd {
     /// Balloon return: PATCH /balloon on a running built-in guest until the host pages are
     /// gone, beside a raw madvise(MADV_DONTNEED) of the same amount.
     Balloon(BalloonArgs),
+    /// Hugepage comparison: the same built-in-guest workload on 4K, THP, hugetlbfs 2M and 1G,
+    /// with and without prealloc.
+    Hugepages(super::bench_hugepages::Args),
+    /// The speed of memvisor's memory machinery, each path beside a bare baseline.
+    MemoryPaths(super::bench_memory_paths::Args),
 }
 
 #[derive(Args, Debug)]
@@ -140,5 +145,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
             };
             print(memvisor::bench::balloon::run(&opts, command_line()), a.json)
         }
+        BenchCmd::Hugepages(a) => super::bench_hugepages::run(a),
+        BenchCmd::MemoryPaths(a) => super::bench_memory_paths::run(a),
     }
 }

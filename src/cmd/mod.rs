@@ -1,6 +1,8 @@
 //! The subcommands of the `memvisor` binary, one module each.
 
 pub mod bench;
+pub mod bench_hugepages;
+pub mod bench_memory_paths;
 pub mod client;
 pub mod hugepages;
 pub mod ksm;
