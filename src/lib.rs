@@ -7,7 +7,9 @@
 //! - [`vcpu`]: vCPU threads, exit accounting, pause/resume/stop;
 //! - [`boot`]: the embedded built-in guest and the 64-bit machine state it starts in;
 //! - [`devices`]: the I/O bus and device models wired to it;
-//! - [`runner`]: runs a VM to the end; [`report`]: what a run produced.
+//! - [`runner`]: runs a VM to the end; [`report`]: what a run produced;
+//! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
+//!   [`registry`]: the runtime directory where running VMs register.
 #![deny(missing_docs)]
 
 /// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
@@ -21,6 +23,8 @@ pub mod cpuid;
 pub mod devices;
 pub mod mappings;
 pub mod memory;
+pub mod overcommit;
+pub mod registry;
 pub mod report;
 pub mod runner;
 pub mod vcpu;

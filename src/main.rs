@@ -32,7 +32,7 @@ enum Command {
     /// State of a running VM: status, pause, resume, stop (needs `--api-sock`).
     #[command(subcommand)]
     Vm(cmd::client::VmCmd),
-    /// Memory reports of a running VM (needs `--api-sock`).
+    /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
     /// Benchmarks of memvisor's memory paths beside minimal baselines (and QEMU).

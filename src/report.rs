@@ -186,6 +186,8 @@ pub struct RunReport {
     pub guest_log: Vec<String>,
     /// How it ended.
     pub outcome: Outcome,
+    /// Overcommit figures at the end of the run.
+    pub memory: Option<crate::overcommit::VmMemory>,
 }
 
 impl RunReport {
@@ -201,6 +203,7 @@ impl RunReport {
             run_seconds: 0.0,
             guest_log: Vec::new(),
             outcome: Outcome::Completed,
+            memory: None,
         };
         r.read_regions(ram);
         r
@@ -336,6 +339,10 @@ impl RunReport {
             if r.mergeable {
                 let _ = writeln!(s, "    mergeable: marked MADV_MERGEABLE for KSM");
             }
+        }
+        if let Some(m) = &self.memory {
+            let _ = writeln!(s, "overcommit");
+            s.push_str(&m.to_text());
         }
         let _ = writeln!(s, "vCPUs");
         for v in &self.vcpus {

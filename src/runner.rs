@@ -66,6 +66,9 @@ pub struct StartOptions<'a> {
     pub sync: Option<vcpu::SyncHook>,
     /// Serve the control API on this Unix socket.
     pub api_sock: Option<std::path::PathBuf>,
+    /// Register the VM (its API socket) in this runtime directory while it runs, so
+    /// `memvisor report overcommit --all` finds it. Needs `api_sock`.
+    pub runtime_dir: Option<crate::registry::RuntimeDir>,
 }
 
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
@@ -87,6 +90,7 @@ pub struct Vmm {
     events: mpsc::Receiver<VcpuEvent>,
     commands: mpsc::Receiver<CommandMsg>,
     api: Option<ApiServer>,
+    registration: Option<crate::registry::Registration>,
     setup: Duration,
     started: Instant,
 }
@@ -165,9 +169,20 @@ impl Vmm {
             }
             None => None,
         };
+        let registration = match (&opts.api_sock, &opts.runtime_dir) {
+            (Some(sock), Some(dir)) => match dir.register(sock, ram.size()) {
+                Ok(r) => Some(r),
+                Err(e) => {
+                    log::warn!("this VM will be missing from host-wide reports: {e}");
+                    None
+                }
+            },
+            _ => None,
+        };
         Ok(Vmm {
             commands,
             api,
+            registration,
             balloon,
             stats_timer,
             config: config.clone(),
@@ -328,6 +343,7 @@ impl Vmm {
                 VcpuEvent::Stopped { .. } => running -= 1,
             }
         }
+        self.registration.take();
         if let Some(api) = self.api.take() {
             api.stop();
         }
@@ -349,6 +365,11 @@ impl Vmm {
             h.stop();
         }
         report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
+        let balloon = self
+            .balloon
+            .as_ref()
+            .map(|b| b.with_device(|d| (d.figures(), false)));
+        report.memory = Some(crate::overcommit::VmMemory::read(&self.ram, balloon));
         report
     }
 }

@@ -98,16 +98,14 @@ impl VmmApi {
         })
     }
 
-    /// The per-VM memory figures (configured, resident, ballooned, uffd, hugetlb).
+    /// The per-VM overcommit figures ([`crate::overcommit::VmMemory`]).
     pub fn memory_report(&self) -> serde_json::Value {
-        let regions = crate::report::RegionReport::read(&self.ram);
-        let balloon = self.balloon.as_ref().map(|b| self.balloon_json(b));
-        json!({
-            "configured_bytes": self.ram.size(),
-            "resident_bytes": regions.iter().map(|r| r.resident).sum::<u64>(),
-            "regions": regions,
-            "balloon": balloon,
-        })
+        let balloon = self
+            .balloon
+            .as_ref()
+            .map(|b| b.with_device(|d| (d.figures(), false)));
+        serde_json::to_value(crate::overcommit::VmMemory::read(&self.ram, balloon))
+            .expect("serialises")
     }
 
     /// Prometheus text exposition.
@@ -163,6 +161,56 @@ impl VmmApi {
                     "memvisor_uffd_faults_total{{region=\"{}\"}} {}",
                     r.index, u.faults
                 );
+            }
+        }
+        let m = crate::overcommit::VmMemory::read(
+            &self.ram,
+            self.balloon
+                .as_ref()
+                .map(|b| b.with_device(|d| (d.figures(), false))),
+        );
+        let gauges: [(&str, &str, Option<u64>); 7] = [
+            (
+                "memvisor_used_bytes",
+                "Host memory the guest costs: resident minus KSM savings inside it.",
+                Some(m.used_bytes),
+            ),
+            (
+                "memvisor_swapped_bytes",
+                "Guest RAM swapped out on the host.",
+                Some(m.swapped_bytes),
+            ),
+            (
+                "memvisor_zero_page_bytes",
+                "Guest RAM mapped to the host's shared zero page.",
+                m.zero_page_bytes,
+            ),
+            (
+                "memvisor_hugetlb_bytes",
+                "Resident guest RAM on hugetlb pages.",
+                Some(m.hugetlb_bytes),
+            ),
+            (
+                "memvisor_ksm_merging_pages",
+                "Pages of this VMM merged by KSM (ksm_merging_pages).",
+                Some(m.ksm.merging_pages),
+            ),
+            (
+                "memvisor_ksm_saved_bytes",
+                "Bytes KSM saves inside this guest's RAM.",
+                Some(m.ksm.saved_bytes),
+            ),
+            (
+                "memvisor_configured_bytes",
+                "Configured guest RAM.",
+                Some(m.configured_bytes),
+            ),
+        ];
+        for (name, help, value) in gauges {
+            if let Some(v) = value {
+                let _ = writeln!(s, "# HELP {name} {help}");
+                let _ = writeln!(s, "# TYPE {name} gauge");
+                let _ = writeln!(s, "{name} {v}");
             }
         }
         if let Some(b) = &self.balloon {

@@ -249,43 +249,67 @@ impl Ksm {
     pub fn apply(&self, s: &KsmSettings) -> Result<Vec<Change>, KsmError> {
         let current = self.settings()?;
         let mut changes = Vec::new();
+        // Every knob is tried even when an earlier one fails (e.g. `max_page_sharing` is busy
+        // while KSM pages exist), so one refusal does not leave the others changed; the first
+        // error is returned after the rest have been applied.
+        let mut first_err: Option<KsmError> = None;
+        let mut step = |r: Result<Change, KsmError>| match r {
+            Ok(c) => changes.push(c),
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        };
         if s.run == KsmRun::Unmerge && current.run != KsmRun::Unmerge {
-            changes.push(self.set_run(KsmRun::Unmerge)?);
+            step(self.set_run(KsmRun::Unmerge));
         }
         if let Some(mode) = &s.advisor_mode {
             if current.advisor_mode.as_ref() != Some(mode) {
-                changes.push(self.set_advisor_mode(mode)?);
+                step(self.set_advisor_mode(mode));
             }
         }
         if let Some(on) = s.merge_across_nodes {
             if current.merge_across_nodes != Some(on) {
-                changes.push(self.set_merge_across_nodes(on)?);
+                step(self.set_merge_across_nodes(on));
             }
         }
         if let Some(on) = s.use_zero_pages {
             if current.use_zero_pages != Some(on) {
-                changes.push(self.set_use_zero_pages(on)?);
+                step(self.set_use_zero_pages(on));
             }
         }
         if let Some(n) = s.max_page_sharing {
             if current.max_page_sharing != Some(n) {
-                changes.push(self.set_max_page_sharing(n)?);
+                step(self.set_max_page_sharing(n));
             }
         }
         if current.sleep_millisecs != s.sleep_millisecs {
-            changes.push(self.set_sleep_millisecs(s.sleep_millisecs)?);
+            step(self.set_sleep_millisecs(s.sleep_millisecs));
         }
         // Re-read: an advisor switch above may have reset pages_to_scan.
-        let advisor = self.advisor_modes()?.map(|c| c.selected);
-        if advisor.as_deref().is_some_and(|m| m != "none") {
-            log::debug!("ksm: pages_to_scan left to advisor_mode {advisor:?}");
-        } else if self.read_u64("pages_to_scan")? != s.pages_to_scan {
-            changes.push(self.set_pages_to_scan(s.pages_to_scan)?);
+        match self.advisor_modes() {
+            Ok(advisor) => {
+                let advisor = advisor.map(|c| c.selected);
+                if advisor.as_deref().is_some_and(|m| m != "none") {
+                    log::debug!("ksm: pages_to_scan left to advisor_mode {advisor:?}");
+                } else {
+                    match self.read_u64("pages_to_scan") {
+                        Ok(n) if n != s.pages_to_scan => {
+                            step(self.set_pages_to_scan(s.pages_to_scan))
+                        }
+                        Ok(_) => {}
+                        Err(e) => step(Err(e)),
+                    }
+                }
+            }
+            Err(e) => step(Err(e)),
         }
         if s.run != KsmRun::Unmerge && current.run != s.run {
-            changes.push(self.set_run(s.run)?);
+            step(self.set_run(s.run));
         }
-        Ok(changes)
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(changes),
+        }
     }
 
     /// Waits until `full_scans` has advanced by `n` and returns the counters.

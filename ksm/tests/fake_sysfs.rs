@@ -302,3 +302,28 @@ fn status_over_fake() {
     assert!(text.contains("pages_sharing       40"), "{text}");
     assert!(text.contains("advisor_mode        none (available: none, scan-time)"));
 }
+
+#[test]
+fn apply_tries_every_knob_when_one_is_refused() {
+    // A knob the kernel refuses (as `max_page_sharing` is refused while KSM pages exist): a
+    // read-only sysctl that reads as a number but cannot be written, even by root.
+    let ro = Path::new("/proc/sys/kernel/ngroups_max");
+    if fs::OpenOptions::new().write(true).open(ro).is_ok() {
+        eprintln!("skip: {} is writable here", ro.display());
+        return;
+    }
+    let (dir, ksm) = fake();
+    let mut want = ksm.settings().unwrap();
+    fs::remove_file(dir.path().join("max_page_sharing")).unwrap();
+    std::os::unix::fs::symlink(ro, dir.path().join("max_page_sharing")).unwrap();
+    want.max_page_sharing = Some(256);
+    want.sleep_millisecs = 5;
+    want.pages_to_scan = 1000;
+    want.run = KsmRun::Merge;
+    let err = ksm.apply(&want).unwrap_err();
+    assert!(err.to_string().contains("max_page_sharing"), "{err}");
+    // The knobs after the refused one were still applied.
+    assert_eq!(read(dir.path(), "sleep_millisecs"), "5");
+    assert_eq!(read(dir.path(), "pages_to_scan"), "1000");
+    assert_eq!(read(dir.path(), "run"), "1");
+}

@@ -1,5 +1,6 @@
 //! Client subcommands that talk to a running `memvisor run --api-sock PATH`:
-//! `memvisor balloon ...`, `memvisor vm ...`, `memvisor report mappings ...`.
+//! `memvisor balloon ...`, `memvisor vm ...`, `memvisor report mappings|overcommit ...`
+//! (`report overcommit --all` reads the runtime directory instead of one socket).
 
 use clap::{Args, Subcommand};
 use memvisor::api::client;
@@ -71,6 +72,25 @@ pub enum ReportCmd {
         /// Length of the range (e.g. 2M).
         #[arg(long)]
         len: Option<String>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Overcommit figures: of one VM (--api-sock: GET /memory/report), or host-wide (--all:
+    /// every VM registered in the runtime directory against MemTotal, stale entries skipped).
+    Overcommit {
+        /// The API socket of one VM.
+        #[arg(long, value_name = "PATH", required_unless_present = "all")]
+        api_sock: Option<PathBuf>,
+        /// Every VM registered in the runtime directory, plus host memory, hugepage pools, KSM.
+        #[arg(long, conflicts_with = "api_sock")]
+        all: bool,
+        /// The runtime directory (default as for `memvisor run --runtime-dir`).
+        #[arg(long, value_name = "DIR", requires = "all")]
+        runtime_dir: Option<PathBuf>,
+        /// Remove stale entries (VMs that were killed) after reporting them.
+        #[arg(long, requires = "all")]
+        prune: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -163,6 +183,42 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
                 let m: memvisor::mappings::MappingReport =
                     serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
                 print!("{}", m.to_text());
+            }
+        }
+        ReportCmd::Overcommit {
+            api_sock,
+            all,
+            runtime_dir,
+            prune,
+            json,
+        } => {
+            if all {
+                let dir = memvisor::registry::RuntimeDir::or_default(runtime_dir);
+                let r =
+                    memvisor::overcommit::HostReport::collect(&dir).map_err(|e| e.to_string())?;
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
+                } else {
+                    print!("{}", r.to_text());
+                }
+                if prune {
+                    for f in dir.prune().map_err(|e| e.to_string())? {
+                        eprintln!("removed stale entry {}", f.display());
+                    }
+                }
+            } else {
+                let sock = Sock {
+                    api_sock: api_sock.expect("clap requires --api-sock without --all"),
+                };
+                let text = call(&sock, "GET", "/memory/report", None)?;
+                if json {
+                    print_json(&text);
+                } else {
+                    let m: memvisor::overcommit::VmMemory = serde_json::from_str(&text)
+                        .map_err(|e| format!("unexpected answer: {e}"))?;
+                    println!("VM {} ({})", m.pid, sock.api_sock.display());
+                    print!("{}", m.to_text());
+                }
             }
         }
     }

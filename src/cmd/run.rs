@@ -41,6 +41,11 @@ pub struct RunArgs {
     /// Serve the control API (HTTP/1.1, JSON) on this Unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
+    /// Runtime directory where a VM with --api-sock registers itself for host-wide reports
+    /// (`memvisor report overcommit --all`). Default: $MEMVISOR_RUNTIME_DIR, else /run/memvisor
+    /// as root, else $XDG_RUNTIME_DIR/memvisor.
+    #[arg(long, value_name = "DIR")]
+    runtime_dir: Option<PathBuf>,
     /// Print the report as JSON instead of text.
     #[arg(long)]
     json: bool,
@@ -109,6 +114,9 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     let start = runner::StartOptions {
         progress: bar.as_ref().map(|f| f as _),
         api_sock: a.api_sock.clone(),
+        runtime_dir: Some(memvisor::registry::RuntimeDir::or_default(
+            a.runtime_dir.clone(),
+        )),
         ..Default::default()
     };
     let report = runner::Vmm::start_with(&config, start)

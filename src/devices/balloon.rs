@@ -55,6 +55,14 @@ impl BalloonDevice {
     pub fn released_bytes(&self) -> u64 {
         self.backend.released.load(Ordering::Relaxed)
     }
+
+    /// Target and actual size, for the overcommit report.
+    pub fn figures(&self) -> crate::overcommit::BalloonFigures {
+        crate::overcommit::BalloonFigures {
+            target_bytes: self.model.target_pages() as u64 * 4096,
+            actual_bytes: self.model.actual_pages() as u64 * 4096,
+        }
+    }
 }
 
 impl VirtioDevice for BalloonDevice {

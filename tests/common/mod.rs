@@ -315,3 +315,43 @@ pub fn uffd_copy(uffd: std::os::fd::RawFd, dst: u64, src: &[u8]) -> nix::Result<
     unsafe { uffdio_copy_ioctl(uffd, &mut c) }?;
     Ok(c.copy)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Independent page-map reads (the tests' own, not memvisor::mappings).
+
+/// Raw `/proc/self/pagemap` entries of the `pages` 4 KiB pages from `addr`.
+pub fn pagemap_entries(addr: u64, pages: u64) -> Vec<u64> {
+    assert!(addr % 4096 == 0, "page-aligned address");
+    let f = std::fs::File::open("/proc/self/pagemap").expect("open /proc/self/pagemap");
+    let mut buf = vec![0u8; pages as usize * 8];
+    f.read_exact_at(&mut buf, addr / 4096 * 8)
+        .expect("read /proc/self/pagemap");
+    buf.chunks_exact(8)
+        .map(|e| u64::from_le_bytes(e.try_into().unwrap()))
+        .collect()
+}
+
+/// The frame number of a present pagemap entry (0 when hidden or not present).
+pub fn pagemap_pfn(entry: u64) -> u64 {
+    if entry >> 63 == 1 {
+        entry & ((1 << 55) - 1)
+    } else {
+        0
+    }
+}
+
+/// `/proc/kpageflags` of frame `pfn`.
+pub fn kpageflags(pfn: u64) -> u64 {
+    let f = std::fs::File::open("/proc/kpageflags").expect("open /proc/kpageflags");
+    let mut b = [0u8; 8];
+    f.read_exact_at(&mut b, pfn * 8)
+        .expect("read /proc/kpageflags");
+    u64::from_le_bytes(b)
+}
+
+/// kpageflags bits (include/uapi/linux/kernel-page-flags.h).
+pub const KPF_KSM: u64 = 1 << 21;
+/// Head of a compound page (hugetlb or THP).
+pub const KPF_COMPOUND_HEAD: u64 = 1 << 15;
+/// A hugetlb page.
+pub const KPF_HUGE: u64 = 1 << 17;
