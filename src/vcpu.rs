@@ -311,9 +311,12 @@ impl VcpuHandle {
     pub fn request(&self, state: RunState, timeout: Duration) -> bool {
         {
             let mut r = self.ctl.requested.lock().unwrap();
-            if *r == RunState::Stopped {
-                return self.state() == RunState::Stopped;
+            if *r == RunState::Stopped && state != RunState::Stopped {
+                // Stopping is final.
+                return false;
             }
+            // A stop requested earlier (e.g. without waiting, to stop several vCPUs in
+            // parallel) is still waited for and kicked here.
             *r = state;
             self.ctl.cv.notify_all();
         }

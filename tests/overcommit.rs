@@ -106,7 +106,15 @@ fn three_vms_one_killed_report_all() {
     let idle = ["--balloon", "amount_mib=0", "-w"];
     // a: uses 64 MiB of its 1 GiB; b: fills 256 MiB and then balloons 128 MiB of it back;
     // c: will be killed.
-    let a = start(&dir, "a", &[&idle[..], &["random:ws=64M,accesses=200000;balloon:seconds=0"]].concat());
+    let a = start(
+        &dir,
+        "a",
+        &[
+            &idle[..],
+            &["random:ws=64M,accesses=200000;balloon:seconds=0"],
+        ]
+        .concat(),
+    );
     let b = start(
         &dir,
         "b",
@@ -136,7 +144,10 @@ fn three_vms_one_killed_report_all() {
     let mut child = c.child.take().unwrap();
     child.kill().unwrap();
     child.wait().unwrap();
-    assert!(dir.join(format!("vm-{c_pid}.json")).exists(), "a killed VM leaves its entry");
+    assert!(
+        dir.join(format!("vm-{c_pid}.json")).exists(),
+        "a killed VM leaves its entry"
+    );
 
     let r = report(&dir);
     assert_eq!(r["live_vms"], 2, "{r:#}");
@@ -160,8 +171,15 @@ fn three_vms_one_killed_report_all() {
         let resident = m["resident_bytes"].as_u64().unwrap();
         // Guest RAM resident fits in the VMM's whole RSS, read here from /proc.
         let rss = status_kib(vm.pid(), "VmRSS:") * 1024;
-        assert!(resident <= rss, "pid {}: resident {resident} > VmRSS {rss}", vm.pid());
-        assert!(resident < G / 2, "most of the 1 GiB is untouched: {resident}");
+        assert!(
+            resident <= rss,
+            "pid {}: resident {resident} > VmRSS {rss}",
+            vm.pid()
+        );
+        assert!(
+            resident < G / 2,
+            "most of the 1 GiB is untouched: {resident}"
+        );
         configured += m["configured_bytes"].as_u64().unwrap();
         used += m["used_bytes"].as_u64().unwrap();
     }
@@ -174,10 +192,16 @@ fn three_vms_one_killed_report_all() {
     let total = mem_total();
     assert_eq!(r["host"]["mem_total"], total);
     let ratio = r["overcommit_ratio"].as_f64().unwrap();
-    assert!((ratio - configured as f64 / total as f64).abs() < 1e-12, "{ratio}");
+    assert!(
+        (ratio - configured as f64 / total as f64).abs() < 1e-12,
+        "{ratio}"
+    );
     let density = r["density"].as_f64().unwrap();
     assert!((density - configured as f64 / used as f64).abs() < 1e-9);
-    assert!(density > 2.0, "configured 2 GiB over {used} used: {density}");
+    assert!(
+        density > 2.0,
+        "configured 2 GiB over {used} used: {density}"
+    );
 
     // The readable table says the same, and --prune removes the stale entry.
     let out = memvisor(&[

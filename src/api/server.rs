@@ -158,13 +158,18 @@ impl ApiServer {
             log::error!("the API accept thread panicked");
         }
         let mut conns = shared.conns();
+        // Only the read side: idle connections see end-of-file and close, while a handler
+        // still answering (e.g. the Shutdown request that stopped the VM) can write its answer.
         for stream in conns.open.values() {
-            let _ = stream.shutdown(Shutdown::Both);
+            let _ = stream.shutdown(Shutdown::Read);
         }
         let deadline = Instant::now() + STOP_GRACE;
         while !conns.open.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
+                for stream in conns.open.values() {
+                    let _ = stream.shutdown(Shutdown::Both);
+                }
                 log::warn!(
                     "{} API handler(s) still running after {STOP_GRACE:?}; not waiting for them",
                     conns.open.len()
