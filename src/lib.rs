@@ -16,6 +16,7 @@
 #[path = "../guest/abi.rs"]
 pub mod abi;
 pub mod api;
+pub mod balance;
 pub mod bench;
 pub mod boot;
 pub mod config;

@@ -35,6 +35,9 @@ enum Command {
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
+    /// The balloon controller: keeps a host free-memory floor by moving the balloons of the
+    /// VMs registered in the runtime directory.
+    Balance(cmd::balance::BalanceArgs),
     /// Benchmarks of memvisor's memory paths beside minimal baselines (and QEMU).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCmd),
@@ -59,6 +62,7 @@ fn main() -> ExitCode {
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),
         Command::Bench(c) => cmd::bench::run(c),
+        Command::Balance(a) => cmd::balance::run(a),
     };
     match result {
         Ok(code) => code,

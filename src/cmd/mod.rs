@@ -1,5 +1,6 @@
 //! The subcommands of the `memvisor` binary, one module each.
 
+pub mod balance;
 pub mod bench;
 pub mod bench_hugepages;
 pub mod bench_memory_paths;

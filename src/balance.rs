@@ -1,0 +1,635 @@
+//! The balloon controller behind `memvisor balance`: keeps the host's free-memory floor by
+//! moving the balloon targets of the VMs registered in the runtime directory.
+//!
+//! This module owns the policy ([`Controller::decide`], a pure function of what it is given,
+//! so it is tested on recorded inputs) and the loop that samples the host and the guests and
+//! applies decisions ([`run`]).
+//!
+//! The policy, in order:
+//! 1. A guest whose balloon has not moved towards its target for
+//!    [`Policy::unresponsive_after`] is **unresponsive**: the controller no longer takes
+//!    memory from it nor counts on what it still owes, and says so once. A guest whose
+//!    statistics are older than [`Policy::stale_after`] is not taken from either (its free
+//!    memory is unknown). Both recover when the guest moves / reports again.
+//! 2. **Pressure** is `MemAvailable` below `min_host_free`, or memory PSI `some avg10` above
+//!    [`Policy::psi_limit`]. Under pressure the controller aims for `min_host_free +
+//!    release_margin / 2`: it subtracts what responsive guests still owe (target above actual),
+//!    then inflates guests **with the most free memory first**, each by at most `max_step`,
+//!    never below the guest's `guest_floor` of RAM and never into its last `headroom` of free
+//!    memory.
+//! 3. When `MemAvailable` is above `min_host_free + release_margin` (and no PSI pressure) the
+//!    controller **gives back**: deflates the guests with the least free memory first, each by at
+//!    most `max_step`, until the surplus above `min_host_free + release_margin / 2` is spent.
+//! 4. Between the two, it holds (hysteresis), so targets do not oscillate.
+//!
+//! Every change and every refusal is a [`Decision`] with its reason.
+
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+
+const MIB: u64 = 1 << 20;
+
+/// The controller's knobs (bytes and seconds).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// The host's free-memory floor (`MemAvailable`).
+    pub min_host_free: u64,
+    /// Width of the band above the floor where nothing moves; memory is given back above it.
+    pub release_margin: u64,
+    /// RAM no guest is ballooned below (configured minus balloon target).
+    pub guest_floor: u64,
+    /// Free memory left to each guest when taking from it.
+    pub headroom: u64,
+    /// Largest change of one guest's target per decision.
+    pub max_step: u64,
+    /// Memory PSI `some avg10` (percent) counted as pressure; `None` ignores PSI.
+    pub psi_limit: Option<f64>,
+    /// Statistics older than this (seconds) make a guest's free memory unknown.
+    pub stale_after: f64,
+    /// A guest whose balloon has not moved towards its target for this long (seconds) is
+    /// unresponsive.
+    pub unresponsive_after: f64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Policy {
+            min_host_free: 2 << 30,
+            release_margin: 1 << 30,
+            guest_floor: 256 * MIB,
+            headroom: 64 * MIB,
+            max_step: 256 * MIB,
+            psi_limit: Some(10.0),
+            stale_after: 10.0,
+            unresponsive_after: 15.0,
+        }
+    }
+}
+
+/// The host at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSample {
+    /// `MemAvailable` in bytes.
+    pub mem_available: u64,
+    /// `MemTotal` in bytes.
+    pub mem_total: u64,
+    /// `/proc/pressure/memory` `some avg10`, when the kernel has PSI.
+    pub psi_some_avg10: Option<f64>,
+}
+
+/// One guest at one instant.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct GuestSample {
+    /// Stable name (the API socket).
+    pub name: String,
+    /// Configured guest RAM.
+    pub configured: u64,
+    /// Balloon target.
+    pub target: u64,
+    /// Balloon actual (what the guest has given).
+    pub actual: u64,
+    /// The guest's free memory from its latest statistics (available, else free).
+    pub free: Option<u64>,
+    /// Age of those statistics in seconds.
+    pub stats_age: Option<f64>,
+}
+
+/// One tick's input.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    /// Seconds since the controller started.
+    pub t: f64,
+    /// The host.
+    pub host: HostSample,
+    /// The guests with a balloon.
+    pub guests: Vec<GuestSample>,
+}
+
+/// What the controller decided about one guest.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum Decision {
+    /// Change the balloon target.
+    SetTarget {
+        /// The guest.
+        guest: String,
+        /// Old target.
+        from: u64,
+        /// New target.
+        to: u64,
+        /// Why.
+        reason: String,
+    },
+    /// A guest was noticed (unresponsive, back, stale, ...) without a change.
+    Note {
+        /// The guest.
+        guest: String,
+        /// What.
+        reason: String,
+    },
+}
+
+impl fmt::Display for Decision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Decision::SetTarget {
+                guest,
+                from,
+                to,
+                reason,
+            } => {
+                let verb = if to > from { "inflate" } else { "deflate" };
+                write!(
+                    f,
+                    "{verb} {guest}: balloon {} -> {} MiB ({reason})",
+                    from / MIB,
+                    to / MIB
+                )
+            }
+            Decision::Note { guest, reason } => write!(f, "{guest}: {reason}"),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Default)]
+struct Track {
+    /// Last actual seen, and since when.
+    actual: u64,
+    since: f64,
+    unresponsive: bool,
+    stale: bool,
+}
+
+/// The controller: the policy and what it remembers between ticks.
+#[derive(Debug, Default)]
+pub struct Controller {
+    /// The knobs.
+    pub policy: Policy,
+    tracks: HashMap<String, Track>,
+    short: bool,
+}
+
+fn mib_down(b: u64) -> u64 {
+    b / MIB * MIB
+}
+
+impl Controller {
+    /// A controller with `policy`.
+    pub fn new(policy: Policy) -> Self {
+        Controller {
+            policy,
+            tracks: HashMap::new(),
+            short: false,
+        }
+    }
+
+    /// Whether the controller currently counts `guest` as unresponsive.
+    pub fn is_unresponsive(&self, guest: &str) -> bool {
+        self.tracks.get(guest).is_some_and(|t| t.unresponsive)
+    }
+
+    /// Decides the targets for one sample. Targets are whole MiB.
+    pub fn decide(&mut self, s: &Sample) -> Vec<Decision> {
+        let p = self.policy.clone();
+        let mut out = Vec::new();
+        self.tracks
+            .retain(|name, _| s.guests.iter().any(|g| &g.name == name));
+        // 1. Responsiveness and freshness.
+        for g in &s.guests {
+            let tr = self.tracks.entry(g.name.clone()).or_insert(Track {
+                actual: g.actual,
+                since: s.t,
+                ..Track::default()
+            });
+            if g.actual != tr.actual || g.actual == g.target {
+                tr.actual = g.actual;
+                tr.since = s.t;
+                if tr.unresponsive {
+                    tr.unresponsive = false;
+                    out.push(Decision::Note {
+                        guest: g.name.clone(),
+                        reason: "balloon moves again; counted on again".into(),
+                    });
+                }
+            } else if !tr.unresponsive && s.t - tr.since >= p.unresponsive_after {
+                tr.unresponsive = true;
+                out.push(Decision::Note {
+                    guest: g.name.clone(),
+                    reason: format!(
+                        "unresponsive: balloon stuck at {} MiB for {:.0} s (target {} MiB); not counting on it",
+                        g.actual / MIB,
+                        s.t - tr.since,
+                        g.target / MIB
+                    ),
+                });
+            }
+            let stale = g.stats_age.is_none_or(|a| a > p.stale_after);
+            if stale != tr.stale {
+                tr.stale = stale;
+                out.push(Decision::Note {
+                    guest: g.name.clone(),
+                    reason: if stale {
+                        "no fresh statistics: its free memory is unknown, not taking from it".into()
+                    } else {
+                        "statistics fresh again".into()
+                    },
+                });
+            }
+        }
+        let usable = |g: &GuestSample, tracks: &HashMap<String, Track>| {
+            tracks
+                .get(&g.name)
+                .is_some_and(|t| !t.unresponsive && !t.stale)
+        };
+        let avail = s.host.mem_available;
+        let psi_pressure =
+            matches!((s.host.psi_some_avg10, p.psi_limit), (Some(v), Some(l)) if v > l);
+        let aim = p.min_host_free + p.release_margin / 2;
+        if avail < p.min_host_free || psi_pressure {
+            // 2. Take.
+            let owed: u64 = s
+                .guests
+                .iter()
+                .filter(|g| usable(g, &self.tracks))
+                .map(|g| g.target.saturating_sub(g.actual))
+                .sum();
+            let mut deficit =
+                if avail < aim { aim - avail } else { p.max_step }.saturating_sub(owed);
+            let why = if avail < p.min_host_free {
+                format!(
+                    "host MemAvailable {} MiB below the {} MiB floor",
+                    avail / MIB,
+                    p.min_host_free / MIB
+                )
+            } else {
+                format!(
+                    "host memory pressure: PSI some avg10 {:.1}% above {:.1}%",
+                    s.host.psi_some_avg10.unwrap_or(0.0),
+                    p.psi_limit.unwrap_or(0.0)
+                )
+            };
+            let mut order: Vec<&GuestSample> = s
+                .guests
+                .iter()
+                .filter(|g| usable(g, &self.tracks))
+                .collect();
+            order.sort_by_key(|g| std::cmp::Reverse(g.free.unwrap_or(0)));
+            for g in order {
+                if deficit == 0 {
+                    break;
+                }
+                let free = g.free.unwrap_or(0);
+                let spare_free = free.saturating_sub(p.headroom);
+                let above_floor = g
+                    .configured
+                    .saturating_sub(g.target)
+                    .saturating_sub(p.guest_floor);
+                let take = mib_down(
+                    spare_free
+                        .min(above_floor)
+                        .min(p.max_step)
+                        .min(deficit.next_multiple_of(MIB)),
+                );
+                if take == 0 {
+                    continue;
+                }
+                deficit = deficit.saturating_sub(take);
+                out.push(Decision::SetTarget {
+                    guest: g.name.clone(),
+                    from: g.target,
+                    to: g.target + take,
+                    reason: format!(
+                        "{why}; it has {} MiB free, the most of the guests left",
+                        free / MIB
+                    ),
+                });
+            }
+            // Said once when it starts, not every tick.
+            if deficit > 0 && !self.short {
+                out.push(Decision::Note {
+                    guest: "*".into(),
+                    reason: format!(
+                        "{} MiB still missing: every guest is at its floor, headroom or unresponsive",
+                        deficit.div_ceil(MIB)
+                    ),
+                });
+            }
+            self.short = deficit > 0;
+        } else if avail > p.min_host_free + p.release_margin {
+            self.short = false;
+            // 3. Give back.
+            let mut surplus = avail - aim;
+            let mut order: Vec<&GuestSample> = s.guests.iter().filter(|g| g.target > 0).collect();
+            order.sort_by_key(|g| g.free.unwrap_or(0));
+            for g in order {
+                if surplus < MIB {
+                    break;
+                }
+                let give = mib_down(g.target.min(p.max_step).min(surplus));
+                if give == 0 {
+                    continue;
+                }
+                surplus -= give;
+                out.push(Decision::SetTarget {
+                    guest: g.name.clone(),
+                    from: g.target,
+                    to: g.target - give,
+                    reason: format!(
+                        "host MemAvailable {} MiB is above {} MiB; it has {} MiB free, the least of the guests",
+                        avail / MIB,
+                        (p.min_host_free + p.release_margin) / MIB,
+                        g.free.unwrap_or(0) / MIB
+                    ),
+                });
+            }
+        } else {
+            // 4. Hold.
+            self.short = false;
+        }
+        out
+    }
+}
+
+/// Reads `/proc/pressure/memory` `some avg10`.
+pub fn read_psi() -> Option<f64> {
+    let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
+    parse_psi(&text)
+}
+
+/// Parses the `some avg10=` field of a PSI file.
+pub fn parse_psi(text: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.starts_with("some "))?
+        .split_whitespace()
+        .find_map(|f| f.strip_prefix("avg10="))?
+        .parse()
+        .ok()
+}
+
+/// Samples one guest through its API socket: `None` when it has no balloon.
+pub fn sample_guest(
+    sock: &std::path::Path,
+    configured: u64,
+    now: std::time::SystemTime,
+) -> Result<Option<GuestSample>, String> {
+    use crate::api::client::request_with_timeout;
+    let timeout = std::time::Duration::from_secs(3);
+    let (status, body) =
+        request_with_timeout(sock, "GET", "/balloon", None, timeout).map_err(|e| e.to_string())?;
+    if status == 400 && body.contains("no balloon") {
+        return Ok(None);
+    }
+    if status != 200 {
+        return Err(format!("GET /balloon answered {status}: {body}"));
+    }
+    let b: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
+    let target = b["target_pages"].as_u64().unwrap_or(0) * 4096;
+    let actual = b["actual_pages"].as_u64().unwrap_or(0) * 4096;
+    let (mut free, mut stats_age) = (None, None);
+    if let Ok((200, body)) = request_with_timeout(sock, "GET", "/balloon/statistics", None, timeout)
+    {
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+        free = v["available_memory"]
+            .as_u64()
+            .or_else(|| v["free_memory"].as_u64());
+        if let Some(secs) = v["received_at"]["secs_since_epoch"].as_u64() {
+            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+            stats_age = Some(
+                now.duration_since(at)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+        }
+    }
+    Ok(Some(GuestSample {
+        name: sock.display().to_string(),
+        configured,
+        target,
+        actual,
+        free,
+        stats_age,
+    }))
+}
+
+/// Samples the host and every live registered VM with a balloon; notes for the ones skipped.
+pub fn sample(dir: &crate::registry::RuntimeDir, t: f64) -> (Sample, Vec<String>) {
+    let mut notes = Vec::new();
+    let host = crate::overcommit::HostMemory::read().unwrap_or_default();
+    let mut guests = Vec::new();
+    let now = std::time::SystemTime::now();
+    match dir.entries() {
+        Ok(entries) => {
+            for e in entries {
+                let Some(r) = e.record else { continue };
+                if e.state != crate::registry::EntryState::Live {
+                    continue;
+                }
+                match sample_guest(&r.api_sock, r.configured_bytes, now) {
+                    Ok(Some(g)) => guests.push(g),
+                    Ok(None) => {}
+                    Err(why) => notes.push(format!("{}: skipped: {why}", r.api_sock.display())),
+                }
+            }
+        }
+        Err(e) => notes.push(e.to_string()),
+    }
+    (
+        Sample {
+            t,
+            host: HostSample {
+                mem_available: host.mem_available,
+                mem_total: host.mem_total,
+                psi_some_avg10: read_psi(),
+            },
+            guests,
+        },
+        notes,
+    )
+}
+
+/// Applies a decision through the guest's API.
+pub fn apply(d: &Decision) -> Result<(), String> {
+    let Decision::SetTarget { guest, to, .. } = d else {
+        return Ok(());
+    };
+    let body = format!("{{\"amount_mib\": {}}}", to / MIB);
+    let (status, text) = crate::api::client::request(
+        std::path::Path::new(guest),
+        "PATCH",
+        "/balloon",
+        Some(&body),
+    )
+    .map_err(|e| e.to_string())?;
+    if status / 100 != 2 {
+        return Err(format!("PATCH /balloon answered {status}: {text}"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const G: u64 = 1 << 30;
+
+    fn guest(name: &str, target: u64, actual: u64, free: u64) -> GuestSample {
+        GuestSample {
+            name: name.into(),
+            configured: 4 * G,
+            target,
+            actual,
+            free: Some(free),
+            stats_age: Some(1.0),
+        }
+    }
+
+    fn sample(t: f64, avail: u64, guests: Vec<GuestSample>) -> Sample {
+        Sample {
+            t,
+            host: HostSample {
+                mem_available: avail,
+                mem_total: 24 * G,
+                psi_some_avg10: Some(0.0),
+            },
+            guests,
+        }
+    }
+
+    fn targets(d: &[Decision]) -> Vec<(String, u64)> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::SetTarget { guest, to, .. } => Some((guest.clone(), *to / MIB)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn takes_from_the_guest_with_most_free_first_in_steps() {
+        let mut c = Controller::new(Policy::default());
+        // 1.5 GiB available, floor 2 GiB, aim 2.5 GiB: 1 GiB missing.
+        let d = c.decide(&sample(
+            0.0,
+            3 * G / 2,
+            vec![
+                guest("a", 0, 0, G),
+                guest("b", 0, 0, 3 * G),
+                guest("c", 0, 0, 2 * G),
+            ],
+        ));
+        // 256 MiB steps: b, c, a, then ... only 3 guests: 768 MiB this tick.
+        assert_eq!(
+            targets(&d),
+            vec![("b".into(), 256), ("c".into(), 256), ("a".into(), 256)]
+        );
+        assert!(d
+            .iter()
+            .any(|d| matches!(d, Decision::Note { guest, .. } if guest == "*")));
+        assert!(
+            d[0].to_string().contains("below the 2048 MiB floor"),
+            "{}",
+            d[0]
+        );
+    }
+
+    #[test]
+    fn counts_what_guests_still_owe_and_holds_in_the_band() {
+        let mut c = Controller::new(Policy::default());
+        // 1 GiB missing, 1 GiB already owed by b (target 1 GiB, actual 0): nothing new.
+        let d = c.decide(&sample(
+            0.0,
+            3 * G / 2,
+            vec![guest("a", 0, 0, G), guest("b", G, 0, 3 * G)],
+        ));
+        assert_eq!(targets(&d), vec![]);
+        // In the band (floor 2 GiB .. 3 GiB): hold.
+        let d = c.decide(&sample(1.0, 5 * G / 2, vec![guest("a", G, G, G)]));
+        assert!(d.is_empty(), "{d:?}");
+    }
+
+    #[test]
+    fn never_below_floor_or_into_headroom() {
+        let p = Policy::default();
+        let mut c = Controller::new(p.clone());
+        let mut g = guest("a", 0, 0, 100 * MIB);
+        let d = c.decide(&sample(0.0, G, vec![g.clone()]));
+        // 100 MiB free - 64 MiB headroom = 36 MiB.
+        assert_eq!(targets(&d), vec![("a".into(), 36)]);
+        // A guest with lots free but little RAM above its floor.
+        g.configured = p.guest_floor + 10 * MIB;
+        g.free = Some(G);
+        let d = c.decide(&sample(1.0, G, vec![g]));
+        assert_eq!(targets(&d), vec![("a".into(), 10)]);
+    }
+
+    #[test]
+    fn gives_back_to_the_neediest_first() {
+        let mut c = Controller::new(Policy::default());
+        // 4 GiB available: above floor + margin (3 GiB); surplus over aim 2.5 GiB = 1.5 GiB.
+        let d = c.decide(&sample(
+            0.0,
+            4 * G,
+            vec![guest("rich", G, G, 2 * G), guest("poor", G, G, 100 * MIB)],
+        ));
+        assert_eq!(
+            targets(&d),
+            vec![("poor".into(), 768), ("rich".into(), 768)]
+        );
+    }
+
+    #[test]
+    fn stuck_balloon_makes_a_guest_unresponsive_until_it_moves() {
+        let mut c = Controller::new(Policy::default());
+        let stuck = |t| {
+            sample(
+                t,
+                3 * G / 2,
+                vec![guest("a", G, 0, 3 * G), guest("b", 0, 0, G)],
+            )
+        };
+        // At first a's 1 GiB owed covers the deficit.
+        assert_eq!(targets(&c.decide(&stuck(0.0))), vec![]);
+        assert_eq!(targets(&c.decide(&stuck(10.0))), vec![]);
+        // After 15 s without movement a no longer counts: b is asked instead.
+        let d = c.decide(&stuck(16.0));
+        assert!(c.is_unresponsive("a"));
+        assert!(
+            d.iter().any(|d| d.to_string().contains("unresponsive")),
+            "{d:?}"
+        );
+        assert_eq!(targets(&d), vec![("b".into(), 256)]);
+        // It moves: counted on again.
+        let d = c.decide(&sample(
+            17.0,
+            3 * G / 2,
+            vec![guest("a", G, 512 * MIB, 3 * G)],
+        ));
+        assert!(!c.is_unresponsive("a"));
+        assert!(d.iter().any(|d| d.to_string().contains("moves again")));
+    }
+
+    #[test]
+    fn stale_statistics_and_psi() {
+        let mut c = Controller::new(Policy::default());
+        let mut g = guest("a", 0, 0, 2 * G);
+        g.stats_age = Some(60.0);
+        let d = c.decide(&sample(0.0, G, vec![g.clone()]));
+        assert_eq!(targets(&d), vec![]);
+        assert!(d[0].to_string().contains("no fresh statistics"));
+        // PSI pressure with plenty available: one step.
+        g.stats_age = Some(1.0);
+        let mut s = sample(1.0, 5 * G / 2, vec![g]);
+        s.host.psi_some_avg10 = Some(25.0);
+        let d = c.decide(&s);
+        assert_eq!(targets(&d), vec![("a".into(), 256)]);
+        assert!(d.iter().any(|d| d.to_string().contains("PSI")));
+    }
+
+    #[test]
+    fn psi_file_parses() {
+        let t = "some avg10=1.50 avg60=0.20 avg300=0.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
+        assert_eq!(parse_psi(t), Some(1.5));
+        assert_eq!(parse_psi("garbage"), None);
+    }
+}
