@@ -70,7 +70,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         stale_after: (a.interval * 5.0).max(10.0),
         unresponsive_after: a.unresponsive_after,
     };
-    if !(a.interval > 0.0) {
+    if a.interval.is_nan() || a.interval <= 0.0 {
         return Err("--interval must be more than 0 seconds".into());
     }
     let mut record = match &a.record {
