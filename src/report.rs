@@ -26,6 +26,13 @@ pub enum Outcome {
     },
     /// Stopped by Ctrl-C or a stop request.
     Interrupted,
+    /// The page server of a userfaultfd region died (an external handler that hung up, or
+    /// the internal handler thread stopped on an error); the guest was stopped since nobody
+    /// could serve its missing pages any more.
+    PagerDied {
+        /// The uffd regions without a page server.
+        regions: Vec<usize>,
+    },
     /// Stopped by `--timeout`.
     TimedOut {
         /// Seconds run.
@@ -398,6 +405,10 @@ impl RunReport {
             Outcome::TimedOut { after_s } => {
                 writeln!(s, "outcome: FAILED: timed out after {after_s:.1} s")
             }
+            Outcome::PagerDied { regions } => writeln!(
+                s,
+                "outcome: FAILED: the userfaultfd page server of region(s) {regions:?} died (external handler gone or handler error); the guest was stopped"
+            ),
         };
         s
     }

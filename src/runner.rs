@@ -248,6 +248,24 @@ impl Vmm {
                         after_s: started.elapsed().as_secs_f64(),
                     });
                     stop_all(&mut self.handles);
+                } else {
+                    let dead = self.ram.dead_pagers();
+                    if !dead.is_empty() {
+                        log::error!(
+                            "the page server of uffd region(s) {dead:?} died; stopping the guest"
+                        );
+                        // Ask every vCPU to stop first, then wake the ones blocked on faults
+                        // nobody will serve (they see zero pages for the instant before they
+                        // stop; the guest never runs again).
+                        for h in &self.handles {
+                            let _ = h.request(vcpu::RunState::Stopped, Duration::ZERO);
+                        }
+                        for &i in &dead {
+                            self.ram.release_faulters(i);
+                        }
+                        outcome = Some(Outcome::PagerDied { regions: dead });
+                        stop_all(&mut self.handles);
+                    }
                 }
             }
             while let Ok((cmd, reply)) = self.commands.try_recv() {

@@ -423,12 +423,23 @@ impl GuestRam {
             .collect()
     }
 
-    /// Whether every uffd region still has a live page server.
-    pub fn pagers_healthy(&self) -> bool {
+    /// Indices of the uffd regions whose page server died (an external handler that hung up,
+    /// an internal handler thread that stopped on an error).
+    pub fn dead_pagers(&self) -> Vec<usize> {
         self.regions
             .iter()
-            .filter_map(|r| r.pager.as_ref())
-            .all(|p| p.healthy())
+            .filter(|r| r.pager.as_ref().is_some_and(|p| !p.healthy()))
+            .map(|r| r.index)
+            .collect()
+    }
+
+    /// Wakes threads blocked on faults in region `index` that its dead pager will never
+    /// serve (the region is unregistered from userfaultfd, so missing pages become zero
+    /// pages). Only for a guest that is being stopped.
+    pub fn release_faulters(&self, index: usize) {
+        if let Some(p) = self.regions.get(index).and_then(|r| r.pager.as_ref()) {
+            p.release_faulters();
+        }
     }
 }
 

@@ -83,6 +83,15 @@ impl Pager {
         }
     }
 
+    /// Wakes vCPU threads blocked on faults a dead pager will never serve, by unregistering the
+    /// region (missing pages then become zero pages): only for a guest being stopped.
+    pub fn release_faulters(&self) {
+        match self {
+            Pager::Internal(h) => h.release_faulters(),
+            Pager::External(h) => h.release_faulters(),
+        }
+    }
+
     /// Whether pages can still be served (an external handler that died cannot).
     pub fn healthy(&self) -> bool {
         match self {

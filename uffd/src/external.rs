@@ -103,6 +103,25 @@ impl ExternalHandler {
         &self.regions
     }
 
+    /// Unregisters every region from the VMM's copy of the userfaultfd, which wakes threads
+    /// blocked on a fault no handler will serve (e.g. after [`ExternalHandler::peer_alive`]
+    /// turned false). Missing pages are then filled by the kernel as ordinary zero pages, not
+    /// by the handler: call it only for a guest that is being stopped.
+    pub fn release_faulters(&self) {
+        for r in &self.regions {
+            if let Err(e) = self
+                .uffd
+                .unregister(r.host_addr as *mut libc::c_void, r.len)
+            {
+                log::warn!(
+                    "uffd: unregistering [{:#x}, +{:#x}): {e}",
+                    r.host_addr,
+                    r.len
+                );
+            }
+        }
+    }
+
     /// Closes the VMM's copies of the descriptor and the socket (same as dropping).
     pub fn close(self) {}
 }

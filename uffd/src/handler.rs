@@ -44,6 +44,23 @@ impl UffdHandler {
         self.thread.as_ref().is_some_and(|t| !t.is_finished())
     }
 
+    /// Unregisters the regions, which wakes threads blocked on a fault this handler can no
+    /// longer serve (after a fatal error, [`UffdHandler::is_running`] false). Missing pages
+    /// are then ordinary zero pages: call it only for a guest that is being stopped.
+    pub fn release_faulters(&self) {
+        if let Some(uffd) = &self.uffd {
+            for r in &self.regions {
+                if let Err(e) = uffd.unregister(r.host_addr as *mut libc::c_void, r.len) {
+                    log::warn!(
+                        "uffd: unregistering [{:#x}, +{:#x}): {e}",
+                        r.host_addr,
+                        r.len
+                    );
+                }
+            }
+        }
+    }
+
     /// Stops and joins the handler thread, unregisters the regions, closes the userfaultfd and
     /// returns the final counters, or the error that stopped the thread.
     ///
