@@ -9,8 +9,11 @@
 //! runtime directory (see [`crate::registry`]) asked for its [`VmMemory`] over its API socket,
 //! stale entries listed and skipped, against `/proc/meminfo`:
 //! - **overcommit ratio** = sum of configured guest RAM / `MemTotal`;
-//! - **density** = sum of configured guest RAM / sum of host memory the guests use, where a
-//!   guest *uses* its resident bytes minus what KSM saves inside it ([`VmMemory::used_bytes`]).
+//! - **density** = sum of configured guest RAM / host memory the guests use: their resident
+//!   bytes minus what KSM saves ([`HostReport::ksm_saved_bytes`]: the kernel's host-wide
+//!   `pages_sharing`, capped by the pages the VMs merged, so exact when only memvisor VMs use
+//!   KSM). Per VM, *used* is resident minus what KSM saves inside that VM alone
+//!   ([`VmMemory::used_bytes`]).
 //!
 //! KSM savings of one VM are counted from its own page map: pages merged by KSM
 //! (`ksm_merging_pages` of `/proc/PID/ksm_stat`, the kernel's figure) minus the distinct KSM
@@ -348,11 +351,12 @@ pub struct HostReport {
     pub configured_bytes: u64,
     /// Resident guest RAM of those VMs.
     pub resident_bytes: u64,
-    /// Host memory those VMs use (resident minus KSM savings).
+    /// Host memory those VMs use: resident minus KSM savings.
     pub used_bytes: u64,
     /// Bytes in their balloons.
     pub ballooned_bytes: u64,
-    /// KSM savings inside them.
+    /// KSM savings of the fleet: the kernel's `pages_sharing` capped by the pages the VMs
+    /// merged (exact when only memvisor VMs use KSM), at least the savings inside each VM.
     pub ksm_saved_bytes: u64,
     /// configured / MemTotal.
     pub overcommit_ratio: Option<f64>,
@@ -371,16 +375,26 @@ impl HostReport {
     ) -> HostReport {
         let live: Vec<&VmMemory> = vms.iter().filter_map(|v| v.memory.as_ref()).collect();
         let configured: u64 = live.iter().map(|m| m.configured_bytes).sum();
-        let used: u64 = live.iter().map(|m| m.used_bytes).sum();
+        let resident: u64 = live.iter().map(|m| m.resident_bytes).sum();
+        // KSM across VMs: the kernel's host-wide `pages_sharing` (pages saved), capped by the
+        // pages the VMs have merged; at least what each VM saves inside itself.
+        let within: u64 = live.iter().map(|m| m.ksm.saved_bytes).sum();
+        let merged: u64 = live.iter().map(|m| m.ksm.merging_pages).sum();
+        let saved = ksm
+            .as_ref()
+            .map(|k| k.pages_sharing.min(merged) * PAGE)
+            .unwrap_or(0)
+            .max(within);
+        let used = resident.saturating_sub(saved);
         HostReport {
             runtime_dir,
             live_vms: live.len(),
             skipped_vms: vms.len() - live.len(),
             configured_bytes: configured,
-            resident_bytes: live.iter().map(|m| m.resident_bytes).sum(),
+            resident_bytes: resident,
             used_bytes: used,
             ballooned_bytes: live.iter().map(|m| m.ballooned_bytes).sum(),
-            ksm_saved_bytes: live.iter().map(|m| m.ksm.saved_bytes).sum(),
+            ksm_saved_bytes: saved,
             overcommit_ratio: ratio(configured, host.mem_total),
             density: ratio(configured, used),
             host,
@@ -392,26 +406,39 @@ impl HostReport {
 
     /// Reads the runtime directory and asks every live VM for its figures over its API socket.
     pub fn collect(dir: &RuntimeDir) -> Result<HostReport, crate::registry::RegistryError> {
-        let mut vms = Vec::new();
-        for e in dir.entries()? {
-            let (pid, api_sock) = match &e.record {
-                Some(r) => (r.pid, r.api_sock.clone()),
-                None => (0, e.file.clone()),
-            };
-            let (memory, skipped) = match &e.state {
-                EntryState::Stale { reason } => (None, Some(format!("stale: {reason}"))),
-                EntryState::Live => match fetch(&api_sock) {
-                    Ok(m) => (Some(m), None),
-                    Err(why) => (None, Some(why)),
-                },
-            };
-            vms.push(VmEntry {
-                pid,
-                api_sock,
-                memory,
-                skipped,
-            });
-        }
+        let entries = dir.entries()?;
+        // Asked in parallel: each VM walks its page map to answer.
+        let vms = std::thread::scope(|scope| {
+            let asks: Vec<_> = entries
+                .iter()
+                .map(|e| {
+                    scope.spawn(move || {
+                        let (pid, api_sock) = match &e.record {
+                            Some(r) => (r.pid, r.api_sock.clone()),
+                            None => (0, e.file.clone()),
+                        };
+                        let (memory, skipped) = match &e.state {
+                            EntryState::Stale { reason } => {
+                                (None, Some(format!("stale: {reason}")))
+                            }
+                            EntryState::Live => match fetch(&api_sock) {
+                                Ok(m) => (Some(m), None),
+                                Err(why) => (None, Some(why)),
+                            },
+                        };
+                        VmEntry {
+                            pid,
+                            api_sock,
+                            memory,
+                            skipped,
+                        }
+                    })
+                })
+                .collect();
+            asks.into_iter()
+                .map(|h| h.join().expect("report thread"))
+                .collect::<Vec<_>>()
+        });
         Ok(HostReport::build(
             dir.path().to_path_buf(),
             HostMemory::read().unwrap_or_default(),
@@ -516,7 +543,7 @@ fn fetch(sock: &std::path::Path) -> Result<VmMemory, String> {
         "GET",
         "/memory/report",
         None,
-        std::time::Duration::from_secs(5),
+        std::time::Duration::from_secs(15),
     )
     .map_err(|e| format!("no answer: {e}"))?;
     if status != 200 {
@@ -601,6 +628,53 @@ mod tests {
         assert!(t.contains("overcommit ratio 0.50x"), "{t}");
         assert!(t.contains("density 4.00x"), "{t}");
         assert!(t.contains("skipped: stale: process 3 is gone"), "{t}");
+    }
+
+    #[test]
+    fn sharing_across_vms_counts_the_kernels_pages_sharing_capped_by_the_vms() {
+        let g = 1u64 << 30;
+        let mut a = vm(g, g / 2, 0);
+        a.ksm.merging_pages = 1000;
+        let mut b = vm(g, g / 2, 0);
+        b.ksm.merging_pages = 1000;
+        let entry = |m| VmEntry {
+            pid: 1,
+            api_sock: "/a".into(),
+            memory: Some(m),
+            skipped: None,
+        };
+        let host = HostMemory {
+            mem_total: 16 * g,
+            ..HostMemory::default()
+        };
+        // The two VMs share 1000 frames: the kernel counts 1000 pages sharing.
+        let k = ksm::KsmCounters {
+            pages_shared: 1000,
+            pages_sharing: 1000,
+            ..Default::default()
+        };
+        let r = HostReport::build(
+            "/x".into(),
+            host.clone(),
+            None,
+            Some(k.clone()),
+            vec![entry(a.clone()), entry(b.clone())],
+        );
+        assert_eq!(r.ksm_saved_bytes, 1000 * PAGE);
+        assert_eq!(r.used_bytes, g - 1000 * PAGE);
+        // Someone else's sharing on the host cannot be claimed beyond what the VMs merged.
+        let busy = ksm::KsmCounters {
+            pages_sharing: 1_000_000,
+            ..k
+        };
+        let r = HostReport::build(
+            "/x".into(),
+            host,
+            None,
+            Some(busy),
+            vec![entry(a), entry(b)],
+        );
+        assert_eq!(r.ksm_saved_bytes, 2000 * PAGE);
     }
 
     #[test]
