@@ -111,7 +111,7 @@ fn three_vms_one_killed_report_all() {
         "a",
         &[
             &idle[..],
-            &["random:ws=64M,accesses=200000;balloon:seconds=0"],
+            &["random:ws=64M,accesses=200000;balloon:data=64M,seconds=0"],
         ]
         .concat(),
     );
@@ -120,7 +120,11 @@ fn three_vms_one_killed_report_all() {
         "b",
         &[&idle[..], &["balloon:data=256M,seconds=0"]].concat(),
     );
-    let mut c = start(&dir, "c", &[&idle[..], &["balloon:seconds=0"]].concat());
+    let mut c = start(
+        &dir,
+        "c",
+        &[&idle[..], &["balloon:data=16M,seconds=0"]].concat(),
+    );
     wait_until("three registered VMs", Duration::from_secs(30), || {
         report(&dir)["live_vms"] == 3
     });
