@@ -57,8 +57,9 @@ impl MsiSink for KvmIrq {
             data,
             ..Default::default()
         };
-        // Returns the number of CPUs the interrupt reached (0 when the guest masked it in its
-        // local APIC); both are a delivered message as far as the device is concerned.
+        // Returns the number of CPUs that accepted the interrupt (0 when their local APIC is
+        // software-disabled): a delivered message as far as the device is concerned. No vCPU
+        // with the destination APIC id gives EPERM, which the MSI-X table counts as failed.
         self.vm.signal_msi(msi).map(|_| ()).map_err(kvm_err)
     }
 }

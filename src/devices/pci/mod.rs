@@ -35,8 +35,8 @@
 //!
 //! # What the Linux VM wiring must provide
 //! - **MSI**: `virtio_pci` uses MSI-X first (a vector per queue, else one shared vector). The
-//!   VM needs the in-kernel irqchip (`KVM_CREATE_IRQCHIP`) so that `KVM_SIGNAL_MSI` reaches a
-//!   local APIC; build [`KvmIrq::new`] after creating it and hand it as the [`MsiSink`]. The
+//!   VM needs the in-kernel irqchip (`KVM_CREATE_IRQCHIP`, before the vCPUs are created) so
+//!   that `KVM_SIGNAL_MSI` reaches a local APIC; hand [`KvmIrq::new`] as the [`MsiSink`]. The
 //!   guest must see its local APICs (MP table or MADT) — x86 MSI messages are a write of
 //!   `vector | delivery mode` to `0xFEE0_0000 | APIC id << 12`.
 //! - **INTx** (only if the guest has no MSI, e.g. `pci=nomsi`): the MP table must name a PCI
