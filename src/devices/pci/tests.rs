@@ -145,6 +145,9 @@ fn config_address_is_a_dword_register_with_bits_1_0_zero() {
     );
     let mut x = [0u8; 4];
     assert!(!b.pio_read(0xCF7, &mut x) && !b.pio_read(0xD00, &mut x[..1]));
+    // Then Linux's pci_sanity_check (no DMI year): a word read of PCI_CLASS_DEVICE (0x0A) at
+    // 00:00.0 must be PCI_CLASS_BRIDGE_HOST for conf1 to be used.
+    assert_eq!(cfg_read(&b, 0, 0x0A, 2), 0x0600);
 }
 
 #[test]
