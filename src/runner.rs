@@ -5,7 +5,7 @@
 use crate::api::ApiServer;
 use crate::boot;
 use crate::config::{ConfigError, VmConfig};
-use crate::devices::balloon::BalloonDevice;
+use crate::devices::balloon::{BalloonDevice, BalloonHandle};
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
 use crate::vmm_api::{CommandMsg, VmCommand, VmmApi};
@@ -84,7 +84,7 @@ pub struct Vmm {
     handles: Vec<VcpuHandle>,
     vm: Vm,
     ram: Arc<GuestRam>,
-    balloon: Option<Arc<MmioTransport<BalloonDevice>>>,
+    balloon: Option<BalloonHandle>,
     stats_timer: Option<StatsTimer>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
@@ -114,19 +114,20 @@ impl Vmm {
         } else {
             0
         };
-        let balloon = config.balloon.clone().map(|opts| {
+        let balloon_mmio = config.balloon.clone().map(|opts| {
             Arc::new(MmioTransport::new(
                 BALLOON_MMIO_GPA,
                 BalloonDevice::new(opts, ram.clone()),
             ))
         });
+        let balloon = balloon_mmio.clone().map(BalloonHandle::Mmio);
         let balloon_gpa = if balloon.is_some() {
             BALLOON_MMIO_GPA
         } else {
             0
         };
         let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
-        let bus: Arc<dyn Bus> = Arc::new(VmBus::new(ram.clone(), balloon.clone()));
+        let bus: Arc<dyn Bus> = Arc::new(VmBus::new(ram.clone(), balloon_mmio));
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
         for id in 0..config.vcpus {
@@ -196,7 +197,7 @@ impl Vmm {
     }
 
     /// The balloon device, if configured.
-    pub fn balloon(&self) -> Option<&Arc<MmioTransport<BalloonDevice>>> {
+    pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.balloon.as_ref()
     }
 
@@ -411,7 +412,7 @@ struct StatsTimer {
 }
 
 impl StatsTimer {
-    fn start(dev: Arc<MmioTransport<BalloonDevice>>, ram: Arc<GuestRam>) -> StatsTimer {
+    fn start(dev: BalloonHandle, ram: Arc<GuestRam>) -> StatsTimer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
@@ -425,11 +426,11 @@ impl StatsTimer {
                         continue;
                     }
                     last = Instant::now();
-                    dev.with_device_mem(|d| match d.model.trigger_stats_update(ram.memory()) {
-                        Ok(returned) => ((), returned),
+                    dev.with_device_used(|d| match d.model.trigger_stats_update(ram.memory()) {
+                        Ok(returned) => ((), d.model.queue_layout().stats.filter(|_| returned)),
                         Err(e) => {
                             log::warn!("balloon: statistics request failed: {e}");
-                            ((), false)
+                            ((), None)
                         }
                     });
                 }

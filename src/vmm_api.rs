@@ -6,8 +6,7 @@ use crate::api::{
     ActionType, ApiHandler, ApiRequest, ApiResponse, VmState, PROMETHEUS_CONTENT_TYPE,
 };
 use crate::config::VmConfig;
-use crate::devices::balloon::BalloonDevice;
-use crate::devices::virtio_mmio::MmioTransport;
+use crate::devices::balloon::BalloonHandle;
 use crate::memory::{GuestRam, PagerReport};
 use crate::vcpu::{RunState, VcpuStatus};
 use serde_json::json;
@@ -37,7 +36,7 @@ pub struct VmmApi {
     /// Guest memory.
     pub ram: Arc<GuestRam>,
     /// The balloon, if configured.
-    pub balloon: Option<Arc<MmioTransport<BalloonDevice>>>,
+    pub balloon: Option<BalloonHandle>,
     /// vCPU states and counters.
     pub vcpus: Vec<VcpuStatus>,
     /// Channel to the event loop.
@@ -78,7 +77,7 @@ impl VmmApi {
         }
     }
 
-    fn balloon_json(&self, b: &MmioTransport<BalloonDevice>) -> serde_json::Value {
+    fn balloon_json(&self, b: &BalloonHandle) -> serde_json::Value {
         b.with_device(|d| {
             let m = &d.model;
             let o = m.options();

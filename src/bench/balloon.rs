@@ -158,9 +158,9 @@ pub fn run(
     let mut raw = Vec::new();
     for _ in 0..opts.reps.max(1) {
         let before = resident();
-        let released = |dev: &crate::devices::virtio_mmio::MmioTransport<
-            crate::devices::balloon::BalloonDevice,
-        >| { dev.with_device(|d| (d.released_bytes(), false)) };
+        let released = |dev: &crate::devices::balloon::BalloonHandle| {
+            dev.with_device(|d| (d.released_bytes(), false))
+        };
         let released_before = released(&dev);
         let t = Instant::now();
         let (status, body) = client::request(

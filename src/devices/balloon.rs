@@ -78,6 +78,9 @@ impl VirtioDevice for BalloonDevice {
     fn queue_max_sizes(&self) -> Vec<u16> {
         self.model.queue_max_sizes()
     }
+    fn config_len(&self) -> u64 {
+        balloon::config::CONFIG_SPACE_SIZE
+    }
     fn read_config(&self, offset: u64, data: &mut [u8]) {
         self.model.read_config(offset, data)
     }
@@ -97,5 +100,43 @@ impl VirtioDevice for BalloonDevice {
     }
     fn needs_reset(&self) -> bool {
         self.model.needs_reset()
+    }
+}
+
+/// The balloon behind whichever transport the VM uses: virtio-mmio for the built-in guest,
+/// virtio-pci for Linux guests. The API and the statistics timer use it the same way.
+#[derive(Clone)]
+pub enum BalloonHandle {
+    /// virtio-mmio.
+    Mmio(Arc<super::virtio_mmio::MmioTransport<BalloonDevice>>),
+    /// virtio-pci.
+    Pci(Arc<super::pci::VirtioPciDevice<BalloonDevice>>),
+}
+
+impl BalloonHandle {
+    /// Runs `f` on the device; when it returns true the configuration changed and the
+    /// transport tells the driver (configuration generation and interrupt).
+    pub fn with_device<R>(&self, f: impl FnOnce(&mut BalloonDevice) -> (R, bool)) -> R {
+        match self {
+            BalloonHandle::Mmio(t) => t.with_device(f),
+            BalloonHandle::Pci(t) => t.with_device(f),
+        }
+    }
+
+    /// Runs `f` on the device; when it returns `Some(queue)` that queue's used ring changed
+    /// and the transport interrupts the driver.
+    pub fn with_device_used<R>(&self, f: impl FnOnce(&mut BalloonDevice) -> (R, Option<u16>)) -> R {
+        match self {
+            BalloonHandle::Mmio(t) => t.with_device_used(f),
+            BalloonHandle::Pci(t) => t.with_device_used(f),
+        }
+    }
+
+    /// Which transport: "virtio-mmio" or "virtio-pci".
+    pub fn transport(&self) -> &'static str {
+        match self {
+            BalloonHandle::Mmio(_) => "virtio-mmio",
+            BalloonHandle::Pci(_) => "virtio-pci",
+        }
     }
 }

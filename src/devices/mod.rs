@@ -1,8 +1,10 @@
 //! Devices and the bus that routes port-I/O and MMIO exits to them.
 
 pub mod balloon;
+pub mod pci;
 pub mod virtio;
 pub mod virtio_mmio;
+pub mod virtio_transport;
 
 /// Where vCPU threads send the port and MMIO accesses the guest makes. Each method returns
 /// whether a device claimed the access; unclaimed reads see all-ones, unclaimed writes are

@@ -13,6 +13,8 @@ pub trait VirtioDevice: Send {
     fn ack_features(&mut self, features: u64);
     /// Maximum size of each queue the device may use.
     fn queue_max_sizes(&self) -> Vec<u16>;
+    /// Size of the device-specific configuration space in bytes (what a transport exposes).
+    fn config_len(&self) -> u64;
     /// Config-space read.
     fn read_config(&self, offset: u64, data: &mut [u8]);
     /// Config-space write.
