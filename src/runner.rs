@@ -35,6 +35,9 @@ pub enum VmmError {
     /// Boot.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// Booting a Linux kernel.
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
     /// The API socket.
     #[error("control API: {0}")]
     Api(crate::api::ApiError),
@@ -86,6 +89,7 @@ pub struct Vmm {
     ram: Arc<GuestRam>,
     balloon: Option<BalloonHandle>,
     stats_timer: Option<StatsTimer>,
+    linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
     commands: mpsc::Receiver<CommandMsg>,
@@ -126,15 +130,34 @@ impl Vmm {
         } else {
             0
         };
-        let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
-        let bus: Arc<dyn Bus> = Arc::new(VmBus::new(ram.clone(), balloon_mmio));
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
-        for id in 0..config.vcpus {
-            let fd = vm.create_vcpu(id)?;
-            boot::setup_vcpu(&fd, id, &layout)?;
-            fds.push(fd);
-        }
+        let (bus, linux): (Arc<dyn Bus>, _) = match &config.linux {
+            None => {
+                let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
+                for id in 0..config.vcpus {
+                    let fd = vm.create_vcpu(id)?;
+                    boot::setup_vcpu(&fd, id, &layout)?;
+                    fds.push(fd);
+                }
+                (
+                    Arc::new(VmBus::new(ram.clone(), balloon_mmio.clone())),
+                    None,
+                )
+            }
+            Some(lc) => {
+                let machine = linux_machine(&vm, &ram, lc, config.vcpus, balloon_mmio.as_ref())?;
+                for id in 0..config.vcpus {
+                    fds.push(machine.create_vcpu(&vm, id)?);
+                }
+                (machine.bus.clone() as Arc<dyn Bus>, Some(machine))
+            }
+        };
+        let kind = if linux.is_some() {
+            vcpu::GuestKind::Linux
+        } else {
+            vcpu::GuestKind::BuiltIn
+        };
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
@@ -146,8 +169,11 @@ impl Vmm {
                 ram.clone(),
                 bus.clone(),
                 tx.clone(),
-                config.pin.get(&id).copied(),
-                opts.sync.clone(),
+                vcpu::SpawnOptions {
+                    pin: config.pin.get(&id).copied(),
+                    sync: opts.sync.clone(),
+                    kind,
+                },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);
@@ -186,6 +212,7 @@ impl Vmm {
             registration,
             balloon,
             stats_timer,
+            linux,
             config: config.clone(),
             ram,
             vm,
@@ -226,6 +253,7 @@ impl Vmm {
         let config = &self.config;
         let started = self.started;
         let mut report = RunReport::new(config, self.vm.host().clone(), &self.ram);
+        report.linux = self.linux.as_ref().map(|m| m.layout.clone());
         report.vcpus = self
             .handles
             .iter()
@@ -243,6 +271,12 @@ impl Vmm {
                     .is_some_and(|f| f.load(Ordering::Relaxed))
                 {
                     outcome = Some(Outcome::Interrupted);
+                    stop_all(&mut self.handles);
+                } else if self.linux.as_ref().is_some_and(|m| m.bus.take_reset()) {
+                    outcome = Some(Outcome::GuestStopped {
+                        vcpu: 0,
+                        reason: "the guest reset the machine through the i8042 (reboot=k)".into(),
+                    });
                     stop_all(&mut self.handles);
                 } else if opts.timeout.is_some_and(|t| started.elapsed() > t) {
                     outcome = Some(Outcome::TimedOut {
@@ -359,6 +393,13 @@ impl Vmm {
                         stop_all(&mut self.handles);
                     }
                 }
+                VcpuEvent::GuestStopped { vcpu, reason } => {
+                    running -= 1;
+                    if outcome.is_none() {
+                        outcome = Some(Outcome::GuestStopped { vcpu, reason });
+                        stop_all(&mut self.handles);
+                    }
+                }
                 VcpuEvent::Stopped { .. } => running -= 1,
             }
         }
@@ -382,6 +423,9 @@ impl Vmm {
         }
         for h in self.handles.iter_mut() {
             h.stop();
+        }
+        if let Some(m) = &self.linux {
+            m.bus.serial().flush();
         }
         report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
         let balloon = self
@@ -449,6 +493,37 @@ impl Drop for StatsTimer {
             let _ = t.join();
         }
     }
+}
+
+/// The irqchip, devices and loaded kernel of a Linux guest. The balloon's virtio-mmio window
+/// is plugged into the bus as it is for the built-in guest; distribution kernels cannot find it
+/// there (they lack `virtio_mmio.device=`), which a virtio-pci transport plugged in as another
+/// bus (claiming 0xCF8-0xCFF, describing its host bridge in `Devices::dsdt_aml` and raising
+/// MSI-X through `irq`) resolves.
+fn linux_machine(
+    vm: &Vm,
+    ram: &Arc<GuestRam>,
+    lc: &crate::linux::LinuxConfig,
+    vcpus: u32,
+    balloon: Option<&Arc<MmioTransport<BalloonDevice>>>,
+) -> Result<crate::linux::LinuxMachine, VmmError> {
+    let irq = crate::linux::irq::IrqChip::create(vm.shared_fd())
+        .map_err(crate::linux::LinuxError::from)?;
+    let mut devices = crate::linux::Devices::default();
+    if let Some(b) = balloon {
+        log::warn!("--balloon with --kernel: the balloon is on virtio-mmio at {BALLOON_MMIO_GPA:#x}, which a distribution kernel cannot discover");
+        devices
+            .buses
+            .push(Arc::new(VmBus::new(ram.clone(), Some(b.clone()))));
+    }
+    Ok(crate::linux::LinuxMachine::setup(
+        ram,
+        lc,
+        vcpus,
+        vm.host().hardware,
+        irq,
+        devices,
+    )?)
 }
 
 fn stop_all(handles: &mut [VcpuHandle]) {

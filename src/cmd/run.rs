@@ -55,6 +55,21 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (the run then counts as failed).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    /// Boot this Linux kernel (bzImage, e.g. a Debian vmlinuz, or ELF vmlinux) instead of the
+    /// built-in guest; `scripts/guest-assets.sh` builds one with an initramfs. The guest runs
+    /// until it reboots or powers off, Ctrl-C, --timeout or `memvisor vm stop`.
+    #[arg(long, value_name = "PATH", conflicts_with = "workload")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel (QEMU: -initrd).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (QEMU: -append). Default: "console=ttyS0
+    /// earlyprintk=serial reboot=k panic=1"; `noxsave` is added on hosts without VMX/SVM.
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    cmdline: Option<String>,
+    /// Write the guest's serial console (ttyS0) to this file instead of stdout.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    console: Option<PathBuf>,
     /// Make the built-in guest triple-fault at entry (tests the failure path).
     #[arg(long, hide = true)]
     triple_fault: bool,
@@ -92,6 +107,14 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
         c.pin = parse_pin(p)?;
     }
     c.triple_fault |= a.triple_fault;
+    if let Some(kernel) = &a.kernel {
+        c.linux = Some(memvisor::linux::LinuxConfig {
+            kernel: kernel.clone(),
+            initrd: a.initrd.clone(),
+            cmdline: a.cmdline.clone(),
+            console: a.console.clone(),
+        });
+    }
     if let Some(b) = &a.balloon {
         c.balloon = Some(memvisor::config::parse_balloon(b)?);
     }
