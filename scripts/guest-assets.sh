@@ -3,8 +3,12 @@
 # only: the cloud kernel image (linux-image-<abi>-cloud-amd64-unsigned) and busybox-static are
 # fetched with `apt-get download` (never installed), unpacked with `dpkg-deb -x`, and turned into
 #   vmlinuz            the distribution's bzImage, unchanged
+#   vmlinux            the same kernel as an ELF, decompressed here from the bzImage's payload:
+#                      where KVM emulates guest ring-0 code (no VMX/SVM) the bzImage's own
+#                      decompressor takes minutes, the ELF starts at once
 #   initramfs.cpio.gz  busybox, the modules virtio_balloon needs (those not built in) and /init
-# in ${MEMVISOR_ASSETS:-/var/cache/memvisor/guest-assets}/<kernel-version>/. A second run finds the
+# in ${MEMVISOR_ASSETS:-/var/cache/memvisor/guest-assets}/<kernel-version>/ (~/.cache/memvisor/...
+# when /var/cache is not writable). A second run finds the
 # cache and only prints the paths. Prints what it downloads and installs.
 #
 # Usage: scripts/guest-assets.sh [--print-dir]
@@ -14,6 +18,8 @@
 # The /init (busybox sh) mounts proc/sys/dev, loads the modules, prints /proc/meminfo and reads
 # these kernel command-line options:
 #   memvisor.fill=SIZE      fill SIZE (e.g. 256M) of memory (a tmpfs file) after boot
+#   memvisor.release=1      free that memory again at once (the guest has touched it, so the
+#                           host backs it, and it is free for a balloon to take)
 #   memvisor.report=SECS    print MemTotal/MemFree every SECS seconds (default 0: once, then idle)
 #   memvisor.exit=1         reboot (memvisor stops cleanly) once done instead of idling
 set -euo pipefail
@@ -22,7 +28,13 @@ print_dir=0
 [[ "${1:-}" == "--print-dir" ]] && print_dir=1
 say() { if ((print_dir)); then echo "$*" >&2; else echo "$*"; fi; }
 
-root=${MEMVISOR_ASSETS:-/var/cache/memvisor/guest-assets}
+default_root=/var/cache/memvisor/guest-assets
+if ! mkdir -p "$default_root" 2>/dev/null || [[ ! -w "$default_root" ]]; then
+  default_root=${XDG_CACHE_HOME:-$HOME/.cache}/memvisor/guest-assets
+fi
+root=${MEMVISOR_ASSETS:-$default_root}
+# Bumped whenever what this script builds changes, so an older cache is rebuilt.
+format=2
 need_tools=()
 for t in apt-get apt-cache dpkg-deb; do
   command -v "$t" >/dev/null || { echo "guest-assets: $t is missing (needs a Debian host with apt)" >&2; exit 2; }
@@ -30,6 +42,8 @@ done
 command -v cpio >/dev/null || need_tools+=(cpio)
 command -v gzip >/dev/null || need_tools+=(gzip)
 command -v xz >/dev/null || need_tools+=(xz-utils)
+command -v lz4 >/dev/null || need_tools+=(lz4)
+command -v zstd >/dev/null || need_tools+=(zstd)
 
 # The current cloud kernel: what the metapackage linux-image-cloud-amd64 depends on.
 pick_package() {
@@ -53,10 +67,12 @@ kver=${pkg#linux-image-}
 kver=${kver%-unsigned}
 dir="$root/$kver"
 
-if [[ -f "$dir/vmlinuz" && -f "$dir/initramfs.cpio.gz" && -f "$dir/.complete" ]]; then
+if [[ -f "$dir/vmlinuz" && -f "$dir/vmlinux" && -f "$dir/initramfs.cpio.gz" &&
+      "$(head -n1 "$dir/.complete" 2>/dev/null)" == "format $format" ]]; then
   if ((print_dir)); then echo "$dir"; exit 0; fi
   echo "guest-assets: cached ($pkg)"
   echo "kernel:    $dir/vmlinuz"
+  echo "vmlinux:   $dir/vmlinux"
   echo "initramfs: $dir/initramfs.cpio.gz"
   exit 0
 fi
@@ -130,6 +146,8 @@ say "guest-assets: built into $modver: ${builtin_list[*]:-(none of ${want[*]})}"
 
 init=$work/initramfs
 mkdir -p "$init"/{bin,dev,proc,sys,tmp,mnt,etc,lib/modules}
+# The kernel opens /dev/console for /init before devtmpfs is mounted.
+mknod -m 600 "$init/dev/console" c 5 1 2>/dev/null || true
 cp "$x/bin/busybox" "$init/bin/busybox"
 : >"$init/etc/memvisor-modules"
 for src in "${order[@]}"; do
@@ -163,12 +181,13 @@ for d in /sys/bus/virtio/devices/*; do
   echo "memvisor-init: virtio device $(basename "$d") id $(cat "$d/device") driver ${drv:-none}"
 done
 cat /proc/meminfo
-fill=; report=0; exit_after=0
+fill=; report=0; exit_after=0; release=0
 for arg in $(cat /proc/cmdline); do
   case "$arg" in
     memvisor.fill=*) fill=${arg#memvisor.fill=} ;;
     memvisor.report=*) report=${arg#memvisor.report=} ;;
     memvisor.exit=*) exit_after=${arg#memvisor.exit=} ;;
+    memvisor.release=*) release=${arg#memvisor.release=} ;;
   esac
 done
 meminfo() {
@@ -186,6 +205,10 @@ if [ -n "$fill" ]; then
   echo "memvisor-init: filling $mib MiB"
   dd if=/dev/zero of=/mnt/fill bs=1M count="$mib" 2>/dev/null
   echo "memvisor-init: filled $mib MiB"
+  if [ "$release" = 1 ]; then
+    rm -f /mnt/fill
+    echo "memvisor-init: released $mib MiB"
+  fi
 fi
 meminfo
 echo "memvisor-init: ready"
@@ -200,14 +223,41 @@ done
 EOF
 chmod 755 "$init/init"
 
+# The bzImage's payload (boot protocol: payload_offset at 0x248, payload_length at 0x24c, from the
+# end of the setup sectors) is the compressed ELF vmlinux.
+extract_vmlinux() {
+  local img=$1 out=$2 sects off len start magic
+  sects=$(od -An -tu1 -j $((0x1f1)) -N1 "$img" | tr -d ' ')
+  ((sects == 0)) && sects=4
+  off=$(od -An -tu4 -j $((0x248)) -N4 "$img" | tr -d ' ')
+  len=$(od -An -tu4 -j $((0x24c)) -N4 "$img" | tr -d ' ')
+  start=$(((sects + 1) * 512 + off))
+  magic=$(od -An -tx1 -j "$start" -N4 "$img" | tr -d ' ')
+  dd if="$img" of="$work/payload" iflag=skip_bytes,count_bytes skip="$start" count="$len" bs=1M status=none
+  # The decompressors may complain about the 4-byte size the kernel build appends; the ELF
+  # magic of the result is what counts.
+  case "$magic" in
+    02214c18) lz4 -dc "$work/payload" >"$out" 2>/dev/null || true ;;
+    1f8b*) gzip -dc "$work/payload" >"$out" 2>/dev/null || true ;;
+    fd377a58) xz -dc --single-stream "$work/payload" >"$out" 2>/dev/null || true ;;
+    28b52ffd) zstd -dcq "$work/payload" >"$out" 2>/dev/null || true ;;
+    *) echo "guest-assets: unknown compression of the kernel payload (magic $magic)" >&2; return 1 ;;
+  esac
+  [[ "$(od -An -tx1 -N4 "$out" | tr -d ' ')" == 7f454c46 ]] ||
+    { echo "guest-assets: the decompressed payload is not an ELF" >&2; return 1; }
+}
+say "guest-assets: extracting vmlinux (ELF) from $(basename "$vmlinuz")"
 mkdir -p "$dir"
+extract_vmlinux "$vmlinuz" "$dir/vmlinux.tmp"
+mv "$dir/vmlinux.tmp" "$dir/vmlinux"
 cp "$vmlinuz" "$dir/vmlinuz.tmp"
 (cd "$init" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) |
   gzip -9 >"$dir/initramfs.cpio.gz.tmp"
 mv "$dir/vmlinuz.tmp" "$dir/vmlinuz"
 mv "$dir/initramfs.cpio.gz.tmp" "$dir/initramfs.cpio.gz"
-printf '%s\n' "$pkg" "$modver" >"$dir/.complete"
+printf '%s\n' "format $format" "$pkg" "$modver" >"$dir/.complete"
 if ((print_dir)); then echo "$dir"; exit 0; fi
 echo "guest-assets: built from $pkg and busybox-static"
 echo "kernel:    $dir/vmlinuz"
+echo "vmlinux:   $dir/vmlinux"
 echo "initramfs: $dir/initramfs.cpio.gz ($(du -h "$dir/initramfs.cpio.gz" | cut -f1))"
