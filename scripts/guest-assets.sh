@@ -43,7 +43,6 @@ command -v cpio >/dev/null || need_tools+=(cpio)
 command -v gzip >/dev/null || need_tools+=(gzip)
 command -v xz >/dev/null || need_tools+=(xz-utils)
 command -v lz4 >/dev/null || need_tools+=(lz4)
-command -v zstd >/dev/null || need_tools+=(zstd)
 
 # The current cloud kernel: what the metapackage linux-image-cloud-amd64 depends on.
 pick_package() {
@@ -240,7 +239,12 @@ extract_vmlinux() {
     02214c18) lz4 -dc "$work/payload" >"$out" 2>/dev/null || true ;;
     1f8b*) gzip -dc "$work/payload" >"$out" 2>/dev/null || true ;;
     fd377a58) xz -dc --single-stream "$work/payload" >"$out" 2>/dev/null || true ;;
-    28b52ffd) zstd -dcq "$work/payload" >"$out" 2>/dev/null || true ;;
+    28b52ffd)
+      if ! command -v zstd >/dev/null; then
+        say "guest-assets: installing zstd (apt-get install)"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq zstd >/dev/null
+      fi
+      zstd -dcq "$work/payload" >"$out" 2>/dev/null || true ;;
     *) echo "guest-assets: unknown compression of the kernel payload (magic $magic)" >&2; return 1 ;;
   esac
   [[ "$(od -An -tx1 -N4 "$out" | tr -d ' ')" == 7f454c46 ]] ||
