@@ -228,6 +228,11 @@ impl Vmm {
         self.balloon.as_ref()
     }
 
+    /// A Linux guest's serial console.
+    pub fn linux_console(&self) -> Option<&Arc<crate::linux::serial::SerialPort>> {
+        self.linux.as_ref().map(|m| m.bus.serial())
+    }
+
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).
     pub fn ram(&self) -> &Arc<GuestRam> {
         &self.ram

@@ -142,9 +142,20 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         )),
         ..Default::default()
     };
-    let report = runner::Vmm::start_with(&config, start)
-        .map_err(|e| e.to_string())?
-        .wait(&opts);
+    let mut vmm = runner::Vmm::start_with(&config, start).map_err(|e| e.to_string())?;
+    // Typing into a Linux guest's console when it is on this terminal.
+    let raw_terminal = match vmm.linux_console() {
+        Some(port) if a.console.is_none() && std::io::stdin().is_terminal() => {
+            let raw = memvisor::linux::serial::RawTerminal::enter();
+            if let Err(e) = memvisor::linux::serial::forward_stdin(port.clone()) {
+                log::warn!("console input: {e}");
+            }
+            raw
+        }
+        _ => None,
+    };
+    let report = vmm.wait(&opts);
+    drop(raw_terminal);
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
     if let Some(path) = &a.report_file {
         std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -125,6 +125,65 @@ impl SerialPort {
     }
 }
 
+/// Puts the terminal on stdin into non-canonical, no-echo mode (the guest echoes) while keeping
+/// signals, so Ctrl-C still stops memvisor; restores it on drop.
+pub struct RawTerminal(libc::termios);
+
+impl RawTerminal {
+    /// `None` when stdin is not a terminal.
+    pub fn enter() -> Option<RawTerminal> {
+        // SAFETY: an all-zero termios is a valid buffer for tcgetattr to fill.
+        let mut t: libc::termios = unsafe { std::mem::zeroed() };
+        // SAFETY: fd 0 and a valid termios pointer; tcgetattr fails cleanly on a non-terminal.
+        if unsafe { libc::tcgetattr(0, &mut t) } != 0 {
+            return None;
+        }
+        let saved = t;
+        t.c_lflag &= !(libc::ICANON | libc::ECHO);
+        t.c_iflag &= !libc::ICRNL;
+        t.c_cc[libc::VMIN] = 1;
+        t.c_cc[libc::VTIME] = 0;
+        // SAFETY: as above, with the termios read from this terminal.
+        if unsafe { libc::tcsetattr(0, libc::TCSANOW, &t) } != 0 {
+            return None;
+        }
+        Some(RawTerminal(saved))
+    }
+}
+
+impl Drop for RawTerminal {
+    fn drop(&mut self) {
+        // SAFETY: restores the settings read in `enter` on the same fd.
+        unsafe { libc::tcsetattr(0, libc::TCSANOW, &self.0) };
+    }
+}
+
+/// Forwards what is typed on stdin to the guest's console, on a thread of its own (it blocks in
+/// `read` and ends with the process or at end of input).
+pub fn forward_stdin(port: std::sync::Arc<SerialPort>) -> io::Result<()> {
+    std::thread::Builder::new()
+        .name("console-in".into())
+        .spawn(move || {
+            use std::io::Read;
+            let mut buf = [0u8; 64];
+            let mut stdin = io::stdin();
+            while let Ok(n) = stdin.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                let mut rest = &buf[..n];
+                while !rest.is_empty() {
+                    let k = port.input(rest);
+                    rest = &rest[k..];
+                    if k == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                    }
+                }
+            }
+        })
+        .map(|_| ())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
