@@ -7,6 +7,8 @@
 //!   stopped as soon as the lines are there).
 //! - `bzimage_and_vmlinux_are_loaded_per_the_boot_protocol` checks what memvisor put in guest
 //!   memory for both kernel formats, without running them (seconds).
+//! - `guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly` boots two tiny ELF "kernels"
+//!   (a dozen instructions) to check the console and the clean end of a guest reboot (seconds).
 //! - `full_boot_to_init_with_the_balloon` needs hardware virtualisation (or
 //!   `MEMVISOR_FULL_LINUX=1`): boot to `/init`, and once the balloon is on a transport the
 //!   distribution kernel finds (virtio-pci), inflate by 256 MiB through the API and see the guest's
@@ -359,6 +361,90 @@ fn bzimage_and_vmlinux_are_loaded_per_the_boot_protocol() {
         .unwrap();
     assert_eq!(&zp[0x202..0x206], b"HdrS");
     assert_eq!(u32_at(&zp, 0x21c) as usize, initrd.len());
+}
+
+/// A minimal ELF "kernel": `code` loaded at and entered at 2 MiB.
+fn tiny_kernel(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    let mut f = vec![0u8; 0x1000];
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    f[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes()); // p_vaddr
+    f[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes()); // p_paddr
+    f[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+fn run_tiny(code: &[u8]) -> (std::process::Output, String) {
+    let tmp = TempDir::new("linux-tiny");
+    let kernel = tmp.path().join("tiny.elf");
+    std::fs::write(&kernel, tiny_kernel(code)).unwrap();
+    let console = tmp.path().join("console.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&console)
+        .args(["-m", "64M", "--vcpus", "2", "--timeout", "60"])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, std::fs::read_to_string(&console).unwrap_or_default())
+}
+
+/// A kernel that prints on COM1 and then resets the machine through the i8042 (what Linux does
+/// with `reboot=k`), and one that triple-faults (Linux's last resort): both end the run cleanly.
+#[test]
+fn guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly() {
+    if !kvm_or_skip("guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly") {
+        return;
+    }
+    let print_and_reset = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'h', 0xee, // mov al, 'h'; out dx, al
+        0xb0, b'i', 0xee, // 'i'
+        0xb0, b'\n', 0xee, // '\n'
+        0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al (pulse reset)
+        0xf4, 0xeb, 0xfd, // hlt; jmp back to hlt
+    ];
+    let (out, console) = run_tiny(&print_and_reset);
+    let text = common::text(&out);
+    assert_eq!(console, "hi\n", "COM1 output in the console file");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("outcome: guest stopped: the guest reset the machine through the i8042"),
+        "{text}"
+    );
+    assert!(
+        text.contains("io_out=4"),
+        "three bytes and the reset: {text}"
+    );
+    // ud2 with an empty IDT: #UD, #DF, triple fault -> KVM_EXIT_SHUTDOWN.
+    let (out, _) = run_tiny(&[0x0f, 0x0b]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("outcome: guest stopped") && text.contains("KVM_EXIT_SHUTDOWN"),
+        "{text}"
+    );
+    assert!(text.contains("shutdown=1"), "{text}");
 }
 
 /// The MemTotal/MemFree line /init prints: `memvisor-init: MemTotal: N kB MemFree: N kB`.
