@@ -118,22 +118,21 @@ impl Vmm {
         } else {
             0
         };
-        let balloon_mmio = config.balloon.clone().map(|opts| {
-            Arc::new(MmioTransport::new(
-                BALLOON_MMIO_GPA,
-                BalloonDevice::new(opts, ram.clone()),
-            ))
-        });
-        let balloon = balloon_mmio.clone().map(BalloonHandle::Mmio);
-        let balloon_gpa = if balloon.is_some() {
-            BALLOON_MMIO_GPA
-        } else {
-            0
-        };
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
-        let (bus, linux): (Arc<dyn Bus>, _) = match &config.linux {
+        let (bus, linux, balloon): (Arc<dyn Bus>, _, _) = match &config.linux {
             None => {
+                let balloon_mmio = config.balloon.clone().map(|opts| {
+                    Arc::new(MmioTransport::new(
+                        BALLOON_MMIO_GPA,
+                        BalloonDevice::new(opts, ram.clone()),
+                    ))
+                });
+                let balloon_gpa = if balloon_mmio.is_some() {
+                    BALLOON_MMIO_GPA
+                } else {
+                    0
+                };
                 let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
                 for id in 0..config.vcpus {
                     let fd = vm.create_vcpu(id)?;
@@ -143,14 +142,16 @@ impl Vmm {
                 (
                     Arc::new(VmBus::new(ram.clone(), balloon_mmio.clone())),
                     None,
+                    balloon_mmio.map(BalloonHandle::Mmio),
                 )
             }
             Some(lc) => {
-                let machine = linux_machine(&vm, &ram, lc, config.vcpus, balloon_mmio.as_ref())?;
+                let (machine, balloon) =
+                    linux_machine(&vm, &ram, lc, config.vcpus, config.balloon.clone())?;
                 for id in 0..config.vcpus {
                     fds.push(machine.create_vcpu(&vm, id)?);
                 }
-                (machine.bus.clone() as Arc<dyn Bus>, Some(machine))
+                (machine.bus.clone() as Arc<dyn Bus>, Some(machine), balloon)
             }
         };
         let kind = if linux.is_some() {
@@ -500,35 +501,54 @@ impl Drop for StatsTimer {
     }
 }
 
-/// The irqchip, devices and loaded kernel of a Linux guest. The balloon's virtio-mmio window
-/// is plugged into the bus as it is for the built-in guest; distribution kernels cannot find it
-/// there (they lack `virtio_mmio.device=`), which a virtio-pci transport plugged in as another
-/// bus (claiming 0xCF8-0xCFF, describing its host bridge in `Devices::dsdt_aml` and raising
-/// MSI-X through `irq`) resolves.
+/// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.
+const PCI_INTX_GSI: u32 = 10;
+
+/// The irqchip, devices and loaded kernel of a Linux guest. The balloon is a modern virtio-pci
+/// function on a PCI bus (conf1 ports, BARs in the PCI window) described to the guest as an
+/// ACPI host bridge, its interrupts MSI-X through KVM.
 fn linux_machine(
     vm: &Vm,
     ram: &Arc<GuestRam>,
     lc: &crate::linux::LinuxConfig,
     vcpus: u32,
-    balloon: Option<&Arc<MmioTransport<BalloonDevice>>>,
-) -> Result<crate::linux::LinuxMachine, VmmError> {
-    let irq = crate::linux::irq::IrqChip::create(vm.shared_fd())
-        .map_err(crate::linux::LinuxError::from)?;
+    balloon: Option<balloon::BalloonOptions>,
+) -> Result<(crate::linux::LinuxMachine, Option<BalloonHandle>), VmmError> {
+    use crate::devices::pci::{
+        KvmIrq, PciBus, PciIrq, PCI_MMIO_WINDOW_SIZE, PCI_MMIO_WINDOW_START,
+    };
+    use crate::linux::LinuxError;
+    let irq = crate::linux::irq::IrqChip::create(vm.shared_fd()).map_err(LinuxError::from)?;
     let mut devices = crate::linux::Devices::default();
-    if let Some(b) = balloon {
-        log::warn!("--balloon with --kernel: the balloon is on virtio-mmio at {BALLOON_MMIO_GPA:#x}, which a distribution kernel cannot discover");
-        devices
-            .buses
-            .push(Arc::new(VmBus::new(ram.clone(), Some(b.clone()))));
+    let mut handle = None;
+    if let Some(opts) = balloon {
+        let pci_err =
+            |e: String| LinuxError::Device(format!("the balloon's virtio-pci function: {e}"));
+        let kvm_irq = KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err(e.to_string()))?;
+        let mut pci = PciBus::new();
+        let (dev, slot) = pci
+            .add_virtio(
+                BalloonDevice::new(opts, ram.clone()),
+                ram.clone(),
+                PciIrq {
+                    msi: kvm_irq.clone(),
+                    intx: Some(kvm_irq.intx(PCI_INTX_GSI)),
+                    intx_line: PCI_INTX_GSI as u8,
+                },
+            )
+            .map_err(|e| pci_err(e.to_string()))?;
+        devices.buses.push(Arc::new(pci));
+        devices.dsdt_aml = crate::linux::acpi::pci_host_bridge_aml(
+            PCI_MMIO_WINDOW_START as u32,
+            PCI_MMIO_WINDOW_SIZE as u32,
+            &[slot],
+            PCI_INTX_GSI,
+        );
+        handle = Some(BalloonHandle::Pci(dev));
     }
-    Ok(crate::linux::LinuxMachine::setup(
-        ram,
-        lc,
-        vcpus,
-        vm.host().hardware,
-        irq,
-        devices,
-    )?)
+    let machine =
+        crate::linux::LinuxMachine::setup(ram, lc, vcpus, vm.host().hardware, irq, devices)?;
+    Ok((machine, handle))
 }
 
 fn stop_all(handles: &mut [VcpuHandle]) {

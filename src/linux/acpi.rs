@@ -126,6 +126,56 @@ pub fn build(vcpus: u32, dsdt_aml: &[u8]) -> Result<AcpiTables, AcpiError> {
     Ok(AcpiTables { rsdp_gpa, blobs })
 }
 
+/// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for bus 0 reached through configuration
+/// mechanism #1, with the legacy I/O ranges and the MMIO window `[start, start+size)` its BARs
+/// live in, and a `_PRT` routing INTA# of `slots` to GSI `intx_gsi`. With ACPI, Linux finds
+/// PCI root buses only through such a device (it does not scan bus 0 on its own).
+pub fn pci_host_bridge_aml(start: u32, size: u32, slots: &[u8], intx_gsi: u32) -> Vec<u8> {
+    use acpi_tables::aml::{
+        AddressSpace, AddressSpaceCacheable, Device, EISAName, Name, Package, Path,
+        ResourceTemplate, IO,
+    };
+    let bus = AddressSpace::<u16>::new_bus_number(0, 0);
+    let cf8 = IO::new(0xcf8, 0xcf8, 1, 8);
+    let io_low = AddressSpace::<u16>::new_io(0, 0xcf7, None);
+    let io_high = AddressSpace::<u16>::new_io(0xd00, 0xffff, None);
+    let mem = AddressSpace::<u32>::new_memory(
+        AddressSpaceCacheable::NotCacheable,
+        true,
+        start,
+        start + (size - 1),
+        None,
+    );
+    let crs = ResourceTemplate::new(vec![&bus, &cf8, &io_low, &io_high, &mem]);
+    // _PRT entries: Package { address (slot << 16 | 0xFFFF), pin 0 (INTA#), source 0, GSI }.
+    let addrs: Vec<u32> = slots
+        .iter()
+        .map(|s| (u32::from(*s) << 16) | 0xffff)
+        .collect();
+    let zero = 0u8;
+    let entries: Vec<Package> = addrs
+        .iter()
+        .map(|a| Package::new(vec![a, &zero, &zero, &intx_gsi]))
+        .collect();
+    let prt = Package::new(entries.iter().map(|e| e as &dyn Aml).collect());
+    let hid = EISAName::new("PNP0A03");
+    let zero32 = 0u32;
+    let names = [
+        Name::new("_HID".into(), &hid),
+        Name::new("_ADR".into(), &zero32),
+        Name::new("_SEG".into(), &zero32),
+        Name::new("_UID".into(), &zero32),
+        Name::new("_BBN".into(), &zero32),
+        Name::new("_CRS".into(), &crs),
+        Name::new("_PRT".into(), &prt),
+    ];
+    let dev = Device::new(
+        Path::new("_SB_.PCI0"),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    bytes(&dev)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +279,37 @@ mod tests {
         }
         assert_eq!(madt(0), Err(AcpiError::TooManyVcpus(0)));
         assert_eq!(madt(255), Err(AcpiError::TooManyVcpus(255)));
+    }
+
+    #[test]
+    fn pci_host_bridge_aml_names_pnp0a03_with_its_windows() {
+        let aml = pci_host_bridge_aml(0xe000_0000, 0x1000_0000, &[1], 10);
+        // DeviceOp (ExtOpPrefix 0x5B, 0x82) with the path _SB_.PCI0.
+        assert_eq!(&aml[..2], &[0x5b, 0x82]);
+        let find = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"_SB_PCI0"));
+        // EISA id PNP0A03 compressed: 0x41D0 0x0A03 -> bytes 41 d0 0a 03.
+        assert!(
+            find(&[0x0c, 0x41, 0xd0, 0x0a, 0x03]),
+            "_HID EisaId(PNP0A03)"
+        );
+        for name in [b"_CRS", b"_PRT", b"_BBN", b"_SEG"] {
+            assert!(find(name));
+        }
+        // DWordMemory descriptor (0x87) with min 0xE0000000 and max 0xEFFFFFFF.
+        let mut min_max = 0xe000_0000u32.to_le_bytes().to_vec();
+        min_max.extend_from_slice(&0xefff_ffffu32.to_le_bytes());
+        assert!(find(&min_max), "memory window");
+        assert!(
+            find(&[0x47, 0x01, 0xf8, 0x0c, 0xf8, 0x0c, 0x01, 0x08]),
+            "IO 0xCF8-0xCFF"
+        );
+        // _PRT entry address for slot 1: 0x0001FFFF (DWordConst 0x0C).
+        assert!(find(&[0x0c, 0xff, 0xff, 0x01, 0x00]));
+        let t = build(2, &aml).unwrap();
+        let dsdt = &t.blobs[4].1;
+        assert_eq!(&dsdt[36..], &aml[..]);
+        assert_eq!(sum(dsdt), 0);
     }
 
     #[test]

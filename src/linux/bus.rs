@@ -3,8 +3,8 @@
 //! are asked in order for anything else. KVM's in-kernel irqchip and PIT answer their own ports
 //! (0x20/0xA0, 0x40-0x43, 0x61) without exits.
 //!
-//! A PCI bus plugs in as any other [`Bus`]: it claims 0xCF8-0xCFF and its BARs' MMIO ranges,
-//! and raises interrupts through [`super::irq::IrqChip`].
+//! A PCI bus ([`crate::devices::pci::PciBus`]) plugs in as any other [`Bus`]: it claims
+//! 0xCF8-0xCFF and its BARs' MMIO ranges, and raises MSI-X through KVM's irqchip.
 
 use super::serial::SerialPort;
 use crate::devices::Bus;

@@ -1,9 +1,9 @@
 //! Interrupts of a Linux guest: KVM's in-kernel irqchip (dual 8259 PIC, I/O APIC, local APICs)
-//! and PIT, created before any vCPU, and the sinks devices raise interrupts through:
-//! an irqfd per legacy interrupt line (GSI) and message-signalled interrupts (`KVM_SIGNAL_MSI`),
-//! which a virtio-pci transport's MSI-X table entries map onto.
+//! and PIT, created before any vCPU, and an irqfd per legacy interrupt line (GSI) for devices
+//! such as the UART. PCI functions deliver MSI-X and INTx through
+//! [`crate::devices::pci::KvmIrq`] into the same irqchip.
 
-use kvm_bindings::{kvm_msi, kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
+use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
@@ -24,12 +24,6 @@ pub enum IrqError {
     /// An eventfd could not be created.
     #[error("eventfd: {0}")]
     EventFd(std::io::Error),
-}
-
-/// Where devices deliver message-signalled interrupts (MSI/MSI-X).
-pub trait MsiSink: Send + Sync {
-    /// Raises the interrupt a guest programmed as `address`/`data`.
-    fn signal_msi(&self, address: u64, data: u32) -> Result<(), IrqError>;
 }
 
 /// KVM's in-kernel irqchip of one VM.
@@ -68,23 +62,5 @@ impl IrqChip {
                 source,
             })?;
         Ok(evt)
-    }
-}
-
-impl MsiSink for IrqChip {
-    fn signal_msi(&self, address: u64, data: u32) -> Result<(), IrqError> {
-        let msi = kvm_msi {
-            address_lo: address as u32,
-            address_hi: (address >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        self.vm
-            .signal_msi(msi)
-            .map(|_| ())
-            .map_err(|source| IrqError::Kvm {
-                op: "KVM_SIGNAL_MSI",
-                source,
-            })
     }
 }

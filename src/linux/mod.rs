@@ -132,6 +132,9 @@ pub enum LinuxError {
         /// The error.
         source: std::io::Error,
     },
+    /// A device could not be set up.
+    #[error("{0}")]
+    Device(String),
     /// Writing into guest memory.
     #[error("writing {what} into guest memory: {source}")]
     Write {
