@@ -325,6 +325,9 @@ impl RegionConfig {
     }
 }
 
+/// The least RAM `memvisor run --kernel` accepts.
+pub const LINUX_MIN_RAM_BYTES: u64 = 64 << 20;
+
 /// The whole VM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -343,6 +346,9 @@ pub struct VmConfig {
     /// A virtio-balloon device.
     #[serde(default)]
     pub balloon: Option<balloon::BalloonOptions>,
+    /// Boot this Linux kernel instead of the built-in guest (the workload is then unused).
+    #[serde(default)]
+    pub linux: Option<crate::linux::LinuxConfig>,
 }
 
 impl Default for VmConfig {
@@ -354,6 +360,7 @@ impl Default for VmConfig {
             workload: Workload::default_run(),
             triple_fault: false,
             balloon: None,
+            linux: None,
         }
     }
 }
@@ -377,7 +384,14 @@ impl VmConfig {
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
         }
-        if self.ram_bytes() < crate::abi::MIN_RAM_BYTES {
+        if self.linux.is_some() && self.ram_bytes() < LINUX_MIN_RAM_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "guest RAM {} is too small to boot Linux; give at least {}",
+                Size(self.ram_bytes()),
+                Size(LINUX_MIN_RAM_BYTES)
+            )));
+        }
+        if self.linux.is_none() && self.ram_bytes() < crate::abi::MIN_RAM_BYTES {
             return Err(ConfigError::Invalid(format!(
                 "guest RAM {} is below the built-in guest's minimum of {}",
                 Size(self.ram_bytes()),

@@ -6,6 +6,7 @@
 //! - [`vm`], [`cpuid`]: the KVM VM, memslots and what the guest CPU looks like;
 //! - [`vcpu`]: vCPU threads, exit accounting, pause/resume/stop;
 //! - [`boot`]: the embedded built-in guest and the 64-bit machine state it starts in;
+//! - [`linux`]: booting a Linux kernel (boot protocol, ACPI, irqchip, console, its device bus);
 //! - [`devices`]: the I/O bus and device models wired to it;
 //! - [`runner`]: runs a VM to the end; [`report`]: what a run produced;
 //! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
@@ -22,6 +23,7 @@ pub mod boot;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod linux;
 pub mod mappings;
 pub mod memory;
 pub mod overcommit;

@@ -33,6 +33,13 @@ pub enum Outcome {
         /// The uffd regions without a page server.
         regions: Vec<usize>,
     },
+    /// A Linux guest rebooted or powered off.
+    GuestStopped {
+        /// vCPU that saw it.
+        vcpu: u32,
+        /// How.
+        reason: String,
+    },
     /// Stopped by `--timeout`.
     TimedOut {
         /// Seconds run.
@@ -44,7 +51,7 @@ impl Outcome {
     /// The process exit status this outcome maps to.
     pub fn exit_code(&self) -> i32 {
         match self {
-            Outcome::Completed => 0,
+            Outcome::Completed | Outcome::GuestStopped { .. } => 0,
             Outcome::Interrupted => 130,
             _ => 1,
         }
@@ -191,6 +198,8 @@ pub struct RunReport {
     pub run_seconds: f64,
     /// Lines the guest logged.
     pub guest_log: Vec<String>,
+    /// Where a Linux guest's kernel, initrd and command line went.
+    pub linux: Option<crate::linux::LinuxLayout>,
     /// How it ended.
     pub outcome: Outcome,
     /// Overcommit figures at the end of the run.
@@ -209,6 +218,7 @@ impl RunReport {
             setup_seconds: 0.0,
             run_seconds: 0.0,
             guest_log: Vec::new(),
+            linux: None,
             outcome: Outcome::Completed,
             memory: None,
         };
@@ -276,9 +286,13 @@ impl RunReport {
         let mut s = String::new();
         let c = &self.config;
         let _ = writeln!(s, "memvisor run report");
+        let guest = match &c.linux {
+            Some(l) => format!("Linux {}", l.kernel.display()),
+            None => "built-in".to_string(),
+        };
         let _ = writeln!(
             s,
-            "  guest: built-in, {} vCPU(s), {} RAM; host MMU: {}{}",
+            "  guest: {guest}, {} vCPU(s), {} RAM; host MMU: {}{}",
             c.vcpus,
             Size(c.ram_bytes()),
             self.host.mmu,
@@ -288,8 +302,22 @@ impl RunReport {
                 " (no VMX/SVM: guest ring-0 code is emulated)"
             }
         );
-        let steps: Vec<&str> = c.workload.steps.iter().map(|s| s.name()).collect();
-        let _ = writeln!(s, "  workload: {}", steps.join(", "));
+        if let Some(l) = &self.linux {
+            let _ = writeln!(s, "  cmdline: {}", l.cmdline);
+            let _ = writeln!(
+                s,
+                "  kernel at {:#x}-{:#x}, entry {:#x}{}",
+                l.kernel.0,
+                l.kernel.1,
+                l.entry,
+                l.initrd
+                    .map(|(g, n)| format!(", initrd at {g:#x} ({})", Size(n)))
+                    .unwrap_or_default()
+            );
+        } else {
+            let steps: Vec<&str> = c.workload.steps.iter().map(|s| s.name()).collect();
+            let _ = writeln!(s, "  workload: {}", steps.join(", "));
+        }
         let _ = writeln!(s, "memory");
         for r in &self.regions {
             let gpa: Vec<String> = r
@@ -358,24 +386,35 @@ impl RunReport {
                 .pinned
                 .map(|p| format!(", pinned to CPU {p}"))
                 .unwrap_or_default();
+            let exits = if exits.is_empty() {
+                "none".into()
+            } else {
+                exits.join(" ")
+            };
+            if self.linux.is_some() {
+                let _ = writeln!(
+                    s,
+                    "  vcpu{}{}: {} exits ({}); {} unclaimed port/MMIO accesses",
+                    v.id, pin, v.total_exits, exits, v.unclaimed_io
+                );
+                continue;
+            }
             let _ = writeln!(
                 s,
                 "  vcpu{}{}: {} exits ({}); hypercalls {} seen, {} made by guest",
                 v.id,
                 pin,
                 v.total_exits,
-                if exits.is_empty() {
-                    "none".into()
-                } else {
-                    exits.join(" ")
-                },
+                exits,
                 v.hypercall_exits,
                 v.guest_hypercalls
                     .map(|n| n.to_string())
                     .unwrap_or_else(|| "?".into())
             );
         }
-        let _ = writeln!(s, "workload results");
+        if self.linux.is_none() {
+            let _ = writeln!(s, "workload results");
+        }
         for o in &self.ops {
             let (stride, passes) = match c.workload.steps.get(o.index) {
                 Some(crate::workload::Step::Touch { stride, passes, .. }) => {
@@ -402,6 +441,9 @@ impl RunReport {
                 "outcome: FAILED: guest vCPU {vcpu} reported status {status}"
             ),
             Outcome::Interrupted => writeln!(s, "outcome: interrupted (stopped on request)"),
+            Outcome::GuestStopped { vcpu, reason } => {
+                writeln!(s, "outcome: guest stopped: {reason} (vCPU {vcpu})")
+            }
             Outcome::TimedOut { after_s } => {
                 writeln!(s, "outcome: FAILED: timed out after {after_s:.1} s")
             }

@@ -35,6 +35,9 @@ pub enum VmmError {
     /// Boot.
     #[error(transparent)]
     Boot(#[from] boot::BootError),
+    /// Booting a Linux kernel.
+    #[error(transparent)]
+    Linux(#[from] crate::linux::LinuxError),
     /// The API socket.
     #[error("control API: {0}")]
     Api(crate::api::ApiError),
@@ -86,6 +89,7 @@ pub struct Vmm {
     ram: Arc<GuestRam>,
     balloon: Option<BalloonHandle>,
     stats_timer: Option<StatsTimer>,
+    linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
     commands: mpsc::Receiver<CommandMsg>,
@@ -114,27 +118,47 @@ impl Vmm {
         } else {
             0
         };
-        let balloon_mmio = config.balloon.clone().map(|opts| {
-            Arc::new(MmioTransport::new(
-                BALLOON_MMIO_GPA,
-                BalloonDevice::new(opts, ram.clone()),
-            ))
-        });
-        let balloon = balloon_mmio.clone().map(BalloonHandle::Mmio);
-        let balloon_gpa = if balloon.is_some() {
-            BALLOON_MMIO_GPA
-        } else {
-            0
-        };
-        let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
-        let bus: Arc<dyn Bus> = Arc::new(VmBus::new(ram.clone(), balloon_mmio));
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
-        for id in 0..config.vcpus {
-            let fd = vm.create_vcpu(id)?;
-            boot::setup_vcpu(&fd, id, &layout)?;
-            fds.push(fd);
-        }
+        let (bus, linux, balloon): (Arc<dyn Bus>, _, _) = match &config.linux {
+            None => {
+                let balloon_mmio = config.balloon.clone().map(|opts| {
+                    Arc::new(MmioTransport::new(
+                        BALLOON_MMIO_GPA,
+                        BalloonDevice::new(opts, ram.clone()),
+                    ))
+                });
+                let balloon_gpa = if balloon_mmio.is_some() {
+                    BALLOON_MMIO_GPA
+                } else {
+                    0
+                };
+                let layout = boot::setup(&ram, config.vcpus, &config.workload, flags, balloon_gpa)?;
+                for id in 0..config.vcpus {
+                    let fd = vm.create_vcpu(id)?;
+                    boot::setup_vcpu(&fd, id, &layout)?;
+                    fds.push(fd);
+                }
+                (
+                    Arc::new(VmBus::new(ram.clone(), balloon_mmio.clone())),
+                    None,
+                    balloon_mmio.map(BalloonHandle::Mmio),
+                )
+            }
+            Some(lc) => {
+                let (machine, balloon) =
+                    linux_machine(&vm, &ram, lc, config.vcpus, config.balloon.clone())?;
+                for id in 0..config.vcpus {
+                    fds.push(machine.create_vcpu(&vm, id)?);
+                }
+                (machine.bus.clone() as Arc<dyn Bus>, Some(machine), balloon)
+            }
+        };
+        let kind = if linux.is_some() {
+            vcpu::GuestKind::Linux
+        } else {
+            vcpu::GuestKind::BuiltIn
+        };
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
@@ -146,8 +170,11 @@ impl Vmm {
                 ram.clone(),
                 bus.clone(),
                 tx.clone(),
-                config.pin.get(&id).copied(),
-                opts.sync.clone(),
+                vcpu::SpawnOptions {
+                    pin: config.pin.get(&id).copied(),
+                    sync: opts.sync.clone(),
+                    kind,
+                },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);
@@ -186,6 +213,7 @@ impl Vmm {
             registration,
             balloon,
             stats_timer,
+            linux,
             config: config.clone(),
             ram,
             vm,
@@ -199,6 +227,11 @@ impl Vmm {
     /// The balloon device, if configured.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.balloon.as_ref()
+    }
+
+    /// A Linux guest's serial console.
+    pub fn linux_console(&self) -> Option<&Arc<crate::linux::serial::SerialPort>> {
+        self.linux.as_ref().map(|m| m.bus.serial())
     }
 
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).
@@ -226,6 +259,7 @@ impl Vmm {
         let config = &self.config;
         let started = self.started;
         let mut report = RunReport::new(config, self.vm.host().clone(), &self.ram);
+        report.linux = self.linux.as_ref().map(|m| m.layout.clone());
         report.vcpus = self
             .handles
             .iter()
@@ -243,6 +277,12 @@ impl Vmm {
                     .is_some_and(|f| f.load(Ordering::Relaxed))
                 {
                     outcome = Some(Outcome::Interrupted);
+                    stop_all(&mut self.handles);
+                } else if self.linux.as_ref().is_some_and(|m| m.bus.take_reset()) {
+                    outcome = Some(Outcome::GuestStopped {
+                        vcpu: 0,
+                        reason: "the guest reset the machine through the i8042 (reboot=k)".into(),
+                    });
                     stop_all(&mut self.handles);
                 } else if opts.timeout.is_some_and(|t| started.elapsed() > t) {
                     outcome = Some(Outcome::TimedOut {
@@ -359,6 +399,13 @@ impl Vmm {
                         stop_all(&mut self.handles);
                     }
                 }
+                VcpuEvent::GuestStopped { vcpu, reason } => {
+                    running -= 1;
+                    if outcome.is_none() {
+                        outcome = Some(Outcome::GuestStopped { vcpu, reason });
+                        stop_all(&mut self.handles);
+                    }
+                }
                 VcpuEvent::Stopped { .. } => running -= 1,
             }
         }
@@ -382,6 +429,9 @@ impl Vmm {
         }
         for h in self.handles.iter_mut() {
             h.stop();
+        }
+        if let Some(m) = &self.linux {
+            m.bus.serial().flush();
         }
         report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
         let balloon = self
@@ -449,6 +499,56 @@ impl Drop for StatsTimer {
             let _ = t.join();
         }
     }
+}
+
+/// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.
+const PCI_INTX_GSI: u32 = 10;
+
+/// The irqchip, devices and loaded kernel of a Linux guest. The balloon is a modern virtio-pci
+/// function on a PCI bus (conf1 ports, BARs in the PCI window) described to the guest as an
+/// ACPI host bridge, its interrupts MSI-X through KVM.
+fn linux_machine(
+    vm: &Vm,
+    ram: &Arc<GuestRam>,
+    lc: &crate::linux::LinuxConfig,
+    vcpus: u32,
+    balloon: Option<balloon::BalloonOptions>,
+) -> Result<(crate::linux::LinuxMachine, Option<BalloonHandle>), VmmError> {
+    use crate::devices::pci::{
+        KvmIrq, PciBus, PciIrq, PCI_MMIO_WINDOW_SIZE, PCI_MMIO_WINDOW_START,
+    };
+    use crate::linux::LinuxError;
+    let irq = crate::linux::irq::IrqChip::create(vm.shared_fd()).map_err(LinuxError::from)?;
+    let mut devices = crate::linux::Devices::default();
+    let mut handle = None;
+    if let Some(opts) = balloon {
+        let pci_err =
+            |e: String| LinuxError::Device(format!("the balloon's virtio-pci function: {e}"));
+        let kvm_irq = KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err(e.to_string()))?;
+        let mut pci = PciBus::new();
+        let (dev, slot) = pci
+            .add_virtio(
+                BalloonDevice::new(opts, ram.clone()),
+                ram.clone(),
+                PciIrq {
+                    msi: kvm_irq.clone(),
+                    intx: Some(kvm_irq.intx(PCI_INTX_GSI)),
+                    intx_line: PCI_INTX_GSI as u8,
+                },
+            )
+            .map_err(|e| pci_err(e.to_string()))?;
+        devices.buses.push(Arc::new(pci));
+        devices.dsdt_aml = crate::linux::acpi::pci_host_bridge_aml(
+            PCI_MMIO_WINDOW_START as u32,
+            PCI_MMIO_WINDOW_SIZE as u32,
+            &[slot],
+            PCI_INTX_GSI,
+        );
+        handle = Some(BalloonHandle::Pci(dev));
+    }
+    let machine =
+        crate::linux::LinuxMachine::setup(ram, lc, vcpus, vm.host().hardware, irq, devices)?;
+    Ok((machine, handle))
 }
 
 fn stop_all(handles: &mut [VcpuHandle]) {

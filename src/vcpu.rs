@@ -216,11 +216,40 @@ pub enum VcpuEvent {
     },
     /// The vCPU stopped on an error.
     Failed(VcpuFailure),
+    /// The guest rebooted or powered off (Linux guests): the run ends cleanly.
+    GuestStopped {
+        /// vCPU.
+        vcpu: u32,
+        /// How.
+        reason: String,
+    },
     /// The vCPU stopped because it was asked to.
     Stopped {
         /// vCPU.
         vcpu: u32,
     },
+}
+
+/// What a vCPU runs; decides what some exits mean.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+pub enum GuestKind {
+    /// The built-in guest: port 0x510 carries hypercalls, a triple fault is a failure.
+    #[default]
+    BuiltIn,
+    /// A Linux kernel: no hypercalls, a triple fault or a shutdown/reset event is the guest
+    /// rebooting or powering off, which ends the run cleanly.
+    Linux,
+}
+
+/// How a vCPU thread is started.
+#[derive(Clone, Default)]
+pub struct SpawnOptions {
+    /// Host CPU to pin the thread to.
+    pub pin: Option<usize>,
+    /// Called at the built-in guest's sync points.
+    pub sync: Option<SyncHook>,
+    /// The guest.
+    pub kind: GuestKind,
 }
 
 /// Called on the vCPU thread at a guest sync point (`sync` workload step); the vCPU waits
@@ -362,9 +391,9 @@ pub fn spawn(
     ram: Arc<GuestRam>,
     bus: Arc<dyn Bus>,
     events: Sender<VcpuEvent>,
-    pin: Option<usize>,
-    sync: Option<SyncHook>,
+    opts: SpawnOptions,
 ) -> std::io::Result<VcpuHandle> {
+    let SpawnOptions { pin, sync, kind } = opts;
     static SIGNAL: Once = Once::new();
     SIGNAL.call_once(|| {
         if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
@@ -386,6 +415,7 @@ pub fn spawn(
         ctl: ctl.clone(),
         stats: stats.clone(),
         sync,
+        kind,
     };
     // The thread pins itself before the guest runs; spawn returns once that is done.
     let ready = Arc::new(std::sync::Barrier::new(2));
@@ -423,6 +453,7 @@ struct Runner {
     ctl: Arc<Control>,
     stats: Arc<VcpuStats>,
     sync: Option<SyncHook>,
+    kind: GuestKind,
 }
 
 /// What the loop does after one exit.
@@ -472,6 +503,13 @@ impl Runner {
         }))
     }
 
+    fn guest_stopped(&self, reason: &str) -> Next {
+        Next::Finish(VcpuEvent::GuestStopped {
+            vcpu: self.id,
+            reason: reason.into(),
+        })
+    }
+
     fn step(&mut self) -> Next {
         let exit = match self.fd.run() {
             Ok(exit) => exit,
@@ -484,7 +522,8 @@ impl Runner {
         match exit {
             VcpuExit::IoOut(port, data) => {
                 self.stats.count(ExitReason::IoOut);
-                if port == abi::HYPERCALL_PORT && data.len() == 4 {
+                if self.kind == GuestKind::BuiltIn && port == abi::HYPERCALL_PORT && data.len() == 4
+                {
                     let gpa = u32::from_le_bytes([data[0], data[1], data[2], data[3]]) as u64;
                     self.stats.hypercalls.fetch_add(1, Ordering::Relaxed);
                     return self.hypercall(gpa);
@@ -526,6 +565,11 @@ impl Runner {
             }
             VcpuExit::Shutdown => {
                 self.stats.count(ExitReason::Shutdown);
+                if self.kind == GuestKind::Linux {
+                    return self.guest_stopped(
+                        "the guest reset the machine (KVM_EXIT_SHUTDOWN: a triple fault, how Linux reboots when nothing else works)",
+                    );
+                }
                 self.fail(
                     "guest shut down (KVM_EXIT_SHUTDOWN: triple fault)",
                     String::new(),
@@ -547,6 +591,17 @@ impl Runner {
             }
             VcpuExit::SystemEvent(kind, _) => {
                 self.stats.count(ExitReason::SystemEvent);
+                if self.kind == GuestKind::Linux {
+                    match kind {
+                        kvm_bindings::KVM_SYSTEM_EVENT_SHUTDOWN => {
+                            return self.guest_stopped("the guest powered off")
+                        }
+                        kvm_bindings::KVM_SYSTEM_EVENT_RESET => {
+                            return self.guest_stopped("the guest rebooted")
+                        }
+                        _ => {}
+                    }
+                }
                 self.fail("guest requested a system event", format!("type {kind}"))
             }
             other => {

@@ -5,6 +5,7 @@ use crate::memory::GuestRam;
 use kvm_bindings::{kvm_userspace_memory_region, CpuId, KVM_MAX_CPUID_ENTRIES};
 use kvm_ioctls::{Kvm, VcpuFd, VmFd};
 use std::path::Path;
+use std::sync::Arc;
 
 /// VM errors say what to check on the host.
 #[derive(Debug, thiserror::Error)]
@@ -71,7 +72,7 @@ impl HostVirt {
 /// A KVM VM with its memslots registered.
 pub struct Vm {
     kvm: Kvm,
-    fd: VmFd,
+    fd: Arc<VmFd>,
     cpuid: CpuId,
     host: HostVirt,
 }
@@ -106,7 +107,7 @@ impl Vm {
             .map_err(ioctl("KVM_GET_SUPPORTED_CPUID"))?;
         Ok(Vm {
             kvm,
-            fd,
+            fd: Arc::new(fd),
             cpuid,
             host: HostVirt::detect(),
         })
@@ -115,6 +116,11 @@ impl Vm {
     /// The VM file descriptor.
     pub fn fd(&self) -> &VmFd {
         &self.fd
+    }
+
+    /// The VM file descriptor, shareable with devices that raise interrupts (irqfd, MSI).
+    pub fn shared_fd(&self) -> Arc<VmFd> {
+        self.fd.clone()
     }
 
     /// The KVM system handle.
@@ -129,11 +135,21 @@ impl Vm {
 
     /// Creates vCPU `id` with CPUID filtered for this host and a distinct APIC id.
     pub fn create_vcpu(&self, id: u32) -> Result<VcpuFd, VmError> {
+        self.create_vcpu_with(id, |_| {})
+    }
+
+    /// As [`Vm::create_vcpu`], with `adjust` applied to the CPUID table last.
+    pub fn create_vcpu_with(
+        &self,
+        id: u32,
+        adjust: impl FnOnce(&mut CpuId),
+    ) -> Result<VcpuFd, VmError> {
         let vcpu = self
             .fd
             .create_vcpu(id as u64)
             .map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let cpuid = crate::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
+        let mut cpuid = crate::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
+        adjust(&mut cpuid);
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         Ok(vcpu)
     }

@@ -55,6 +55,21 @@ pub struct RunArgs {
     /// Stop the guest after this many seconds (the run then counts as failed).
     #[arg(long, value_name = "SECONDS")]
     timeout: Option<f64>,
+    /// Boot this Linux kernel (bzImage, e.g. a Debian vmlinuz, or ELF vmlinux) instead of the
+    /// built-in guest; `scripts/guest-assets.sh` builds one with an initramfs. The guest runs
+    /// until it reboots or powers off, Ctrl-C, --timeout or `memvisor vm stop`.
+    #[arg(long, value_name = "PATH", conflicts_with = "workload")]
+    kernel: Option<PathBuf>,
+    /// Initial ramdisk for --kernel (QEMU: -initrd).
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    initrd: Option<PathBuf>,
+    /// Kernel command line for --kernel (QEMU: -append). Default: "console=ttyS0
+    /// earlyprintk=serial reboot=k panic=1"; `noxsave` is added on hosts without VMX/SVM.
+    #[arg(long, value_name = "TEXT", requires = "kernel")]
+    cmdline: Option<String>,
+    /// Write the guest's serial console (ttyS0) to this file instead of stdout.
+    #[arg(long, value_name = "PATH", requires = "kernel")]
+    console: Option<PathBuf>,
     /// Make the built-in guest triple-fault at entry (tests the failure path).
     #[arg(long, hide = true)]
     triple_fault: bool,
@@ -92,6 +107,14 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
         c.pin = parse_pin(p)?;
     }
     c.triple_fault |= a.triple_fault;
+    if let Some(kernel) = &a.kernel {
+        c.linux = Some(memvisor::linux::LinuxConfig {
+            kernel: kernel.clone(),
+            initrd: a.initrd.clone(),
+            cmdline: a.cmdline.clone(),
+            console: a.console.clone(),
+        });
+    }
     if let Some(b) = &a.balloon {
         c.balloon = Some(memvisor::config::parse_balloon(b)?);
     }
@@ -119,9 +142,20 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         )),
         ..Default::default()
     };
-    let report = runner::Vmm::start_with(&config, start)
-        .map_err(|e| e.to_string())?
-        .wait(&opts);
+    let mut vmm = runner::Vmm::start_with(&config, start).map_err(|e| e.to_string())?;
+    // Typing into a Linux guest's console when it is on this terminal.
+    let raw_terminal = match vmm.linux_console() {
+        Some(port) if a.console.is_none() && std::io::stdin().is_terminal() => {
+            let raw = memvisor::linux::serial::RawTerminal::enter();
+            if let Err(e) = memvisor::linux::serial::forward_stdin(port.clone()) {
+                log::warn!("console input: {e}");
+            }
+            raw
+        }
+        _ => None,
+    };
+    let report = vmm.wait(&opts);
+    drop(raw_terminal);
     let json = serde_json::to_string_pretty(&report).expect("report serialises");
     if let Some(path) = &a.report_file {
         std::fs::write(path, &json).map_err(|e| format!("writing {}: {e}", path.display()))?;

@@ -1,0 +1,614 @@
+//! Linux guests: Debian's cloud kernel from `scripts/guest-assets.sh` booted by memvisor.
+//!
+//! - `debian_kernel_prints_its_version_and_the_configured_e820_map` runs everywhere KVM is: the
+//!   kernel's own `BIOS-e820` lines must be exactly the RAM memvisor configured (two regions with
+//!   the MMIO hole between them) plus the reserved BIOS ranges, and the kernel must find the ACPI
+//!   tables with one local APIC per vCPU. About a minute where KVM emulates ring 0 (the VM is
+//!   stopped as soon as the lines are there).
+//! - `bzimage_and_vmlinux_are_loaded_per_the_boot_protocol` checks what memvisor put in guest
+//!   memory for both kernel formats, without running them (seconds).
+//! - `guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly` boots two tiny ELF "kernels"
+//!   (a dozen instructions) to check the console and the clean end of a guest reboot (seconds).
+//! - `full_boot_to_init_with_the_balloon` needs hardware virtualisation (or
+//!   `MEMVISOR_FULL_LINUX=1`): boot to `/init`, the stock `virtio_balloon` driver binds to the
+//!   virtio-pci balloon, inflate by 256 MiB through the API and see the guest's MemTotal/MemFree
+//!   and the host's RSS follow, then deflate.
+//! - `linux_guest_with_a_balloon_has_it_on_pci` checks with a tiny kernel that `--balloon` puts
+//!   the balloon on the Linux guest's PCI bus (conf1), where that driver looks.
+//!
+//! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
+//! test builds them itself when they are missing, and prints a skip line naming what is missing
+//! only when they cannot be built here.
+
+mod common;
+
+use common::{kvm_or_skip, skip, TempDir};
+use memvisor::config::RegionConfig;
+use memvisor::linux::{cpu, irq::IrqChip, Devices, LinuxConfig, LinuxMachine};
+use memvisor::memory::GuestRam;
+use memvisor::vm::Vm;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use vm_memory::{Bytes, GuestAddress};
+
+/// The kernel and initramfs built by `scripts/guest-assets.sh`.
+struct Assets {
+    vmlinuz: PathBuf,
+    vmlinux: PathBuf,
+    initramfs: PathBuf,
+}
+
+/// Finds (or builds, through the script and its cache) the guest assets; prints a skip line
+/// naming what is missing when they cannot be had.
+fn assets_or_skip(test: &str) -> Option<Assets> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-assets.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--print-dir")
+        .stdin(Stdio::null())
+        .output();
+    let dir = match out {
+        Ok(o) if o.status.success() => PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()),
+        Ok(o) => {
+            let err = String::from_utf8_lossy(&o.stderr);
+            skip(
+                test,
+                format!(
+                    "guest assets (vmlinuz, vmlinux, initramfs.cpio.gz) missing and scripts/guest-assets.sh could not build them: {}",
+                    err.lines().last().unwrap_or("no output")
+                ),
+            );
+            return None;
+        }
+        Err(e) => {
+            skip(
+                test,
+                format!("guest assets missing: cannot run scripts/guest-assets.sh ({e})"),
+            );
+            return None;
+        }
+    };
+    let a = Assets {
+        vmlinuz: dir.join("vmlinuz"),
+        vmlinux: dir.join("vmlinux"),
+        initramfs: dir.join("initramfs.cpio.gz"),
+    };
+    for p in [&a.vmlinuz, &a.vmlinux, &a.initramfs] {
+        if !p.is_file() {
+            skip(test, format!("guest asset {} is missing", p.display()));
+            return None;
+        }
+    }
+    Some(a)
+}
+
+/// A `memvisor run` child, killed on drop.
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Running {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; kills it after `timeout`.
+    fn interrupt(&mut self, timeout: Duration) -> std::process::Output {
+        let mut c = self.0.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let t0 = Instant::now();
+        while c.try_wait().unwrap().is_none() {
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        c.wait_with_output().unwrap()
+    }
+}
+
+/// The console's lines with the kernel's `[    0.000000] ` timestamps removed.
+fn console_lines(path: &Path) -> Vec<String> {
+    let text = std::fs::read(path).unwrap_or_default();
+    String::from_utf8_lossy(&text)
+        .lines()
+        .map(
+            |l| match l.strip_prefix('[').and_then(|r| r.split_once("] ")) {
+                Some((_, rest)) => rest.to_string(),
+                None => l.to_string(),
+            },
+        )
+        .collect()
+}
+
+fn hardware_virtualisation() -> bool {
+    memvisor::vm::HostVirt::detect().hardware
+        && (Path::new("/sys/module/kvm_intel").exists()
+            || Path::new("/sys/module/kvm_amd").exists())
+}
+
+#[test]
+fn debian_kernel_prints_its_version_and_the_configured_e820_map() {
+    let test = "debian_kernel_prints_its_version_and_the_configured_e820_map";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(assets) = assets_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("linux-e820");
+    let console = tmp.path().join("console.txt");
+    let report = tmp.path().join("report.json");
+    let t0 = Instant::now();
+    // The ELF vmlinux: the bzImage's own decompressor takes minutes where ring 0 is emulated.
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(&assets.vmlinux)
+        .args(["--cmdline", "earlyprintk=serial console=ttyS0"])
+        .args(["--vcpus", "2", "-m", "3G", "-m", "1G", "--timeout", "600"])
+        .arg("--console")
+        .arg(&console)
+        .arg("--report-file")
+        .arg(&report)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut vm = Running(Some(child));
+    // Exactly the configured RAM: region 0 (3 GiB) from 0 with the BIOS areas reserved, region 1
+    // (1 GiB) above the 3-4 GiB hole.
+    let want_e820 = [
+        "BIOS-e820: [mem 0x0000000000000000-0x000000000009fbff] usable",
+        "BIOS-e820: [mem 0x000000000009fc00-0x000000000009ffff] reserved",
+        "BIOS-e820: [mem 0x00000000000e0000-0x00000000000fffff] reserved",
+        "BIOS-e820: [mem 0x0000000000100000-0x00000000bfffffff] usable",
+        "BIOS-e820: [mem 0x0000000100000000-0x000000013fffffff] usable",
+    ];
+    // The MADT with two local APICs and the I/O APIC is 44 + 2*8 + 12 = 0x48 bytes.
+    let madt_found = |l: &String| l.starts_with("ACPI: APIC ") && l.contains(" 000048 (v05 MEMVSR");
+    let deadline = Duration::from_secs(420);
+    let lines = loop {
+        let lines = console_lines(&console);
+        if lines.iter().any(madt_found) {
+            break lines;
+        }
+        if let Some(status) = vm.child().try_wait().unwrap() {
+            panic!(
+                "memvisor ended ({status}) before the kernel printed its ACPI tables; console:\n{}",
+                lines.join("\n")
+            );
+        }
+        assert!(
+            t0.elapsed() < deadline,
+            "no ACPI MADT line after {deadline:?}; console so far:\n{}",
+            lines.join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    };
+    let seen = t0.elapsed();
+    let out = vm.interrupt(Duration::from_secs(30));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    println!(
+        "kernel version, e820 and ACPI lines seen after {:.1} s",
+        seen.as_secs_f64()
+    );
+    let version = lines
+        .iter()
+        .find(|l| l.starts_with("Linux version "))
+        .expect("the kernel's version line");
+    assert!(version.contains("cloud-amd64"), "{version}");
+    let cmdline = lines
+        .iter()
+        .find(|l| l.starts_with("Command line: "))
+        .expect("the kernel's command line");
+    assert!(
+        cmdline.starts_with("Command line: earlyprintk=serial console=ttyS0"),
+        "{cmdline}"
+    );
+    let e820: Vec<&str> = lines
+        .iter()
+        .filter(|l| l.starts_with("BIOS-e820:"))
+        .map(|l| l.as_str())
+        .collect();
+    assert_eq!(e820, want_e820, "the kernel's e820 map");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("ACPI: RSDP 0x00000000000E0000 000024 (v02 MEMVSR)")),
+        "the kernel found the RSDP memvisor put at 0xE0000:\n{}",
+        lines.join("\n")
+    );
+    // Stopped by Ctrl-C: exit 130, the report with both regions where they were configured.
+    assert_eq!(out.status.code(), Some(130), "{stdout}");
+    assert!(stdout.contains("outcome: interrupted"), "{stdout}");
+    let r: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
+    let regions = r["regions"].as_array().unwrap();
+    assert_eq!(
+        regions[0]["gpa"],
+        serde_json::json!([[0u64, 0xc000_0000u64]]),
+        "{stdout}"
+    );
+    assert_eq!(
+        regions[1]["gpa"],
+        serde_json::json!([[0x1_0000_0000u64, 0x1_4000_0000u64]])
+    );
+    // The guest touched little of its 4 GiB: the memory is mapped, not used.
+    let resident: u64 = regions
+        .iter()
+        .map(|x| x["resident"].as_u64().unwrap())
+        .sum();
+    assert!(resident < 1 << 30, "resident {resident}");
+    let exits = r["vcpus"][0]["exits"]["io_out"].as_u64().unwrap_or(0);
+    assert!(
+        exits as usize >= lines.iter().map(|l| l.len()).sum::<usize>(),
+        "every console byte is a port write"
+    );
+}
+
+/// Zero page, command line, initrd and entry state as the boot protocol wants them, read back
+/// from guest memory after setup, for the bzImage and for the ELF vmlinux. Nothing runs.
+#[test]
+fn bzimage_and_vmlinux_are_loaded_per_the_boot_protocol() {
+    let test = "bzimage_and_vmlinux_are_loaded_per_the_boot_protocol";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(assets) = assets_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("linux-load");
+    let image = std::fs::read(&assets.vmlinuz).unwrap();
+    let initrd = std::fs::read(&assets.initramfs).unwrap();
+    let cmdline = "console=ttyS0 memvisor.fill=1M";
+    let setup = |kernel: &Path| {
+        let ram = GuestRam::new(&[RegionConfig::anon(1 << 30)]).unwrap();
+        let vm = Vm::new(&ram).unwrap();
+        let irq = IrqChip::create(vm.shared_fd()).unwrap();
+        let cfg = LinuxConfig {
+            kernel: kernel.to_path_buf(),
+            initrd: Some(assets.initramfs.clone()),
+            cmdline: Some(cmdline.into()),
+            console: Some(tmp.path().join("console.txt")),
+        };
+        let m = LinuxMachine::setup(&ram, &cfg, 2, true, irq, Devices::default()).unwrap();
+        (ram, vm, m)
+    };
+
+    // bzImage: its setup header is kept, its protected-mode code sits at 1 MiB.
+    let (ram, vm, m) = setup(&assets.vmlinuz);
+    let mem = ram.memory();
+    let mut zp = vec![0u8; 4096];
+    mem.read_slice(&mut zp, GuestAddress(cpu::ZERO_PAGE_GPA))
+        .unwrap();
+    let u16_at = |b: &[u8], o: usize| u16::from_le_bytes(b[o..o + 2].try_into().unwrap());
+    let u32_at = |b: &[u8], o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    assert_eq!(&zp[0x202..0x206], b"HdrS");
+    assert_eq!(u16_at(&zp, 0x1fe), 0xaa55);
+    assert_eq!(
+        u16_at(&zp, 0x206),
+        u16_at(&image, 0x206),
+        "protocol version"
+    );
+    assert_eq!(u16_at(&zp, 0x236), u16_at(&image, 0x236), "xloadflags kept");
+    assert_eq!(zp[0x210], 0xff, "type_of_loader");
+    assert_eq!(zp[0x211] & 0x81, 0x81, "LOADED_HIGH | CAN_USE_HEAP");
+    assert_eq!(u32_at(&zp, 0x228) as u64, cpu::CMDLINE_GPA);
+    let mut cl = vec![0u8; cmdline.len() + 1];
+    mem.read_slice(&mut cl, GuestAddress(cpu::CMDLINE_GPA))
+        .unwrap();
+    assert_eq!(&cl[..cmdline.len()], cmdline.as_bytes());
+    assert_eq!(cl[cmdline.len()], 0);
+    let (rd, rd_len) = (u32_at(&zp, 0x218) as u64, u32_at(&zp, 0x21c) as u64);
+    assert_eq!(rd_len, initrd.len() as u64);
+    assert_eq!(rd % 4096, 0);
+    let top = (1u64 << 30).min(u32_at(&image, 0x22c) as u64 + 1);
+    assert!(
+        rd + rd_len <= top && rd + rd_len + 4096 > top,
+        "initrd at the top of low RAM"
+    );
+    let mut back = vec![0u8; initrd.len()];
+    mem.read_slice(&mut back, GuestAddress(rd)).unwrap();
+    assert!(back == initrd, "initrd bytes in guest memory");
+    let setup_bytes = (image[0x1f1] as usize + 1) * 512;
+    let mut k = vec![0u8; 4096];
+    mem.read_slice(&mut k, GuestAddress(0x10_0000)).unwrap();
+    assert_eq!(&k[..], &image[setup_bytes..setup_bytes + 4096]);
+    assert_eq!(m.layout.entry, 0x10_0200, "startup_64");
+    // RSDP where the zero page says.
+    let rsdp = u64::from_le_bytes(zp[0x70..0x78].try_into().unwrap());
+    let mut sig = [0u8; 8];
+    mem.read_slice(&mut sig, GuestAddress(rsdp)).unwrap();
+    assert_eq!(&sig, b"RSD PTR ");
+    assert_eq!(zp[0x1e8], 4, "four e820 entries for one 1 GiB region");
+    // vCPU 0 at the 64-bit entry with RSI at the zero page; vCPU 1 waits for SIPI.
+    let v0 = m.create_vcpu(&vm, 0).unwrap();
+    let regs = v0.get_regs().unwrap();
+    assert_eq!((regs.rip, regs.rsi), (0x10_0200, cpu::ZERO_PAGE_GPA));
+    let sregs = v0.get_sregs().unwrap();
+    assert_eq!(sregs.efer & 0x500, 0x500, "long mode active");
+    assert_eq!((sregs.cs.selector, sregs.cs.l), (0x10, 1));
+    m.create_vcpu(&vm, 1).unwrap();
+    drop((v0, m, vm, ram));
+
+    // ELF vmlinux: loaded at its physical addresses, entered at e_entry, no setup header.
+    let elf = std::fs::read(&assets.vmlinux).unwrap();
+    let entry = u64::from_le_bytes(elf[24..32].try_into().unwrap());
+    let (ram, _vm, m) = setup(&assets.vmlinux);
+    assert_eq!(m.layout.entry, entry);
+    // The first program header's segment is at its p_paddr.
+    let phoff = u64::from_le_bytes(elf[32..40].try_into().unwrap()) as usize;
+    let p_offset = u64::from_le_bytes(elf[phoff + 8..phoff + 16].try_into().unwrap()) as usize;
+    let p_paddr = u64::from_le_bytes(elf[phoff + 24..phoff + 32].try_into().unwrap());
+    let mut k = vec![0u8; 4096];
+    ram.memory()
+        .read_slice(&mut k, GuestAddress(p_paddr))
+        .unwrap();
+    assert_eq!(&k[..], &elf[p_offset..p_offset + 4096]);
+    let mut zp = vec![0u8; 4096];
+    ram.memory()
+        .read_slice(&mut zp, GuestAddress(cpu::ZERO_PAGE_GPA))
+        .unwrap();
+    assert_eq!(&zp[0x202..0x206], b"HdrS");
+    assert_eq!(u32_at(&zp, 0x21c) as usize, initrd.len());
+}
+
+/// A minimal ELF "kernel": `code` loaded at and entered at 2 MiB.
+fn tiny_kernel(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    let mut f = vec![0u8; 0x1000];
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    f[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes()); // p_vaddr
+    f[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes()); // p_paddr
+    f[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}
+
+fn run_tiny(code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
+    let tmp = TempDir::new("linux-tiny");
+    let kernel = tmp.path().join("tiny.elf");
+    std::fs::write(&kernel, tiny_kernel(code)).unwrap();
+    let console = tmp.path().join("console.txt");
+    let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(&kernel)
+        .arg("--console")
+        .arg(&console)
+        .args(["-m", "64M", "--vcpus", "2", "--timeout", "60"])
+        .args(extra)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (out, std::fs::read(&console).unwrap_or_default())
+}
+
+/// A kernel that prints on COM1 and then resets the machine through the i8042 (what Linux does
+/// with `reboot=k`), and one that triple-faults (Linux's last resort): both end the run cleanly.
+#[test]
+fn guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly() {
+    if !kvm_or_skip("guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly") {
+        return;
+    }
+    let print_and_reset = [
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xb0, b'h', 0xee, // mov al, 'h'; out dx, al
+        0xb0, b'i', 0xee, // 'i'
+        0xb0, b'\n', 0xee, // '\n'
+        0xb0, 0xfe, 0xe6, 0x64, // mov al, 0xfe; out 0x64, al (pulse reset)
+        0xf4, 0xeb, 0xfd, // hlt; jmp back to hlt
+    ];
+    let (out, console) = run_tiny(&print_and_reset, &[]);
+    let text = common::text(&out);
+    assert_eq!(console, b"hi\n", "COM1 output in the console file");
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("outcome: guest stopped: the guest reset the machine through the i8042"),
+        "{text}"
+    );
+    assert!(
+        text.contains("io_out=4"),
+        "three bytes and the reset: {text}"
+    );
+    // ud2 with an empty IDT: #UD, #DF, triple fault -> KVM_EXIT_SHUTDOWN.
+    let (out, _) = run_tiny(&[0x0f, 0x0b], &[]);
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("outcome: guest stopped") && text.contains("KVM_EXIT_SHUTDOWN"),
+        "{text}"
+    );
+    assert!(text.contains("shutdown=1"), "{text}");
+}
+
+/// With `--balloon`, a Linux guest has a PCI bus on configuration mechanism #1 with the balloon
+/// as a modern virtio-pci function (vendor 0x1AF4, device 0x1045) in slot 1: a tiny kernel reads
+/// the ID dword of 00:01.0 and writes it to COM1.
+#[test]
+fn linux_guest_with_a_balloon_has_it_on_pci() {
+    if !kvm_or_skip("linux_guest_with_a_balloon_has_it_on_pci") {
+        return;
+    }
+    let read_id_of_slot_1 = [
+        0x66, 0xba, 0xf8, 0x0c, // mov dx, 0xcf8
+        0xb8, 0x00, 0x08, 0x00, 0x80, // mov eax, 0x80000800 (bus 0, device 1, register 0)
+        0xef, // out dx, eax
+        0x66, 0xba, 0xfc, 0x0c, // mov dx, 0xcfc
+        0xed, // in eax, dx
+        0x66, 0xba, 0xf8, 0x03, // mov dx, 0x3f8
+        0xee, 0xc1, 0xe8, 0x08, // out dx, al; shr eax, 8
+        0xee, 0xc1, 0xe8, 0x08, 0xee, 0xc1, 0xe8, 0x08, 0xee, // three more bytes
+        0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, // reset
+    ];
+    let (out, console) = run_tiny(&read_id_of_slot_1, &["--balloon", "amount_mib=0"]);
+    assert_eq!(out.status.code(), Some(0), "{}", common::text(&out));
+    assert_eq!(console, [0xf4, 0x1a, 0x45, 0x10], "virtio-pci balloon ID");
+    // Without --balloon there is no PCI bus: the read is unclaimed (all ones).
+    let (_, console) = run_tiny(&read_id_of_slot_1, &[]);
+    assert_eq!(console, [0xff; 4]);
+}
+
+/// The MemTotal/MemFree line /init prints: `memvisor-init: MemTotal: N kB MemFree: N kB`.
+fn last_meminfo(lines: &[String]) -> Option<(u64, u64)> {
+    lines.iter().rev().find_map(|l| {
+        let rest = l.strip_prefix("memvisor-init: MemTotal: ")?;
+        let mut w = rest.split_whitespace();
+        let total = w.next()?.parse().ok()?;
+        let free = w.nth(2)?.parse().ok()?;
+        Some((total, free))
+    })
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
+    let t0 = Instant::now();
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[test]
+fn full_boot_to_init_with_the_balloon() {
+    let test = "full_boot_to_init_with_the_balloon";
+    let forced = std::env::var("MEMVISOR_FULL_LINUX").is_ok_and(|v| v == "1");
+    if !forced && !hardware_virtualisation() {
+        skip(test, "needs hardware virtualisation (vmx/svm in /proc/cpuinfo and kvm_intel/kvm_amd loaded): without it KVM emulates guest ring 0 and Debian's kernel stops at its int3 self-test; MEMVISOR_FULL_LINUX=1 forces it");
+        return;
+    }
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(assets) = assets_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("linux-full");
+    let console = tmp.path().join("console.txt");
+    let sock = tmp.path().join("api.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(&assets.vmlinuz)
+        .arg("--initrd")
+        .arg(&assets.initramfs)
+        .args([
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 memvisor.fill=256M memvisor.release=1 memvisor.report=1",
+        ])
+        .args(["--vcpus", "2", "-m", "1G", "--timeout", "600"])
+        .args(["--balloon", "amount_mib=0,stats_polling_interval_s=1"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--console")
+        .arg(&console)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut vm = Running(Some(child));
+    let t0 = Instant::now();
+    let lines = wait_for("/init to report", Duration::from_secs(300), || {
+        let l = console_lines(&console);
+        assert!(
+            vm.child().try_wait().unwrap().is_none(),
+            "memvisor ended early; console:\n{}",
+            l.join("\n")
+        );
+        l.iter().any(|x| x == "memvisor-init: ready").then_some(l)
+    });
+    println!("booted to /init in {:.1} s", t0.elapsed().as_secs_f64());
+    let (total0, _) = last_meminfo(&lines).expect("/init printed MemTotal");
+    assert!(
+        total0 > 700 * 1024 && total0 <= 1024 * 1024,
+        "MemTotal {total0} kB for 1 GiB of RAM"
+    );
+    assert!(lines
+        .iter()
+        .any(|l| l == "memvisor-init: loaded virtio_balloon.ko"));
+    let bound = lines.iter().any(|l| {
+        l.starts_with("memvisor-init: virtio device") && l.ends_with("driver virtio_balloon")
+    });
+    assert!(
+        bound,
+        "virtio_balloon did not bind to the virtio-pci balloon; console:\n{}",
+        lines.join("\n")
+    );
+    // Inflate by 256 MiB: the guest gives the pages (MemTotal or, with deflate-on-oom, MemFree
+    // drops) and the host gets the memory back.
+    let rss0 = rss_kib(pid);
+    let set = |mib: u32| {
+        let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+            .args(["balloon", "set", &format!("{mib}M"), "--api-sock"])
+            .arg(&sock)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", common::text(&out));
+    };
+    set(256);
+    let (total1, free1) = wait_for("the guest to inflate", Duration::from_secs(120), || {
+        let (t, f) = last_meminfo(&console_lines(&console))?;
+        (total0 - t >= 250 * 1024 || total0.saturating_sub(f) >= 250 * 1024).then_some((t, f))
+    });
+    println!("inflated: MemTotal {total1} kB MemFree {free1} kB (was MemTotal {total0} kB)");
+    let rss1 = wait_for("host RSS to drop", Duration::from_secs(60), || {
+        let r = rss_kib(pid);
+        (rss0.saturating_sub(r) >= 200 * 1024).then_some(r)
+    });
+    println!("host RSS {rss0} kB -> {rss1} kB");
+    set(0);
+    wait_for("the guest to deflate", Duration::from_secs(120), || {
+        let (t, f) = last_meminfo(&console_lines(&console))?;
+        // MemTotal comes back (or, with deflate-on-oom, MemFree grows by what was given).
+        let restored = if total0 - total1 >= 250 * 1024 {
+            t + 16 * 1024 >= total0
+        } else {
+            f >= free1 + 200 * 1024
+        };
+        restored.then_some(())
+    });
+    let out = vm.interrupt(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
+}
