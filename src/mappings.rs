@@ -12,6 +12,7 @@
 use crate::memory::GuestRam;
 use serde::{Deserialize, Serialize};
 use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 const PAGE: u64 = 4096;
@@ -19,6 +20,8 @@ const PAGE: u64 = 4096;
 // pagemap entry bits (Documentation/admin-guide/mm/pagemap.rst).
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAPPED: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+const PM_MMAP_EXCLUSIVE: u64 = 1 << 56;
 const PM_PFN_MASK: u64 = (1 << 55) - 1;
 
 // kpageflags bits.
@@ -64,27 +67,99 @@ pub struct PageFlags {
 }
 
 impl PageFlags {
-    fn names(&self) -> Vec<String> {
-        let mut v = Vec::new();
-        if !self.present {
-            v.push(if self.swapped {
-                "swapped"
-            } else {
-                "not-present"
-            });
-        }
-        for (on, name) in [
-            (self.hugetlb, "huge"),
-            (self.thp, "thp"),
-            (self.ksm, "ksm"),
-            (self.zero, "zero"),
-            (self.anon, "anon"),
+    /// The flags a run of such pages shows.
+    fn run_flags(&self) -> RunFlags {
+        let mut bits = 0u8;
+        for (on, bit) in [
+            (!self.present && self.swapped, RunFlags::SWAPPED),
+            (!self.present && !self.swapped, RunFlags::NOT_PRESENT),
+            (self.hugetlb, RunFlags::HUGE),
+            (self.thp, RunFlags::THP),
+            (self.ksm, RunFlags::KSM),
+            (self.zero, RunFlags::ZERO),
+            (self.anon, RunFlags::ANON),
         ] {
             if on {
-                v.push(name);
+                bits |= bit;
             }
         }
-        v.into_iter().map(String::from).collect()
+        RunFlags(bits)
+    }
+}
+
+/// The kinds of host page behind a run: a small set, serialised as the list of its names
+/// (`["not-present"]`, `["thp", "anon"]`, ...) in the order of [`RunFlags::NAMES`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct RunFlags(u8);
+
+impl RunFlags {
+    const SWAPPED: u8 = 1;
+    const NOT_PRESENT: u8 = 1 << 1;
+    const HUGE: u8 = 1 << 2;
+    const THP: u8 = 1 << 3;
+    const KSM: u8 = 1 << 4;
+    const ZERO: u8 = 1 << 5;
+    const ANON: u8 = 1 << 6;
+
+    /// Every flag and its name, in output order.
+    pub const NAMES: [(u8, &'static str); 7] = [
+        (Self::SWAPPED, "swapped"),
+        (Self::NOT_PRESENT, "not-present"),
+        (Self::HUGE, "huge"),
+        (Self::THP, "thp"),
+        (Self::KSM, "ksm"),
+        (Self::ZERO, "zero"),
+        (Self::ANON, "anon"),
+    ];
+
+    /// The names of the flags that are set.
+    pub fn names(&self) -> Vec<&'static str> {
+        Self::NAMES
+            .iter()
+            .filter(|(bit, _)| self.0 & bit != 0)
+            .map(|(_, n)| *n)
+            .collect()
+    }
+
+    /// Whether the flag called `name` is set.
+    pub fn contains(&self, name: &str) -> bool {
+        Self::NAMES
+            .iter()
+            .any(|(bit, n)| *n == name && self.0 & bit != 0)
+    }
+
+    /// The set with the flags called `names`; `Err` names one that does not exist.
+    pub fn from_names<S: AsRef<str>>(names: &[S]) -> Result<RunFlags, String> {
+        let mut bits = 0;
+        for name in names {
+            let name = name.as_ref();
+            bits |= Self::NAMES
+                .iter()
+                .find(|(_, n)| *n == name)
+                .map(|(bit, _)| *bit)
+                .ok_or_else(|| format!("unknown page flag `{name}`"))?;
+        }
+        Ok(RunFlags(bits))
+    }
+}
+
+impl std::fmt::Display for RunFlags {
+    /// The names joined by commas.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.names().join(","))
+    }
+}
+
+impl Serialize for RunFlags {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.names())
+    }
+}
+
+impl<'de> Deserialize<'de> for RunFlags {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let names = Vec::<String>::deserialize(d)?;
+        RunFlags::from_names(&names).map_err(serde::de::Error::custom)
     }
 }
 
@@ -100,7 +175,7 @@ pub struct Run {
     /// Host page size behind the run (4 KiB, 2 MiB THP/hugetlb, 1 GiB hugetlb).
     pub page_size: u64,
     /// Flags.
-    pub flags: Vec<String>,
+    pub flags: RunFlags,
 }
 
 /// Totals of one region, in bytes.
@@ -149,20 +224,34 @@ pub struct MappingReport {
 }
 
 /// Reads the map of `[gpa, gpa+len)` (all RAM when `None`).
+///
+/// Cost (see `memvisor bench mappings`): pagemap is read in [`BATCH`]-entry `pread`s. kpageflags
+/// is read only where it can say something pagemap does not:
+/// - once per folio where the folios are known: per huge page on hugetlb regions, per 2 MiB
+///   where `PAGEMAP_SCAN` reports a PMD-mapped transparent huge page (every 4 KiB piece of a
+///   folio has the same kind);
+/// - not at all for exclusively mapped pages of regions that can hold nothing but ordinary
+///   anonymous 4 KiB pages (see [`only_small_anon`]);
+/// - otherwise per page, with the frames of a batch sorted so close ones share a `pread`
+///   ([`MAX_GAP`]).
+///
+/// Nothing is allocated per page or per run besides the runs vector.
 pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, MappingError> {
     if let Some((gpa, len)) = range {
         if !ram.is_ram(gpa, len) {
             return Err(MappingError::NotRam { gpa, len });
         }
     }
-    let pagemap = File::open("/proc/self/pagemap").map_err(MappingError::Pagemap)?;
-    let kpageflags = File::open("/proc/kpageflags").ok();
+    let mut scan = Scanner::open()?;
+    // Process-wide KSM (PR_SET_MEMORY_MERGE) makes every anonymous page a KSM candidate.
+    let merge_any = ksm::process_merge().unwrap_or(false);
     let mut pfns_seen = false;
     let mut present_seen = false;
     let mut regions = Vec::new();
     for r in ram.regions() {
         let mut runs: Vec<Run> = Vec::new();
         let mut totals = Totals::default();
+        let anon_only = only_small_anon(r, merge_any);
         for e in &r.extents {
             let (lo, hi) = match range {
                 Some((gpa, len)) => (gpa.max(e.gpa), (gpa + len).min(e.end())),
@@ -174,67 +263,86 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
             let lo = lo / PAGE * PAGE;
             let host = r.host_addr() as u64 + e.offset + (lo - e.gpa);
             let pages = (hi - lo).div_ceil(PAGE);
-            let entries =
-                read_entries(&pagemap, host / PAGE, pages).map_err(MappingError::Pagemap)?;
-            for (i, pm) in entries.iter().enumerate() {
-                let gpa = lo + i as u64 * PAGE;
-                let present = pm & PM_PRESENT != 0;
-                let pfn = pm & PM_PFN_MASK;
-                present_seen |= present;
-                pfns_seen |= present && pfn != 0;
-                let kf = match (&kpageflags, present && pfn != 0) {
-                    (Some(f), true) => read_entries(f, pfn, 1).ok().map(|v| v[0]).unwrap_or(0),
-                    _ => 0,
-                };
-                let flags = PageFlags {
-                    present,
-                    swapped: pm & PM_SWAPPED != 0,
-                    hugetlb: kf & KPF_HUGE != 0 || (present && r.page_size > PAGE),
-                    thp: kf & KPF_THP != 0,
-                    ksm: kf & KPF_KSM != 0,
-                    zero: kf & KPF_ZERO_PAGE != 0,
-                    anon: kf & KPF_ANON != 0,
-                };
-                let page_size = if flags.hugetlb {
-                    r.page_size
-                } else if flags.thp {
-                    2 << 20
-                } else {
-                    PAGE
-                };
-                totals.bytes += PAGE;
-                totals.present += PAGE * present as u64;
-                totals.not_present += PAGE * (!present && !flags.swapped) as u64;
-                totals.swapped += PAGE * flags.swapped as u64;
-                totals.hugetlb += PAGE * flags.hugetlb as u64;
-                totals.thp += PAGE * flags.thp as u64;
-                totals.ksm += PAGE * flags.ksm as u64;
-                totals.zero += PAGE * flags.zero as u64;
-                let hpa = (present && pfn != 0).then_some(pfn * PAGE);
-                let names = flags.names();
-                if let Some(last) = runs.last_mut() {
-                    let contiguous_gpa = last.gpa + last.len == gpa;
-                    let contiguous_hpa = match (last.hpa, hpa) {
-                        (Some(a), Some(b)) => a + last.len == b,
-                        (None, None) => true,
-                        _ => false,
-                    };
-                    if contiguous_gpa
-                        && contiguous_hpa
-                        && last.page_size == page_size
-                        && last.flags == names
-                    {
-                        last.len += PAGE;
-                        continue;
-                    }
+            let folios = if r.page_size > PAGE {
+                // hugetlb: every huge page of the region is one folio.
+                Folios::Huge {
+                    block: r.page_size / PAGE,
+                    ranges: vec![(host / PAGE, host / PAGE + pages)],
                 }
-                runs.push(Run {
-                    gpa,
-                    hpa,
-                    len: PAGE,
-                    page_size,
-                    flags: names,
-                });
+            } else if anon_only {
+                Folios::Small
+            } else {
+                // Transparent huge pages mapped by a PMD: 2 MiB folios.
+                Folios::Huge {
+                    block: PMD_PAGES,
+                    ranges: pmd_mapped(&scan.pagemap, host, pages * PAGE),
+                }
+            };
+            let mut done = 0;
+            while done < pages {
+                let n = (pages - done).min(BATCH) as usize;
+                let vpn = host / PAGE + done;
+                scan.read(vpn, n, &folios, anon_only)
+                    .map_err(MappingError::Pagemap)?;
+                for i in 0..n {
+                    let pm = scan.pm[i];
+                    let kf = scan.kf[i];
+                    let gpa = lo + (done + i as u64) * PAGE;
+                    let present = pm & PM_PRESENT != 0;
+                    let pfn = pm & PM_PFN_MASK;
+                    present_seen |= present;
+                    pfns_seen |= present && pfn != 0;
+                    let flags = PageFlags {
+                        present,
+                        swapped: pm & PM_SWAPPED != 0,
+                        hugetlb: kf & KPF_HUGE != 0 || (present && r.page_size > PAGE),
+                        thp: kf & KPF_THP != 0,
+                        ksm: kf & KPF_KSM != 0,
+                        zero: kf & KPF_ZERO_PAGE != 0,
+                        anon: kf & KPF_ANON != 0,
+                    };
+                    let page_size = if flags.hugetlb {
+                        r.page_size
+                    } else if flags.thp {
+                        2 << 20
+                    } else {
+                        PAGE
+                    };
+                    totals.bytes += PAGE;
+                    totals.present += PAGE * present as u64;
+                    totals.not_present += PAGE * (!present && !flags.swapped) as u64;
+                    totals.swapped += PAGE * flags.swapped as u64;
+                    totals.hugetlb += PAGE * flags.hugetlb as u64;
+                    totals.thp += PAGE * flags.thp as u64;
+                    totals.ksm += PAGE * flags.ksm as u64;
+                    totals.zero += PAGE * flags.zero as u64;
+                    let hpa = (present && pfn != 0).then_some(pfn * PAGE);
+                    let run_flags = flags.run_flags();
+                    if let Some(last) = runs.last_mut() {
+                        let contiguous_gpa = last.gpa + last.len == gpa;
+                        let contiguous_hpa = match (last.hpa, hpa) {
+                            (Some(a), Some(b)) => a + last.len == b,
+                            (None, None) => true,
+                            _ => false,
+                        };
+                        if contiguous_gpa
+                            && contiguous_hpa
+                            && last.page_size == page_size
+                            && last.flags == run_flags
+                        {
+                            last.len += PAGE;
+                            continue;
+                        }
+                    }
+                    runs.push(Run {
+                        gpa,
+                        hpa,
+                        len: PAGE,
+                        page_size,
+                        flags: run_flags,
+                    });
+                }
+                done += n as u64;
             }
         }
         regions.push(RegionMap {
@@ -247,7 +355,7 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
     let pfns_visible = pfns_seen || !present_seen;
     let note = if !pfns_visible {
         Some("host frame numbers are hidden: reading them needs CAP_SYS_ADMIN (run memvisor as root); presence and swap are still exact".into())
-    } else if kpageflags.is_none() {
+    } else if scan.kpageflags.is_none() {
         Some("/proc/kpageflags is not readable: page kinds (THP, KSM, zero) are unknown".into())
     } else {
         None
@@ -259,22 +367,264 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
     })
 }
 
-/// Reads `count` u64 entries starting at entry `index` of a pagemap-style file.
-fn read_entries(f: &File, index: u64, count: u64) -> std::io::Result<Vec<u64>> {
-    let mut out = Vec::with_capacity(count as usize);
-    let mut buf = vec![0u8; (count.min(65536) * 8) as usize];
-    let mut done = 0;
-    while done < count {
-        let n = (count - done).min(65536);
-        let b = &mut buf[..(n * 8) as usize];
-        f.read_exact_at(b, (index + done) * 8)?;
-        out.extend(
-            b.chunks_exact(8)
-                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes"))),
-        );
-        done += n;
+/// Whether every page of region `r` that pagemap shows present, exclusively mapped and not
+/// file-backed is an ordinary anonymous 4 KiB page, so its kpageflags would say `anon` and
+/// nothing else: private anonymous memory with `MADV_NOHUGEPAGE` (no transparent huge page of
+/// any size), not `MADV_MERGEABLE` and no process-wide KSM (no KSM page). Such a page is not the
+/// zero page either (the zero page is never "exclusively mapped"). Other pages of the region
+/// (shared, file, zero page) still have their kpageflags read.
+fn only_small_anon(r: &crate::memory::RamRegion, merge_any: bool) -> bool {
+    matches!(
+        r.config.backend,
+        crate::config::Backend::Anon {
+            shared: false,
+            thp: Some(false)
+        }
+    ) && !r.config.mergeable
+        && !merge_any
+        && r.page_size == PAGE
+}
+
+/// Pages per pagemap `pread` (512 KiB of entries).
+pub const BATCH: u64 = 65536;
+
+/// Largest hole (in frames) between two frames whose kpageflags are read by one `pread`:
+/// reading a few unneeded entries costs less than another system call.
+pub const MAX_GAP: u64 = 8;
+
+/// pagemap and kpageflags readers with buffers reused from batch to batch.
+struct Scanner {
+    pagemap: File,
+    kpageflags: Option<File>,
+    /// pagemap entries of the current batch.
+    pm: Vec<u64>,
+    /// kpageflags of each page of the current batch (0 when not present or unknown).
+    kf: Vec<u64>,
+    /// (frame, page index) of the pages whose flags are read, sorted by frame.
+    wanted: Vec<(u64, u32)>,
+    /// kpageflags read for one span of frames.
+    span: Vec<u64>,
+}
+
+impl Scanner {
+    fn open() -> Result<Scanner, MappingError> {
+        Ok(Scanner {
+            pagemap: File::open("/proc/self/pagemap").map_err(MappingError::Pagemap)?,
+            kpageflags: File::open("/proc/kpageflags").ok(),
+            pm: vec![0; BATCH as usize],
+            kf: vec![0; BATCH as usize],
+            wanted: Vec::with_capacity(BATCH as usize),
+            span: vec![0; BATCH as usize],
+        })
     }
-    Ok(out)
+
+    /// Reads the pagemap entries of `n` pages from virtual page `vpn` into `pm`, and the
+    /// kpageflags of their frames into `kf`: once per folio where `folios` knows the folios
+    /// (every 4 KiB piece of a folio has the same kind), and without reading where
+    /// `anon_only` says the kind is known (see [`only_small_anon`]).
+    fn read(
+        &mut self,
+        vpn: u64,
+        n: usize,
+        folios: &Folios,
+        anon_only: bool,
+    ) -> std::io::Result<()> {
+        read_into(&self.pagemap, &mut self.pm[..n], vpn)?;
+        let kf = &mut self.kf[..n];
+        kf.fill(0);
+        let Some(kpf) = &self.kpageflags else {
+            return Ok(());
+        };
+        self.wanted.clear();
+        // Per page: does it take the flags of the page before it (same folio)?
+        let mut inside = folios.walker();
+        let mut prev_pfn = None;
+        for (i, &pm) in self.pm[..n].iter().enumerate() {
+            let pfn = pm & PM_PFN_MASK;
+            let same_folio = inside.same_folio_as_previous(vpn + i as u64, prev_pfn, pfn);
+            if pm & PM_PRESENT == 0 || pfn == 0 {
+                prev_pfn = None;
+                continue;
+            }
+            prev_pfn = Some(pfn);
+            if anon_only && pm & (PM_MMAP_EXCLUSIVE | PM_FILE) == PM_MMAP_EXCLUSIVE {
+                kf[i] = KPF_ANON;
+            } else if !same_folio {
+                self.wanted.push((pfn, i as u32));
+            }
+        }
+        self.wanted.sort_unstable_by_key(|w| w.0);
+        let mut at = 0;
+        while at < self.wanted.len() {
+            // One span: frames close enough to read together, at most a buffer long.
+            let first = self.wanted[at].0;
+            let mut end = at + 1;
+            while end < self.wanted.len() {
+                let pfn = self.wanted[end].0;
+                if pfn > self.wanted[end - 1].0 + MAX_GAP || pfn - first >= BATCH {
+                    break;
+                }
+                end += 1;
+            }
+            let count = (self.wanted[end - 1].0 - first + 1) as usize;
+            if read_into(kpf, &mut self.span[..count], first).is_ok() {
+                for &(pfn, i) in &self.wanted[at..end] {
+                    kf[i as usize] = self.span[(pfn - first) as usize];
+                }
+            }
+            at = end;
+        }
+        // The other pages of a folio take the flags read for its first page in this batch.
+        if !matches!(folios, Folios::Small) {
+            let mut inside = folios.walker();
+            let mut prev_pfn = None;
+            for i in 0..n {
+                let pm = self.pm[i];
+                let pfn = pm & PM_PFN_MASK;
+                let same_folio = inside.same_folio_as_previous(vpn + i as u64, prev_pfn, pfn);
+                if pm & PM_PRESENT == 0 || pfn == 0 {
+                    prev_pfn = None;
+                    continue;
+                }
+                if same_folio {
+                    kf[i] = kf[i - 1];
+                }
+                prev_pfn = Some(pfn);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// 4 KiB pages in a PMD-mapped transparent huge page.
+const PMD_PAGES: u64 = 512;
+
+/// Where a range's folios larger than 4 KiB are known to be.
+enum Folios {
+    /// Nothing known: every page is read on its own.
+    Small,
+    /// In these virtual page ranges (sorted, `[start, end)`), every naturally aligned block
+    /// of `block` pages that is mapped to consecutive frames is one folio.
+    Huge {
+        /// Pages per folio.
+        block: u64,
+        /// Virtual page ranges.
+        ranges: Vec<(u64, u64)>,
+    },
+}
+
+impl Folios {
+    fn walker(&self) -> FolioWalker<'_> {
+        match self {
+            Folios::Small => FolioWalker {
+                block: 1,
+                ranges: &[],
+            },
+            Folios::Huge { block, ranges } => FolioWalker {
+                block: *block,
+                ranges,
+            },
+        }
+    }
+}
+
+/// Walks [`Folios`] in increasing page order.
+struct FolioWalker<'a> {
+    block: u64,
+    ranges: &'a [(u64, u64)],
+}
+
+impl FolioWalker<'_> {
+    /// Whether virtual page `vpn` (asked in increasing order), mapped to `pfn`, is in the same
+    /// folio as page `vpn - 1`, mapped to `prev` (`None`: not present).
+    fn same_folio_as_previous(&mut self, vpn: u64, prev: Option<u64>, pfn: u64) -> bool {
+        while self.ranges.first().is_some_and(|r| r.1 <= vpn) {
+            self.ranges = &self.ranges[1..];
+        }
+        // The range (if any) now ends after `vpn`; page `vpn - 1` must be in it too.
+        self.ranges.first().is_some_and(|r| r.0 < vpn)
+            && vpn % self.block != 0
+            && prev.is_some_and(|p| p + 1 == pfn)
+    }
+}
+
+/// Virtual page ranges `[start, end)` of `[addr, addr+len)` that are mapped by PMD entries
+/// (transparent huge pages), from the `PAGEMAP_SCAN` ioctl (Linux 6.7+). Empty when the
+/// kernel does not have it: the pages are then simply read one by one.
+fn pmd_mapped(pagemap: &File, addr: u64, len: u64) -> Vec<(u64, u64)> {
+    #[repr(C)]
+    struct PmScanArg {
+        size: u64,
+        flags: u64,
+        start: u64,
+        end: u64,
+        walk_end: u64,
+        vec: u64,
+        vec_len: u64,
+        max_pages: u64,
+        category_inverted: u64,
+        category_mask: u64,
+        category_anyof_mask: u64,
+        return_mask: u64,
+    }
+    #[repr(C)]
+    #[derive(Clone, Copy, Default)]
+    struct PageRegion {
+        start: u64,
+        end: u64,
+        categories: u64,
+    }
+    const PAGE_IS_HUGE: u64 = 1 << 6;
+    nix::ioctl_readwrite!(pagemap_scan, b'f', 16, PmScanArg);
+    let mut out: Vec<(u64, u64)> = Vec::new();
+    let mut regions = vec![PageRegion::default(); 512];
+    let end = addr + len;
+    let mut start = addr;
+    while start < end {
+        let mut arg = PmScanArg {
+            size: std::mem::size_of::<PmScanArg>() as u64,
+            flags: 0,
+            start,
+            end,
+            walk_end: 0,
+            vec: regions.as_mut_ptr() as u64,
+            vec_len: regions.len() as u64,
+            max_pages: 0,
+            category_inverted: 0,
+            category_mask: 0,
+            category_anyof_mask: PAGE_IS_HUGE,
+            return_mask: PAGE_IS_HUGE,
+        };
+        // SAFETY: `arg` is a valid pm_scan_arg whose `vec` points at `regions`, writable for
+        // `vec_len` entries for the duration of the call; the kernel only reads this
+        // process's page tables.
+        let n = match unsafe { pagemap_scan(pagemap.as_raw_fd(), &mut arg) } {
+            Ok(n) => n as usize,
+            Err(_) => return Vec::new(),
+        };
+        for r in &regions[..n.min(regions.len())] {
+            let (s, e) = (r.start / PAGE, r.end / PAGE);
+            match out.last_mut() {
+                Some(last) if last.1 == s => last.1 = e,
+                _ => out.push((s, e)),
+            }
+        }
+        if arg.walk_end <= start {
+            break;
+        }
+        start = arg.walk_end;
+    }
+    out
+}
+
+/// Fills `buf` with the u64 entries of a pagemap-style file from entry `index` on.
+fn read_into(f: &File, buf: &mut [u64], index: u64) -> std::io::Result<()> {
+    // SAFETY: `buf` is a live, exclusively borrowed slice of u64; any bytes are a valid u64 and
+    // the byte view covers exactly its memory. The kernel writes native-endian u64 entries.
+    let bytes = unsafe {
+        std::slice::from_raw_parts_mut(buf.as_mut_ptr().cast::<u8>(), std::mem::size_of_val(buf))
+    };
+    f.read_exact_at(bytes, index * 8)
 }
 
 impl MappingReport {
@@ -313,7 +663,7 @@ impl MappingReport {
                     run.gpa + run.len,
                     crate::config::Size(run.len).to_string(),
                     crate::config::Size(run.page_size).to_string(),
-                    run.flags.join(",")
+                    run.flags
                 );
             }
         }
@@ -341,17 +691,200 @@ mod tests {
         assert_eq!(t.present, 16 * PAGE);
         assert_eq!(t.not_present, (8 << 20) - 16 * PAGE);
         let runs = &m.regions[0].runs;
-        assert_eq!(runs.last().unwrap().flags, vec!["not-present".to_string()]);
+        assert_eq!(runs.last().unwrap().flags.names(), vec!["not-present"]);
         assert_eq!(runs.iter().map(|r| r.len).sum::<u64>(), 8 << 20);
         if nix::unistd::geteuid().is_root() {
             assert!(m.pfns_visible);
             assert!(runs[0].hpa.is_some());
-            assert!(runs[0].flags.iter().any(|f| f == "anon"));
+            assert!(runs[0].flags.contains("anon"));
         }
         // Discarded pages are no longer present.
         ram.discard(0, 8 * PAGE).unwrap();
         let m = map(&ram, Some((0, 16 * PAGE))).unwrap();
         assert_eq!(m.regions[0].totals.present, 8 * PAGE);
         assert!(map(&ram, Some((8 << 20, PAGE))).is_err());
+    }
+
+    /// The map read the slow, obvious way: one pagemap entry and one kpageflags entry per
+    /// page, runs merged by the same rules. The fast paths of [`map`] must give the same.
+    fn map_page_by_page(ram: &GuestRam) -> Vec<(Vec<Run>, Totals)> {
+        let pagemap = File::open("/proc/self/pagemap").unwrap();
+        let kpageflags = File::open("/proc/kpageflags").ok();
+        let entry = |f: &File, index: u64| {
+            let mut b = [0u8; 8];
+            f.read_exact_at(&mut b, index * 8)
+                .map(|_| u64::from_ne_bytes(b))
+        };
+        let mut out = Vec::new();
+        for r in ram.regions() {
+            let mut runs: Vec<Run> = Vec::new();
+            let mut t = Totals::default();
+            for e in &r.extents {
+                for p in 0..e.len / PAGE {
+                    let gpa = e.gpa + p * PAGE;
+                    let va = r.host_addr() as u64 + e.offset + p * PAGE;
+                    let pm = entry(&pagemap, va / PAGE).unwrap();
+                    let present = pm & PM_PRESENT != 0;
+                    let pfn = pm & PM_PFN_MASK;
+                    let kf = match (&kpageflags, present && pfn != 0) {
+                        (Some(f), true) => entry(f, pfn).unwrap(),
+                        _ => 0,
+                    };
+                    let flags = PageFlags {
+                        present,
+                        swapped: pm & PM_SWAPPED != 0,
+                        hugetlb: kf & KPF_HUGE != 0 || (present && r.page_size > PAGE),
+                        thp: kf & KPF_THP != 0,
+                        ksm: kf & KPF_KSM != 0,
+                        zero: kf & KPF_ZERO_PAGE != 0,
+                        anon: kf & KPF_ANON != 0,
+                    };
+                    let page_size = if flags.hugetlb {
+                        r.page_size
+                    } else if flags.thp {
+                        2 << 20
+                    } else {
+                        PAGE
+                    };
+                    t.bytes += PAGE;
+                    t.present += PAGE * present as u64;
+                    t.not_present += PAGE * (!present && !flags.swapped) as u64;
+                    t.swapped += PAGE * flags.swapped as u64;
+                    t.hugetlb += PAGE * flags.hugetlb as u64;
+                    t.thp += PAGE * flags.thp as u64;
+                    t.ksm += PAGE * flags.ksm as u64;
+                    t.zero += PAGE * flags.zero as u64;
+                    let hpa = (present && pfn != 0).then_some(pfn * PAGE);
+                    let f = flags.run_flags();
+                    match runs.last_mut() {
+                        Some(l)
+                            if l.gpa + l.len == gpa
+                                && l.page_size == page_size
+                                && l.flags == f
+                                && match (l.hpa, hpa) {
+                                    (Some(a), Some(b)) => a + l.len == b,
+                                    (None, None) => true,
+                                    _ => false,
+                                } =>
+                        {
+                            l.len += PAGE
+                        }
+                        _ => runs.push(Run {
+                            gpa,
+                            hpa,
+                            len: PAGE,
+                            page_size,
+                            flags: f,
+                        }),
+                    }
+                }
+            }
+            out.push((runs, t));
+        }
+        out
+    }
+
+    /// `map` equals the page-by-page read. The kernel may change pages between two reads (a
+    /// partly unmapped THP being split, khugepaged): the comparison counts only when two
+    /// page-by-page reads around `map` agree, and is retried otherwise.
+    fn assert_same_as_page_by_page(ram: &GuestRam, what: &str) {
+        for _ in 0..5 {
+            let before = map_page_by_page(ram);
+            let m = map(ram, None).unwrap();
+            if map_page_by_page(ram) != before {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+                continue;
+            }
+            for (fast, (runs, totals)) in m.regions.iter().zip(&before) {
+                for (a, b) in fast.runs.iter().zip(runs) {
+                    assert_eq!(a, b, "{what}: first differing run");
+                }
+                assert_eq!(fast.runs.len(), runs.len(), "{what}: run count");
+                assert_eq!(&fast.totals, totals, "{what}: totals");
+            }
+            return;
+        }
+        panic!("{what}: the pages kept changing between reads");
+    }
+
+    /// Writes every page of `[from, to)` and reads (host side: zero page) `[to, to + read)`.
+    fn touch(ram: &GuestRam, from: u64, to: u64, read: u64) {
+        let mem = ram.memory();
+        for gpa in (from..to).step_by(PAGE as usize) {
+            mem.write_obj(gpa | 1, GuestAddress(gpa)).unwrap();
+        }
+        for gpa in (to..to + read).step_by(PAGE as usize) {
+            let _: u64 = mem.read_obj(GuestAddress(gpa)).unwrap();
+        }
+    }
+
+    #[test]
+    fn fast_paths_match_a_page_by_page_read() {
+        if !nix::unistd::geteuid().is_root() {
+            println!("skip: fast_paths_match_a_page_by_page_read: needs root (frame numbers, kpageflags)");
+            return;
+        }
+        for spec in [
+            "size=16M,thp=off",
+            "size=16M",
+            "size=16M,thp=on",
+            "size=16M,thp=off,mergeable=on",
+        ] {
+            let ram = GuestRam::new(&[RegionConfig::parse(0, spec).unwrap()]).unwrap();
+            // Written pages, zero-page reads, never-touched pages and a discarded hole.
+            touch(&ram, 0, 10 << 20, 2 << 20);
+            ram.discard(4 << 20, 1 << 20).unwrap();
+            assert_same_as_page_by_page(&ram, spec);
+            let m = map(&ram, None).unwrap();
+            let t = &m.regions[0].totals;
+            assert!(t.present >= 9 << 20, "{spec}: {t:?}");
+            assert!(t.not_present >= 4 << 20, "{spec}: {t:?}");
+            if spec.ends_with("thp=on") && t.thp > 0 {
+                assert!(m.regions[0]
+                    .runs
+                    .iter()
+                    .any(|r| r.flags.contains("thp") && r.page_size == 2 << 20));
+            }
+        }
+        // hugetlbfs 2M, when a pool can be had.
+        match crate::bench::host::HugetlbfsScratch::new(hugepages::HugePageSize::Size2M, 8 << 20) {
+            Ok(scratch) => {
+                let spec = format!(
+                    "size=8M,backend=hugetlbfs,mem-path={}",
+                    scratch.path().display()
+                );
+                let ram = GuestRam::new(&[RegionConfig::parse(0, &spec).unwrap()]).unwrap();
+                touch(&ram, 0, 6 << 20, 0);
+                assert_same_as_page_by_page(&ram, "hugetlbfs 2M");
+                let m = map(&ram, None).unwrap();
+                assert_eq!(m.regions[0].totals.hugetlb, 6 << 20);
+                for run in m.regions[0].runs.iter().filter(|r| r.hpa.is_some()) {
+                    assert_eq!(run.hpa.unwrap() % (2 << 20), 0, "{run:?}");
+                    assert_eq!(run.len % (2 << 20), 0, "{run:?}");
+                }
+                drop(ram);
+            }
+            Err(e) => println!("skip: fast_paths_match_a_page_by_page_read (hugetlbfs part): {e}"),
+        }
+    }
+
+    #[test]
+    fn run_flags_serialise_as_names() {
+        let f = PageFlags {
+            present: true,
+            thp: true,
+            anon: true,
+            ..Default::default()
+        }
+        .run_flags();
+        assert_eq!(f.names(), vec!["thp", "anon"]);
+        assert_eq!(f.to_string(), "thp,anon");
+        assert!(f.contains("anon") && !f.contains("ksm"));
+        let json = serde_json::to_string(&f).unwrap();
+        assert_eq!(json, r#"["thp","anon"]"#);
+        assert_eq!(serde_json::from_str::<RunFlags>(&json).unwrap(), f);
+        assert!(serde_json::from_str::<RunFlags>(r#"["bogus"]"#).is_err());
+        let absent = PageFlags::default().run_flags();
+        assert_eq!(absent.names(), vec!["not-present"]);
     }
 }

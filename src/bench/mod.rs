@@ -13,7 +13,8 @@
 //! - [`prealloc`]: `memvisor bench prealloc`;
 //! - [`uffd_faults`]: `memvisor bench uffd`, with [`minimal_uffd`], the bare userfaultfd loop it
 //!   compares against;
-//! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise.
+//! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise;
+//! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads.
 //!
 //! A further benchmark is one more module with an options struct and a
 //! `run(&Options, progress) -> Result<BenchReport<Row>, BenchError>` function whose `Row`
@@ -23,6 +24,7 @@
 pub mod balloon;
 pub mod host;
 pub mod machine;
+pub mod mappings;
 pub mod minimal_uffd;
 pub mod prealloc;
 pub mod qemu;

@@ -63,13 +63,18 @@ pub fn gib_per_s(bytes: u64, seconds: f64) -> f64 {
     }
 }
 
-/// The verdict on one target of the form "ratio >= goal in every configuration".
+/// The verdict on one target: "ratio >= goal in every configuration" ([`Target::judge`]), or
+/// "figure <= limit in every configuration" ([`Target::at_most`]).
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct Target {
     /// What is compared, e.g. `memvisor / bare MADV_POPULATE_WRITE loop`.
     pub name: String,
-    /// The least acceptable ratio.
+    /// The least acceptable ratio (or, for an upper limit, the largest acceptable figure).
     pub goal: f64,
+    /// For an upper limit ([`Target::at_most`]): the unit of the figure (`ms`, `MiB`); `None`
+    /// for a "ratio >= goal" target.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub at_most: Option<String>,
     /// `Some(true)` met in every measured configuration, `Some(false)` missed in at least one,
     /// `None` not measured.
     pub met: Option<bool>,
@@ -90,6 +95,7 @@ impl Target {
         Target {
             name: name.to_string(),
             goal,
+            at_most: None,
             met: worst.as_ref().map(|(_, r)| *r >= goal),
             worst,
             unmeasured: ratios
@@ -101,13 +107,55 @@ impl Target {
     }
 }
 
+impl Target {
+    /// Judges `figures` (configuration, figure in `unit` if measured) against an upper `limit`.
+    pub fn at_most(
+        name: &str,
+        limit: f64,
+        unit: &str,
+        figures: &[(String, Option<f64>)],
+    ) -> Target {
+        let measured: Vec<(String, f64)> = figures
+            .iter()
+            .filter_map(|(c, v)| v.filter(|v| v.is_finite()).map(|v| (c.clone(), v)))
+            .collect();
+        let worst = measured.iter().max_by(|a, b| a.1.total_cmp(&b.1)).cloned();
+        Target {
+            name: name.to_string(),
+            goal: limit,
+            at_most: Some(unit.to_string()),
+            met: worst.as_ref().map(|(_, v)| *v <= limit),
+            worst,
+            unmeasured: figures
+                .iter()
+                .filter(|(_, v)| v.is_none())
+                .map(|(c, _)| c.clone())
+                .collect(),
+        }
+    }
+}
+
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} >= {:.2}x: ", self.name, self.goal)?;
-        match (&self.met, &self.worst) {
-            (Some(true), Some((c, r))) => write!(f, "met (lowest {r:.2}x, {c})")?,
-            (Some(false), Some((c, r))) => write!(f, "NOT met (lowest {r:.2}x, {c})")?,
-            _ => write!(f, "not measured")?,
+        match &self.at_most {
+            None => {
+                write!(f, "{} >= {:.2}x: ", self.name, self.goal)?;
+                match (&self.met, &self.worst) {
+                    (Some(true), Some((c, r))) => write!(f, "met (lowest {r:.2}x, {c})")?,
+                    (Some(false), Some((c, r))) => write!(f, "NOT met (lowest {r:.2}x, {c})")?,
+                    _ => write!(f, "not measured")?,
+                }
+            }
+            Some(unit) => {
+                write!(f, "{} <= {} {unit}: ", self.name, self.goal)?;
+                match (&self.met, &self.worst) {
+                    (Some(true), Some((c, v))) => write!(f, "met (highest {v:.2} {unit}, {c})")?,
+                    (Some(false), Some((c, v))) => {
+                        write!(f, "NOT met (highest {v:.2} {unit}, {c})")?
+                    }
+                    _ => write!(f, "not measured")?,
+                }
+            }
         }
         if self.met.is_some() && !self.unmeasured.is_empty() {
             write!(f, "; not measured: {}", self.unmeasured.join(", "))?;
@@ -180,5 +228,33 @@ mod tests {
         let none = Target::judge("a / b", 1.0, &[("x1".into(), None)]);
         assert_eq!(none.met, None);
         assert!(none.to_string().ends_with("not measured"));
+    }
+
+    #[test]
+    fn upper_limits() {
+        let t = Target::at_most(
+            "start",
+            15.0,
+            "ms",
+            &[
+                ("a".into(), Some(12.0)),
+                ("b".into(), Some(14.5)),
+                ("c".into(), None),
+            ],
+        );
+        assert_eq!(t.met, Some(true));
+        assert_eq!(t.worst, Some(("b".into(), 14.5)));
+        assert_eq!(
+            t.to_string(),
+            "start <= 15 ms: met (highest 14.50 ms, b); not measured: c"
+        );
+        let missed = Target::at_most("rss", 5.0, "MiB", &[("x".into(), Some(6.0))]);
+        assert_eq!(missed.met, Some(false));
+        assert!(missed.to_string().contains("NOT met (highest 6.00 MiB, x)"));
+        assert_eq!(Target::at_most("x", 1.0, "ms", &[]).met, None);
+        let json = serde_json::to_value(&missed).unwrap();
+        assert_eq!(json["at_most"], "MiB");
+        let ratio = serde_json::to_value(Target::judge("r", 1.0, &[])).unwrap();
+        assert!(ratio.get("at_most").is_none());
     }
 }

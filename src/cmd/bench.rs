@@ -26,6 +26,10 @@ pub enum BenchCmd {
     Hugepages(super::bench_hugepages::Args),
     /// The speed of memvisor's memory machinery, each path beside a bare baseline.
     MemoryPaths(super::bench_memory_paths::Args),
+    /// GPA->HPA map: ms per GiB to produce the map of a populated guest, beside raw
+    /// /proc/self/pagemap (and /proc/kpageflags) reads of the same range (needs root for
+    /// frame numbers and page kinds).
+    Mappings(super::bench_memory_paths::MappingsArgs),
 }
 
 #[derive(Args, Debug)]
@@ -89,11 +93,11 @@ pub struct UffdArgs {
     json: bool,
 }
 
-fn size(s: &str) -> Result<u64, String> {
+pub(super) fn size(s: &str) -> Result<u64, String> {
     parse_size(s).ok_or_else(|| format!("`{s}` is not a size; write e.g. 2G, 256M"))
 }
 
-fn command_line() -> String {
+pub(super) fn command_line() -> String {
     let args: Vec<String> = std::env::args().skip(1).collect();
     format!("memvisor {}", args.join(" "))
 }
@@ -147,5 +151,13 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
         }
         BenchCmd::Hugepages(a) => super::bench_hugepages::run(a),
         BenchCmd::MemoryPaths(a) => super::bench_memory_paths::run(a),
+        BenchCmd::Mappings(a) => {
+            let opts = memvisor::bench::mappings::MappingsOptions {
+                size: a.size,
+                reps: a.reps,
+                backing: a.backing,
+            };
+            print(memvisor::bench::mappings::run(&opts, &progress), a.json)
+        }
     }
 }
