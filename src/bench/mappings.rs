@@ -41,14 +41,23 @@ pub enum Backing {
     /// Anonymous memory with `MADV_HUGEPAGE`: transparent huge pages where the kernel has them.
     #[serde(rename = "anon-THP")]
     Thp,
+    /// Anonymous memory with no THP advice (memvisor's default region): 4 KiB pages on a host
+    /// whose THP mode is `madvise`, but transparent huge pages are possible, so memvisor reads
+    /// kpageflags for every page that is not PMD-mapped.
+    #[serde(rename = "anon-default")]
+    Default,
 }
 
 impl Backing {
+    /// Every backing, in table order.
+    pub const ALL: [Backing; 3] = [Backing::Anon4K, Backing::Default, Backing::Thp];
+
     /// Name in tables.
     pub fn label(self) -> &'static str {
         match self {
-            Backing::Anon4K => "anon 4K",
-            Backing::Thp => "anon THP",
+            Backing::Anon4K => "anon 4K (thp=off)",
+            Backing::Thp => "anon THP (thp=on)",
+            Backing::Default => "anon default",
         }
     }
 
@@ -56,6 +65,16 @@ impl Backing {
         match self {
             Backing::Anon4K => "4k",
             Backing::Thp => "thp",
+            Backing::Default => "default",
+        }
+    }
+
+    /// The region's `thp` option.
+    fn thp(self) -> Option<bool> {
+        match self {
+            Backing::Anon4K => Some(false),
+            Backing::Thp => Some(true),
+            Backing::Default => None,
         }
     }
 }
@@ -66,7 +85,8 @@ impl FromStr for Backing {
         match s.to_ascii_lowercase().as_str() {
             "4k" | "anon" | "anon-4k" => Ok(Backing::Anon4K),
             "thp" | "anon-thp" => Ok(Backing::Thp),
-            _ => Err(format!("`{s}`: write 4k or thp")),
+            "default" | "anon-default" => Ok(Backing::Default),
+            _ => Err(format!("`{s}`: write 4k, default or thp")),
         }
     }
 }
@@ -78,8 +98,8 @@ pub struct MappingsOptions {
     pub size: u64,
     /// Repetitions of each reader.
     pub reps: usize,
-    /// Host backing of the guest RAM.
-    pub backing: Backing,
+    /// Host backings of the guest RAM, one after the other.
+    pub backings: Vec<Backing>,
 }
 
 impl Default for MappingsOptions {
@@ -87,7 +107,7 @@ impl Default for MappingsOptions {
         MappingsOptions {
             size: 4 << 30,
             reps: 5,
-            backing: Backing::Anon4K,
+            backings: Backing::ALL.to_vec(),
         }
     }
 }
@@ -96,10 +116,14 @@ impl MappingsOptions {
     /// The command line these options correspond to.
     pub fn command(&self) -> String {
         format!(
-            "memvisor bench mappings --size {} --reps {} --backing {}",
+            "memvisor bench mappings --size {} --reps {} --backings {}",
             size_arg(self.size),
             self.reps,
-            self.backing.arg()
+            self.backings
+                .iter()
+                .map(|b| b.arg())
+                .collect::<Vec<_>>()
+                .join(",")
         )
     }
 
@@ -117,6 +141,12 @@ impl MappingsOptions {
             return Err(BenchError::Option {
                 option: "--reps",
                 reason: "must be at least 1".into(),
+            });
+        }
+        if self.backings.is_empty() {
+            return Err(BenchError::Option {
+                option: "--backings",
+                reason: "give at least one of 4k, default, thp".into(),
             });
         }
         Ok(())
@@ -153,9 +183,11 @@ impl Reader {
     }
 }
 
-/// One reader's results.
+/// One reader's results on one backing.
 #[derive(Clone, Debug, Serialize)]
 pub struct MappingsRow {
+    /// The guest RAM's backing.
+    pub backing: Backing,
     /// The reader.
     pub reader: Reader,
     /// 4 KiB pages it covered per run.
@@ -179,6 +211,7 @@ pub struct MappingsRow {
 impl BenchRow for MappingsRow {
     fn table(rows: &[Self]) -> Table {
         let mut t = Table::new(&[
+            ("backing", Align::Left),
             ("reader", Align::Left),
             ("pages", Align::Right),
             ("present", Align::Right),
@@ -190,6 +223,7 @@ impl BenchRow for MappingsRow {
         ]);
         for r in rows {
             t.row(vec![
+                r.backing.label().into(),
                 r.reader.label().into(),
                 r.pages.to_string(),
                 r.present_pages.to_string(),
@@ -318,7 +352,7 @@ pub fn populated_ram(size: u64, backing: Backing) -> Result<GuestRam, BenchError
         size,
         backend: Backend::Anon {
             shared: false,
-            thp: Some(backing == Backing::Thp),
+            thp: backing.thp(),
         },
         prealloc: true,
         prealloc_threads: 0,
@@ -340,36 +374,105 @@ fn map_counts(m: &crate::mappings::MappingReport) -> (u64, u64, u64, u64) {
     )
 }
 
-/// Runs the benchmark on guest RAM it builds itself; `progress` gets a line per repetition.
+/// Runs the benchmark on guest RAM it builds itself, one backing after the other; `progress`
+/// gets a line per repetition.
 pub fn run(
     opts: &MappingsOptions,
     progress: &dyn Fn(&str),
 ) -> Result<BenchReport<MappingsRow>, BenchError> {
     opts.check()?;
     let load_before = super::machine::load_average();
-    progress(&format!(
-        "mappings: populating {} of {} guest RAM",
-        Size(opts.size),
-        opts.backing.label()
-    ));
-    let ram = populated_ram(opts.size, opts.backing)?;
-    let mut report = run_on(&ram, opts, progress)?;
-    drop(ram);
-    report.notes.extend(super::machine::load_note(
+    let mut rows = Vec::new();
+    let mut notes = Vec::new();
+    let mut ranges = 0;
+    for &backing in &opts.backings {
+        progress(&format!(
+            "mappings: populating {} of {} guest RAM",
+            Size(opts.size),
+            backing.label()
+        ));
+        let ram = populated_ram(opts.size, backing)?;
+        ranges = host_ranges(&ram).len();
+        let (r, n) = measure(&ram, backing, opts.reps, progress)?;
+        rows.extend(r);
+        for note in n {
+            if !notes.contains(&note) {
+                notes.push(note);
+            }
+        }
+    }
+    let machine = Machine::describe();
+    notes.extend(super::machine::load_note(
         load_before,
         super::machine::load_average(),
-        report.machine.cpus,
+        machine.cpus,
     ));
-    Ok(report)
+    Ok(BenchReport {
+        benchmark: "mappings".into(),
+        command: opts.command(),
+        machine,
+        method: method(opts.size, ranges),
+        targets: vec![target(&rows)],
+        rows,
+        notes,
+    })
 }
 
-/// Runs the benchmark on `ram` (all of it is mapped each time).
-pub fn run_on(
+/// The verdict on memvisor's median ms/GiB in `rows`.
+pub fn target(rows: &[MappingsRow]) -> super::Target {
+    let figures: Vec<(String, Option<f64>)> = rows
+        .iter()
+        .filter(|r| r.reader == Reader::Memvisor)
+        .map(|r| {
+            (
+                r.backing.label().to_string(),
+                r.ms_per_gib.as_ref().map(|s| s.median),
+            )
+        })
+        .collect();
+    super::Target::at_most(
+        "memvisor GPA->HPA map, median wall time",
+        TARGET_MS_PER_GIB,
+        "ms/GiB",
+        &figures,
+    )
+}
+
+/// How the figures were measured.
+pub fn method(size: u64, ranges: usize) -> Vec<String> {
+    vec![
+        format!(
+            "guest RAM: one {} anonymous region per backing, built by GuestRam::new with \
+             prealloc=on (MADV_POPULATE_WRITE), so every page is present; {ranges} host \
+             range(s) (a region crossing the 3-4 GiB MMIO hole is split)",
+            Size(size)
+        ),
+        "memvisor: crate::mappings::map(&ram, None), what GET /memory/mappings serves: \
+         pagemap + kpageflags, run-length encoded into GPA->HPA runs with page size, flags \
+         and per-region totals"
+            .into(),
+        format!(
+            "raw pagemap: pread of /proc/self/pagemap over the same host ranges in \
+             {RAW_BATCH}-entry (512 KiB) batches, counting present entries; raw pagemap + \
+             kpageflags: the same plus one pread of /proc/kpageflags per run of consecutive \
+             frame numbers, counting THP pages"
+        ),
+        "one untimed warm-up of each, then the readers alternate with a rotating order; \
+         every run's page count is checked against the other readers'; ms/GiB is wall time, \
+         CPU ms/GiB the reading thread's CPU time; x raw pagemap is the ratio of median \
+         ms/GiB (lower is better)"
+            .into(),
+    ]
+}
+
+/// Measures every reader on `ram` (all of it is mapped each time): one row per reader, and
+/// notes.
+pub fn measure(
     ram: &GuestRam,
-    opts: &MappingsOptions,
+    backing: Backing,
+    reps: usize,
     progress: &dyn Fn(&str),
-) -> Result<BenchReport<MappingsRow>, BenchError> {
-    opts.check()?;
+) -> Result<(Vec<MappingsRow>, Vec<String>), BenchError> {
     let mut notes = Vec::new();
     let ranges = host_ranges(ram);
     let bytes: u64 = ranges.iter().map(|r| r.1).sum();
@@ -414,7 +517,7 @@ pub fn run_on(
         .filter(|r| *r != Reader::RawPagemapKpageflags || kpageflags.is_some())
         .collect();
     // One untimed warm-up of each (page tables and pagemap code paths in the caches).
-    for rep in 0..=opts.reps {
+    for rep in 0..=reps {
         for i in 0..readers.len() {
             let reader = readers[(i + rep) % readers.len()];
             let k = reader as usize;
@@ -452,8 +555,9 @@ pub fn run_on(
         if rep > 0 {
             let last = |r: Reader| ms[r as usize].last().map_or(0.0, |v| v / gib);
             progress(&format!(
-                "mappings rep {rep}/{}: memvisor {:.1} ms/GiB, raw pagemap {:.1} ms/GiB, raw pagemap+kpageflags {:.1} ms/GiB",
-                opts.reps,
+                "mappings {} rep {rep}/{reps}: memvisor {:.1} ms/GiB, raw pagemap {:.1} ms/GiB, \
+                 raw pagemap+kpageflags {:.1} ms/GiB",
+                backing.label(),
                 last(Reader::Memvisor),
                 last(Reader::RawPagemap),
                 last(Reader::RawPagemapKpageflags),
@@ -469,6 +573,7 @@ pub fn run_on(
             let s = per_gib(&ms[k]);
             let (pages, present) = counts[k].unwrap_or((0, 0));
             MappingsRow {
+                backing,
                 reader,
                 pages,
                 present_pages: present,
@@ -480,54 +585,16 @@ pub fn run_on(
             }
         })
         .collect();
-    let present_all = rows
+    if rows
         .iter()
-        .all(|r| r.pages == 0 || r.present_pages == r.pages);
-    if !present_all {
-        notes.push("not every page was present while mapping (was memory reclaimed?)".into());
+        .any(|r| r.present_pages != r.pages && r.pages != 0)
+    {
+        notes.push(format!(
+            "{}: not every page was present while mapping (was memory reclaimed?)",
+            backing.label()
+        ));
     }
-    let memvisor = rows[0].ms_per_gib.as_ref().map(|s| s.median);
-    let targets = vec![super::Target::at_most(
-        "memvisor GPA->HPA map, median",
-        TARGET_MS_PER_GIB,
-        "ms/GiB",
-        &[(
-            format!("{} {}", Size(bytes), opts.backing.label()),
-            memvisor,
-        )],
-    )];
-    Ok(BenchReport {
-        benchmark: "mappings".into(),
-        command: opts.command(),
-        machine: Machine::describe(),
-        method: vec![
-            format!(
-                "guest RAM: one {} anonymous region ({}) built by GuestRam::new with \
-                 prealloc=on, so every page is present; {} host ranges (the region is split \
-                 around the 3-4 GiB MMIO hole)",
-                Size(bytes),
-                opts.backing.label(),
-                ranges.len()
-            ),
-            "memvisor: crate::mappings::map(&ram, None), what GET /memory/mappings serves: \
-             pagemap + kpageflags, run-length encoded into GPA->HPA runs with page size, flags \
-             and per-region totals"
-                .into(),
-            format!(
-                "raw pagemap: pread of /proc/self/pagemap over the same host ranges in \
-                 {RAW_BATCH}-entry (512 KiB) batches, counting present entries; raw pagemap + \
-                 kpageflags: the same plus one pread of /proc/kpageflags per run of \
-                 consecutive frame numbers, counting THP pages"
-            ),
-            "one untimed warm-up of each, then the readers alternate with a rotating order; \
-             every run's page count is checked against the other readers'; x raw pagemap is \
-             the ratio of median ms/GiB (lower is better)"
-                .into(),
-        ],
-        rows,
-        targets,
-        notes,
-    })
+    Ok((rows, notes))
 }
 
 #[cfg(test)]
@@ -559,7 +626,7 @@ mod tests {
         let o = MappingsOptions::default();
         assert_eq!(
             o.command(),
-            "memvisor bench mappings --size 4G --reps 5 --backing 4k"
+            "memvisor bench mappings --size 4G --reps 5 --backings 4k,default,thp"
         );
         assert!(o.check().is_ok());
         assert!(MappingsOptions {
@@ -568,7 +635,18 @@ mod tests {
         }
         .check()
         .is_err());
-        assert!(MappingsOptions { reps: 0, ..o }.check().is_err());
+        assert!(MappingsOptions {
+            reps: 0,
+            ..o.clone()
+        }
+        .check()
+        .is_err());
+        assert!(MappingsOptions {
+            backings: vec![],
+            ..o
+        }
+        .check()
+        .is_err());
         assert_eq!("thp".parse(), Ok(Backing::Thp));
         assert!("1g".parse::<Backing>().is_err());
     }

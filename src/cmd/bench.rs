@@ -155,7 +155,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
             let opts = memvisor::bench::mappings::MappingsOptions {
                 size: a.size,
                 reps: a.reps,
-                backing: a.backing,
+                backings: a.backings,
             };
             print(memvisor::bench::mappings::run(&opts, &progress), a.json)
         }

@@ -18,9 +18,10 @@ pub struct MappingsArgs {
     /// Repetitions of each reader.
     #[arg(long, default_value_t = 5)]
     pub reps: usize,
-    /// Host pages behind the guest RAM: 4k (THP off) or thp.
-    #[arg(long, default_value = "4k")]
-    pub backing: Backing,
+    /// Host pages behind the guest RAM, each measured in turn: 4k (thp=off), default (no THP
+    /// advice, memvisor's default region), thp (thp=on).
+    #[arg(long, value_delimiter = ',', default_value = "4k,default,thp")]
+    pub backings: Vec<Backing>,
     /// Print JSON instead of the table.
     #[arg(long)]
     pub json: bool,
