@@ -14,7 +14,10 @@
 //! - [`uffd_faults`]: `memvisor bench uffd`, with [`minimal_uffd`], the bare userfaultfd loop it
 //!   compares against;
 //! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise;
-//! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads.
+//! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads;
+//! - [`startup`]: VMM start to first guest instruction and RSS beyond guest RAM, beside QEMU;
+//! - [`memory_paths`]: `memvisor bench memory-paths`, all of the above at modest sizes in one
+//!   summary table.
 //!
 //! A further benchmark is one more module with an options struct and a
 //! `run(&Options, progress) -> Result<BenchReport<Row>, BenchError>` function whose `Row`
@@ -25,9 +28,11 @@ pub mod balloon;
 pub mod host;
 pub mod machine;
 pub mod mappings;
+pub mod memory_paths;
 pub mod minimal_uffd;
 pub mod prealloc;
 pub mod qemu;
+pub mod startup;
 pub mod stats;
 pub mod table;
 pub mod uffd_faults;
