@@ -45,7 +45,7 @@ pub struct MemoryPathsOptions {
 impl Default for MemoryPathsOptions {
     fn default() -> Self {
         MemoryPathsOptions {
-            reps: 3,
+            reps: 5,
             prealloc_size: 1 << 30,
             startup_size: 512 << 20,
             balloon_size: 1 << 30,
@@ -354,7 +354,14 @@ pub fn run(
                     let med = |x: &Option<super::Summary>| x.as_ref().map(|s| s.median);
                     let (path, baseline, unit, target, limit) = match row.measure {
                         StartupMeasure::StartToFirstHypercall => (
-                            "VMM start to first guest instruction (no prealloc)",
+                            "VMM start to first guest instruction, in process",
+                            "Firecracker ~12 ms (anchor, not measured)",
+                            "ms",
+                            Some(format!("<= {} ms", startup::TARGET_START_MS)),
+                            Some(startup::TARGET_START_MS),
+                        ),
+                        StartupMeasure::StartToFirstHypercallFresh => (
+                            "VMM start to first guest instruction, fresh process",
                             "Firecracker ~12 ms (anchor, not measured)",
                             "ms",
                             Some(format!("<= {} ms", startup::TARGET_START_MS)),
@@ -561,7 +568,7 @@ mod tests {
         let o = MemoryPathsOptions::default();
         assert_eq!(
             o.command(),
-            "memvisor bench memory-paths --reps 3 --prealloc-size 1G --startup-size 512M \
+            "memvisor bench memory-paths --reps 5 --prealloc-size 1G --startup-size 512M \
              --balloon-size 1G --uffd-size 64M --mappings-size 1G"
         );
         assert_eq!("uffd".parse(), Ok(Section::Uffd));

@@ -13,7 +13,7 @@ use std::process::ExitCode;
 #[derive(ClapArgs, Debug)]
 pub struct Args {
     /// Repetitions in every section.
-    #[arg(long, default_value_t = 3)]
+    #[arg(long, default_value_t = 5)]
     reps: usize,
     /// Prealloc region size (multiple of 2M).
     #[arg(long, default_value = "1G", value_parser = size)]
