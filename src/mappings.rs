@@ -89,7 +89,7 @@ impl PageFlags {
 
 /// The kinds of host page behind a run: a small set, serialised as the list of its names
 /// (`["not-present"]`, `["thp", "anon"]`, ...) in the order of [`RunFlags::NAMES`].
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct RunFlags(u8);
 
 impl RunFlags {
@@ -114,11 +114,15 @@ impl RunFlags {
 
     /// The names of the flags that are set.
     pub fn names(&self) -> Vec<&'static str> {
+        self.iter().collect()
+    }
+
+    /// The names of the flags that are set, in output order.
+    pub fn iter(&self) -> impl Iterator<Item = &'static str> + '_ {
         Self::NAMES
             .iter()
             .filter(|(bit, _)| self.0 & bit != 0)
             .map(|(_, n)| *n)
-            .collect()
     }
 
     /// Whether the flag called `name` is set.
@@ -140,6 +144,13 @@ impl RunFlags {
                 .ok_or_else(|| format!("unknown page flag `{name}`"))?;
         }
         Ok(RunFlags(bits))
+    }
+}
+
+impl std::fmt::Debug for RunFlags {
+    /// The names, as a list.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
     }
 }
 
@@ -880,6 +891,8 @@ mod tests {
         assert_eq!(f.names(), vec!["thp", "anon"]);
         assert_eq!(f.to_string(), "thp,anon");
         assert!(f.contains("anon") && !f.contains("ksm"));
+        assert!(f.iter().any(|n| n == "thp"));
+        assert_eq!(format!("{f:?}"), r#"["thp", "anon"]"#);
         let json = serde_json::to_string(&f).unwrap();
         assert_eq!(json, r#"["thp","anon"]"#);
         assert_eq!(serde_json::from_str::<RunFlags>(&json).unwrap(), f);

@@ -140,9 +140,11 @@ fn overcommitted_fleet_keeps_every_byte() {
     let t0 = Instant::now();
     loop {
         let r = report(&rt);
-        let touched = r["vms"].as_array().unwrap().iter().all(|v| {
-            v["memory"]["resident_bytes"].as_u64().unwrap_or(0) >= vm_mem / 10 * 9
-        });
+        let touched = r["vms"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|v| v["memory"]["resident_bytes"].as_u64().unwrap_or(0) >= vm_mem / 10 * 9);
         if touched {
             break;
         }

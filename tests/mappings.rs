@@ -11,7 +11,7 @@ use common::{
 };
 use hugepages::HugePageSize;
 use memvisor::config::RegionConfig;
-use memvisor::mappings::{self, MappingReport};
+use memvisor::mappings::{self, MappingReport, RunFlags};
 use memvisor::memory::GuestRam;
 use vm_memory::{Bytes, GuestAddress};
 
@@ -25,15 +25,11 @@ fn ram(spec: &str) -> GuestRam {
 
 /// One entry per 4 KiB page of region `region` of the report: the HPA (None: not present or
 /// hidden) and the flags of the run it is in.
-fn per_page(rep: &MappingReport, region: usize) -> Vec<(u64, Option<u64>, Vec<String>)> {
+fn per_page(rep: &MappingReport, region: usize) -> Vec<(u64, Option<u64>, RunFlags)> {
     let mut out = Vec::new();
     for run in &rep.regions[region].runs {
         for i in 0..run.len / PAGE {
-            out.push((
-                run.gpa + i * PAGE,
-                run.hpa.map(|h| h + i * PAGE),
-                run.flags.clone(),
-            ));
+            out.push((run.gpa + i * PAGE, run.hpa.map(|h| h + i * PAGE), run.flags));
         }
     }
     out
