@@ -116,7 +116,7 @@ fn overcommitted_fleet_keeps_every_byte() {
                 ])
                 // The same seed everywhere: the KSM half holds identical pages across VMs.
                 .arg(format!(
-                    "balloon:data={}M,seconds={seconds},seed=3",
+                    "touch:work-only=1;balloon:data={}M,seconds={seconds},seed=3",
                     data / M
                 ))
                 .arg("--report-file")
@@ -140,11 +140,21 @@ fn overcommitted_fleet_keeps_every_byte() {
     let t0 = Instant::now();
     loop {
         let r = report(&rt);
-        let touched = r["vms"]
+        let res: Vec<u64> = r["vms"]
             .as_array()
             .unwrap()
             .iter()
-            .all(|v| v["memory"]["resident_bytes"].as_u64().unwrap_or(0) >= vm_mem / 10 * 9);
+            .map(|v| v["memory"]["resident_bytes"].as_u64().unwrap_or(0) / M)
+            .collect();
+        eprintln!(
+            "[{:.0}s] resident MiB per VM: {res:?}",
+            t0.elapsed().as_secs_f64()
+        );
+        let touched =
+            !res.is_empty()
+                && r["vms"].as_array().unwrap().iter().all(|v| {
+                    v["memory"]["resident_bytes"].as_u64().unwrap_or(0) >= vm_mem / 10 * 9
+                });
         if touched {
             break;
         }
@@ -187,8 +197,25 @@ fn overcommitted_fleet_keeps_every_byte() {
         }
         let r = report(&rt);
         if r["live_vms"].as_u64() != Some(vms as u64) {
+            let why: Vec<String> = r["vms"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter_map(|v| v["skipped"].as_str().map(String::from))
+                .collect();
+            eprintln!(
+                "[{:.0}s] not every VM answered: {why:?}",
+                t0.elapsed().as_secs_f64()
+            );
+            std::thread::sleep(Duration::from_millis(500));
             continue; // a busy VM did not answer in time; ask again
         }
+        eprintln!(
+            "[{:.0}s] used {} MiB, ballooned {} MiB",
+            t0.elapsed().as_secs_f64(),
+            r["used_bytes"].as_u64().unwrap() / M,
+            r["ballooned_bytes"].as_u64().unwrap() / M
+        );
         mid = r;
         let ballooned = mid["ballooned_bytes"].as_u64().unwrap();
         if ballooned > 0 && mid["used_bytes"].as_u64().unwrap() <= budget + budget_slack {
