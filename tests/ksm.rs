@@ -34,6 +34,8 @@ fn guest_pages_merge_and_reports_match_the_kernel() {
         return;
     }
     let guard = ksm::SettingsGuard::save(&sys).expect("save KSM settings");
+    // KSM stays off while the guest fills its pages (the guard restores whatever it was).
+    sys.set_run(ksm::KsmRun::Stop).expect("stop ksmd");
     let result = std::panic::catch_unwind(|| run(&sys));
     let restored = guard.restore();
     if let Err(p) = result {
