@@ -76,6 +76,16 @@ fn short(v: f64) -> String {
     }
 }
 
+/// `text` cut to at most `max` characters at a word boundary, with `...` when cut.
+fn clip(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return text.to_string();
+    }
+    let cut: String = text.chars().take(max.saturating_sub(3)).collect();
+    let end = cut.rfind(' ').unwrap_or(cut.len());
+    format!("{}...", cut[..end].trim_end_matches([',', ';', ':']))
+}
+
 impl BarChart {
     /// Writes the chart as an SVG file.
     pub fn write_svg(&self, path: &Path) -> Result<(), BenchError> {
@@ -192,7 +202,7 @@ impl BarChart {
             }
             if row.iter().all(Option::is_none) {
                 if let Some(note) = self.row_notes.get(i).cloned().flatten() {
-                    let text: String = note.chars().take(70).collect();
+                    let text = clip(&note, 90);
                     chart
                         .draw_series(std::iter::once(Text::new(
                             text,
@@ -329,5 +339,10 @@ mod tests {
         assert!(svg.matches("<rect").count() >= 6, "bars are drawn");
         assert_eq!(short(1234.5), "1234");
         assert_eq!(short(0.01234), "0.012");
+        assert_eq!(clip("short", 10), "short");
+        assert_eq!(
+            clip("could not reserve: the kernel said no", 24),
+            "could not reserve..."
+        );
     }
 }

@@ -473,8 +473,12 @@ pub fn run(
         .iter()
         .map(|s| (*s, hugepages::pool_status(*s).ok().map(|p| p.total)))
         .collect();
+    // Gigantic pages first: 2M pages taken from the buddy allocator first could break up the
+    // free 1 GiB ranges a 1G page needs.
+    let mut by_size = sizes.clone();
+    by_size.sort_by_key(|s| std::cmp::Reverse(s.bytes()));
     let mut huge: Vec<(HugePageSize, HugeSetup)> = Vec::new();
-    for &size in &sizes {
+    for &size in &by_size {
         progress(&format!(
             "reserving {size} huge pages for {}",
             Size(opts.memory)
