@@ -73,7 +73,20 @@ fn every_configuration_with_plausible_figures() {
         assert!(r.not_run.is_none(), "{}: {:?}", r.config, r.not_run);
         assert!(median(&r.first_touch_s) > 0.0, "{}", r.config);
         assert!(median(&r.start_s) > 0.0, "{}", r.config);
-        for ns in [median(&r.seq_ns), median(&r.random_ns)] {
+        // CPU time of the vCPU thread cannot exceed the wall time by more than the few
+        // hypercalls around a step.
+        let (cpu, wall) = (median(&r.first_touch_cpu_s), median(&r.first_touch_s));
+        assert!(
+            cpu > 0.0 && cpu <= wall * 1.5 + 0.01,
+            "{}: {cpu} s CPU, {wall} s wall",
+            r.config
+        );
+        for ns in [
+            median(&r.seq_ns),
+            median(&r.random_ns),
+            median(&r.seq_wall_ns),
+            median(&r.random_wall_ns),
+        ] {
             assert!(
                 ns > 0.0 && ns < 20_000.0,
                 "{}: {ns} ns per access",

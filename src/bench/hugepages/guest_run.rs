@@ -1,6 +1,12 @@
 //! One benchmark guest, run and measured: the sync hook that stops all vCPUs at each phase
-//! boundary and snapshots the host's page-fault counters and KVM's counters there
-//! ([`PhaseRecorder`]), and what one run measured ([`RunSample`]).
+//! boundary and snapshots the host's page-fault counters and KVM's counters there, and each vCPU
+//! thread's CPU time ([`PhaseRecorder`]), and what one run measured ([`RunSample`]).
+//!
+//! Phase times come two ways: wall-clock time between the guest's begin and end hypercalls of a
+//! step (what a user waits), and the CPU time of the vCPU threads between two sync points (read
+//! on the vCPU thread itself, in the hook; guest execution, KVM's fault handling and the host's
+//! page faults all run on that thread). On a machine shared with other work the wall figure
+//! includes the time other processes had the CPU; the CPU-time figure does not.
 
 use super::{HugepagesConfig, HugepagesOptions, PHASES, STEP_RANDOM, STEP_READ, STEP_TOUCH};
 use crate::config::{RegionConfig, VmConfig};
@@ -53,6 +59,15 @@ struct RecorderState {
     stats: Option<Arc<KvmStats>>,
     arrived: [usize; PHASES],
     snapshots: [Option<Snapshot>; PHASES],
+    /// Per vCPU: its thread's CPU time when it reached each sync point.
+    cpu: Vec<[Option<Duration>; PHASES]>,
+}
+
+/// CPU time of the calling thread.
+fn thread_cpu_time() -> Option<Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(Duration::from)
 }
 
 /// The sync hook of a benchmark guest: holds the vCPUs at the start gate until the bench has
@@ -79,7 +94,7 @@ impl PhaseRecorder {
 
     fn hook(self: &Arc<Self>) -> SyncHook {
         let me = self.clone();
-        Arc::new(move |_vcpu: u32, tag: u64, _ram: &GuestRam| me.arrive(tag as usize))
+        Arc::new(move |vcpu: u32, tag: u64, _ram: &GuestRam| me.arrive(vcpu as usize, tag as usize))
     }
 
     /// Attaches the VM's statistics and opens the start gate.
@@ -90,12 +105,17 @@ impl PhaseRecorder {
         self.cv.notify_all();
     }
 
-    fn arrive(&self, tag: usize) {
+    fn arrive(&self, vcpu: usize, tag: usize) {
         if tag >= PHASES {
             return;
         }
+        let cpu = thread_cpu_time();
         let deadline = Instant::now() + self.patience;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.cpu.len() <= vcpu {
+            st.cpu.resize(vcpu + 1, [None; PHASES]);
+        }
+        st.cpu[vcpu][tag] = cpu;
         while tag == 0 && !st.go {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -128,6 +148,18 @@ impl PhaseRecorder {
             .snapshots
             .clone()
     }
+
+    /// Seconds of vCPU-thread CPU time between sync points `from` and `to`, summed over vCPUs.
+    fn cpu_seconds(&self, from: usize, to: usize) -> Option<f64> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.cpu.len() < self.vcpus {
+            return None;
+        }
+        st.cpu
+            .iter()
+            .map(|c| Some(c[to]?.saturating_sub(c[from]?).as_secs_f64()))
+            .sum()
+    }
 }
 
 /// What one run of one configuration measured.
@@ -150,10 +182,16 @@ pub struct RunSample {
     pub touch_faults: (u64, u64),
     /// Host page faults during the sequential and random phases.
     pub steady_faults: (u64, u64),
-    /// ns per sequential read (vCPU-seconds / reads).
+    /// vCPU-thread CPU seconds of the fault phase, summed over vCPUs.
+    pub first_touch_cpu_s: Option<f64>,
+    /// ns per sequential read: vCPU-thread CPU time / reads.
     pub seq_ns: f64,
-    /// ns per random access (vCPU-seconds / accesses).
+    /// ns per random access: vCPU-thread CPU time / accesses.
     pub random_ns: f64,
+    /// ns per sequential read: wall-clock vCPU-seconds between the step's hypercalls / reads.
+    pub seq_wall_ns: f64,
+    /// ns per random access: wall-clock vCPU-seconds / accesses.
+    pub random_wall_ns: f64,
     /// Exits the VMM saw (KVM_RUN returns), whole run.
     pub vmm_exits: u64,
     /// KVM's exit counter (exits handled in the kernel included): fault phase, steady phases.
@@ -234,13 +272,22 @@ pub(super) fn run_once(
     let kvm = |name: &str, a: &Snapshot, b: &Snapshot| -> Option<u64> {
         Some(b.kvm.as_ref()?.vcpu(name) - a.kvm.as_ref()?.vcpu(name))
     };
-    let per_access = |step: usize| -> Result<f64, String> {
+    // ns per access of a step from wall-clock vCPU-seconds and, when the sync points between
+    // which it ran (`from`, `to`) have the vCPU threads' CPU times, from those.
+    let per_access = |step: usize, from: usize, to: usize| -> Result<(f64, f64), String> {
         let (secs, n) = step_totals(&report, step);
         if n == 0 || secs <= 0.0 {
             return Err(format!("workload step {step} reported no accesses"));
         }
-        Ok(secs * 1e9 / n as f64)
+        let wall = secs * 1e9 / n as f64;
+        let cpu = recorder
+            .cpu_seconds(from, to)
+            .filter(|c| *c > 0.0)
+            .map_or(wall, |c| c * 1e9 / n as f64);
+        Ok((cpu, wall))
     };
+    let (seq_ns, seq_wall_ns) = per_access(STEP_READ, 1, 2)?;
+    let (random_ns, random_wall_ns) = per_access(STEP_RANDOM, 2, 3)?;
     let touch = report
         .ops
         .iter()
@@ -257,8 +304,11 @@ pub(super) fn run_once(
         start_faults: (s0.minflt - min0, s0.majflt - maj0),
         touch_faults: faults(&s0, &s1),
         steady_faults: faults(&s1, &s3),
-        seq_ns: per_access(STEP_READ)?,
-        random_ns: per_access(STEP_RANDOM)?,
+        first_touch_cpu_s: recorder.cpu_seconds(0, 1),
+        seq_ns,
+        random_ns,
+        seq_wall_ns,
+        random_wall_ns,
         vmm_exits: report.vcpus.iter().map(|v| v.total_exits).sum(),
         kvm_exits: kvm("exits", &s0, &s1).zip(kvm("exits", &s1, &s3)),
         kvm_pf_fixed: kvm("pf_fixed", &s0, &s1).zip(kvm("pf_fixed", &s1, &s3)),

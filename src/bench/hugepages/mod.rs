@@ -662,7 +662,7 @@ pub fn chart(report: &BenchReport<HugepagesRow>) -> BarChart {
             },
             Panel {
                 title: "steady-state access cost".into(),
-                x_label: "ns per access (median, whiskers min-max)".into(),
+                x_label: "ns per access, vCPU CPU time (median, whiskers min-max)".into(),
                 series: vec!["sequential".into(), "random".into()],
                 stacked: false,
                 values: report
@@ -706,14 +706,22 @@ fn method(opts: &HugepagesOptions, mmu: &str) -> Vec<String> {
              hold them at the start until the bench is ready)",
             workload_text(opts)
         ),
-        "first touch: seconds of the touch step (one atomic add per 4 KiB page of the working \
-         set; first begin to last end over vCPUs); us/page = that / pages touched; prealloc s \
-         from the region's prealloc report (MADV_POPULATE_WRITE, one thread per CPU up to 8)"
+        "start s: Vmm::start_with until the vCPUs can run (mapping, prealloc, VM creation, \
+         writing the guest image and page tables), with the region's prealloc report in \
+         parentheses (MADV_POPULATE_WRITE, one thread per CPU up to 8)"
             .into(),
-        "seq and random: ns per access = vCPU-seconds of the read / random step (host clock \
-         between the guest's begin and end hypercalls) / accesses; seq reads one word per \
-         stride in passes over the working set, random does xorshift-indexed 8-byte \
-         read-writes over it"
+        "first touch: wall seconds of the touch step (one atomic add per 4 KiB page of the \
+         working set; host clock between the guest's begin and end hypercalls, first begin to \
+         last end over vCPUs); CPU s: CPU time of the vCPU threads over the same phase (guest \
+         code, KVM's fault handling and the host's page faults all run on them); us/page = CPU \
+         s / pages touched"
+            .into(),
+        "seq and random ns: CPU time of the vCPU threads over the read / random step (read at \
+         the sync points on each vCPU thread) / accesses, so other processes' use of the CPU \
+         does not count; wall ns seq/rand: the same from wall-clock time between the step's \
+         hypercalls (medians). seq reads one 8-byte word per stride in passes over the working \
+         set; random does xorshift-indexed 8-byte read-writes over it (the index computation, \
+         a 64-bit modulo, is part of every access)"
             .into(),
         "host faults: getrusage(RUSAGE_SELF) ru_minflt deltas (KVM's get_user_pages faults are \
          counted to the vCPU thread): `start` from before the VM is created to the start gate \

@@ -28,7 +28,8 @@ pub struct HugepagesRow {
     pub prealloc_s: Option<Summary>,
     /// Seconds of the fault phase.
     pub first_touch_s: Option<Summary>,
-    /// Fault phase per 4 KiB page touched, µs.
+    /// Fault phase per 4 KiB page touched, µs of vCPU-thread CPU time (wall time when the CPU
+    /// time is not known).
     pub first_touch_us_per_page: Option<Summary>,
     /// Start + fault phase: seconds until the whole working set is usable.
     pub ready_s: Option<Summary>,
@@ -40,10 +41,16 @@ pub struct HugepagesRow {
     pub steady_minflt: Option<Summary>,
     /// Host major faults, whole run.
     pub majflt: Option<Summary>,
-    /// ns per sequential read.
+    /// vCPU-thread CPU seconds of the fault phase.
+    pub first_touch_cpu_s: Option<Summary>,
+    /// ns per sequential read (vCPU-thread CPU time).
     pub seq_ns: Option<Summary>,
-    /// ns per random access.
+    /// ns per random access (vCPU-thread CPU time).
     pub random_ns: Option<Summary>,
+    /// ns per sequential read (wall clock).
+    pub seq_wall_ns: Option<Summary>,
+    /// ns per random access (wall clock).
+    pub random_wall_ns: Option<Summary>,
     /// Exits the VMM saw, whole run.
     pub vmm_exits: Option<Summary>,
     /// KVM's exits in the fault phase.
@@ -92,15 +99,19 @@ impl HugepagesRow {
             },
             first_touch_s: f(&|s| Some(s.first_touch_s)),
             first_touch_us_per_page: f(&|s| {
-                (s.pages_touched > 0).then(|| s.first_touch_s * 1e6 / s.pages_touched as f64)
+                let secs = s.first_touch_cpu_s.unwrap_or(s.first_touch_s);
+                (s.pages_touched > 0).then(|| secs * 1e6 / s.pages_touched as f64)
             }),
             ready_s: f(&|s| Some(s.start_s + s.first_touch_s)),
             start_minflt: f(&|s| n(s.start_faults.0)),
             touch_minflt: f(&|s| n(s.touch_faults.0)),
             steady_minflt: f(&|s| n(s.steady_faults.0)),
             majflt: f(&|s| n(s.start_faults.1 + s.touch_faults.1 + s.steady_faults.1)),
+            first_touch_cpu_s: f(&|s| s.first_touch_cpu_s),
             seq_ns: f(&|s| Some(s.seq_ns)),
             random_ns: f(&|s| Some(s.random_ns)),
+            seq_wall_ns: f(&|s| Some(s.seq_wall_ns)),
+            random_wall_ns: f(&|s| Some(s.random_wall_ns)),
             vmm_exits: f(&|s| n(s.vmm_exits)),
             kvm_exits_touch: f(&|s| s.kvm_exits.map(|e| e.0 as f64)),
             kvm_exits_steady: f(&|s| s.kvm_exits.map(|e| e.1 as f64)),
@@ -153,10 +164,12 @@ impl BenchRow for HugepagesRow {
             ("configuration", Align::Left),
             ("start s (prealloc)", Align::Right),
             ("first touch s min/med/max", Align::Right),
+            ("CPU s", Align::Right),
             ("us/page", Align::Right),
             ("host faults start+touch", Align::Right),
             ("seq ns min/med/max", Align::Right),
             ("random ns min/med/max", Align::Right),
+            ("wall ns seq/rand", Align::Right),
             ("KVM exits touch/steady", Align::Right),
             ("MMU maps 4K/2M/1G", Align::Right),
             ("resident MiB", Align::Right),
@@ -184,6 +197,7 @@ impl BenchRow for HugepagesRow {
                     med(r.prealloc_s.as_ref(), 3)
                 ),
                 min_med_max(r.first_touch_s.as_ref(), 3),
+                med(r.first_touch_cpu_s.as_ref(), 3),
                 med(r.first_touch_us_per_page.as_ref(), 2),
                 format!(
                     "{}+{}",
@@ -192,6 +206,11 @@ impl BenchRow for HugepagesRow {
                 ),
                 min_med_max(r.seq_ns.as_ref(), 1),
                 min_med_max(r.random_ns.as_ref(), 1),
+                format!(
+                    "{}/{}",
+                    med(r.seq_wall_ns.as_ref(), 1),
+                    med(r.random_wall_ns.as_ref(), 1)
+                ),
                 pair(r.kvm_exits_touch.as_ref(), r.kvm_exits_steady.as_ref()),
                 match (&r.kvm_pages_4k, &r.kvm_pages_2m, &r.kvm_pages_1g) {
                     (None, None, None) => "-".into(),
