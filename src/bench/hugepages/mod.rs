@@ -429,7 +429,8 @@ fn setup_huge(
             scratch: Some(s),
             reason: None,
         },
-        Err(e) => fail(format!("could not reserve the {size} pages: {e}")),
+        Err(BenchError::HugePages(e)) => fail(e.to_string()),
+        Err(e) => fail(format!("could not set up the {size} pages: {e}")),
     }
 }
 
@@ -636,6 +637,13 @@ pub fn chart(report: &BenchReport<HugepagesRow>) -> BarChart {
         }
     ));
     subtitle.push(format!("{}  (medians of the repetitions)", report.command));
+    if let Some(load) = report
+        .notes
+        .iter()
+        .find(|n| n.starts_with("1-minute load average"))
+    {
+        subtitle.push(load.split(';').next().unwrap_or(load).to_string());
+    }
     BarChart {
         title: "memvisor bench hugepages: the same guest workload per backing of guest RAM".into(),
         subtitle,
@@ -717,8 +725,8 @@ fn method(opts: &HugepagesOptions, mmu: &str) -> Vec<String> {
          s / pages touched"
             .into(),
         "seq and random ns: CPU time of the vCPU threads over the read / random step (read at \
-         the sync points on each vCPU thread) / accesses, so other processes' use of the CPU \
-         does not count; wall ns seq/rand: the same from wall-clock time between the step's \
+         the sync points on each vCPU thread, so it includes the four hypercalls around the step, \
+         ~0.1 ms) / accesses; other processes' use of the CPU does not count; wall ns seq/rand: the same from wall-clock time between the step's \
          hypercalls (medians). seq reads one 8-byte word per stride in passes over the working \
          set; random does xorshift-indexed 8-byte read-writes over it (the index computation, \
          a 64-bit modulo, is part of every access)"
