@@ -104,8 +104,10 @@ pub struct Op {
     pub args: [u64; 4],
 }
 
-/// Touch pages: `args = [stride, passes, scope, 0]`. Each touch is an atomic add of zero to one
-/// 8-byte word, so it dirties the page without changing any data. Results: `[touches, 0, 0]`.
+/// Touch pages: `args = [stride, passes, scope, working_set]`. Each touch is an atomic add of zero
+/// to one 8-byte word, so it dirties the page without changing any data. `working_set` limits the
+/// touches to the first that many bytes of the vCPU's share (0: all of it). Results:
+/// `[touches, 0, 0]`.
 pub const OP_TOUCH: u64 = 1;
 /// Fill the vCPU's share of the work area with the address-derived pattern:
 /// `args = [seed, 0, 0, 0]`. Results: `[bytes, 0, 0]`.
@@ -121,8 +123,8 @@ pub const OP_CHECKSUM: u64 = 5;
 /// Random 8-byte read-modify-writes over the first `working_set` bytes of the share:
 /// `args = [working_set, accesses, seed, 0]`. Results: `[accesses, checksum, 0]`.
 pub const OP_RANDOM: u64 = 6;
-/// Sequential 8-byte reads, one per `stride`: `args = [stride, passes, 0, 0]`.
-/// Results: `[reads, checksum, 0]`.
+/// Sequential 8-byte reads, one per `stride`, over the first `working_set` bytes of the share
+/// (0: all of it): `args = [stride, passes, working_set, 0]`. Results: `[reads, checksum, 0]`.
 pub const OP_READ: u64 = 7;
 /// Execute `ud2` in ring 3 (tests exception reporting). Never returns.
 pub const OP_FAULT: u64 = 8;

@@ -240,6 +240,26 @@ impl Share {
     fn ranges(&self) -> &[GpaRange] {
         &self.ranges[..self.len]
     }
+
+    /// The first `bytes` of the share (all of it when `bytes` is 0 or larger), cut at 8 bytes.
+    fn prefix(mut self, bytes: u64) -> Share {
+        if bytes == 0 {
+            return self;
+        }
+        let mut left = bytes & !7;
+        let mut n = 0;
+        while n < self.len && left > 0 {
+            let r = &mut self.ranges[n];
+            let len = r.end - r.start;
+            if len > left {
+                r.end = r.start + left;
+            }
+            left -= r.end - r.start;
+            n += 1;
+        }
+        self.len = n;
+        self
+    }
 }
 
 fn words(r: &GpaRange) -> &'static mut [u64] {
@@ -380,13 +400,13 @@ fn run_op(op: &Op, info: &BootInfo, vcpu: u64) -> [u64; 3] {
             } else {
                 work
             };
-            [touch(&share, a[0], a[1]), 0, 0]
+            [touch(&share.prefix(a[3]), a[0], a[1]), 0, 0]
         }
         OP_FILL_PATTERN => [fill_pattern(&work, a[0]), 0, 0],
         OP_VERIFY_PATTERN => verify_pattern(&work, a[0]),
         OP_FILL_SAME => [fill_same(&work, a[0]), 0, 0],
         OP_CHECKSUM => checksum(&work),
-        OP_READ => read(&work, a[0], a[1]),
+        OP_READ => read(&work.prefix(a[2]), a[0], a[1]),
         OP_RANDOM => random(&work, a[0], a[1], a[2] ^ vcpu),
         OP_FAULT => {
             // SAFETY: deliberately raises #UD; the exception handler reports it to the VMM.

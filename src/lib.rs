@@ -10,7 +10,8 @@
 //! - [`devices`]: the I/O bus and device models wired to it;
 //! - [`runner`]: runs a VM to the end; [`report`]: what a run produced;
 //! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
-//!   [`registry`]: the runtime directory where running VMs register.
+//!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
+//!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings).
 #![deny(missing_docs)]
 
 /// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
@@ -23,6 +24,7 @@ pub mod boot;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod kvm_stats;
 pub mod linux;
 pub mod mappings;
 pub mod memory;

@@ -8,7 +8,9 @@ use crate::config::{ConfigError, VmConfig};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
+use crate::kvm_stats::KvmStats;
 use crate::vmm_api::{CommandMsg, VmCommand, VmmApi};
+use std::os::fd::AsRawFd;
 
 /// Guest-physical address of the balloon's virtio-mmio window (start of the MMIO hole).
 pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
@@ -95,6 +97,7 @@ pub struct Vmm {
     commands: mpsc::Receiver<CommandMsg>,
     api: Option<ApiServer>,
     registration: Option<crate::registry::Registration>,
+    kvm_stats: Option<Arc<KvmStats>>,
     setup: Duration,
     started: Instant,
 }
@@ -159,6 +162,11 @@ impl Vmm {
         } else {
             vcpu::GuestKind::BuiltIn
         };
+        let vcpu_fds: Vec<_> = fds.iter().map(|f| f.as_raw_fd()).collect();
+        let kvm_stats = KvmStats::open(vm.fd().as_raw_fd(), &vcpu_fds)
+            .map_err(|e| log::debug!("no KVM statistics: {e}"))
+            .ok()
+            .map(Arc::new);
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
@@ -211,6 +219,7 @@ impl Vmm {
             commands,
             api,
             registration,
+            kvm_stats,
             balloon,
             stats_timer,
             linux,
@@ -232,6 +241,12 @@ impl Vmm {
     /// A Linux guest's serial console.
     pub fn linux_console(&self) -> Option<&Arc<crate::linux::serial::SerialPort>> {
         self.linux.as_ref().map(|m| m.bus.serial())
+    }
+
+    /// KVM's own counters for this VM and its vCPUs (exits handled in the kernel, MMU faults,
+    /// 4K/2M/1G mappings); `None` when the kernel lacks `KVM_GET_STATS_FD`.
+    pub fn kvm_stats(&self) -> Option<&Arc<KvmStats>> {
+        self.kvm_stats.as_ref()
     }
 
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).

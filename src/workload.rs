@@ -38,6 +38,9 @@ pub enum Step {
         passes: u64,
         /// Only the work area (not the guest's own pages).
         work_only: bool,
+        /// Only the first this many bytes of each vCPU's share (0: all of it).
+        #[serde(default)]
+        working_set: u64,
     },
     /// Write the address-derived pattern over the work area.
     Fill {
@@ -62,6 +65,9 @@ pub enum Step {
         stride: u64,
         /// Passes.
         passes: u64,
+        /// Only the first this many bytes of each vCPU's share of the work area (0: all of it).
+        #[serde(default)]
+        working_set: u64,
     },
     /// Random read-writes over a working set.
     Random {
@@ -113,12 +119,20 @@ impl Step {
                 stride,
                 passes,
                 work_only,
-            } => (abi::OP_TOUCH, [stride, passes, work_only as u64, 0]),
+                working_set,
+            } => (
+                abi::OP_TOUCH,
+                [stride, passes, work_only as u64, working_set],
+            ),
             Step::Fill { seed } => (abi::OP_FILL_PATTERN, [seed, 0, 0, 0]),
             Step::Verify { seed } => (abi::OP_VERIFY_PATTERN, [seed, 0, 0, 0]),
             Step::Same { value } => (abi::OP_FILL_SAME, [value, 0, 0, 0]),
             Step::Checksum => (abi::OP_CHECKSUM, [0; 4]),
-            Step::Read { stride, passes } => (abi::OP_READ, [stride, passes, 0, 0]),
+            Step::Read {
+                stride,
+                passes,
+                working_set,
+            } => (abi::OP_READ, [stride, passes, working_set, 0]),
             Step::Random {
                 working_set,
                 accesses,
@@ -179,6 +193,7 @@ impl Step {
                 stride: get("stride", 4096, true)?,
                 passes: get("passes", 1, false)?,
                 work_only: get("work-only", 0, false)? != 0,
+                working_set: get("ws", 0, true)?,
             },
             "fill" => Step::Fill {
                 seed: get("seed", 1, false)?,
@@ -193,6 +208,7 @@ impl Step {
             "read" => Step::Read {
                 stride: get("stride", 4096, true)?,
                 passes: get("passes", 1, false)?,
+                working_set: get("ws", 0, true)?,
             },
             "random" => Step::Random {
                 working_set: get("ws", 0, true)?,
@@ -242,7 +258,7 @@ impl Step {
 }
 
 /// A count with an optional K/M/G decimal suffix (`10M` = 10,000,000).
-fn parse_count(text: &str) -> Option<u64> {
+pub fn parse_count(text: &str) -> Option<u64> {
     let t = text.trim();
     let (num, mult) = match t.chars().last()? {
         'k' | 'K' => (&t[..t.len() - 1], 1_000),
@@ -288,6 +304,7 @@ impl Workload {
                     stride: 4096,
                     passes: 1,
                     work_only: false,
+                    working_set: 0,
                 },
                 Step::Fill { seed: 1 },
                 Step::Verify { seed: 1 },
@@ -334,7 +351,8 @@ mod tests {
                 Step::Touch {
                     stride: 2 << 20,
                     passes: 3,
-                    work_only: false
+                    work_only: false,
+                    working_set: 0
                 },
                 Step::Fill { seed: 7 },
                 Step::Random {
@@ -346,6 +364,20 @@ mod tests {
         );
         assert_eq!(w.steps[0].to_op().kind, abi::OP_TOUCH);
         assert_eq!(w.steps[2].to_op().args, [64 << 20, 10_000, 12345, 0]);
+        let w =
+            Workload::parse(&["touch:work-only=1,ws=512M;read:stride=64,passes=4,ws=8M"]).unwrap();
+        assert_eq!(w.steps[0].to_op().args, [4096, 1, 1, 512 << 20]);
+        assert_eq!(w.steps[1].to_op().args, [64, 4, 8 << 20, 0]);
+        // JSON configs written before `working_set` existed still parse.
+        let old: Step = serde_json::from_str(r#"{"op":"read","stride":4096,"passes":2}"#).unwrap();
+        assert_eq!(
+            old,
+            Step::Read {
+                stride: 4096,
+                passes: 2,
+                working_set: 0
+            }
+        );
         let w = Workload::parse(&["balloon:data=900M,seconds=0;grow:to=1G,seed=3"]).unwrap();
         assert_eq!(
             w.steps[0].to_op(),

@@ -11,6 +11,7 @@ use hugepages::{HugePageSize, PoolLock, PoolReservation};
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Whether the process runs as root (pools, mounts and some userfaultfd uses need it).
@@ -34,14 +35,24 @@ pub struct HugetlbfsScratch {
     created_dir: bool,
     // Dropped after the unmount in `Drop::drop`, in this order: pool back, then the lock.
     _pool: Option<PoolReservation>,
-    _lock: PoolLock,
+    _lock: Arc<PoolLock>,
 }
 
 impl HugetlbfsScratch {
     /// Locks the pools, makes sure `bytes` of `size` pages are available (growing the pool by
     /// what is missing) and mounts hugetlbfs on a fresh directory under the temp dir.
     pub fn new(size: HugePageSize, bytes: u64) -> Result<HugetlbfsScratch, BenchError> {
-        let lock = hugepages::lock_pools()?;
+        Self::with_lock(size, bytes, Arc::new(hugepages::lock_pools()?))
+    }
+
+    /// As [`HugetlbfsScratch::new`], under a pool lock the caller already holds (the lock is
+    /// per open file: taking it a second time in one process would wait for ever). Use this
+    /// for scratch mounts of several page sizes at once.
+    pub fn with_lock(
+        size: HugePageSize,
+        bytes: u64,
+        lock: Arc<PoolLock>,
+    ) -> Result<HugetlbfsScratch, BenchError> {
         let pages = bytes.div_ceil(size.bytes());
         let status = hugepages::pool_status(size)?;
         let short = pages.saturating_sub(status.available());

@@ -17,7 +17,9 @@
 //! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads;
 //! - [`startup`]: VMM start to first guest instruction and RSS beyond guest RAM, beside QEMU;
 //! - [`memory_paths`]: `memvisor bench memory-paths`, all of the above at modest sizes in one
-//!   summary table.
+//!   summary table;
+//! - [`hugepages`]: `memvisor bench hugepages`, one guest workload on 4K, THP, hugetlbfs 2M and
+//!   1G, with and without prealloc; [`chart`] draws its SVG.
 //!
 //! A further benchmark is one more module with an options struct and a
 //! `run(&Options, progress) -> Result<BenchReport<Row>, BenchError>` function whose `Row`
@@ -25,7 +27,9 @@
 //! [`BenchReport::to_json`].
 
 pub mod balloon;
+pub mod chart;
 pub mod host;
+pub mod hugepages;
 pub mod machine;
 pub mod mappings;
 pub mod memory_paths;
@@ -59,7 +63,7 @@ pub enum BenchError {
     Memory(#[from] crate::memory::MemoryError),
     /// Setting up host huge pages failed.
     #[error("host huge pages: {0}")]
-    HugePages(#[from] hugepages::HugePageError),
+    HugePages(#[from] ::hugepages::HugePageError),
     /// A system call of the benchmark itself (the baselines, the scratch files) failed.
     #[error("{what} failed: {source}; {hint}")]
     Sys {

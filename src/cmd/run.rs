@@ -29,9 +29,10 @@ pub struct RunArgs {
     #[arg(long, value_name = "VCPU=CPU,...")]
     pin: Option<String>,
     /// Built-in guest workload, repeatable or `;`-separated, run in order by every vCPU on its
-    /// own share of RAM: touch[:stride=4K,passes=1,work-only=0], fill[:seed=1], verify[:seed=1],
-    /// same[:value=N], checksum, read[:stride=4K,passes=1], random[:ws=SIZE,accesses=1M,seed=N],
-    /// fault. Default: touch;fill;verify.
+    /// own share of RAM: touch[:stride=4K,passes=1,work-only=0,ws=SIZE], fill[:seed=1],
+    /// verify[:seed=1], same[:value=N], checksum, read[:stride=4K,passes=1,ws=SIZE],
+    /// random[:ws=SIZE,accesses=1M,seed=N], fault (ws: only the first SIZE bytes of the share).
+    /// Default: touch;fill;verify.
     #[arg(long, short = 'w', value_name = "STEP")]
     workload: Vec<String>,
     /// A virtio-balloon device (virtio-mmio for the built-in guest):
