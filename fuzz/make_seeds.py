@@ -219,3 +219,8 @@ write("config", "command-line", "\x03vcpus 2\nmemory size=512M,prealloc=on\n"
       "memory 1G,backend=memfd\nballoon amount_mib=64,deflate_on_oom=on\n"
       "workload touch:stride=2M,passes=3;fill:seed=7\nworkload random:ws=64M,accesses=10K\n"
       "pin 0=0,1=1")
+for i, region in enumerate(config["memory"]):
+    write("config", f"json-region-{region['backend']}", "\x04" + json.dumps(region))
+# Mode 5 (typed): vcpus 2, two regions (anon 512M; memfd 2M huge pages, 64M), a balloon.
+write("config", "typed", bytes([5, 2, 2, 2, 0, 2, 0, 0, 0, 0, 0, 2, 64, 0, 2, 1, 2, 2, 0, 0, 0,
+                                0, 0, 0, 1, 64, 0, 0, 0, 1, 1, 0, 0]))

@@ -277,6 +277,14 @@ impl RegionConfig {
             hugepage_size: Some(hp),
         } = self.backend
         {
+            // The spec parser only yields these; a JSON config file can hold any number
+            // (0 used to panic on the division below).
+            if hp != 2 << 20 && hp != 1 << 30 {
+                return Err(err(
+                    "hugepage-size",
+                    format!("{hp} bytes is not a huge page size; write 2M or 1G"),
+                ));
+            }
             if self.size % hp != 0 {
                 return Err(err(
                     "size",
@@ -584,5 +592,22 @@ mod tests {
         assert!(parse_pin("0=0").is_ok());
         assert!(parse_pin("0=9999").is_err());
         assert!(parse_pin("x").is_err());
+    }
+
+    /// Fuzzing finding (config target): `hugepage_size: 0` in a JSON config divided by zero.
+    #[test]
+    fn json_memfd_hugepage_size_must_be_2m_or_1g() {
+        for hp in [0u64, 4096, 3 << 20] {
+            let json =
+                format!(r#"{{"size": 1073741824, "backend": "memfd", "hugepage_size": {hp}}}"#);
+            let r: RegionConfig = serde_json::from_str(&json).unwrap();
+            let e = r.check(0).unwrap_err().to_string();
+            assert!(e.contains("hugepage-size") && e.contains("2M or 1G"), "{e}");
+        }
+        let ok = r#"{"size": 1073741824, "backend": "memfd", "hugepage_size": 1073741824}"#;
+        serde_json::from_str::<RegionConfig>(ok)
+            .unwrap()
+            .check(0)
+            .unwrap();
     }
 }

@@ -6,7 +6,11 @@
 //! - 1: a `--balloon` spec (`parse_balloon`);
 //! - 2: the JSON `--config` file (`VmConfig` through serde, then `VmConfig::check`);
 //! - 3: a command line, one flag per line (`memory SPEC`, `balloon SPEC`, `workload SPEC`,
-//!   `pin SPEC`, `vcpus N`), combined the way `memvisor run` does and checked.
+//!   `pin SPEC`, `vcpus N`), combined the way `memvisor run` does and checked;
+//! - 4: one region of the JSON file (`{"size": .., "backend": .., ..}`), in the default
+//!   configuration, so that mutations reach the region rules faster than through a whole file;
+//! - 5: a `VmConfig` built field by field from the bytes (any value the JSON file can hold,
+//!   without the text: sizes, huge page sizes, fetch sizes, vCPUs, pins, workload arguments).
 //!
 //! Invariants: no panic (also not in the error messages' `Display`); a region the spec parser
 //! accepts passes `RegionConfig::check` again; whatever parses round-trips through serde JSON
@@ -16,8 +20,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use memvisor::config::{parse_balloon, parse_pin, ConfigError, RegionConfig, VmConfig};
-use memvisor::workload::Workload;
+use memvisor::config::{parse_balloon, parse_pin, Backend, ConfigError, RegionConfig, VmConfig};
+use memvisor::workload::{Step, Workload};
 
 fn roundtrip<T>(v: &T) -> T
 where
@@ -83,6 +87,137 @@ fn json(text: &str) {
     }
 }
 
+fn json_region(text: &str) {
+    match serde_json::from_str::<RegionConfig>(text) {
+        Ok(r) => {
+            assert_eq!(roundtrip(&r), r, "region JSON round trip");
+            check(&VmConfig {
+                memory: vec![r],
+                ..VmConfig::default()
+            });
+        }
+        Err(e) => drop(e.to_string()),
+    }
+}
+
+/// Little-endian fields; past the end everything reads as zero.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn u64(&mut self, bytes: usize) -> u64 {
+        let n = bytes.min(self.0.len()).min(8);
+        let mut b = [0u8; 8];
+        b[..n].copy_from_slice(&self.0[..n]);
+        self.0 = &self.0[n..];
+        u64::from_le_bytes(b)
+    }
+    fn u8(&mut self) -> u8 {
+        self.u64(1) as u8
+    }
+    fn flag(&mut self) -> bool {
+        self.u8() & 1 != 0
+    }
+    /// A size: often a small multiple of 4 KiB, sometimes any u64.
+    fn size(&mut self) -> u64 {
+        match self.u8() % 4 {
+            0 => self.u64(8),
+            1 => self.u64(2) << 12,
+            2 => self.u64(2) << 20,
+            _ => self.u64(1),
+        }
+    }
+    fn path(&mut self) -> std::path::PathBuf {
+        format!("/p{}", self.u8()).into()
+    }
+}
+
+fn typed(data: &[u8]) {
+    let mut r = Reader(data);
+    let mut c = VmConfig {
+        vcpus: r.u64(1) as u32,
+        memory: Vec::new(),
+        ..VmConfig::default()
+    };
+    for _ in 0..r.u8() % 5 {
+        let size = r.size();
+        let backend = match r.u8() % 4 {
+            0 => Backend::Anon {
+                shared: r.flag(),
+                thp: [None, Some(false), Some(true)][usize::from(r.u8() % 3)],
+            },
+            1 => Backend::Hugetlbfs { mem_path: r.path() },
+            2 => Backend::Memfd {
+                hugepage_size: r.flag().then(|| r.size()),
+            },
+            _ => Backend::Uffd {
+                source: r.flag().then(|| r.path()),
+                fetch: r.size(),
+                external_socket: r.flag().then(|| r.path()),
+            },
+        };
+        c.memory.push(RegionConfig {
+            size,
+            backend,
+            prealloc: r.flag(),
+            prealloc_threads: r.u64(2) as usize,
+            mergeable: r.flag(),
+        });
+    }
+    if r.flag() {
+        c.balloon = Some(balloon::BalloonOptions {
+            amount_mib: r.u64(4) as u32,
+            deflate_on_oom: r.flag(),
+            stats_polling_interval_s: r.u64(2) as u16,
+            free_page_reporting: r.flag(),
+        });
+    }
+    for _ in 0..r.u8() % 4 {
+        c.pin.insert(r.u64(1) as u32, r.u64(1) as usize);
+    }
+    if r.flag() {
+        c.workload.steps = (0..r.u8() % 20)
+            .map(|_| {
+                let (a, b, s) = (r.size(), r.u64(8), r.u64(1));
+                match r.u8() % 11 {
+                    0 => Step::Touch {
+                        stride: a,
+                        passes: b,
+                        work_only: s & 1 != 0,
+                    },
+                    1 => Step::Fill { seed: s },
+                    2 => Step::Verify { seed: s },
+                    3 => Step::Same { value: b },
+                    4 => Step::Checksum,
+                    5 => Step::Read {
+                        stride: a,
+                        passes: b,
+                    },
+                    6 => Step::Random {
+                        working_set: a,
+                        accesses: b,
+                        seed: s,
+                    },
+                    7 => Step::Fault,
+                    8 => Step::Sync { tag: b },
+                    9 => Step::Balloon {
+                        data: a,
+                        seconds: b,
+                        seed: s,
+                    },
+                    _ => Step::Grow { to: a, seed: s },
+                }
+            })
+            .collect();
+    }
+    c.triple_fault = r.flag();
+    for (i, region) in c.memory.iter().enumerate() {
+        if region.check(i).is_ok() {
+            assert_eq!(roundtrip(region), *region, "region JSON round trip");
+        }
+    }
+    check(&c);
+}
+
 fn command_line(text: &str) -> Result<(), ConfigError> {
     let mut c = VmConfig::default();
     let (mut memory, mut workload) = (Vec::new(), Vec::new());
@@ -111,13 +246,17 @@ fuzz_target!(|data: &[u8]| {
     let Some((&which, rest)) = data.split_first() else {
         return;
     };
+    if which % 6 == 5 {
+        return typed(rest);
+    }
     let Ok(text) = std::str::from_utf8(rest) else {
         return;
     };
-    match which % 4 {
+    match which % 6 {
         0 => memory(text),
         1 => balloon(text),
         2 => json(text),
+        4 => json_region(text),
         _ => {
             if let Err(e) = command_line(text) {
                 drop(e.to_string());
