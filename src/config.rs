@@ -333,6 +333,10 @@ impl RegionConfig {
     }
 }
 
+/// Most guest RAM a VM may have in total (256 TiB): far below where laying regions out in
+/// guest-physical space (after the MMIO hole and per-region alignment) could overflow.
+pub const MAX_GUEST_RAM_BYTES: u64 = 1 << 48;
+
 /// The whole VM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -367,9 +371,10 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// Total configured guest RAM.
+    /// Total configured guest RAM (saturating: [`VmConfig::check`] refuses totals above
+    /// [`MAX_GUEST_RAM_BYTES`]).
     pub fn ram_bytes(&self) -> u64 {
-        self.memory.iter().map(|r| r.size).sum()
+        self.memory.iter().fold(0, |t, r| t.saturating_add(r.size))
     }
 
     /// Checks everything that needs no host state.
@@ -384,6 +389,13 @@ impl VmConfig {
         }
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
+        }
+        if self.ram_bytes() > MAX_GUEST_RAM_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "guest RAM adds up to more than {}, the most memvisor lays out; give smaller \
+                 --memory sizes",
+                Size(MAX_GUEST_RAM_BYTES)
+            )));
         }
         if self.ram_bytes() < crate::abi::MIN_RAM_BYTES {
             return Err(ConfigError::Invalid(format!(
@@ -609,5 +621,24 @@ mod tests {
             .unwrap()
             .check(0)
             .unwrap();
+    }
+
+    /// Fuzzing finding (config target): region sizes whose total overflows u64 panicked in
+    /// `ram_bytes` (debug) or wrapped past the checks (release).
+    #[test]
+    fn total_ram_overflow_is_an_error() {
+        let huge = RegionConfig::anon(u64::MAX & !0xfff);
+        let c = VmConfig {
+            memory: vec![huge.clone(), huge],
+            ..VmConfig::default()
+        };
+        assert_eq!(c.ram_bytes(), u64::MAX);
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("256 TiB") && e.contains("smaller"), "{e}");
+        let c = VmConfig {
+            memory: vec![RegionConfig::anon(MAX_GUEST_RAM_BYTES)],
+            ..VmConfig::default()
+        };
+        c.check().unwrap();
     }
 }

@@ -117,13 +117,14 @@ impl Reader<'_> {
     fn flag(&mut self) -> bool {
         self.u8() & 1 != 0
     }
-    /// A size: often a small multiple of 4 KiB, sometimes any u64.
+    /// A size: a multiple of 4 KiB (any, or a small number of pages or MiB), sometimes any u64.
     fn size(&mut self) -> u64 {
-        match self.u8() % 4 {
-            0 => self.u64(8),
+        match self.u8() % 5 {
+            0 => self.u64(8) & !0xfff,
             1 => self.u64(2) << 12,
             2 => self.u64(2) << 20,
-            _ => self.u64(1),
+            3 => self.u64(1),
+            _ => self.u64(8),
         }
     }
     fn path(&mut self) -> std::path::PathBuf {
