@@ -31,9 +31,54 @@ where
     serde_json::from_str(&json).unwrap_or_else(|e| panic!("does not read back ({e}): {json}"))
 }
 
-/// `VmConfig::check`, with the same verdict after a JSON round trip.
+/// The `--workload` text of `step`.
+fn cli_text(step: &Step) -> String {
+    match *step {
+        Step::Touch {
+            stride,
+            passes,
+            work_only,
+        } => format!(
+            "touch:stride={stride},passes={passes},work-only={}",
+            u8::from(work_only)
+        ),
+        Step::Fill { seed } => format!("fill:seed={seed}"),
+        Step::Verify { seed } => format!("verify:seed={seed}"),
+        Step::Same { value } => format!("same:value={value}"),
+        Step::Checksum => "checksum".into(),
+        Step::Read { stride, passes } => format!("read:stride={stride},passes={passes}"),
+        Step::Random {
+            working_set,
+            accesses,
+            seed,
+        } => format!("random:ws={working_set},accesses={accesses},seed={seed}"),
+        Step::Fault => "fault".into(),
+        Step::Sync { tag } => format!("sync:tag={tag}"),
+        Step::Balloon {
+            data,
+            seconds,
+            seed,
+        } => format!("balloon:data={data},seconds={seconds},seed={seed}"),
+        Step::Grow { to, seed } => format!("grow:to={to},seed={seed}"),
+    }
+}
+
+/// `VmConfig::check`, with the same verdict after a JSON round trip. A configuration that
+/// checks holds only workload steps the `--workload` syntax accepts too (a config file must not
+/// be a way around the command line's rules).
 fn check(c: &VmConfig) {
     let verdict = c.check().map_err(|e| e.to_string());
+    if verdict.is_ok() {
+        for step in &c.workload.steps {
+            let text = cli_text(step);
+            match Step::parse(&text) {
+                Ok(parsed) => assert_eq!(&parsed, step, "{text}"),
+                Err(e) => {
+                    panic!("the config holds step {step:?}, which --workload {text} refuses: {e}")
+                }
+            }
+        }
+    }
     let json = serde_json::to_string(c).expect("serializes");
     let back: VmConfig =
         serde_json::from_str(&json).unwrap_or_else(|e| panic!("does not read back ({e}): {json}"));
