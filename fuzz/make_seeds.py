@@ -5,7 +5,8 @@ Run from anywhere: `python3 fuzz/make_seeds.py`. Inputs the fuzzer found and tha
 the other files in those directories (named by their SHA-1, as libFuzzer names them).
 
 The balloon_queues input format is decoded by fuzz_targets/balloon_queues.rs: a header
-(amount_mib u32, flags u8 [bit 0 deflate_on_oom, bit 1 free_page_reporting], stats interval u8,
+(amount_mib u32, flags u8 [bit 0 deflate_on_oom, bit 1 free_page_reporting, bit 2 lax
+backend], stats interval u8,
 backend failure mask u8), then actions, each an opcode byte and little-endian fields.
 """
 import json
@@ -25,8 +26,8 @@ def write(target, name, data):
 
 
 # ---------------------------------------------------------------- balloon_queues
-def header(amount_mib=64, doom=False, fpr=False, interval=0, fail_mask=0):
-    return struct.pack("<IBBB", amount_mib, doom | (fpr << 1), interval, fail_mask)
+def header(amount_mib=64, doom=False, fpr=False, interval=0, fail_mask=0, lax=False):
+    return struct.pack("<IBBB", amount_mib, doom | (fpr << 1) | (lax << 2), interval, fail_mask)
 
 
 def ack_features(f):
@@ -144,6 +145,12 @@ write("balloon_queues", "failing-backend",
       header(64, fail_mask=0x55) + ack_std() + std_queues(8) + ACTIVATE
       + pfn_buffer(0, [0, 2, 4, 6, 33, 35]) + notify(0)
       + pfn_buffer(1, [0, 2, 4]) + notify(1))
+write("balloon_queues", "lax-backend",
+      header(64, fpr=True, lax=True) + ack_std(fpr=True) + std_queues(8) + ACTIVATE
+      + pfn_buffer(0, [8, 9, 15, 16, 17, 31, 32, 47, 48, 100]) + notify(0)
+      + report_chain([(0xf000, 0x2000, True), (0x10000, 0x1000, True), (0x30000, 0x1000, True),
+                      (0x8000, 0x4000, True)])
+      + notify(2))
 write("balloon_queues", "raw-memory-chain",
       header(64) + ack_std() + std_queues(3) + ACTIVATE
       + write_mem(0x20100, struct.pack("<IIII", 1, 2, 3, 33))
