@@ -277,6 +277,14 @@ impl RegionConfig {
             hugepage_size: Some(hp),
         } = self.backend
         {
+            // The spec parser only yields these; a JSON config file can hold any number
+            // (0 used to panic on the division below).
+            if hp != 2 << 20 && hp != 1 << 30 {
+                return Err(err(
+                    "hugepage-size",
+                    format!("{hp} bytes is not a huge page size; write 2M or 1G"),
+                ));
+            }
             if self.size % hp != 0 {
                 return Err(err(
                     "size",
@@ -328,6 +336,10 @@ impl RegionConfig {
 /// The least RAM `memvisor run --kernel` accepts.
 pub const LINUX_MIN_RAM_BYTES: u64 = 64 << 20;
 
+/// Most guest RAM a VM may have in total (256 TiB): far below where laying regions out in
+/// guest-physical space (after the MMIO hole and per-region alignment) could overflow.
+pub const MAX_GUEST_RAM_BYTES: u64 = 1 << 48;
+
 /// The whole VM.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct VmConfig {
@@ -366,9 +378,10 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
-    /// Total configured guest RAM.
+    /// Total configured guest RAM (saturating: [`VmConfig::check`] refuses totals above
+    /// [`MAX_GUEST_RAM_BYTES`]).
     pub fn ram_bytes(&self) -> u64 {
-        self.memory.iter().map(|r| r.size).sum()
+        self.memory.iter().fold(0, |t, r| t.saturating_add(r.size))
     }
 
     /// Checks everything that needs no host state.
@@ -383,6 +396,13 @@ impl VmConfig {
         }
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
+        }
+        if self.ram_bytes() > MAX_GUEST_RAM_BYTES {
+            return Err(ConfigError::Invalid(format!(
+                "guest RAM adds up to more than {}, the most memvisor lays out; give smaller \
+                 --memory sizes",
+                Size(MAX_GUEST_RAM_BYTES)
+            )));
         }
         if self.linux.is_some() && self.ram_bytes() < LINUX_MIN_RAM_BYTES {
             return Err(ConfigError::Invalid(format!(
@@ -598,5 +618,41 @@ mod tests {
         assert!(parse_pin("0=0").is_ok());
         assert!(parse_pin("0=9999").is_err());
         assert!(parse_pin("x").is_err());
+    }
+
+    /// Fuzzing finding (config target): `hugepage_size: 0` in a JSON config divided by zero.
+    #[test]
+    fn json_memfd_hugepage_size_must_be_2m_or_1g() {
+        for hp in [0u64, 4096, 3 << 20] {
+            let json =
+                format!(r#"{{"size": 1073741824, "backend": "memfd", "hugepage_size": {hp}}}"#);
+            let r: RegionConfig = serde_json::from_str(&json).unwrap();
+            let e = r.check(0).unwrap_err().to_string();
+            assert!(e.contains("hugepage-size") && e.contains("2M or 1G"), "{e}");
+        }
+        let ok = r#"{"size": 1073741824, "backend": "memfd", "hugepage_size": 1073741824}"#;
+        serde_json::from_str::<RegionConfig>(ok)
+            .unwrap()
+            .check(0)
+            .unwrap();
+    }
+
+    /// Fuzzing finding (config target): region sizes whose total overflows u64 panicked in
+    /// `ram_bytes` (debug) or wrapped past the checks (release).
+    #[test]
+    fn total_ram_overflow_is_an_error() {
+        let huge = RegionConfig::anon(!0xfff_u64);
+        let c = VmConfig {
+            memory: vec![huge.clone(), huge],
+            ..VmConfig::default()
+        };
+        assert_eq!(c.ram_bytes(), u64::MAX);
+        let e = c.check().unwrap_err().to_string();
+        assert!(e.contains("256 TiB") && e.contains("smaller"), "{e}");
+        let c = VmConfig {
+            memory: vec![RegionConfig::anon(MAX_GUEST_RAM_BYTES)],
+            ..VmConfig::default()
+        };
+        c.check().unwrap();
     }
 }

@@ -237,23 +237,29 @@ impl Step {
                 reason: "unknown parameter".into(),
             });
         }
-        if let Step::Grow { to: 0, .. } = step {
-            return Err(WorkloadError::BadParam {
-                op: name.into(),
-                param: "to".into(),
-                reason: "give the size the data set should reach, e.g. to=900M".into(),
-            });
+        step.check()?;
+        Ok(step)
+    }
+
+    /// Rules on parameter values, for steps from `--workload` and from a JSON config file alike.
+    pub fn check(&self) -> Result<(), WorkloadError> {
+        let bad = |param: &str, reason: &str| WorkloadError::BadParam {
+            op: self.name().into(),
+            param: param.into(),
+            reason: reason.into(),
+        };
+        if let Step::Grow { to: 0, .. } = self {
+            return Err(bad(
+                "to",
+                "give the size the data set should reach, e.g. to=900M",
+            ));
         }
-        if let Step::Touch { stride, .. } | Step::Read { stride, .. } = step {
+        if let Step::Touch { stride, .. } | Step::Read { stride, .. } = *self {
             if stride < 8 || stride % 8 != 0 {
-                return Err(WorkloadError::BadParam {
-                    op: name.into(),
-                    param: "stride".into(),
-                    reason: "must be a multiple of 8 bytes".into(),
-                });
+                return Err(bad("stride", "must be a multiple of 8 bytes"));
             }
         }
-        Ok(step)
+        Ok(())
     }
 }
 
@@ -330,7 +336,7 @@ impl Workload {
         if self.steps.len() > abi::MAX_OPS {
             return Err(WorkloadError::TooMany(self.steps.len()));
         }
-        Ok(())
+        self.steps.iter().try_for_each(Step::check)
     }
 }
 
@@ -407,5 +413,19 @@ mod tests {
             Workload::parse(&many),
             Err(WorkloadError::TooMany(_))
         ));
+    }
+
+    /// Fuzzing finding (config target): a JSON config file held steps `--workload` refuses
+    /// (`touch` with stride 0, `grow` to 0), because only the text parser checked them.
+    #[test]
+    fn config_file_steps_follow_the_command_line_rules() {
+        let json = r#"{"steps": [{"op": "touch", "stride": 0, "passes": 1, "work_only": false}]}"#;
+        let w: Workload = serde_json::from_str(json).unwrap();
+        let e = w.check().unwrap_err().to_string();
+        assert!(e.contains("touch") && e.contains("multiple of 8"), "{e}");
+        let w: Workload =
+            serde_json::from_str(r#"{"steps": [{"op": "grow", "to": 0, "seed": 1}]}"#).unwrap();
+        assert!(w.check().unwrap_err().to_string().contains("to=900M"));
+        Workload::default_run().check().unwrap();
     }
 }

@@ -121,7 +121,12 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
 
 /// The methods `path` (without query) accepts, or `None` if there is no such endpoint.
 pub fn allowed_methods(path: &str) -> Option<&'static [&'static str]> {
-    let path = normalize(split_query(path).0);
+    endpoint_methods(normalize(split_query(path).0))
+}
+
+/// The methods of the endpoint at exactly `path` (already normalized: normalizing twice would
+/// take `/vm//` for `/vm` here but not when routing).
+fn endpoint_methods(path: &str) -> Option<&'static [&'static str]> {
     ENDPOINTS.iter().find(|(p, _)| *p == path).map(|(_, m)| *m)
 }
 
@@ -137,7 +142,7 @@ pub fn parse_request(
 ) -> Result<ApiRequest, ApiResponse> {
     let (raw_path, query) = split_query(path_and_query);
     let path = normalize(raw_path);
-    let Some(allowed) = allowed_methods(path) else {
+    let Some(allowed) = endpoint_methods(path) else {
         let known: Vec<&str> = ENDPOINTS.iter().map(|(p, _)| *p).collect();
         return Err(ApiResponse::error(
             404,

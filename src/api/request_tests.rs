@@ -161,6 +161,23 @@ fn wrong_method_is_405_naming_the_allowed_ones() {
     assert_eq!(allowed_methods("/nope"), None);
 }
 
+/// Fuzzing finding (api_request target): `PATCH /vm//` was answered 405 "not allowed; use GET,
+/// PUT, PATCH" (without an `Allow` header) because the endpoint lookup normalized the path a
+/// second time while routing did not. Only one trailing slash is dropped; `/vm//` is unknown.
+#[test]
+fn double_trailing_slash_is_an_unknown_path() {
+    let (status, msg) = parse_err("PATCH", "/vm//", r#"{"state": "Resumed"}"#);
+    assert_eq!(status, 404, "{msg}");
+    assert!(msg.contains("no API endpoint /vm//"), "{msg}");
+    assert_eq!(allowed_methods("/vm//"), None);
+    assert_eq!(parse_err("GET", "/balloon//statistics//", "").0, 404);
+    assert_eq!(
+        parse_request("GET", "/vm/", b"").unwrap(),
+        ApiRequest::GetVm,
+        "one trailing slash is still accepted"
+    );
+}
+
 #[test]
 fn missing_body_says_which_shape_is_expected() {
     assert_eq!(

@@ -321,7 +321,7 @@ fn dispatch(shared: &Arc<Shared>, mut stream: UnixStream) {
     let spawned = thread::Builder::new()
         .name("api-conn".into())
         .spawn(move || {
-            serve_connection(&conn_shared, stream);
+            serve_stream(stream, &*conn_shared.handler, &conn_shared.options);
             let mut conns = conn_shared.conns();
             conns.open.remove(&id);
             if conns.open.is_empty() {
@@ -334,9 +334,11 @@ fn dispatch(shared: &Arc<Shared>, mut stream: UnixStream) {
     }
 }
 
-/// Reads one request, answers it and returns (the caller closes the connection).
-fn serve_connection(shared: &Shared, mut stream: UnixStream) {
-    let opts = &shared.options;
+/// Reads one request from `stream`, answers it with `handler` and returns; dropping `stream`
+/// closes the connection. This is what each connection thread of [`ApiServer`] runs; it is
+/// public so that a connected stream can be served without a listening socket, as the fuzz
+/// target `fuzz/fuzz_targets/api_request.rs` does with one end of a socket pair.
+pub fn serve_stream(mut stream: UnixStream, handler: &dyn ApiHandler, opts: &ApiServerOptions) {
     let _ = stream.set_write_timeout(Some(opts.read_timeout));
     let limits = ReadLimits {
         read_timeout: opts.read_timeout,
@@ -353,7 +355,6 @@ fn serve_connection(shared: &Shared, mut stream: UnixStream) {
     let response = match parse_request(&raw.method, &raw.target, &raw.body) {
         Ok(req) => {
             log::debug!("API request {} {}: {req:?}", raw.method, raw.target);
-            let handler = &shared.handler;
             catch_unwind(AssertUnwindSafe(|| handler.handle(req))).unwrap_or_else(|_| {
                 log::error!("API handler panicked on {} {}", raw.method, raw.target);
                 ApiResponse::error(500, "the VMM failed on this request; see the memvisor log")
