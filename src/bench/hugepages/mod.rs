@@ -692,9 +692,10 @@ fn method(opts: &HugepagesOptions, mmu: &str) -> Vec<String> {
             if shadow {
                 " (no EPT/NPT: KVM shadows the guest's page tables, here kvm_pvm). The guest's \
                  memory accesses run natively in ring 3 on KVM's shadow page tables, so this \
-                 compares host backings under the shadow MMU, not under EPT/NPT: every first \
-                 touch of a host page costs a host page fault plus a shadow-MMU fault (an exit \
-                 into KVM), and KVM maps 2M at once only where the host page is 2M"
+                 compares host backings under the shadow MMU, not under EPT/NPT: the first touch \
+                 of a page not yet in KVM's tables is an exit into the shadow MMU, plus a host \
+                 page fault when the host page is not there yet, and KVM maps 2M at once only \
+                 where the host page is 2M"
             } else {
                 " (two-dimensional paging: the TLB holds guest-virtual to host-physical \
                  translations whose size is the smaller of the guest's and the host's page)"
