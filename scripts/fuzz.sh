@@ -47,7 +47,7 @@ for t in "${targets[@]}"; do
     echo "fuzz: $t FAILED; the input is in fuzz/artifacts/$t/"
     exit 1
   fi
-  execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $2); print $2 }' "$log")
-  rate=$(awk -F: '/stat::average_exec_per_sec/ { gsub(/ /, "", $2); print $2 }' "$log")
+  execs=$(awk -F: '/stat::number_of_executed_units/ { gsub(/ /, "", $NF); print $NF }' "$log")
+  rate=$(awk -F: '/stat::average_exec_per_sec/ { gsub(/ /, "", $NF); print $NF }' "$log")
   echo "fuzz: $t: ${execs:-?} executions in ${secs}s (${rate:-?}/s), no crash"
 done
