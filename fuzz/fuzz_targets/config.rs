@@ -10,7 +10,8 @@
 //! - 4: one region of the JSON file (`{"size": .., "backend": .., ..}`), in the default
 //!   configuration, so that mutations reach the region rules faster than through a whole file;
 //! - 5: a `VmConfig` built field by field from the bytes (any value the JSON file can hold,
-//!   without the text: sizes, huge page sizes, fetch sizes, vCPUs, pins, workload arguments).
+//!   without the text: sizes, huge page sizes, fetch sizes, vCPUs, pins, workload arguments,
+//!   a Linux kernel to boot).
 //!
 //! Invariants: no panic (also not in the error messages' `Display`); a region the spec parser
 //! accepts passes `RegionConfig::check` again; whatever parses round-trips through serde JSON
@@ -38,15 +39,20 @@ fn cli_text(step: &Step) -> String {
             stride,
             passes,
             work_only,
+            working_set,
         } => format!(
-            "touch:stride={stride},passes={passes},work-only={}",
+            "touch:stride={stride},passes={passes},work-only={},ws={working_set}",
             u8::from(work_only)
         ),
         Step::Fill { seed } => format!("fill:seed={seed}"),
         Step::Verify { seed } => format!("verify:seed={seed}"),
         Step::Same { value } => format!("same:value={value}"),
         Step::Checksum => "checksum".into(),
-        Step::Read { stride, passes } => format!("read:stride={stride},passes={passes}"),
+        Step::Read {
+            stride,
+            passes,
+            working_set,
+        } => format!("read:stride={stride},passes={passes},ws={working_set}"),
         Step::Random {
             working_set,
             accesses,
@@ -229,6 +235,7 @@ fn typed(data: &[u8]) {
                         stride: a,
                         passes: b,
                         work_only: s & 1 != 0,
+                        working_set: if s & 2 != 0 { b } else { 0 },
                     },
                     1 => Step::Fill { seed: s },
                     2 => Step::Verify { seed: s },
@@ -237,6 +244,7 @@ fn typed(data: &[u8]) {
                     5 => Step::Read {
                         stride: a,
                         passes: b,
+                        working_set: if s & 2 != 0 { b } else { 0 },
                     },
                     6 => Step::Random {
                         working_set: a,
@@ -256,6 +264,14 @@ fn typed(data: &[u8]) {
             .collect();
     }
     c.triple_fault = r.flag();
+    if r.flag() {
+        c.linux = Some(memvisor::linux::LinuxConfig {
+            kernel: r.path(),
+            initrd: r.flag().then(|| r.path()),
+            cmdline: r.flag().then(|| "console=ttyS0 quiet".into()),
+            console: r.flag().then(|| r.path()),
+        });
+    }
     for (i, region) in c.memory.iter().enumerate() {
         if region.check(i).is_ok() {
             assert_eq!(roundtrip(region), *region, "region JSON round trip");
