@@ -11,7 +11,8 @@
 //! - [`runner`]: runs a VM to the end; [`report`]: what a run produced;
 //! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
 //!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
-//!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings).
+//!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings);
+//! - [`seccomp`]: the per-thread seccomp filters (least privilege).
 #![deny(missing_docs)]
 
 /// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
@@ -32,6 +33,7 @@ pub mod overcommit;
 pub mod registry;
 pub mod report;
 pub mod runner;
+pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm_api;

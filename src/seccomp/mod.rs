@@ -1,0 +1,358 @@
+//! Least privilege: one seccomp-BPF allow-list per kind of VMM thread, built with `seccompiler`.
+//!
+//! Every long-lived thread of a running VM installs the filter of its kind on itself once its
+//! setup is done ([`ThreadFilter::apply`]): vCPU threads, the API accept and connection threads,
+//! the userfaultfd handler, the balloon statistics timer and (in `memvisor run`) the main thread
+//! once the VM runs. Filters are per thread: a test harness that starts VMs in-process keeps its
+//! own threads unfiltered. The allow-lists live in [`rules`]; what each kind may do is described
+//! there and in the README ("Least privilege").
+//!
+//! [`SeccompMode`] is the switch: `on` (the default) traps a forbidden call with `SIGSYS`, whose
+//! handler ([`sigsys`]) prints the thread, the call and its arguments and how to run without
+//! filters, then aborts; `log` lets every call through and has the kernel log the ones outside
+//! the list (`dmesg`: `audit: type=1326 ... syscall=N`); `off` installs nothing.
+//!
+//! This module also owns [`hook_outside_filters`]: a `sync` hook (test code run at a guest sync
+//! point) runs on an unfiltered helper thread while the vCPU waits, since the caller's code
+//! cannot be held to the vCPU's allow-list.
+
+pub mod names;
+pub mod rules;
+pub mod sigsys;
+
+use crate::memory::GuestRam;
+use crate::vcpu::SyncHook;
+use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::{mpsc, Arc, Mutex};
+
+/// Errors of building or installing filters; each says how to go on without them.
+#[derive(Debug, thiserror::Error)]
+pub enum SeccompError {
+    /// The allow-list could not be compiled to BPF (a memvisor bug).
+    #[error("building the seccomp filter of the {kind} thread(s): {reason}; run with --seccomp off to start without filters (less safe)")]
+    Compile {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// What seccompiler said.
+        reason: String,
+    },
+    /// The kernel refused the filter.
+    #[error("installing the seccomp filter of the {kind} thread: {reason}; the kernel needs seccomp-BPF (CONFIG_SECCOMP_FILTER); run with --seccomp off to start without filters (less safe)")]
+    Install {
+        /// The thread kind.
+        kind: ThreadKind,
+        /// What failed.
+        reason: String,
+    },
+}
+
+/// Whether and how filters are installed (`memvisor run --seccomp on|log|off`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SeccompMode {
+    /// Install the filters; a forbidden call is reported and the VMM aborts.
+    #[default]
+    On,
+    /// Install the filters with `SECCOMP_RET_LOG`: forbidden calls are allowed and logged by
+    /// the kernel (audit records in `dmesg`). For finding what a filter lacks.
+    Log,
+    /// Install nothing (debugging; less safe).
+    Off,
+}
+
+impl fmt::Display for SeccompMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SeccompMode::On => "on",
+            SeccompMode::Log => "log",
+            SeccompMode::Off => "off",
+        })
+    }
+}
+
+/// The kinds of VMM threads, each with its own allow-list (see [`rules`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum ThreadKind {
+    /// `vcpu<N>`: `KVM_RUN`, the devices behind port-I/O and MMIO exits, balloon discards.
+    Vcpu,
+    /// `api-accept` and the `api-conn` threads it starts: the control API.
+    Api,
+    /// `uffd-handler`: serves userfaultfd page faults.
+    Uffd,
+    /// `balloon-stats`: asks the guest for fresh balloon statistics.
+    BalloonStats,
+    /// The main thread of `memvisor run` once the VM runs: the event loop and the report.
+    Main,
+}
+
+impl ThreadKind {
+    /// Every kind.
+    pub const ALL: [ThreadKind; 5] = [
+        ThreadKind::Vcpu,
+        ThreadKind::Api,
+        ThreadKind::Uffd,
+        ThreadKind::BalloonStats,
+        ThreadKind::Main,
+    ];
+
+    /// Name in messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            ThreadKind::Vcpu => "vCPU",
+            ThreadKind::Api => "API",
+            ThreadKind::Uffd => "userfaultfd handler",
+            ThreadKind::BalloonStats => "balloon statistics",
+            ThreadKind::Main => "main",
+        }
+    }
+}
+
+impl fmt::Display for ThreadKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A compiled filter for one thread kind, ready to be installed by threads of that kind.
+/// Cheap to clone. With [`SeccompMode::Off`] it installs nothing.
+#[derive(Clone)]
+pub struct ThreadFilter {
+    kind: ThreadKind,
+    mode: SeccompMode,
+    /// Installed in order (empty when off).
+    programs: Arc<Vec<BpfProgram>>,
+}
+
+impl fmt::Debug for ThreadFilter {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ThreadFilter")
+            .field("kind", &self.kind)
+            .field("mode", &self.mode)
+            .field(
+                "instructions",
+                &self.programs.iter().map(Vec::len).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl ThreadFilter {
+    /// Compiles the allow-list of `kind` for `mode`.
+    pub fn new(mode: SeccompMode, kind: ThreadKind) -> Result<ThreadFilter, SeccompError> {
+        let programs = match mode {
+            SeccompMode::Off => Vec::new(),
+            SeccompMode::On | SeccompMode::Log => {
+                let default = if mode == SeccompMode::On {
+                    SeccompAction::Trap
+                } else {
+                    SeccompAction::Log
+                };
+                let mut programs = Vec::new();
+                if rules::starts_threads(kind) {
+                    programs.push(compile(
+                        kind,
+                        rules::clone3_enosys(),
+                        SeccompAction::Allow,
+                        { SeccompAction::Errno(libc::ENOSYS as u32) },
+                    )?);
+                }
+                let list = rules::allowed(kind).map_err(|e| SeccompError::Compile {
+                    kind,
+                    reason: e.to_string(),
+                })?;
+                programs.push(compile(kind, list, default, SeccompAction::Allow)?);
+                programs
+            }
+        };
+        Ok(ThreadFilter {
+            kind,
+            mode,
+            programs: Arc::new(programs),
+        })
+    }
+
+    /// A filter that installs nothing.
+    pub fn off(kind: ThreadKind) -> ThreadFilter {
+        ThreadFilter {
+            kind,
+            mode: SeccompMode::Off,
+            programs: Arc::new(Vec::new()),
+        }
+    }
+
+    /// The thread kind.
+    pub fn kind(&self) -> ThreadKind {
+        self.kind
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> SeccompMode {
+        self.mode
+    }
+
+    /// Installs the filter on the calling thread (and so on threads it starts later). With
+    /// `on`, first makes sure the `SIGSYS` reporter is installed and records the thread's name
+    /// for it. Sets `no_new_privs` on the thread, as unprivileged seccomp requires.
+    pub fn apply(&self) -> Result<(), SeccompError> {
+        if self.programs.is_empty() {
+            return Ok(());
+        }
+        if self.mode == SeccompMode::On {
+            sigsys::install_reporter().map_err(|e| SeccompError::Install {
+                kind: self.kind,
+                reason: format!("installing the SIGSYS handler: {e}"),
+            })?;
+        }
+        sigsys::remember_thread(self.kind);
+        for p in self.programs.iter() {
+            seccompiler::apply_filter(p).map_err(|e| SeccompError::Install {
+                kind: self.kind,
+                reason: e.to_string(),
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`ThreadFilter::apply`] for threads that cannot return an error to anyone: logs it.
+    /// Returns whether the thread may go on (the filter is in place, or none was asked for).
+    pub fn apply_or_log(&self) -> bool {
+        match self.apply() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!("{e}");
+                false
+            }
+        }
+    }
+
+    /// A closure that installs this filter, for code that only takes a thread-start hook
+    /// (the uffd crate).
+    pub fn hook(&self) -> Arc<dyn Fn() -> Result<(), String> + Send + Sync> {
+        let f = self.clone();
+        Arc::new(move || f.apply().map_err(|e| e.to_string()))
+    }
+}
+
+fn compile(
+    kind: ThreadKind,
+    rules: BTreeMap<i64, Vec<seccompiler::SeccompRule>>,
+    mismatch: SeccompAction,
+    matched: SeccompAction,
+) -> Result<BpfProgram, SeccompError> {
+    let err = |e: seccompiler::BackendError| SeccompError::Compile {
+        kind,
+        reason: e.to_string(),
+    };
+    let filter = SeccompFilter::new(rules, mismatch, matched, seccompiler::TargetArch::x86_64)
+        .map_err(err)?;
+    filter.try_into().map_err(err)
+}
+
+/// The filters of one VM, compiled once when it starts.
+#[derive(Clone, Debug)]
+pub struct VmFilters {
+    mode: SeccompMode,
+    filters: Vec<ThreadFilter>,
+}
+
+impl VmFilters {
+    /// Compiles the filter of every thread kind for `mode`.
+    pub fn new(mode: SeccompMode) -> Result<VmFilters, SeccompError> {
+        Ok(VmFilters {
+            mode,
+            filters: ThreadKind::ALL
+                .iter()
+                .map(|&k| ThreadFilter::new(mode, k))
+                .collect::<Result<_, _>>()?,
+        })
+    }
+
+    /// The mode.
+    pub fn mode(&self) -> SeccompMode {
+        self.mode
+    }
+
+    /// The filter of `kind`.
+    pub fn get(&self, kind: ThreadKind) -> ThreadFilter {
+        self.filters
+            .iter()
+            .find(|f| f.kind == kind)
+            .cloned()
+            .unwrap_or_else(|| ThreadFilter::off(kind))
+    }
+}
+
+/// Wraps a `sync` hook so that it runs on an unfiltered helper thread (started here, on the
+/// caller's thread, before any vCPU filter exists) while the calling vCPU thread waits for it.
+/// Each call gets a thread of its own, so hooks of several vCPUs may wait for each other as
+/// they could on the vCPU threads. A hook that panics panics the waiting vCPU thread too.
+pub fn hook_outside_filters(hook: SyncHook, ram: Arc<GuestRam>) -> SyncHook {
+    type Call = (u32, u64, mpsc::SyncSender<()>);
+    let (tx, rx) = mpsc::channel::<Call>();
+    // Weak: the helper must not keep guest memory mapped after the VM is dropped.
+    let ram = Arc::downgrade(&ram);
+    let spawned = std::thread::Builder::new()
+        .name("sync-hooks".into())
+        .spawn(move || {
+            for (vcpu, tag, done) in rx {
+                let Some(ram) = ram.upgrade() else {
+                    continue;
+                };
+                let hook = hook.clone();
+                let call = move || {
+                    hook(vcpu, tag, &ram);
+                    let _ = done.send(());
+                };
+                let _ = std::thread::Builder::new()
+                    .name(format!("sync-hook{vcpu}"))
+                    .spawn(call);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("no thread for sync hooks ({e}); they will not run");
+    }
+    let tx = Mutex::new(tx);
+    Arc::new(move |vcpu, tag, _ram: &GuestRam| {
+        let (done_tx, done_rx) = mpsc::sync_channel(1);
+        let sent = tx.lock().unwrap().send((vcpu, tag, done_tx));
+        if sent.is_ok() && done_rx.recv().is_err() {
+            panic!("the sync hook of vcpu{vcpu} (tag {tag}) panicked");
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_kind_compiles_in_every_mode() {
+        for mode in [SeccompMode::On, SeccompMode::Log] {
+            let f = VmFilters::new(mode).unwrap();
+            for k in ThreadKind::ALL {
+                let t = f.get(k);
+                assert_eq!(t.kind(), k);
+                assert!(!t.programs.is_empty(), "{k}: no program");
+                assert!(
+                    t.programs.iter().all(|p| p.len() < 4096),
+                    "{k}: over the kernel's 4096-instruction limit"
+                );
+            }
+        }
+        let off = VmFilters::new(SeccompMode::Off).unwrap();
+        assert!(ThreadKind::ALL
+            .iter()
+            .all(|&k| off.get(k).programs.is_empty()));
+    }
+
+    #[test]
+    fn modes_parse_and_print() {
+        use clap::ValueEnum;
+        for m in [SeccompMode::On, SeccompMode::Log, SeccompMode::Off] {
+            assert_eq!(SeccompMode::from_str(&m.to_string(), false).unwrap(), m);
+        }
+        assert_eq!(SeccompMode::default(), SeccompMode::On);
+    }
+}

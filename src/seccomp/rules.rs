@@ -1,0 +1,310 @@
+//! The allow-lists: which system calls (and, where it matters, which arguments) each kind of
+//! VMM thread may make once its filter is in place. Found by tracing (`strace -f`) `memvisor
+//! run` through every workload, backend and API request, and the whole test suite with the
+//! filters on; kept as small as that allowed.
+//!
+//! Every thread: memory management for the allocator and thread exit (`mmap`/`mprotect` never
+//! with `PROT_EXEC`, `madvise(MADV_DONTNEED)`), futexes, clocks and sleeps, `write` (logs,
+//! eventfds), `close`, signal return and masks, `getrandom` (hash maps), exiting, and
+//! `tgkill(own pid, SIGABRT)` for the SIGSYS reporter's abort. Nobody may open a socket,
+//! connect, bind or listen, `execve`, `ptrace`, mount, load modules or change credentials.
+//!
+//! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure), `KVM_IRQ_LINE` and
+//!   `KVM_SIGNAL_MSI` (virtio-pci interrupts); the balloon's discards through the memory module
+//!   (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`,
+//!   `mincore`); eventfd `read`.
+//! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
+//!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
+//!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
+//!   fails with `ENOSYS` so the C library falls back to `clone`); the handlers' reads of
+//!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
+//!   read-only, `pread64`, `read`, `statx`), `mincore`; the balloon's interrupts
+//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`).
+//! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
+//!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
+//! - **balloon statistics**: the common set plus the balloon's interrupts.
+//! - **main** (`memvisor run` after setup): the event loop (kicks: `tgkill(own pid,
+//!   SIGRTMIN)`), stopping (joining threads, `UFFDIO_UNREGISTER`, unlinking the API socket and
+//!   the runtime-directory entry) and the report (`openat`, reads of `/proc`, writing the
+//!   report file), unmapping guest memory.
+
+use super::ThreadKind;
+use seccompiler::{
+    BackendError, SeccompCmpArgLen as Len, SeccompCmpOp as Op, SeccompCondition as Cond,
+    SeccompRule,
+};
+use std::collections::BTreeMap;
+
+/// ioctl type of KVM.
+const KVMIO: u32 = 0xAE;
+/// ioctl type of userfaultfd.
+const UFFDIO: u32 = 0xAA;
+
+/// `KVM_RUN`.
+pub const KVM_RUN: u64 = nix::request_code_none!(KVMIO, 0x80) as u64;
+/// `KVM_GET_REGS`.
+pub const KVM_GET_REGS: u64 =
+    nix::request_code_read!(KVMIO, 0x81, size_of::<kvm_bindings::kvm_regs>()) as u64;
+/// `KVM_IRQ_LINE`.
+pub const KVM_IRQ_LINE: u64 =
+    nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>()) as u64;
+/// `KVM_SIGNAL_MSI`.
+pub const KVM_SIGNAL_MSI: u64 =
+    nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>()) as u64;
+/// `UFFDIO_UNREGISTER` (`struct uffdio_range`: 16 bytes).
+pub const UFFDIO_UNREGISTER: u64 = nix::request_code_read!(UFFDIO, 0x01, 16) as u64;
+/// `UFFDIO_WAKE` (`struct uffdio_range`).
+pub const UFFDIO_WAKE: u64 = nix::request_code_read!(UFFDIO, 0x02, 16) as u64;
+/// `UFFDIO_COPY` (`struct uffdio_copy`: 40 bytes).
+pub const UFFDIO_COPY: u64 = nix::request_code_readwrite!(UFFDIO, 0x03, 40) as u64;
+/// `UFFDIO_ZEROPAGE` (`struct uffdio_zeropage`: 32 bytes).
+pub const UFFDIO_ZEROPAGE: u64 = nix::request_code_readwrite!(UFFDIO, 0x04, 32) as u64;
+
+/// Whether threads of `kind` start threads under their filter (they get the `clone3` →
+/// `ENOSYS` filter first, so thread creation goes through `clone`, whose flags are checked).
+pub fn starts_threads(kind: ThreadKind) -> bool {
+    matches!(kind, ThreadKind::Api)
+}
+
+/// The filter installed before the allow-list on threads that start threads: `clone3` fails
+/// with `ENOSYS` (everything else is left to the allow-list).
+pub fn clone3_enosys() -> BTreeMap<i64, Vec<SeccompRule>> {
+    BTreeMap::from([(libc::SYS_clone3, vec![])])
+}
+
+/// An allow-list under construction: a call allowed outright, or when one of its rules
+/// (conditions on arguments, all of which must hold) matches.
+#[derive(Default)]
+struct List {
+    map: BTreeMap<i64, Option<Vec<SeccompRule>>>,
+}
+
+impl List {
+    /// Allows `calls` whatever their arguments.
+    fn any(&mut self, calls: &[i64]) -> &mut Self {
+        for &c in calls {
+            self.map.insert(c, None);
+        }
+        self
+    }
+
+    /// Allows `call` when every condition holds (adds to earlier rules of the same call).
+    fn when(&mut self, call: i64, conds: Vec<Cond>) -> &mut Self {
+        let rule = SeccompRule::new(conds).expect("rules have conditions");
+        // A call already allowed outright stays so.
+        if let Some(rules) = self.map.entry(call).or_insert_with(|| Some(Vec::new())) {
+            rules.push(rule);
+        }
+        self
+    }
+
+    /// Allows `call` when argument `arg` is one of `values` (32-bit compare).
+    fn arg_in(&mut self, call: i64, arg: u8, values: &[u64]) -> &mut Self {
+        for &v in values {
+            self.when(call, vec![eq(arg, v)]);
+        }
+        self
+    }
+
+    /// Allows `ioctl` with one of these requests.
+    fn ioctls(&mut self, requests: &[u64]) -> &mut Self {
+        self.arg_in(libc::SYS_ioctl, 1, requests)
+    }
+
+    fn build(self) -> BTreeMap<i64, Vec<SeccompRule>> {
+        self.map
+            .into_iter()
+            .map(|(c, rules)| (c, rules.unwrap_or_default()))
+            .collect()
+    }
+}
+
+/// `arg == value` on the low 32 bits (ioctl requests, flags and modes are `int`s).
+fn eq(arg: u8, value: u64) -> Cond {
+    cond(arg, Op::Eq, value)
+}
+
+fn cond(arg: u8, op: Op, value: u64) -> Cond {
+    Cond::new(arg, Len::Dword, op, value).expect("argument index below 6")
+}
+
+/// The calls every filtered thread makes.
+fn common(l: &mut List) {
+    use libc::*;
+    l.any(&[
+        // Allocator and thread exit.
+        SYS_brk,
+        SYS_munmap,
+        SYS_mremap,
+        // Waiting and time.
+        SYS_futex,
+        SYS_sched_yield,
+        SYS_nanosleep,
+        SYS_clock_nanosleep,
+        SYS_clock_gettime,
+        SYS_gettimeofday,
+        SYS_restart_syscall,
+        // Logs, eventfds, descriptors being dropped.
+        SYS_write,
+        SYS_writev,
+        SYS_close,
+        // Signals: the vCPU kick returns through rt_sigreturn; thread exit blocks signals
+        // and removes its alternate signal stack.
+        SYS_rt_sigreturn,
+        SYS_rt_sigprocmask,
+        SYS_sigaltstack,
+        SYS_getrandom,
+        SYS_getpid,
+        SYS_gettid,
+        SYS_exit,
+        SYS_exit_group,
+    ]);
+    // Never executable memory.
+    for call in [SYS_mmap, SYS_mprotect] {
+        l.when(call, vec![cond(2, Op::MaskedEq(PROT_EXEC as u64), 0)]);
+    }
+    l.arg_in(SYS_madvise, 2, &[MADV_DONTNEED as u64]);
+    // Rust checks a descriptor is open before closing it (debug builds).
+    l.arg_in(SYS_fcntl, 1, &[F_GETFD as u64]);
+    // The SIGSYS reporter aborts with SIGABRT to this process.
+    l.when(
+        SYS_tgkill,
+        vec![eq(0, std::process::id() as u64), eq(2, SIGABRT as u64)],
+    );
+}
+
+/// The balloon's interrupts for virtio-pci (virtio-mmio needs none: the built-in guest waits
+/// on a VMM event instead).
+fn interrupts(l: &mut List) {
+    l.ioctls(&[KVM_IRQ_LINE, KVM_SIGNAL_MSI]);
+}
+
+/// Reading files under `/proc` and `/sys`: `openat` without write access or creation.
+fn read_files(l: &mut List) {
+    use libc::*;
+    let forbidden = (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND) as u64;
+    l.when(SYS_openat, vec![cond(2, Op::MaskedEq(forbidden), 0)]);
+    l.any(&[
+        SYS_read,
+        SYS_pread64,
+        SYS_lseek,
+        SYS_statx,
+        SYS_fstat,
+        SYS_newfstatat,
+        SYS_getdents64,
+    ]);
+}
+
+/// Starting threads: `clone` with `CLONE_THREAD` (a process cannot be forked), and what a new
+/// thread does before it runs its code.
+fn start_threads(l: &mut List) {
+    use libc::*;
+    l.when(
+        SYS_clone,
+        vec![cond(
+            0,
+            Op::MaskedEq(CLONE_THREAD as u64),
+            CLONE_THREAD as u64,
+        )],
+    );
+    l.any(&[SYS_set_robust_list, SYS_rseq, SYS_sched_getaffinity]);
+    l.arg_in(SYS_prctl, 0, &[PR_SET_NAME as u64]);
+}
+
+/// The allow-list of `kind`.
+pub fn allowed(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, BackendError> {
+    use libc::*;
+    let mut l = List::default();
+    common(&mut l);
+    match kind {
+        ThreadKind::Vcpu => {
+            l.ioctls(&[KVM_RUN, KVM_GET_REGS]);
+            interrupts(&mut l);
+            l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
+            let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
+            l.arg_in(SYS_fallocate, 1, &[punch]);
+            l.any(&[SYS_mincore, SYS_read]);
+        }
+        ThreadKind::Api => {
+            start_threads(&mut l);
+            read_files(&mut l);
+            interrupts(&mut l);
+            l.any(&[
+                SYS_poll,
+                SYS_ppoll,
+                SYS_accept4,
+                SYS_recvfrom,
+                SYS_sendto,
+                SYS_shutdown,
+                SYS_mincore,
+            ]);
+            l.arg_in(SYS_setsockopt, 2, &[SO_RCVTIMEO as u64, SO_SNDTIMEO as u64]);
+            l.ioctls(&[FIONBIO]);
+            l.arg_in(SYS_fcntl, 1, &[F_DUPFD_CLOEXEC as u64]);
+        }
+        ThreadKind::Uffd => {
+            l.any(&[SYS_poll, SYS_ppoll, SYS_read, SYS_pread64]);
+            l.ioctls(&[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE]);
+        }
+        ThreadKind::BalloonStats => interrupts(&mut l),
+        ThreadKind::Main => {
+            read_files(&mut l);
+            interrupts(&mut l);
+            // Writing the report file, removing the API socket and the registration.
+            l.any(&[SYS_openat, SYS_unlink, SYS_fsync, SYS_rename, SYS_mincore]);
+            // Kicking vCPU threads out of KVM_RUN.
+            l.when(
+                SYS_tgkill,
+                vec![eq(0, std::process::id() as u64), eq(2, SIGRTMIN() as u64)],
+            );
+            l.ioctls(&[UFFDIO_UNREGISTER]);
+            l.any(&[SYS_poll, SYS_ppoll, SYS_recvfrom, SYS_shutdown]);
+        }
+    }
+    Ok(l.build())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_numbers_match_the_kernel_headers() {
+        assert_eq!(KVM_RUN, 0xae80);
+        assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
+        assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
+        assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
+        assert_eq!(UFFDIO_COPY, 0xc028_aa03);
+        assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);
+    }
+
+    #[test]
+    fn nobody_may_open_sockets_or_exec() {
+        for k in ThreadKind::ALL {
+            let l = allowed(k).unwrap();
+            for call in [
+                libc::SYS_socket,
+                libc::SYS_connect,
+                libc::SYS_bind,
+                libc::SYS_listen,
+                libc::SYS_execve,
+                libc::SYS_execveat,
+                libc::SYS_fork,
+                libc::SYS_vfork,
+                libc::SYS_clone3,
+                libc::SYS_ptrace,
+                libc::SYS_mount,
+                libc::SYS_init_module,
+                libc::SYS_setuid,
+            ] {
+                assert!(
+                    !l.contains_key(&call),
+                    "{k}: {:?} allowed",
+                    super::super::names::name(call)
+                );
+            }
+        }
+    }
+}
