@@ -16,6 +16,7 @@ use std::os::fd::AsRawFd;
 pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{OpRecord, Outcome, RunReport, VcpuReport};
+use crate::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
 use crate::vcpu::{self, VcpuEvent, VcpuHandle};
 use crate::vm::{Vm, VmError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -40,6 +41,9 @@ pub enum VmmError {
     /// Booting a Linux kernel.
     #[error(transparent)]
     Linux(#[from] crate::linux::LinuxError),
+    /// Seccomp filters.
+    #[error(transparent)]
+    Seccomp(#[from] crate::seccomp::SeccompError),
     /// The API socket.
     #[error("control API: {0}")]
     Api(crate::api::ApiError),
@@ -74,6 +78,9 @@ pub struct StartOptions<'a> {
     /// Register the VM (its API socket) in this runtime directory while it runs, so
     /// `memvisor report overcommit --all` finds it. Needs `api_sock`.
     pub runtime_dir: Option<crate::registry::RuntimeDir>,
+    /// Seccomp filters of the VM's threads (default: on). Filters are per thread: the caller's
+    /// thread is never filtered here, and a `sync` hook runs on an unfiltered helper thread.
+    pub seccomp: crate::seccomp::SeccompMode,
 }
 
 /// Runs `config` to the end and returns the report. Errors before the guest starts are
@@ -114,7 +121,14 @@ impl Vmm {
         let progress = opts.progress;
         let t0 = Instant::now();
         config.check()?;
-        let ram = Arc::new(GuestRam::new_with_progress(&config.memory, progress)?);
+        let filters = crate::seccomp::VmFilters::new(opts.seccomp)?;
+        let ram = Arc::new(GuestRam::new_with(
+            &config.memory,
+            crate::memory::RamOptions {
+                progress,
+                pager_thread_start: Some(filters.get(ThreadKind::Uffd).hook()),
+            },
+        )?);
         let vm = Vm::new(&ram)?;
         let flags = if config.triple_fault {
             crate::abi::BOOT_FLAG_TRIPLE_FAULT
@@ -170,6 +184,12 @@ impl Vmm {
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
+        let sync = match opts.sync.clone() {
+            Some(h) if filters.mode() != SeccompMode::Off => {
+                Some(crate::seccomp::hook_outside_filters(h, ram.clone()))
+            }
+            h => h,
+        };
         for (id, fd) in fds.into_iter().enumerate() {
             let id = id as u32;
             let h = vcpu::spawn(
@@ -180,16 +200,21 @@ impl Vmm {
                 tx.clone(),
                 vcpu::SpawnOptions {
                     pin: config.pin.get(&id).copied(),
-                    sync: opts.sync.clone(),
+                    sync: sync.clone(),
                     kind,
+                    seccomp: Some(filters.get(ThreadKind::Vcpu)),
                 },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);
         }
-        let stats_timer = balloon
-            .as_ref()
-            .map(|b| StatsTimer::start(b.clone(), ram.clone()));
+        let stats_timer = balloon.as_ref().map(|b| {
+            StatsTimer::start(
+                b.clone(),
+                ram.clone(),
+                filters.get(ThreadKind::BalloonStats),
+            )
+        });
         let (cmd_tx, commands) = mpsc::channel();
         let api = match &opts.api_sock {
             Some(path) => {
@@ -201,7 +226,11 @@ impl Vmm {
                     commands: std::sync::Mutex::new(cmd_tx),
                     started,
                 });
-                Some(ApiServer::start(path, handler).map_err(VmmError::Api)?)
+                let options = crate::api::ApiServerOptions {
+                    seccomp: Some(filters.get(ThreadKind::Api)),
+                    ..Default::default()
+                };
+                Some(ApiServer::start_with_options(path, handler, options).map_err(VmmError::Api)?)
             }
             None => None,
         };
@@ -477,12 +506,15 @@ struct StatsTimer {
 }
 
 impl StatsTimer {
-    fn start(dev: BalloonHandle, ram: Arc<GuestRam>) -> StatsTimer {
+    fn start(dev: BalloonHandle, ram: Arc<GuestRam>, filter: ThreadFilter) -> StatsTimer {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
         let thread = std::thread::Builder::new()
             .name("balloon-stats".into())
             .spawn(move || {
+                if !filter.apply_or_log() {
+                    return;
+                }
                 let mut last = Instant::now();
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(Duration::from_millis(100));

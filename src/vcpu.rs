@@ -250,6 +250,8 @@ pub struct SpawnOptions {
     pub sync: Option<SyncHook>,
     /// The guest.
     pub kind: GuestKind,
+    /// The seccomp filter the thread installs before it runs the guest (none: unfiltered).
+    pub seccomp: Option<crate::seccomp::ThreadFilter>,
 }
 
 /// Called on the vCPU thread at a guest sync point (`sync` workload step); the vCPU waits
@@ -393,7 +395,12 @@ pub fn spawn(
     events: Sender<VcpuEvent>,
     opts: SpawnOptions,
 ) -> std::io::Result<VcpuHandle> {
-    let SpawnOptions { pin, sync, kind } = opts;
+    let SpawnOptions {
+        pin,
+        sync,
+        kind,
+        seccomp,
+    } = opts;
     static SIGNAL: Once = Once::new();
     SIGNAL.call_once(|| {
         if let Err(e) = register_signal_handler(kick_signal(), on_kick) {
@@ -417,9 +424,9 @@ pub fn spawn(
         sync,
         kind,
     };
-    // The thread pins itself before the guest runs; spawn returns once that is done.
-    let ready = Arc::new(std::sync::Barrier::new(2));
-    let thread_ready = ready.clone();
+    // The thread pins itself and installs its seccomp filter before the guest runs; spawn
+    // returns once that is done, with the filter's error if it failed.
+    let (thread_ready, ready) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name(format!("vcpu{id}"))
         .spawn(move || {
@@ -431,10 +438,18 @@ pub fn spawn(
                     log::warn!("vcpu{id}: could not pin to host CPU {cpu}");
                 }
             }
-            thread_ready.wait();
-            runner.run();
+            let filtered = seccomp.as_ref().map_or(Ok(()), |f| f.apply());
+            let go = filtered.is_ok();
+            let _ = thread_ready.send(filtered);
+            if go {
+                runner.run();
+            }
         })?;
-    ready.wait();
+    match ready.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(std::io::Error::other(e.to_string())),
+        Err(_) => return Err(std::io::Error::other("the vCPU thread ended at its start")),
+    }
     Ok(VcpuHandle {
         id,
         pinned: pin,

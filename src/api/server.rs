@@ -41,6 +41,8 @@ pub struct ApiServerOptions {
     pub max_body_bytes: usize,
     /// Most connections served at once; more get 503 (default 128).
     pub max_connections: usize,
+    /// Seccomp filter the accept thread installs (connection threads inherit it); default none.
+    pub seccomp: Option<crate::seccomp::ThreadFilter>,
 }
 
 impl Default for ApiServerOptions {
@@ -50,6 +52,7 @@ impl Default for ApiServerOptions {
             request_timeout: Duration::from_secs(10),
             max_body_bytes: 64 * 1024,
             max_connections: 128,
+            seccomp: None,
         }
     }
 }
@@ -116,7 +119,12 @@ impl ApiServer {
         let accept_shared = Arc::clone(&shared);
         let accept_thread = thread::Builder::new()
             .name("api-accept".into())
-            .spawn(move || accept_loop(&accept_shared, &listener, &wake_rx));
+            .spawn(move || {
+                let filter = accept_shared.options.seccomp.as_ref();
+                if filter.is_none_or(|f| f.apply_or_log()) {
+                    accept_loop(&accept_shared, &listener, &wake_rx)
+                }
+            });
         let accept_thread = match accept_thread {
             Ok(t) => t,
             Err(e) => {

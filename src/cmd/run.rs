@@ -4,6 +4,7 @@ use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
 use memvisor::config::{parse_pin, ConfigError, RegionConfig, VmConfig};
 use memvisor::runner::{self, RunOptions};
+use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
 use memvisor::workload::Workload;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -71,6 +72,11 @@ pub struct RunArgs {
     /// Write the guest's serial console (ttyS0) to this file instead of stdout.
     #[arg(long, value_name = "PATH", requires = "kernel")]
     console: Option<PathBuf>,
+    /// Seccomp filters on memvisor's threads: `on` (a forbidden system call is reported and
+    /// memvisor aborts), `log` (allowed and logged by the kernel, see dmesg) or `off` (no
+    /// filters; for debugging).
+    #[arg(long, value_enum, value_name = "MODE", default_value_t = SeccompMode::On)]
+    seccomp: SeccompMode,
     /// Make the built-in guest triple-fault at entry (tests the failure path).
     #[arg(long, hide = true)]
     triple_fault: bool,
@@ -141,9 +147,15 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         runtime_dir: Some(memvisor::registry::RuntimeDir::or_default(
             a.runtime_dir.clone(),
         )),
+        seccomp: a.seccomp,
         ..Default::default()
     };
     let mut vmm = runner::Vmm::start_with(&config, start).map_err(|e| e.to_string())?;
+    // From here on the main thread runs the event loop and the report (and starts the console
+    // input thread, which inherits its filter).
+    ThreadFilter::new(a.seccomp, ThreadKind::Main)
+        .and_then(|f| f.apply())
+        .map_err(|e| e.to_string())?;
     // Typing into a Linux guest's console when it is on this terminal.
     let raw_terminal = match vmm.linux_console() {
         Some(port) if a.console.is_none() && std::io::stdin().is_terminal() => {

@@ -130,6 +130,16 @@ impl PreallocReport {
 /// Progress of preallocation: `(region, bytes done, bytes total)`.
 pub type Progress<'a> = &'a (dyn Fn(usize, u64, u64) + Sync);
 
+/// How guest memory is set up.
+#[derive(Default)]
+pub struct RamOptions<'a> {
+    /// Preallocation progress.
+    pub progress: Option<Progress<'a>>,
+    /// Run first on every page-server thread of uffd regions (the runner installs their
+    /// seccomp filter with it).
+    pub pager_thread_start: Option<uffd::ThreadStart>,
+}
+
 impl RamRegion {
     /// Host virtual address of the region's first byte.
     pub fn host_addr(&self) -> *mut u8 {
@@ -203,6 +213,18 @@ impl GuestRam {
         configs: &[RegionConfig],
         progress: Option<Progress<'_>>,
     ) -> Result<Self, MemoryError> {
+        Self::new_with(
+            configs,
+            RamOptions {
+                progress,
+                ..Default::default()
+            },
+        )
+    }
+
+    /// As [`GuestRam::new`], with progress reporting and a start hook for page-server threads.
+    pub fn new_with(configs: &[RegionConfig], opts: RamOptions<'_>) -> Result<Self, MemoryError> {
+        let progress = opts.progress;
         checks::check(configs)?;
         let aligns: Vec<(u64, u64)> = configs
             .iter()
@@ -222,6 +244,7 @@ impl GuestRam {
                     map.addr() as usize,
                     map.len(),
                     map.page_size(),
+                    opts.pager_thread_start.as_ref(),
                 )?),
                 _ => None,
             };

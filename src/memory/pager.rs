@@ -36,6 +36,7 @@ impl Pager {
         host_addr: usize,
         len: usize,
         page_size: u64,
+        thread_start: Option<&uffd::ThreadStart>,
     ) -> Result<Pager, MemoryError> {
         let Backend::Uffd {
             source,
@@ -68,7 +69,7 @@ impl Pager {
             },
             fetch_unit: *fetch as usize,
         };
-        uffd::start(vec![spec], config)
+        uffd::start_with(vec![spec], config, thread_start.cloned())
             .map(Pager::Internal)
             .map_err(err)
     }

@@ -151,12 +151,9 @@ impl ThreadFilter {
                 };
                 let mut programs = Vec::new();
                 if rules::starts_threads(kind) {
-                    programs.push(compile(
-                        kind,
-                        rules::clone3_enosys(),
-                        SeccompAction::Allow,
-                        { SeccompAction::Errno(libc::ENOSYS as u32) },
-                    )?);
+                    let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
+                    let clone3 = rules::clone3_enosys();
+                    programs.push(compile(kind, clone3, SeccompAction::Allow, enosys)?);
                 }
                 let list = rules::allowed(kind).map_err(|e| SeccompError::Compile {
                     kind,

@@ -35,35 +35,37 @@ use seccompiler::{
 };
 use std::collections::BTreeMap;
 
+// Request numbers are `c_ulong`, which is u64 on x86-64 (the only target of these filters).
+
 /// ioctl type of KVM.
 const KVMIO: u32 = 0xAE;
 /// ioctl type of userfaultfd.
 const UFFDIO: u32 = 0xAA;
 
 /// `KVM_RUN`.
-pub const KVM_RUN: u64 = nix::request_code_none!(KVMIO, 0x80) as u64;
+pub const KVM_RUN: u64 = nix::request_code_none!(KVMIO, 0x80);
 /// `KVM_GET_REGS`.
 pub const KVM_GET_REGS: u64 =
-    nix::request_code_read!(KVMIO, 0x81, size_of::<kvm_bindings::kvm_regs>()) as u64;
+    nix::request_code_read!(KVMIO, 0x81, size_of::<kvm_bindings::kvm_regs>());
 /// `KVM_IRQ_LINE`.
 pub const KVM_IRQ_LINE: u64 =
-    nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>()) as u64;
+    nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>());
 /// `KVM_SIGNAL_MSI`.
 pub const KVM_SIGNAL_MSI: u64 =
-    nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>()) as u64;
+    nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>());
 /// `UFFDIO_UNREGISTER` (`struct uffdio_range`: 16 bytes).
-pub const UFFDIO_UNREGISTER: u64 = nix::request_code_read!(UFFDIO, 0x01, 16) as u64;
+pub const UFFDIO_UNREGISTER: u64 = nix::request_code_read!(UFFDIO, 0x01, 16);
 /// `UFFDIO_WAKE` (`struct uffdio_range`).
-pub const UFFDIO_WAKE: u64 = nix::request_code_read!(UFFDIO, 0x02, 16) as u64;
+pub const UFFDIO_WAKE: u64 = nix::request_code_read!(UFFDIO, 0x02, 16);
 /// `UFFDIO_COPY` (`struct uffdio_copy`: 40 bytes).
-pub const UFFDIO_COPY: u64 = nix::request_code_readwrite!(UFFDIO, 0x03, 40) as u64;
+pub const UFFDIO_COPY: u64 = nix::request_code_readwrite!(UFFDIO, 0x03, 40);
 /// `UFFDIO_ZEROPAGE` (`struct uffdio_zeropage`: 32 bytes).
-pub const UFFDIO_ZEROPAGE: u64 = nix::request_code_readwrite!(UFFDIO, 0x04, 32) as u64;
+pub const UFFDIO_ZEROPAGE: u64 = nix::request_code_readwrite!(UFFDIO, 0x04, 32);
 
 /// Whether threads of `kind` start threads under their filter (they get the `clone3` →
 /// `ENOSYS` filter first, so thread creation goes through `clone`, whose flags are checked).
 pub fn starts_threads(kind: ThreadKind) -> bool {
-    matches!(kind, ThreadKind::Api)
+    matches!(kind, ThreadKind::Api | ThreadKind::Main)
 }
 
 /// The filter installed before the allow-list on threads that start threads: `clone3` fails
@@ -196,9 +198,12 @@ fn read_files(l: &mut List) {
 }
 
 /// Starting threads: `clone` with `CLONE_THREAD` (a process cannot be forked), and what a new
-/// thread does before it runs its code.
+/// thread does before it runs its code. `clone3` is allowed here only so that the filter
+/// installed before this one ([`clone3_enosys`]) decides: its `ENOSYS` outranks `ALLOW`
+/// (a trap here would outrank it).
 fn start_threads(l: &mut List) {
     use libc::*;
+    l.any(&[SYS_clone3]);
     l.when(
         SYS_clone,
         vec![cond(
@@ -258,7 +263,12 @@ pub fn allowed(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
                 vec![eq(0, std::process::id() as u64), eq(2, SIGRTMIN() as u64)],
             );
             l.ioctls(&[UFFDIO_UNREGISTER]);
-            l.any(&[SYS_poll, SYS_ppoll, SYS_recvfrom, SYS_shutdown]);
+            // A Linux guest's console on this terminal: raw mode and back, and the thread
+            // that forwards what is typed (it inherits this filter).
+            l.ioctls(&[TCGETS, TCSETS, TCSETSW, TCSETSF]);
+            start_threads(&mut l);
+            // Waking the API accept thread; watching an external page server.
+            l.any(&[SYS_poll, SYS_ppoll, SYS_sendto, SYS_recvfrom, SYS_shutdown]);
         }
     }
     Ok(l.build())
@@ -293,7 +303,6 @@ mod tests {
                 libc::SYS_execveat,
                 libc::SYS_fork,
                 libc::SYS_vfork,
-                libc::SYS_clone3,
                 libc::SYS_ptrace,
                 libc::SYS_mount,
                 libc::SYS_init_module,
@@ -305,6 +314,8 @@ mod tests {
                     super::super::names::name(call)
                 );
             }
+            // clone3 only where the ENOSYS filter comes first.
+            assert_eq!(l.contains_key(&libc::SYS_clone3), starts_threads(k), "{k}");
         }
     }
 }

@@ -89,6 +89,7 @@ fn report(
     tid: i64,
     nr: i64,
     args: [u64; 6],
+    panicking: bool,
 ) {
     let call = names::name(nr).unwrap_or("unknown");
     let kind = kind.map_or("unknown", ThreadKind::name);
@@ -101,6 +102,12 @@ fn report(
          with `--seccomp log` (allowed, logged by the kernel) or `--seccomp off` (no filters).\n",
         args[0], args[1], args[2], args[3], args[4], args[5]
     );
+    if panicking {
+        let _ = buf.write_str(
+            "memvisor: the thread was panicking: the panic message above is the real error (a \
+             backtrace needs files this thread may not open; RUST_BACKTRACE=0 skips it).\n",
+        );
+    }
 }
 
 extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut libc::c_void) {
@@ -132,7 +139,9 @@ extern "C" fn on_sigsys(_sig: libc::c_int, info: *mut libc::siginfo_t, ctx: *mut
         buf: [0; 1024],
         len: 0,
     };
-    report(&mut buf, name, kind, tid, nr, args);
+    // Reads a global counter and a const-initialised thread local: no allocation, no lock.
+    let panicking = std::thread::panicking();
+    report(&mut buf, name, kind, tid, nr, args, panicking);
     // SAFETY: writes the initialised prefix of a stack buffer to stderr; the set and the
     // signal calls take pointers to locals or no pointers; exit_group does not return.
     unsafe {
@@ -163,6 +172,7 @@ mod tests {
             42,
             libc::SYS_socket,
             [2, 1, 0, 0, 0, 0],
+            false,
         );
         let text = std::str::from_utf8(&buf.buf[..buf.len]).unwrap();
         assert!(
@@ -171,6 +181,16 @@ mod tests {
         );
         assert!(text.contains("socket (41), arguments 0x2, 0x1"), "{text}");
         assert!(text.contains("--seccomp off"), "{text}");
+        assert!(buf.len < buf.buf.len(), "the message fits");
+        assert!(!text.contains("panicking"), "{text}");
+        let mut buf = StackBuf {
+            buf: [0; 1024],
+            len: 0,
+        };
+        report(&mut buf, "api-conn", None, 7, 100_000, [0; 6], true);
+        let text = std::str::from_utf8(&buf.buf[..buf.len]).unwrap();
+        assert!(text.contains("unknown (100000)"), "{text}");
+        assert!(text.contains("the panic message above"), "{text}");
         assert!(buf.len < buf.buf.len(), "the message fits");
     }
 

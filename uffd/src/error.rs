@@ -124,6 +124,10 @@ pub enum UffdError {
     )]
     Spawn(#[source] io::Error),
 
+    /// The handler thread's start hook failed (e.g. its seccomp filter could not be installed).
+    #[error("the uffd-handler thread could not start: {0}")]
+    ThreadStart(String),
+
     /// The handler thread panicked.
     #[error("the uffd-handler thread panicked; faulting threads may be blocked, so stop the guest (see the log for the panic message)")]
     HandlerPanicked,

@@ -9,6 +9,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use userfaultfd::{IoctlFlags, Uffd};
 
+/// Code the handler thread runs before it serves anything (e.g. installing a seccomp filter);
+/// an error ends the thread at once.
+pub type ThreadStart = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
+
 /// Handle of the running in-process handler. Dropping it stops the thread too.
 pub struct UffdHandler {
     uffd: Option<Arc<Uffd>>,
@@ -118,6 +122,7 @@ pub(crate) fn spawn(
     regions: Vec<RegionSpec>,
     ioctls: Vec<IoctlFlags>,
     config: HandlerConfig,
+    thread_start: Option<ThreadStart>,
 ) -> Result<UffdHandler, UffdError> {
     let stop = Arc::new(
         EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|errno| {
@@ -137,10 +142,25 @@ pub(crate) fn spawn(
         &ioctls,
         &config,
     )?;
+    let (started_tx, started) = std::sync::mpsc::sync_channel(1);
     let thread = std::thread::Builder::new()
         .name("uffd-handler".into())
-        .spawn(move || server.run())
+        .spawn(move || {
+            let start = thread_start.map_or(Ok(()), |f| f());
+            let go = start.is_ok();
+            let _ = started_tx.send(start);
+            if go {
+                server.run()
+            } else {
+                Ok(())
+            }
+        })
         .map_err(UffdError::Spawn)?;
+    match started.recv() {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(UffdError::ThreadStart(e)),
+        Err(_) => return Err(UffdError::HandlerPanicked),
+    }
     Ok(UffdHandler {
         uffd: Some(uffd),
         stop,

@@ -29,7 +29,7 @@ mod stats;
 
 pub use error::UffdError;
 pub use external::{hand_over, ExternalHandler, GuestRegionUffdMapping};
-pub use handler::UffdHandler;
+pub use handler::{ThreadStart, UffdHandler};
 pub use stats::{LatencyHistogram, UffdStats};
 
 use std::path::PathBuf;
@@ -88,13 +88,24 @@ impl Default for HandlerConfig {
 /// Creates the userfaultfd (kernel faults allowed), registers every region for missing faults,
 /// and starts one handler thread named `uffd-handler`.
 pub fn start(regions: Vec<RegionSpec>, config: HandlerConfig) -> Result<UffdHandler, UffdError> {
+    start_with(regions, config, None)
+}
+
+/// As [`start`]; the handler thread first runs `thread_start` (e.g. installing a seccomp
+/// filter) and serves nothing if it fails, which this returns as
+/// [`UffdError::ThreadStart`].
+pub fn start_with(
+    regions: Vec<RegionSpec>,
+    config: HandlerConfig,
+    thread_start: Option<ThreadStart>,
+) -> Result<UffdHandler, UffdError> {
     let fetch_unit = config.fetch_unit;
     if !fetch_unit.is_power_of_two() || !(BASE_PAGE_SIZE..=HUGE_PAGE_SIZE).contains(&fetch_unit) {
         return Err(UffdError::InvalidFetchUnit(fetch_unit));
     }
     validate_regions(&regions, HUGE_PAGE_SIZE)?;
     let (uffd, ioctls) = create_and_register(&regions)?;
-    handler::spawn(uffd, regions, ioctls, config)
+    handler::spawn(uffd, regions, ioctls, config, thread_start)
 }
 
 /// Checks that a userfaultfd with the flags and features this crate uses can be created here.

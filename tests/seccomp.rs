@@ -1,0 +1,462 @@
+//! Least privilege: the seccomp filters catch a forbidden call and say so, let the work of each
+//! thread kind through, are really installed on every thread of `memvisor run` (and not at all
+//! with `--seccomp off`), and a running VMM has no network sockets.
+//!
+//! Cases that install a filter run in a child process (this test binary again, with
+//! `MEMVISOR_SECCOMP_CASE` naming the case), so a trap can be observed and never takes the test
+//! harness down. About 5 s in all (three short `memvisor run`s).
+
+mod common;
+
+use common::{kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, TempDir};
+use memvisor::config::RegionConfig;
+use memvisor::memory::GuestRam;
+use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
+use std::collections::{BTreeMap, BTreeSet};
+use std::os::unix::process::ExitStatusExt;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+const CASE: &str = "MEMVISOR_SECCOMP_CASE";
+
+/// Runs test `test` of this binary in a child process with `case` in the environment.
+fn child(test: &str, case: &str) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, case)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+/// In the child: the case to run, if this process is one.
+fn case() -> Option<String> {
+    std::env::var(CASE).ok()
+}
+
+/// In the child: runs `f` on a thread named `name` that installed the `kind` filter in `mode`,
+/// then exits the process with 0 (a trap aborts it before).
+fn on_filtered_thread(name: &str, kind: ThreadKind, mode: SeccompMode, f: impl FnOnce() + Send) {
+    let filter = ThreadFilter::new(mode, kind).unwrap();
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name(name.into())
+            .spawn_scoped(s, move || {
+                filter.apply().unwrap();
+                f();
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    });
+    std::process::exit(0);
+}
+
+#[test]
+fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
+    let t = "a_forbidden_call_is_reported_and_the_vmm_aborts";
+    match case().as_deref() {
+        Some("socket") => on_filtered_thread("vcpu7", ThreadKind::Vcpu, SeccompMode::On, || {
+            // SAFETY: plain socket(2); never returns here under the filter.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+            println!("socket returned {fd}");
+        }),
+        Some("open") => {
+            on_filtered_thread("uffd-handler", ThreadKind::Uffd, SeccompMode::On, || {
+                let r = std::fs::File::open("/etc/hostname");
+                println!("open returned {r:?}");
+            })
+        }
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+    for (case, thread, kind, call) in [
+        ("socket", "vcpu7", "vCPU", "socket (41)"),
+        (
+            "open",
+            "uffd-handler",
+            "userfaultfd handler",
+            "openat (257)",
+        ),
+    ] {
+        let out = child(t, case);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(
+            out.status.signal(),
+            Some(libc::SIGABRT),
+            "{case}: the child must abort: {:?}\n{}",
+            out.status,
+            text(&out)
+        );
+        assert!(
+            !String::from_utf8_lossy(&out.stdout).contains("returned"),
+            "{case}: the call went through:\n{}",
+            text(&out)
+        );
+        for want in [
+            format!("thread `{thread}` ({kind} filter, tid "),
+            format!("made a forbidden system call: {call}"),
+            "--seccomp off".into(),
+            "--seccomp log".into(),
+        ] {
+            assert!(err.contains(&want), "{case}: no `{want}` in:\n{err}");
+        }
+    }
+    // The same socket call as a vCPU thread's arguments show it: AF_INET, SOCK_STREAM.
+    let out = child(t, "socket");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("arguments 0x2, 0x1, 0x0"),
+        "{}",
+        text(&out)
+    );
+}
+
+#[test]
+fn log_mode_allows_the_call_and_the_kernel_logs_it() {
+    let t = "log_mode_allows_the_call_and_the_kernel_logs_it";
+    if case().is_some() {
+        on_filtered_thread("vcpu3", ThreadKind::Vcpu, SeccompMode::Log, || {
+            // SAFETY: plain socket(2), closed at once.
+            let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM, 0) };
+            assert!(fd >= 0, "log mode lets the call through");
+            // SAFETY: closes the descriptor just created.
+            unsafe { libc::close(fd) };
+        });
+    }
+    let dmesg_before = dmesg().map(|d| d.len());
+    let out = child(t, "log");
+    assert!(out.status.success(), "{}", text(&out));
+    let Some(before) = dmesg_before else {
+        skip(
+            t,
+            "dmesg is not readable here: the kernel's log records were not checked",
+        );
+        return;
+    };
+    // The kernel's audit record of a SECCOMP_RET_LOG action: type 1326, the thread's name,
+    // syscall 41 (socket).
+    let t0 = Instant::now();
+    loop {
+        let log = dmesg().unwrap();
+        let new = &log[before.min(log.len())..];
+        if new.lines().any(|l| {
+            l.contains("type=1326") && l.contains("comm=\"vcpu3\"") && l.contains(" syscall=41 ")
+        }) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no audit record of the logged socket call in dmesg:\n{new}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn dmesg() -> Option<String> {
+    let out = Command::new("dmesg").output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+#[test]
+fn the_work_of_each_thread_kind_passes_its_filter() {
+    let t = "the_work_of_each_thread_kind_passes_its_filter";
+    match case().as_deref() {
+        Some("vcpu") => {
+            // Guest memory and eventfds are made before vCPU threads start.
+            let ram = test_ram();
+            let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            on_filtered_thread("vcpu0", ThreadKind::Vcpu, SeccompMode::On, || {
+                vcpu_work(&ram);
+                evt.write(1).unwrap();
+                assert_eq!(evt.read().unwrap(), 1);
+            })
+        }
+        Some("irq") => {
+            // The balloon's virtio-pci interrupts, from vCPU, API and statistics threads.
+            let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
+            let vm = memvisor::vm::Vm::new(&ram).unwrap();
+            vm.fd().create_irq_chip().unwrap();
+            let _vcpu = vm.create_vcpu(0).unwrap();
+            let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
+            for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::BalloonStats] {
+                let filter = ThreadFilter::new(SeccompMode::On, kind).unwrap();
+                let irq = irq.clone();
+                std::thread::spawn(move || {
+                    use memvisor::devices::pci::MsiSink;
+                    filter.apply().unwrap();
+                    irq.signal_msi(0xfee0_0000, 0x30).unwrap();
+                    let line = irq.intx(10);
+                    line.set_level(true).unwrap();
+                    line.set_level(false).unwrap();
+                })
+                .join()
+                .unwrap();
+            }
+            std::process::exit(0);
+        }
+        Some("api") => {
+            let ram = test_ram();
+            on_filtered_thread("api-conn", ThreadKind::Api, SeccompMode::On, || {
+                // What GET /memory/report does, and a thread of its own (clone3 fails with ENOSYS,
+                // the C library falls back to clone, whose flags say CLONE_THREAD).
+                let report = memvisor::overcommit::VmMemory::read(&ram, None);
+                assert_eq!(report.configured_bytes, 24 << 20);
+                std::thread::spawn(|| std::fs::read_to_string("/proc/self/status").unwrap())
+                    .join()
+                    .unwrap();
+            })
+        }
+        Some(other) => panic!("unknown case {other}"),
+        None => {}
+    }
+    if !kvm_or_skip(t) {
+        return;
+    }
+    for case in ["vcpu", "irq", "api"] {
+        let out = child(t, case);
+        assert!(
+            out.status.success(),
+            "{case}: {:?}\n{}",
+            out.status,
+            text(&out)
+        );
+    }
+}
+
+/// 16 MiB of anonymous and 8 MiB of memfd memory (the discard paths with and without a file).
+fn test_ram() -> GuestRam {
+    GuestRam::new(&[
+        RegionConfig::parse(0, "size=16M,thp=off").unwrap(),
+        RegionConfig::parse(1, "size=8M,backend=memfd").unwrap(),
+    ])
+    .unwrap()
+}
+
+/// Balloon work on a vCPU thread: guest memory written, discarded (madvise; fallocate for
+/// memfd), residency read (mincore), reclaimed with populate (MADV_POPULATE_WRITE).
+fn vcpu_work(ram: &GuestRam) {
+    use vm_memory::{Bytes, GuestAddress};
+    let mem = ram.memory();
+    let all = ram.size();
+    mem.write_slice(&vec![0x5a; all as usize], GuestAddress(0))
+        .unwrap();
+    let before: u64 = ram.resident_bytes().iter().sum();
+    let out = ram.discard(0, all).unwrap();
+    assert_eq!(out.released, all);
+    let after: u64 = ram.resident_bytes().iter().sum();
+    assert!(after < before, "resident {before} -> {after}");
+    assert_eq!(mem.read_obj::<u64>(GuestAddress(all - 8)).unwrap(), 0);
+    ram.reclaim(0, 1 << 20, true).unwrap();
+    let back: u64 = ram.resident_bytes().iter().sum();
+    assert!(back >= 1 << 20, "populated again: {back}");
+}
+
+/// `Seccomp:` and `Seccomp_filters:` of every thread of `pid`, by thread name.
+fn thread_seccomp(pid: u32) -> BTreeMap<String, (u32, u32)> {
+    let mut out = BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
+        let key = if tid == pid { "main".to_string() } else { name };
+        out.insert(
+            key,
+            (
+                field("Seccomp:").unwrap_or(99),
+                field("Seccomp_filters:").unwrap_or(99),
+            ),
+        );
+    }
+    out
+}
+
+/// Inodes of the sockets `pid` holds.
+fn socket_inodes(pid: u32) -> BTreeSet<u64> {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .filter_map(|l| {
+            l.to_str()?
+                .strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
+/// Socket inodes listed in `/proc/<pid>/net/<table>` (column `inode`).
+fn net_table_inodes(pid: u32, table: &str) -> BTreeSet<u64> {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+        return BTreeSet::new();
+    };
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap_or("").split_whitespace().collect();
+    // tcp/udp/raw headers have "tx_queue rx_queue" and "tr tm->when" as single columns in the
+    // data rows but two words in the header; unix has a plain "Inode" column.
+    let col = if table == "unix" {
+        header.iter().position(|h| *h == "Inode").unwrap()
+    } else {
+        header.iter().position(|h| *h == "inode").unwrap() - 2
+    };
+    lines
+        .filter_map(|l| l.split_whitespace().nth(col)?.parse().ok())
+        .collect()
+}
+
+struct Running(Option<Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Starts `memvisor run --seccomp MODE` with the API, a balloon (statistics thread) and, where
+/// userfaultfd works, a uffd region (handler thread); returns the thread table once the VM
+/// answers its API, and the socket check; stops it through the API.
+fn run_and_inspect(dir: &Path, mode: &str, uffd: bool) -> (BTreeMap<String, (u32, u32)>, u32) {
+    let sock = dir.join(format!("{mode}.sock"));
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_memvisor"));
+    cmd.args(["run", "--seccomp", mode, "-m", "32M"]);
+    if uffd {
+        cmd.args(["-m", "size=16M,backend=uffd"]);
+    }
+    cmd.arg("--api-sock")
+        .arg(&sock)
+        .arg("--runtime-dir")
+        .arg(dir)
+        .args(["--balloon", "amount_mib=0,stats_polling_interval_s=1"])
+        .args(["-w", "balloon:data=4M,seconds=0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap();
+    let pid = child.id();
+    let mut vm = Running(Some(child));
+    let s = sock.to_str().unwrap();
+    wait_until("the API", Duration::from_secs(30), || {
+        memvisor(&["vm", "status", "--api-sock", s])
+            .status
+            .success()
+    });
+    // The main thread installs its filter right after the VM started; give it the moment.
+    if mode != "off" {
+        wait_until("the main thread's filter", Duration::from_secs(10), || {
+            thread_seccomp(pid).get("main").is_some_and(|m| m.0 == 2)
+        });
+    }
+    // Exercise the API (connection threads, /proc reads) before looking.
+    let report = memvisor(&["report", "overcommit", "--api-sock", s]);
+    assert!(report.status.success(), "{mode}: {}", text(&report));
+    let threads = thread_seccomp(pid);
+    // Nothing on the network: every socket of the process is a Unix socket; none is in the
+    // TCP, UDP or raw tables of its network namespace.
+    // (Sockets held both before and after the tables are read: an API connection may close
+    // meanwhile.)
+    let held = socket_inodes(pid);
+    let tables: Vec<(&str, BTreeSet<u64>)> = [
+        "tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite", "udplite6", "unix",
+    ]
+    .into_iter()
+    .map(|t| (t, net_table_inodes(pid, t)))
+    .collect();
+    let sockets: BTreeSet<u64> = held.intersection(&socket_inodes(pid)).copied().collect();
+    assert!(!sockets.is_empty(), "the API socket at least");
+    for (table, inodes) in &tables[..8] {
+        let common: Vec<_> = sockets.intersection(inodes).collect();
+        assert!(
+            common.is_empty(),
+            "{mode}: sockets {common:?} are in net/{table}"
+        );
+    }
+    let other: Vec<_> = sockets.difference(&tables[8].1).collect();
+    assert!(
+        other.is_empty(),
+        "{mode}: sockets {other:?} are not AF_UNIX"
+    );
+    let stop = memvisor(&["vm", "stop", "--api-sock", s]);
+    assert!(stop.status.success(), "{}", text(&stop));
+    let out = vm.0.take().unwrap().wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{mode}: {}", text(&out));
+    (threads, sockets.len() as u32)
+}
+
+#[test]
+fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
+    let t = "memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets";
+    if !kvm_or_skip(t) || !root_or_skip(t) {
+        return;
+    }
+    let uffd = uffd_or_skip(t);
+    // The socket check finds an inet socket where there is one: this test's own listener.
+    let me = std::process::id();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mine = socket_inodes(me);
+    let tcp = net_table_inodes(me, "tcp");
+    assert_eq!(mine.intersection(&tcp).count(), 1, "{mine:?} {tcp:?}");
+    assert!(mine.is_disjoint(&net_table_inodes(me, "unix")));
+    drop(listener);
+    let dir = TempDir::new("seccomp");
+    let mut kinds = vec!["main", "vcpu0", "api-accept", "balloon-stats"];
+    if uffd {
+        kinds.push("uffd-handler");
+    }
+    for mode in ["on", "log"] {
+        let (threads, _) = run_and_inspect(dir.path(), mode, uffd);
+        for k in &kinds {
+            let (seccomp, filters) = threads
+                .get(*k)
+                .unwrap_or_else(|| panic!("{mode}: no thread {k} in {threads:?}"));
+            assert_eq!(
+                *seccomp, 2,
+                "{mode}: {k} runs in seccomp filter mode: {threads:?}"
+            );
+            // API and main: the clone3 filter and the allow-list.
+            let want = if matches!(*k, "main" | "api-accept") {
+                2
+            } else {
+                1
+            };
+            assert_eq!(*filters, want, "{mode}: {k}: {threads:?}");
+        }
+    }
+    let (threads, _) = run_and_inspect(dir.path(), "off", uffd);
+    for k in &kinds {
+        assert_eq!(
+            threads.get(*k).map(|s| s.0),
+            Some(0),
+            "off: {k} has no filter: {threads:?}"
+        );
+    }
+}
