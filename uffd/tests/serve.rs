@@ -268,3 +268,36 @@ fn invalid_configuration_is_rejected() {
         assert!(matches!(err, uffd::UffdError::OpenSource { .. }), "{err}");
     }
 }
+
+#[test]
+fn the_thread_start_hook_runs_on_the_handler_thread_and_can_refuse() {
+    skip_unless_uffd!();
+    let map = Mapping::anon(64 * KIB);
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let s = seen.clone();
+    let hook: uffd::ThreadStart = std::sync::Arc::new(move || {
+        *s.lock().unwrap() = std::thread::current().name().map(str::to_owned);
+        Ok(())
+    });
+    let handler =
+        uffd::start_with(vec![region(&map, 0)], HandlerConfig::default(), Some(hook)).unwrap();
+    assert_eq!(seen.lock().unwrap().as_deref(), Some("uffd-handler"));
+    // It still serves.
+    let addr = map.addr;
+    // SAFETY: the mapping stays alive until the end of this test; the read faults in a page.
+    let word = with_timeout(20, move || unsafe { *(addr as *const u64) });
+    assert_eq!(word, 0);
+    assert_eq!(handler.stop().unwrap().pages_served, 1);
+    let map = Mapping::anon(64 * KIB);
+    let refuse: uffd::ThreadStart = std::sync::Arc::new(|| Err("no filter today".into()));
+    let err = uffd::start_with(
+        vec![region(&map, 0)],
+        HandlerConfig::default(),
+        Some(refuse),
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, uffd::UffdError::ThreadStart(m) if m == "no filter today"),
+        "{err}"
+    );
+}
