@@ -12,7 +12,7 @@
 //! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure), `KVM_IRQ_LINE` and
 //!   `KVM_SIGNAL_MSI` (virtio-pci interrupts); the balloon's discards through the memory module
 //!   (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`,
-//!   `mincore`); eventfd `read`.
+//!   `mincore`); eventfd writes (irqfds) are plain `write`s.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
@@ -228,7 +228,7 @@ pub fn allowed(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
             l.arg_in(SYS_fallocate, 1, &[punch]);
-            l.any(&[SYS_mincore, SYS_read]);
+            l.any(&[SYS_mincore]);
         }
         ThreadKind::Api => {
             start_threads(&mut l);
@@ -256,7 +256,7 @@ pub fn allowed(kind: ThreadKind) -> Result<BTreeMap<i64, Vec<SeccompRule>>, Back
             read_files(&mut l);
             interrupts(&mut l);
             // Writing the report file, removing the API socket and the registration.
-            l.any(&[SYS_openat, SYS_unlink, SYS_fsync, SYS_rename, SYS_mincore]);
+            l.any(&[SYS_openat, SYS_unlink, SYS_mincore]);
             // Kicking vCPU threads out of KVM_RUN.
             l.when(
                 SYS_tgkill,
