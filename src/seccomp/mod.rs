@@ -155,10 +155,7 @@ impl ThreadFilter {
                     let clone3 = rules::clone3_enosys();
                     programs.push(compile(kind, clone3, SeccompAction::Allow, enosys)?);
                 }
-                let list = rules::allowed(kind).map_err(|e| SeccompError::Compile {
-                    kind,
-                    reason: e.to_string(),
-                })?;
+                let list = rules::allowed(kind);
                 programs.push(compile(kind, list, default, SeccompAction::Allow)?);
                 programs
             }
