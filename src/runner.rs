@@ -16,7 +16,7 @@ use std::os::fd::AsRawFd;
 pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
 use crate::memory::{GuestRam, MemoryError};
 use crate::report::{OpRecord, Outcome, RunReport, VcpuReport};
-use crate::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
+use crate::seccomp::{ThreadFilter, ThreadKind};
 use crate::vcpu::{self, VcpuEvent, VcpuHandle};
 use crate::vm::{Vm, VmError};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -79,7 +79,8 @@ pub struct StartOptions<'a> {
     /// `memvisor report overcommit --all` finds it. Needs `api_sock`.
     pub runtime_dir: Option<crate::registry::RuntimeDir>,
     /// Seccomp filters of the VM's threads (default: on). Filters are per thread: the caller's
-    /// thread is never filtered here, and a `sync` hook runs on an unfiltered helper thread.
+    /// thread is never filtered here. A `sync` hook is the caller's code run on the vCPU
+    /// threads, which no allow-list can foresee: with one, the vCPU threads stay unfiltered.
     pub seccomp: crate::seccomp::SeccompMode,
 }
 
@@ -184,12 +185,6 @@ impl Vmm {
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
-        let sync = match opts.sync.clone() {
-            Some(h) if filters.mode() != SeccompMode::Off => {
-                Some(crate::seccomp::hook_outside_filters(h, ram.clone()))
-            }
-            h => h,
-        };
         for (id, fd) in fds.into_iter().enumerate() {
             let id = id as u32;
             let h = vcpu::spawn(
@@ -200,9 +195,9 @@ impl Vmm {
                 tx.clone(),
                 vcpu::SpawnOptions {
                     pin: config.pin.get(&id).copied(),
-                    sync: sync.clone(),
+                    sync: opts.sync.clone(),
                     kind,
-                    seccomp: Some(filters.get(ThreadKind::Vcpu)),
+                    seccomp: opts.sync.is_none().then(|| filters.get(ThreadKind::Vcpu)),
                 },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;

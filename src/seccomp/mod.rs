@@ -12,20 +12,18 @@
 //! filters, then aborts; `log` lets every call through and has the kernel log the ones outside
 //! the list (`dmesg`: `audit: type=1326 ... syscall=N`); `off` installs nothing.
 //!
-//! This module also owns [`hook_outside_filters`]: a `sync` hook (test code run at a guest sync
-//! point) runs on an unfiltered helper thread while the vCPU waits, since the caller's code
-//! cannot be held to the vCPU's allow-list.
+//! Not filtered: a VM's setup, the threads of a program that starts VMs through the library,
+//! and the vCPU threads of a VM started with a `sync` hook (the caller's code, run on the vCPU
+//! thread at guest sync points: tests and benchmarks; `memvisor run` has none).
 
 pub mod names;
 pub mod rules;
 pub mod sigsys;
 
-use crate::memory::GuestRam;
-use crate::vcpu::SyncHook;
 use seccompiler::{BpfProgram, SeccompAction, SeccompFilter};
 use std::collections::BTreeMap;
 use std::fmt;
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 
 /// Errors of building or installing filters; each says how to go on without them.
 #[derive(Debug, thiserror::Error)]
@@ -276,45 +274,6 @@ impl VmFilters {
             .cloned()
             .unwrap_or_else(|| ThreadFilter::off(kind))
     }
-}
-
-/// Wraps a `sync` hook so that it runs on an unfiltered helper thread (started here, on the
-/// caller's thread, before any vCPU filter exists) while the calling vCPU thread waits for it.
-/// Each call gets a thread of its own, so hooks of several vCPUs may wait for each other as
-/// they could on the vCPU threads. A hook that panics panics the waiting vCPU thread too.
-pub fn hook_outside_filters(hook: SyncHook, ram: Arc<GuestRam>) -> SyncHook {
-    type Call = (u32, u64, mpsc::SyncSender<()>);
-    let (tx, rx) = mpsc::channel::<Call>();
-    // Weak: the helper must not keep guest memory mapped after the VM is dropped.
-    let ram = Arc::downgrade(&ram);
-    let spawned = std::thread::Builder::new()
-        .name("sync-hooks".into())
-        .spawn(move || {
-            for (vcpu, tag, done) in rx {
-                let Some(ram) = ram.upgrade() else {
-                    continue;
-                };
-                let hook = hook.clone();
-                let call = move || {
-                    hook(vcpu, tag, &ram);
-                    let _ = done.send(());
-                };
-                let _ = std::thread::Builder::new()
-                    .name(format!("sync-hook{vcpu}"))
-                    .spawn(call);
-            }
-        });
-    if let Err(e) = spawned {
-        log::error!("no thread for sync hooks ({e}); they will not run");
-    }
-    let tx = Mutex::new(tx);
-    Arc::new(move |vcpu, tag, _ram: &GuestRam| {
-        let (done_tx, done_rx) = mpsc::sync_channel(1);
-        let sent = tx.lock().unwrap().send((vcpu, tag, done_tx));
-        if sent.is_ok() && done_rx.recv().is_err() {
-            panic!("the sync hook of vcpu{vcpu} (tag {tag}) panicked");
-        }
-    })
 }
 
 #[cfg(test)]

@@ -182,9 +182,13 @@ fn interrupts(l: &mut List) {
     l.ioctls(&[KVM_IRQ_LINE, KVM_SIGNAL_MSI]);
 }
 
-/// Reading files under `/proc` and `/sys`: `openat` without write access or creation.
+/// Reading files under `/proc` and `/sys`: `openat` without write access or creation; what
+/// the reports ask of the kernel besides (`mincore`, `prctl(PR_GET_MEMORY_MERGE)`).
 fn read_files(l: &mut List) {
     use libc::*;
+    l.any(&[SYS_mincore]);
+    // Whether KSM covers the whole process (Linux 6.4+).
+    l.arg_in(SYS_prctl, 0, &[PR_GET_MEMORY_MERGE as u64]);
     let forbidden = (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND) as u64;
     l.when(SYS_openat, vec![cond(2, Op::MaskedEq(forbidden), 0)]);
     l.any(&[
@@ -242,7 +246,6 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
                 SYS_recvfrom,
                 SYS_sendto,
                 SYS_shutdown,
-                SYS_mincore,
             ]);
             l.arg_in(SYS_setsockopt, 2, &[SO_RCVTIMEO as u64, SO_SNDTIMEO as u64]);
             l.ioctls(&[FIONBIO]);
@@ -257,7 +260,7 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             read_files(&mut l);
             interrupts(&mut l);
             // Writing the report file, removing the API socket and the registration.
-            l.any(&[SYS_openat, SYS_unlink, SYS_mincore]);
+            l.any(&[SYS_openat, SYS_unlink]);
             // Kicking vCPU threads out of KVM_RUN.
             l.when(
                 SYS_tgkill,
