@@ -127,31 +127,46 @@ fn log_mode_allows_the_call_and_the_kernel_logs_it() {
         });
         std::process::exit(0);
     }
-    let dmesg_before = dmesg().map(|d| d.len());
-    let out = child(t, "log");
-    assert!(out.status.success(), "{}", text(&out));
-    let Some(before) = dmesg_before else {
+    if dmesg().is_none() {
         skip(
             t,
-            "dmesg is not readable here: the kernel's log records were not checked",
+            "dmesg is not readable here: the kernel's log records are not checked",
         );
-        return;
+    }
+    let child = Command::new(std::env::current_exe().unwrap())
+        .args([t, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, "log")
+        .env("RUST_BACKTRACE", "0")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    // The kernel's audit record of the SECCOMP_RET_LOG action: type 1326, this child's pid,
+    // the thread's name, syscall 41 (socket).
+    let wanted = |l: &&str| {
+        l.contains("type=1326")
+            && l.contains(&format!(" pid={pid} "))
+            && l.contains("comm=\"vcpu3\"")
+            && l.contains(" syscall=41 ")
     };
-    // The kernel's audit record of a SECCOMP_RET_LOG action: type 1326, the thread's name,
-    // syscall 41 (socket).
     let t0 = Instant::now();
-    loop {
-        let log = dmesg().unwrap();
-        let new = &log[before.min(log.len())..];
-        if new.lines().any(|l| {
-            l.contains("type=1326") && l.contains("comm=\"vcpu3\"") && l.contains(" syscall=41 ")
-        }) {
-            break;
+    while let Some(log) = dmesg() {
+        if log.lines().any(|l| wanted(&l)) {
+            return;
         }
-        assert!(
-            t0.elapsed() < Duration::from_secs(5),
-            "no audit record of the logged socket call in dmesg:\n{new}"
-        );
+        if t0.elapsed() > Duration::from_secs(5) {
+            // The kernel prints audit records through a rate limit when no audit daemon
+            // listens; a burst of them (from anything on the host) can drop ours.
+            let limited = log.lines().any(|l| l.contains("kauditd_printk_skb"));
+            if limited {
+                skip(t, "no audit record in dmesg, and the kernel's audit printk rate limit dropped records");
+                return;
+            }
+            panic!("no audit record of the logged socket call (pid {pid}) in dmesg");
+        }
         std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -18,7 +18,8 @@
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
 //!   fails with `ENOSYS` so the C library falls back to `clone`); the handlers' reads of
 //!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
-//!   read-only, `pread64`, `read`, `statx`), `mincore`; the balloon's interrupts
+//!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
+//!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts
 //!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`).
 //! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
 //!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
@@ -54,6 +55,9 @@ pub const KVM_IRQ_LINE: u64 =
 /// `KVM_SIGNAL_MSI`.
 pub const KVM_SIGNAL_MSI: u64 =
     nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>());
+/// `PAGEMAP_SCAN` on `/proc/self/pagemap` (`struct pm_scan_arg`: 96 bytes; Linux 6.7+): where
+/// guest RAM is mapped by transparent huge pages, for the GPA→HPA and overcommit reports.
+pub const PAGEMAP_SCAN: u64 = nix::request_code_readwrite!(b'f', 16, 96);
 /// `UFFDIO_UNREGISTER` (`struct uffdio_range`: 16 bytes).
 pub const UFFDIO_UNREGISTER: u64 = nix::request_code_read!(UFFDIO, 0x01, 16);
 /// `UFFDIO_WAKE` (`struct uffdio_range`).
@@ -183,12 +187,14 @@ fn interrupts(l: &mut List) {
 }
 
 /// Reading files under `/proc` and `/sys`: `openat` without write access or creation; what
-/// the reports ask of the kernel besides (`mincore`, `prctl(PR_GET_MEMORY_MERGE)`).
+/// the reports ask of the kernel besides (`mincore`, `prctl(PR_GET_MEMORY_MERGE)`,
+/// `PAGEMAP_SCAN`).
 fn read_files(l: &mut List) {
     use libc::*;
     l.any(&[SYS_mincore]);
     // Whether KSM covers the whole process (Linux 6.4+).
     l.arg_in(SYS_prctl, 0, &[PR_GET_MEMORY_MERGE as u64]);
+    l.ioctls(&[PAGEMAP_SCAN]);
     let forbidden = (O_ACCMODE | O_CREAT | O_TRUNC | O_APPEND) as u64;
     l.when(SYS_openat, vec![cond(2, Op::MaskedEq(forbidden), 0)]);
     l.any(&[
@@ -288,6 +294,7 @@ mod tests {
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
         assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
         assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
