@@ -55,6 +55,7 @@ fuzz_target!(|data: &[u8]| {
         request_timeout: Duration::from_secs(10),
         max_body_bytes: 8 * 1024,
         max_connections: 1,
+        seccomp: None,
     };
     serve_stream(server, &handler, &opts);
     let mut answer = Vec::new();
