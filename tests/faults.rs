@@ -315,7 +315,7 @@ fn balance_notices_a_guest_that_stops_answering() {
             "--balloon",
             "amount_mib=0,stats_polling_interval_s=1",
             "-w",
-            "balloon:seconds=3;touch:passes=100000",
+            "balloon:data=256M,seconds=3;touch:passes=100000",
         ])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
