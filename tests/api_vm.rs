@@ -4,19 +4,14 @@
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, text};
+use common::{kvm_or_skip, memvisor, proc_status_kib, text, wait_until, ChildVm};
 use memvisor::api::client::request;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
+    proc_status_kib(pid, "VmRSS:").expect("VmRSS of the VMM")
 }
 
 fn get(sock: &Path, path: &str) -> (u16, serde_json::Value) {
@@ -25,29 +20,6 @@ fn get(sock: &Path, path: &str) -> (u16, serde_json::Value) {
         status,
         serde_json::from_str(&body).unwrap_or(serde_json::Value::String(body)),
     )
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-struct Vm {
-    child: Option<Child>,
-    sock: PathBuf,
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.sock);
-    }
 }
 
 #[test]
@@ -70,7 +42,7 @@ fn balloon_and_vm_control_through_the_api() {
         .spawn()
         .unwrap();
     let pid = child.id();
-    let mut vm = Vm {
+    let mut vm = ChildVm {
         child: Some(child),
         sock: sock.clone(),
     };

@@ -263,11 +263,7 @@ fn api_socket_removed_under_a_running_vm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no API socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     std::fs::remove_file(&sock).unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(child.try_wait().unwrap().is_none(), "the VM keeps running");
@@ -321,11 +317,7 @@ fn balance_notices_a_guest_that_stops_answering() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let t0 = Instant::now();
-    while !sock.exists() {
-        assert!(t0.elapsed() < Duration::from_secs(20), "no API socket");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    common::wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     // A floor no host meets: the controller takes a step every second while it can.
     let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
         .args(["balance", "--runtime-dir"])

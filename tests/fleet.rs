@@ -16,8 +16,7 @@
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, root_or_skip, text, TempDir};
-use std::path::Path;
+use common::{kvm_or_skip, report_overcommit_all, root_or_skip, TempDir};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -45,19 +44,6 @@ impl Drop for Kill {
             let _ = c.wait();
         }
     }
-}
-
-fn report(rt: &Path) -> serde_json::Value {
-    let out = memvisor(&[
-        "report",
-        "overcommit",
-        "--all",
-        "--json",
-        "--runtime-dir",
-        rt.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap()
 }
 
 #[test]
@@ -130,7 +116,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         );
     }
     let t0 = Instant::now();
-    while report(&rt)["live_vms"].as_u64() != Some(vms as u64) {
+    while report_overcommit_all(&rt)["live_vms"].as_u64() != Some(vms as u64) {
         assert!(
             t0.elapsed() < Duration::from_secs(30),
             "VMs did not register"
@@ -141,7 +127,7 @@ fn overcommitted_fleet_keeps_every_byte() {
     // starts; the guests' balloon phase runs on for `seconds` after that.
     let t0 = Instant::now();
     loop {
-        let r = report(&rt);
+        let r = report_overcommit_all(&rt);
         let res: Vec<u64> = r["vms"]
             .as_array()
             .unwrap()
@@ -191,13 +177,13 @@ fn overcommitted_fleet_keeps_every_byte() {
         .unwrap();
     // The picture once the fleet fits its budget (or the last one before the guests end).
     let budget_slack = 256 * M;
-    let mut mid = report(&rt);
+    let mut mid = report_overcommit_all(&rt);
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(seconds) {
         if kids.0.iter_mut().any(|k| k.try_wait().unwrap().is_some()) {
             break; // a guest finished its balloon phase
         }
-        let r = report(&rt);
+        let r = report_overcommit_all(&rt);
         if r["live_vms"].as_u64() != Some(vms as u64) {
             let why: Vec<String> = r["vms"]
                 .as_array()

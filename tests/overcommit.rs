@@ -6,37 +6,18 @@
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, text};
+use common::{
+    kvm_or_skip, memvisor, proc_status_kib, report_overcommit_all, text, wait_until, ChildVm,
+};
 use memvisor::api::client::request;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
 
 const M: u64 = 1 << 20;
 const G: u64 = 1 << 30;
 
-struct Vm {
-    child: Option<Child>,
-    sock: PathBuf,
-}
-
-impl Vm {
-    fn pid(&self) -> u32 {
-        self.child.as_ref().unwrap().id()
-    }
-}
-
-impl Drop for Vm {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        let _ = std::fs::remove_file(&self.sock);
-    }
-}
-
-fn start(dir: &Path, name: &str, extra: &[&str]) -> Vm {
+fn start(dir: &Path, name: &str, extra: &[&str]) -> ChildVm {
     let sock = dir.join(format!("{name}.sock"));
     let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
         .args(["run", "-m", "1G", "--api-sock"])
@@ -48,40 +29,10 @@ fn start(dir: &Path, name: &str, extra: &[&str]) -> Vm {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    Vm {
+    ChildVm {
         child: Some(child),
         sock,
     }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-}
-
-fn report(dir: &Path) -> serde_json::Value {
-    let out = memvisor(&[
-        "report",
-        "overcommit",
-        "--all",
-        "--json",
-        "--runtime-dir",
-        dir.to_str().unwrap(),
-    ]);
-    assert!(out.status.success(), "{}", text(&out));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
-}
-
-fn status_kib(pid: u32, field: &str) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    s.lines()
-        .find(|l| l.starts_with(field))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap()
 }
 
 fn mem_total() -> u64 {
@@ -126,7 +77,7 @@ fn three_vms_one_killed_report_all() {
         &[&idle[..], &["balloon:data=16M,seconds=0"]].concat(),
     );
     wait_until("three registered VMs", Duration::from_secs(30), || {
-        report(&dir)["live_vms"] == 3
+        report_overcommit_all(&dir)["live_vms"] == 3
     });
     // b's driver is up and its data written once actual follows a target.
     let (s, _) = request(&b.sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 128}"#)).unwrap();
@@ -153,7 +104,7 @@ fn three_vms_one_killed_report_all() {
         "a killed VM leaves its entry"
     );
 
-    let r = report(&dir);
+    let r = report_overcommit_all(&dir);
     assert_eq!(r["live_vms"], 2, "{r:#}");
     assert_eq!(r["skipped_vms"], 1, "{r:#}");
     let vms = r["vms"].as_array().unwrap();
@@ -174,7 +125,7 @@ fn three_vms_one_killed_report_all() {
         assert_eq!(m["configured_bytes"], G);
         let resident = m["resident_bytes"].as_u64().unwrap();
         // Guest RAM resident fits in the VMM's whole RSS, read here from /proc.
-        let rss = status_kib(vm.pid(), "VmRSS:") * 1024;
+        let rss = proc_status_kib(vm.pid(), "VmRSS:").unwrap() * 1024;
         assert!(
             resident <= rss,
             "pid {}: resident {resident} > VmRSS {rss}",
@@ -222,7 +173,7 @@ fn three_vms_one_killed_report_all() {
     assert!(t.contains(&format!("process {c_pid} is gone")), "{t}");
     assert!(t.contains("overcommit ratio"), "{t}");
     assert!(!dir.join(format!("vm-{c_pid}.json")).exists());
-    assert_eq!(report(&dir)["skipped_vms"], 0);
+    assert_eq!(report_overcommit_all(&dir)["skipped_vms"], 0);
 
     // A VM that stops cleanly unregisters.
     let a_pid = a.pid();

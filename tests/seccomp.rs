@@ -8,7 +8,7 @@
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, TempDir};
+use common::{kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, wait_until, TempDir};
 use memvisor::config::RegionConfig;
 use memvisor::memory::GuestRam;
 use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
@@ -356,14 +356,6 @@ impl Drop for Running {
             let _ = c.kill();
             let _ = c.wait();
         }
-    }
-}
-
-fn wait_until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

@@ -88,11 +88,7 @@ fn stop_over_the_api_is_answered() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
-        let t0 = Instant::now();
-        while !sock.exists() {
-            assert!(t0.elapsed() < Duration::from_secs(20), "no API socket");
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        common::wait_until("the API socket", Duration::from_secs(20), || sock.exists());
         std::thread::sleep(Duration::from_millis(300));
         let out = memvisor(&["vm", "stop", "--api-sock", sock.to_str().unwrap()]);
         let t = text(&out);

@@ -355,3 +355,65 @@ pub const KPF_KSM: u64 = 1 << 21;
 pub const KPF_COMPOUND_HEAD: u64 = 1 << 15;
 /// A hugetlb page.
 pub const KPF_HUGE: u64 = 1 << 17;
+
+// ---------------------------------------------------------------------------------------------
+// `memvisor run` child processes.
+
+/// Polls `f` every 50 ms until it holds; fails the test naming `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// A field (`VmRSS:`, ...) of `/proc/PID/status` in KiB; `None` when the process or the field
+/// is gone.
+pub fn proc_status_kib(pid: u32, field: &str) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// A `memvisor run` child with an API socket: killed (and its socket removed) when dropped.
+pub struct ChildVm {
+    /// The process (taken by tests that wait for it themselves).
+    pub child: Option<std::process::Child>,
+    /// Its API socket.
+    pub sock: PathBuf,
+}
+
+impl ChildVm {
+    /// Its process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("still owned").id()
+    }
+}
+
+impl Drop for ChildVm {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        let _ = std::fs::remove_file(&self.sock);
+    }
+}
+
+/// `memvisor report overcommit --all --json --runtime-dir RT`, parsed.
+pub fn report_overcommit_all(rt: &Path) -> serde_json::Value {
+    let out = memvisor(&[
+        "report",
+        "overcommit",
+        "--all",
+        "--json",
+        "--runtime-dir",
+        rt.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", text(&out));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
+}
