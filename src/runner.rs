@@ -473,10 +473,7 @@ impl Vmm {
             m.bus.serial().flush();
         }
         report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
-        let balloon = self
-            .balloon
-            .as_ref()
-            .map(|b| b.with_device(|d| (d.figures(), false)));
+        let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
         report.memory = Some(crate::overcommit::VmMemory::read(&self.ram, balloon));
         report
     }

@@ -99,10 +99,7 @@ impl VmmApi {
 
     /// The per-VM overcommit figures ([`crate::overcommit::VmMemory`]).
     pub fn memory_report(&self) -> serde_json::Value {
-        let balloon = self
-            .balloon
-            .as_ref()
-            .map(|b| b.with_device(|d| (d.figures(), false)));
+        let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
         serde_json::to_value(crate::overcommit::VmMemory::read(&self.ram, balloon))
             .expect("serialises")
     }
@@ -164,9 +161,7 @@ impl VmmApi {
         }
         let m = crate::overcommit::VmMemory::read(
             &self.ram,
-            self.balloon
-                .as_ref()
-                .map(|b| b.with_device(|d| (d.figures(), false))),
+            self.balloon.as_ref().map(BalloonHandle::figures),
         );
         let gauges: [(&str, &str, Option<u64>); 7] = [
             (

@@ -38,7 +38,7 @@ impl Machine {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(1),
             usable_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ram_bytes: mem_total(&meminfo).unwrap_or(0),
+            ram_bytes: crate::overcommit::HostMemory::parse(&meminfo).mem_total,
             kernel,
             virtualisation: virtualisation(&cpuinfo, std::path::Path::new("/dev/kvm").exists()),
         }
@@ -97,13 +97,6 @@ pub fn cpu_model(cpuinfo: &str) -> Option<String> {
         .map(|(_, v)| v.trim().to_string())
 }
 
-/// `MemTotal` of `/proc/meminfo` text, in bytes.
-pub fn mem_total(meminfo: &str) -> Option<u64> {
-    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
-    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
-}
-
 /// What the CPU flags say about virtualisation.
 pub fn virtualisation(cpuinfo: &str, kvm: bool) -> String {
     let flags: Vec<&str> = cpuinfo
@@ -144,8 +137,9 @@ mod tests {
         assert_eq!(cpu_model(cpuinfo).as_deref(), Some("AMD EPYC"));
         assert_eq!(cpu_model(""), None);
         assert_eq!(
-            mem_total("MemTotal:       24563512 kB\nMemFree: 1 kB\n"),
-            Some(24563512 * 1024)
+            crate::overcommit::HostMemory::parse("MemTotal:       24563512 kB\nMemFree: 1 kB\n")
+                .mem_total,
+            24563512 * 1024
         );
         assert!(virtualisation(cpuinfo, true).starts_with("nested KVM without hardware"));
         assert!(virtualisation("flags : vmx\n", true).starts_with("bare metal"));

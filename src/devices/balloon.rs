@@ -132,6 +132,11 @@ impl BalloonHandle {
         }
     }
 
+    /// Target and actual size, for the overcommit report.
+    pub fn figures(&self) -> crate::overcommit::BalloonFigures {
+        self.with_device(|d| (d.figures(), false))
+    }
+
     /// Which transport: "virtio-mmio" or "virtio-pci".
     pub fn transport(&self) -> &'static str {
         match self {

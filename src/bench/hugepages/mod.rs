@@ -383,12 +383,6 @@ pub fn plan_pool(
     Ok(add)
 }
 
-fn meminfo_field(field: &str) -> Option<u64> {
-    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = text.lines().find(|l| l.starts_with(field))?;
-    Some(line.split_whitespace().nth(1)?.parse::<u64>().ok()? * 1024)
-}
-
 /// What holds the huge pages of one page size for the whole benchmark.
 struct HugeSetup {
     scratch: Option<HugetlbfsScratch>,
@@ -410,7 +404,9 @@ fn setup_huge(
         size,
         opts.memory,
         pool.as_ref(),
-        meminfo_field("MemAvailable:").unwrap_or(0),
+        crate::overcommit::HostMemory::read()
+            .map(|m| m.mem_available)
+            .unwrap_or(0),
     ) {
         return fail(why);
     }
