@@ -128,21 +128,8 @@ impl MappingsOptions {
     }
 
     fn check(&self) -> Result<(), BenchError> {
-        if self.size == 0 || self.size % (2 << 20) != 0 {
-            return Err(BenchError::Option {
-                option: "--size",
-                reason: format!(
-                    "{} is not a positive multiple of 2 MiB; e.g. 4G",
-                    Size(self.size)
-                ),
-            });
-        }
-        if self.reps == 0 {
-            return Err(BenchError::Option {
-                option: "--reps",
-                reason: "must be at least 1".into(),
-            });
-        }
+        BenchError::check_size(self.size, 2 << 20, "2 MiB", "4G")?;
+        BenchError::check_reps(self.reps)?;
         if self.backings.is_empty() {
             return Err(BenchError::Option {
                 option: "--backings",

@@ -267,12 +267,7 @@ pub fn run(
     opts: &MemoryPathsOptions,
     progress: &dyn Fn(&str),
 ) -> Result<MemoryPathsReport, BenchError> {
-    if opts.reps == 0 {
-        return Err(BenchError::Option {
-            option: "--reps",
-            reason: "must be at least 1".into(),
-        });
-    }
+    BenchError::check_reps(opts.reps)?;
     let load_before = super::machine::load_average();
     let mut notes = Vec::new();
     let mut rows = Vec::new();

@@ -85,6 +85,37 @@ pub enum BenchError {
 }
 
 impl BenchError {
+    /// `--reps` must be at least 1.
+    pub(crate) fn check_reps(reps: usize) -> Result<(), BenchError> {
+        if reps == 0 {
+            return Err(BenchError::Option {
+                option: "--reps",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// `--size` must be a positive multiple of `unit` (`unit_text` names it in the message,
+    /// `example` is a size to suggest).
+    pub(crate) fn check_size(
+        size: u64,
+        unit: u64,
+        unit_text: &str,
+        example: &str,
+    ) -> Result<(), BenchError> {
+        if size == 0 || size % unit != 0 {
+            return Err(BenchError::Option {
+                option: "--size",
+                reason: format!(
+                    "{} is not a positive multiple of {unit_text}; e.g. {example}",
+                    crate::config::Size(size)
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// A `Sys` error from the last OS error.
     pub(crate) fn last_os(what: &'static str, hint: &'static str) -> Self {
         BenchError::Sys {

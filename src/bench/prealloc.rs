@@ -133,21 +133,8 @@ impl PreallocOptions {
     }
 
     fn check(&self) -> Result<(), BenchError> {
-        if self.size == 0 || self.size % (2 << 20) != 0 {
-            return Err(BenchError::Option {
-                option: "--size",
-                reason: format!(
-                    "{} is not a positive multiple of 2 MiB (the hugetlbfs page size); e.g. 2G",
-                    Size(self.size)
-                ),
-            });
-        }
-        if self.reps == 0 {
-            return Err(BenchError::Option {
-                option: "--reps",
-                reason: "must be at least 1".into(),
-            });
-        }
+        BenchError::check_size(self.size, 2 << 20, "2 MiB (the hugetlbfs page size)", "2G")?;
+        BenchError::check_reps(self.reps)?;
         if self.threads.is_empty() || self.threads.contains(&0) {
             return Err(BenchError::Option {
                 option: "--threads",

@@ -120,21 +120,8 @@ impl UffdOptions {
     }
 
     fn check(&self) -> Result<(), BenchError> {
-        if self.size == 0 || self.size % PAGE as u64 != 0 {
-            return Err(BenchError::Option {
-                option: "--size",
-                reason: format!(
-                    "{} is not a positive multiple of 4 KiB; e.g. 256M",
-                    Size(self.size)
-                ),
-            });
-        }
-        if self.reps == 0 {
-            return Err(BenchError::Option {
-                option: "--reps",
-                reason: "must be at least 1".into(),
-            });
-        }
+        BenchError::check_size(self.size, PAGE as u64, "4 KiB", "256M")?;
+        BenchError::check_reps(self.reps)?;
         if self.sources.is_empty() {
             return Err(BenchError::Option {
                 option: "--sources",
