@@ -29,7 +29,7 @@ enum Command {
     /// Balloon of a running VM (needs `memvisor run --api-sock`).
     #[command(subcommand)]
     Balloon(cmd::client::BalloonCmd),
-    /// State of a running VM: status, pause, resume, stop (needs `--api-sock`).
+    /// State of a running VM: status, pause, resume, stop, finish-step (needs `--api-sock`).
     #[command(subcommand)]
     Vm(cmd::client::VmCmd),
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.

@@ -141,6 +141,10 @@ pub struct VcpuReport {
     pub guest_status: Option<u64>,
     /// Operations.
     pub ops: Vec<OpRecord>,
+    /// The built-in guest's balloon driver's last progress report (data owned, pages in the
+    /// balloon, mismatches, bytes verified), when it made any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub balloon_driver: Option<crate::vcpu::GuestProgress>,
 }
 
 impl VcpuReport {
@@ -156,6 +160,7 @@ impl VcpuReport {
             guest_hypercalls: None,
             guest_status: None,
             ops: Vec::new(),
+            balloon_driver: None,
         }
     }
 }

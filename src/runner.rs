@@ -465,6 +465,8 @@ impl Vmm {
             v.total_exits = h.stats.total();
             v.hypercall_exits = h.stats.hypercalls.load(Ordering::Relaxed);
             v.unclaimed_io = h.stats.unclaimed_io.load(Ordering::Relaxed);
+            let p = h.stats.progress();
+            v.balloon_driver = (p.updates > 0).then_some(p);
         }
         for h in self.handles.iter_mut() {
             h.stop();

@@ -66,6 +66,35 @@ impl VmmApi {
         }
     }
 
+    /// Asks the built-in guest to end its balloon step (it polls for this every ~0.1 s).
+    fn finish_balloon_step(&self) -> ApiResponse {
+        if self.config.linux.is_some() {
+            return ApiResponse::bad_request(
+                "FinishBalloonStep is for the built-in guest's balloon step; a Linux guest has none (use Shutdown to stop it)",
+            );
+        }
+        let has_step = self
+            .config
+            .workload
+            .steps
+            .iter()
+            .any(|s| matches!(s, crate::workload::Step::Balloon { .. }));
+        if !has_step {
+            return ApiResponse::bad_request(
+                "this VM's workload has no balloon step to finish; start it with -w \"...;balloon:data=..,seconds=0\"",
+            );
+        }
+        if self.vm_state() == "Stopped" {
+            return ApiResponse::bad_request("the VM has already stopped");
+        }
+        for v in &self.vcpus {
+            v.stats
+                .finish_requested
+                .store(true, std::sync::atomic::Ordering::Release);
+        }
+        ApiResponse::NoContent
+    }
+
     fn vm_state(&self) -> &'static str {
         let states: Vec<RunState> = self.vcpus.iter().map(|v| v.state()).collect();
         if states.iter().all(|s| *s == RunState::Stopped) {
@@ -264,6 +293,7 @@ impl ApiHandler for VmmApi {
             ApiRequest::PutVmState(VmState::Paused) => self.command(VmCommand::Pause),
             ApiRequest::PutVmState(VmState::Resumed) => self.command(VmCommand::Resume),
             ApiRequest::PutAction(ActionType::Shutdown | ActionType::SendCtrlAltDel) => self.command(VmCommand::Stop),
+            ApiRequest::PutAction(ActionType::FinishBalloonStep) => self.finish_balloon_step(),
             ApiRequest::PutBalloon(_) => ApiResponse::bad_request(
                 "the balloon is configured before boot: memvisor boots at once, so give --balloon amount_mib=..,deflate_on_oom=..,stats_polling_interval_s=.. to memvisor run; change the target with PATCH /balloon",
             ),

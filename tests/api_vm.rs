@@ -159,3 +159,90 @@ fn balloon_and_vm_control_through_the_api() {
     assert!(t.contains("outcome: interrupted"), "{t}");
     assert!(!sock.exists(), "the socket is removed when the VM stops");
 }
+
+#[test]
+fn finish_step_ends_the_balloon_step_and_the_guest_goes_on() {
+    if !kvm_or_skip("finish_step_ends_the_balloon_step_and_the_guest_goes_on") {
+        return;
+    }
+    let dir = common::TempDir::new("finish-step");
+    let start = |name: &str, workload: &str| {
+        let sock = dir.path().join(name);
+        let report = dir.path().join(format!("{name}.json"));
+        let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+            .args(["run", "-m", "128M", "--api-sock"])
+            .arg(&sock)
+            .args([
+                "--balloon",
+                "amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1",
+                "-w",
+                workload,
+                "--report-file",
+            ])
+            .arg(&report)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        wait_until("the API socket", Duration::from_secs(20), || sock.exists());
+        (
+            ChildVm {
+                child: Some(child),
+                sock: sock.clone(),
+            },
+            sock,
+            report,
+        )
+    };
+
+    // A workload without a balloon step: refused with the reason, and the VM runs on.
+    let (mut other, sock, _) = start("plain.sock", "random:accesses=100G");
+    let (s, body) = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FinishBalloonStep"}"#),
+    )
+    .unwrap();
+    assert_eq!(s, 400, "{body}");
+    assert!(body.contains("no balloon step"), "{body}");
+    assert_eq!(get(&sock, "/vm").1["state"], "Running");
+    let out = memvisor(&["vm", "stop", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    other.child.take().unwrap().wait().unwrap();
+
+    // A balloon step without an end: it ends on request, the guest verifies its data once
+    // more and goes on with the next step.
+    let (mut vm, sock, report) = start("balloon.sock", "balloon:data=64M,seconds=0;checksum");
+    wait_until("the balloon driver", Duration::from_secs(60), || {
+        let (s, b) = get(&sock, "/balloon");
+        s == 200 && b["activated"] == true
+    });
+    // Still in the balloon step a while later.
+    std::thread::sleep(Duration::from_millis(500));
+    let child = vm.child.as_mut().unwrap();
+    assert!(child.try_wait().unwrap().is_none(), "the step ended alone");
+    let out = memvisor(&["vm", "finish-step", "--api-sock", sock.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let child = vm.child.as_mut().unwrap();
+    wait_until("the guest to end", Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let out = vm.child.take().unwrap().wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", text(&out));
+    let rep: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let names: Vec<&str> = rep["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["balloon", "checksum"], "{:#}", rep["ops"]);
+    assert_eq!(rep["ops"][0]["mismatches"], 0);
+    let driver = &rep["vcpus"][0]["balloon_driver"];
+    assert_eq!(driver["data_bytes"], 64u64 << 20, "{driver:#}");
+    assert!(
+        driver["verified_bytes"].as_u64().unwrap() >= 64 << 20,
+        "{driver:#}"
+    );
+}

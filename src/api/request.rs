@@ -63,6 +63,10 @@ pub enum ActionType {
     SendCtrlAltDel,
     /// Stop the VM.
     Shutdown,
+    /// Built-in guest: end the current (or next) balloon step at its next check, as if its
+    /// `seconds` had run out; the guest verifies its whole data set and goes on with the rest of
+    /// its workload.
+    FinishBalloonStep,
 }
 
 /// The balloon device configuration (Firecracker's `Balloon`).
@@ -103,7 +107,8 @@ struct BalloonStatsUpdate {
 }
 
 const VM_SHAPE: &str = r#"{"state": "Paused" | "Resumed"}"#;
-const ACTION_SHAPE: &str = r#"{"action_type": "SendCtrlAltDel" | "Shutdown"}"#;
+const ACTION_SHAPE: &str =
+    r#"{"action_type": "SendCtrlAltDel" | "Shutdown" | "FinishBalloonStep"}"#;
 const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>}"#;
 const BALLOON_UPDATE_SHAPE: &str = r#"{"amount_mib": <u32>}"#;
 const STATS_UPDATE_SHAPE: &str = r#"{"stats_polling_interval_s": <u16>}"#;

@@ -46,6 +46,12 @@ fn every_endpoint_maps_to_its_request() {
         ),
         (
             "PUT",
+            "/actions",
+            r#"{"action_type": "FinishBalloonStep"}"#,
+            ApiRequest::PutAction(ActionType::FinishBalloonStep),
+        ),
+        (
+            "PUT",
             "/balloon",
             r#"{"amount_mib": 256, "deflate_on_oom": true, "stats_polling_interval_s": 5}"#,
             ApiRequest::PutBalloon(BalloonConfig {

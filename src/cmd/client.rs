@@ -58,6 +58,12 @@ pub enum VmCmd {
         #[command(flatten)]
         sock: Sock,
     },
+    /// Built-in guest: end its balloon step now (it verifies its data and goes on with the rest
+    /// of its workload): PUT /actions FinishBalloonStep.
+    FinishStep {
+        #[command(flatten)]
+        sock: Sock,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -154,6 +160,15 @@ pub fn vm(cmd: VmCmd) -> Result<ExitCode, String> {
                 Some(r#"{"action_type": "Shutdown"}"#),
             )?;
             println!("stopped");
+        }
+        VmCmd::FinishStep { sock } => {
+            call(
+                &sock,
+                "PUT",
+                "/actions",
+                Some(r#"{"action_type": "FinishBalloonStep"}"#),
+            )?;
+            println!("balloon step finishing");
         }
     }
     Ok(ExitCode::SUCCESS)
