@@ -537,3 +537,63 @@ fn openapi_document_lists_exactly_the_served_endpoints() {
         .collect();
     assert_eq!(documented, served);
 }
+
+/// A client that sends a whole read-only request and hangs up before the answer (found by
+/// flooding a running VM's socket, tests/faults.rs): the answer is not computed, since
+/// `GET /metrics` or `/memory/*` cost a full page-map scan each and abandoned ones would keep
+/// connection threads busy (and slots taken) long after their clients left. A request that
+/// changes something is still carried out, and a client that only half-closes gets its answer.
+#[test]
+fn read_requests_of_clients_that_hung_up_are_not_computed() {
+    use memvisor::api::server::serve_stream;
+    use std::net::Shutdown;
+    let opts = ApiServerOptions::default();
+    // Serves `request`; the client hangs up at once, or half-closes and reads the answer.
+    let serve = |request: &[u8], hang_up: bool| -> (Vec<ApiRequest>, String) {
+        let rec = Recorder::default();
+        let (mut client, server) = UnixStream::pair().unwrap();
+        client.write_all(request).unwrap();
+        let mut answer = String::new();
+        if hang_up {
+            drop(client);
+            serve_stream(server, &rec, &opts);
+        } else {
+            client.shutdown(Shutdown::Write).unwrap();
+            serve_stream(server, &rec, &opts);
+            client.read_to_string(&mut answer).unwrap();
+        }
+        (rec.requests(), answer)
+    };
+    for target in [
+        "/metrics",
+        "/memory/report",
+        "/memory/mappings",
+        "/vm",
+        "/balloon",
+    ] {
+        let req = format!("GET {target} HTTP/1.1\r\n\r\n");
+        assert_eq!(serve(req.as_bytes(), true).0, vec![], "GET {target}");
+    }
+    // Changes are carried out even when nobody waits for the answer.
+    let with_body = |head: &str, body: &str| {
+        format!(
+            "{head} HTTP/1.1\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+    };
+    let patch = with_body("PATCH /balloon", r#"{"amount_mib": 64}"#);
+    assert_eq!(
+        serve(patch.as_bytes(), true).0,
+        vec![ApiRequest::PatchBalloon { amount_mib: 64 }]
+    );
+    let stop = with_body("PUT /actions", r#"{"action_type": "Shutdown"}"#);
+    assert_eq!(
+        serve(stop.as_bytes(), true).0,
+        vec![ApiRequest::PutAction(ActionType::Shutdown)]
+    );
+    // Half-closed (end of request) and still reading: answered.
+    let (seen, answer) = serve(b"GET /metrics HTTP/1.1\r\n\r\n", false);
+    assert_eq!(seen, vec![ApiRequest::GetMetrics]);
+    assert!(answer.starts_with("HTTP/1.1 200 OK\r\n"), "{answer}");
+    assert!(answer.ends_with("memvisor_up 1\n"), "{answer}");
+}

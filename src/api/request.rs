@@ -47,6 +47,26 @@ pub enum ApiRequest {
     GetMetrics,
 }
 
+impl ApiRequest {
+    /// Whether the request only reads (every `GET`): its answer is all it does, so it need not
+    /// be computed for a client that has already gone.
+    pub fn is_read_only(&self) -> bool {
+        match self {
+            ApiRequest::GetVm
+            | ApiRequest::GetBalloon
+            | ApiRequest::GetBalloonStats
+            | ApiRequest::GetMemoryMappings { .. }
+            | ApiRequest::GetMemoryReport
+            | ApiRequest::GetMetrics => true,
+            ApiRequest::PutVmState(_)
+            | ApiRequest::PutAction(_)
+            | ApiRequest::PutBalloon(_)
+            | ApiRequest::PatchBalloon { .. }
+            | ApiRequest::PatchBalloonStats { .. } => false,
+        }
+    }
+}
+
 /// The state a VM is asked to move to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum VmState {

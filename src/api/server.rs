@@ -5,7 +5,9 @@
 //! connections on it. Each connection carries one request: it is read under a per-read timeout
 //! and an overall deadline, decoded by [`parse_request`], handed to the [`ApiHandler`] on the
 //! connection's thread and answered with `Connection: close`. A silent or slow client therefore
-//! holds only its own thread, never the VMM or other clients. Stopping (or dropping) the server
+//! holds only its own thread, never the VMM or other clients; a read-only request whose
+//! client hung up before the answer is not handled at all (its answer would be thrown away,
+//! and the memory reports scan the whole page map). Stopping (or dropping) the server
 //! stops accepting, cuts open connections, waits briefly for running handlers and removes the
 //! socket file if it is still the one this server created.
 
@@ -361,6 +363,16 @@ pub fn serve_stream(mut stream: UnixStream, handler: &dyn ApiHandler, opts: &Api
         }
     };
     let response = match parse_request(&raw.method, &raw.target, &raw.body) {
+        Ok(req) if req.is_read_only() && peer_gone(&stream) => {
+            // Nobody would read the answer; `GET /metrics` or `/memory/*` cost a scan of
+            // the whole page map, which abandoned requests would keep a thread and a slot on.
+            log::debug!(
+                "API request {} {}: the client hung up; not answered",
+                raw.method,
+                raw.target
+            );
+            return;
+        }
         Ok(req) => {
             log::debug!("API request {} {}: {req:?}", raw.method, raw.target);
             catch_unwind(AssertUnwindSafe(|| handler.handle(req))).unwrap_or_else(|_| {
@@ -383,6 +395,16 @@ pub fn serve_stream(mut stream: UnixStream, handler: &dyn ApiHandler, opts: &Api
             raw.target
         );
     }
+}
+
+/// Whether the peer has closed its end entirely (`POLLHUP`; a peer that only shut down
+/// writing, the end of its request, still reads the answer).
+fn peer_gone(stream: &UnixStream) -> bool {
+    let mut fds = [PollFd::new(stream.as_fd(), PollFlags::empty())];
+    matches!(poll(&mut fds, PollTimeout::ZERO), Ok(1))
+        && fds[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLHUP))
 }
 
 fn read_error_response(e: ReadError, opts: &ApiServerOptions) -> ApiResponse {
