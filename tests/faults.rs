@@ -1,6 +1,9 @@
 //! Fault injection: what memvisor does when something it depends on fails under a running
 //! guest. Each test breaks one thing and checks that the VMM reports it and stops (or carries
-//! on) cleanly instead of hanging or dying.
+//! on) cleanly instead of hanging or dying. The API socket flooded (silent clients holding
+//! every connection slot, a burst of garbage, oversized and half-written requests, clients
+//! that hang up) leaves the VMM's threads and descriptors bounded and the guest running, and
+//! the API answers again once the flood ends.
 
 mod common;
 
@@ -354,4 +357,405 @@ fn balance_notices_a_guest_that_stops_answering() {
         .nth(1)
         .unwrap_or_default();
     assert!(!after.contains("inflate"), "{text}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// The API socket flooded: silent clients holding every connection slot, and a burst of short,
+// malformed, oversized and half-written requests meanwhile.
+
+/// The server's default connection limit (`ApiServerOptions::default().max_connections`).
+const MAX_CONNECTIONS: usize = 128;
+
+/// The status of an HTTP answer in `bytes` (`HTTP/1.1 NNN ...`), if there is one.
+fn http_status(bytes: &[u8]) -> Option<u16> {
+    let text = std::str::from_utf8(bytes.get(..12)?).ok()?;
+    text.strip_prefix("HTTP/1.1 ")?.get(..3)?.parse().ok()
+}
+
+/// Everything the server sends on `s` until it closes (or `timeout`). A server that closes
+/// with part of the request unread makes the kernel end the stream with ECONNRESET after the
+/// answer, so an error after some bytes counts as the end.
+fn read_answer(s: &mut std::os::unix::net::UnixStream, timeout: Duration) -> Vec<u8> {
+    use std::io::Read;
+    s.set_read_timeout(Some(timeout)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => break,
+        }
+    }
+    out
+}
+
+/// One burst request of kind `i % 7`: its answer's status, or `None` for the kind that hangs
+/// up without reading (nothing to count). `Some(0)`: no HTTP answer at all.
+fn burst_request(sock: &std::path::Path, i: usize) -> Option<u16> {
+    use std::io::Write;
+    use std::net::Shutdown;
+    let mut s = std::os::unix::net::UnixStream::connect(sock).expect("connect to the API socket");
+    s.set_write_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Write errors are expected where the server answers (503, 413) before reading it all.
+    match i % 7 {
+        0 => drop(s.write_all(b"GET /vm HTTP/1.1\r\nHost: x\r\n\r\n")),
+        1 => drop(s.write_all(b"\x00\x01\x02 NOT HTTP\xff\r\n\r\n")),
+        2 => {
+            let head = b"PATCH /balloon HTTP/1.1\r\nContent-Length: 10485760\r\n\r\n";
+            let _ = s.write_all(head).and_then(|()| s.write_all(&[b'x'; 8192]));
+        }
+        3 => {
+            // Half a request, then end-of-file.
+            let _ = s.write_all(b"GET /vm HTTP/1.1\r\nHo");
+            let _ = s.shutdown(Shutdown::Write);
+        }
+        4 => drop(s.write_all(b"GET /nope HTTP/1.1\r\n\r\n")),
+        5 => drop(s.write_all(b"PUT /actions HTTP/1.1\r\nContent-Length: 9\r\n\r\n{\"action\"")),
+        _ => {
+            // A whole request, then the client goes away without reading the answer.
+            let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+            return None;
+        }
+    }
+    Some(http_status(&read_answer(&mut s, Duration::from_secs(15))).unwrap_or(0))
+}
+
+/// Threads of `pid` whose name is `comm`.
+fn threads_named(pid: u32, comm: &str) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+                })
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Open file descriptors of `pid`.
+fn fd_count(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// `voluntary_ctxt_switches` of thread `tid` of `pid`: the vCPU thread blocks once per idle
+/// iteration of the guest's balloon driver (`HC_WAIT`), so this counts guest iterations.
+fn voluntary_switches(pid: u32, tid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("voluntary_ctxt_switches:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+#[test]
+fn api_socket_flooded_under_a_running_vm() {
+    use common::{proc_status_kib, wait_until, ChildVm};
+    use memvisor::api::client::request;
+    use std::collections::BTreeMap;
+    use std::io::Write;
+    use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+    use std::os::unix::net::UnixStream;
+    use std::process::{Command, Stdio};
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::{Arc, Mutex};
+    let t = "api_socket_flooded_under_a_running_vm";
+    if !kvm_or_skip(t) {
+        return;
+    }
+    const SILENT: usize = 400;
+    const BURST_THREADS: usize = 4;
+    const HANG_UPS: usize = 64;
+    let dir = TempDir::new("api-flood");
+    let sock = dir.path().join("api.sock");
+    let report_file = dir.path().join("report.json");
+    let log = dir.path().join("stderr.log");
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(["run", "-m", "512M", "--api-sock"])
+        .arg(&sock)
+        .arg("--runtime-dir")
+        .arg(dir.path().join("rt"))
+        .arg("--report-file")
+        .arg(&report_file)
+        .args([
+            "--balloon",
+            "amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1",
+            "-w",
+            "touch:work-only=1;balloon:data=64M,seconds=0",
+        ])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut vm = ChildVm {
+        child: Some(child),
+        sock: sock.clone(),
+    };
+    let get = |path: &str| -> (u16, serde_json::Value) {
+        let (status, body) = request(&sock, "GET", path, None).unwrap();
+        (status, serde_json::from_str(&body).unwrap_or_default())
+    };
+    let rss_kib = || proc_status_kib(pid, "VmRSS:").expect("VmRSS of the VMM");
+    let threads = || proc_status_kib(pid, "Threads:").expect("threads of the VMM") as usize;
+    wait_until("the API socket", Duration::from_secs(20), || sock.exists());
+    let meta = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(meta.file_type().is_socket());
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600, "API socket mode");
+    // The driver is up and the guest has touched its work area (the free pages the balloon
+    // will take are resident).
+    wait_until("the balloon driver", Duration::from_secs(30), || {
+        get("/balloon").1["activated"] == true
+    });
+    wait_until(
+        "the guest to touch its RAM",
+        Duration::from_secs(30),
+        || rss_kib() > 480 * 1024,
+    );
+    let vcpu0 = threads_named(pid, "vcpu0");
+    assert_eq!(vcpu0.len(), 1, "one vcpu0 thread");
+    let vcpu0 = vcpu0[0];
+    let base_threads = threads();
+    let base_fds = fd_count(pid);
+    let exits_before = get("/vm").1["vcpus"][0]["total_exits"].as_u64().unwrap();
+    // When the device last received the guest's statistics (every second).
+    let stats_at = || -> f64 {
+        let (status, st) = get("/balloon/statistics");
+        assert_eq!(status, 200, "{st}");
+        let at = &st["received_at"];
+        at["secs_since_epoch"].as_f64().unwrap() + at["nanos_since_epoch"].as_f64().unwrap() / 1e9
+    };
+    wait_until("balloon statistics", Duration::from_secs(10), || {
+        get("/balloon/statistics").0 == 200
+    });
+    let stats_before = stats_at();
+
+    // A monitor samples the VMM's threads and descriptors all through the flood.
+    let done = Arc::new(AtomicBool::new(false));
+    let monitor = {
+        let done = done.clone();
+        std::thread::spawn(move || {
+            let (mut max_threads, mut max_conn, mut max_fds) = (0, 0, 0);
+            while !done.load(Ordering::Acquire) {
+                let n = proc_status_kib(pid, "Threads:").unwrap_or(0) as usize;
+                max_threads = max_threads.max(n);
+                max_conn = max_conn.max(threads_named(pid, "api-conn").len());
+                max_fds = max_fds.max(fd_count(pid));
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            (max_threads, max_conn, max_fds)
+        })
+    };
+
+    // (a) Silent clients, far more than the limit; every 50th sends half a request head.
+    let t_flood = Instant::now();
+    let mut silent: Vec<UnixStream> = (0..SILENT)
+        .map(|i| {
+            let mut s = UnixStream::connect(&sock).expect("connect a silent client");
+            if i % 50 == 0 {
+                s.write_all(b"GET /vm HTTP/1.1\r\nHost").unwrap();
+            }
+            s
+        })
+        .collect();
+    wait_until("every slot to be taken", Duration::from_secs(3), || {
+        threads_named(pid, "api-conn").len() == MAX_CONNECTIONS
+    });
+
+    // (b) Meanwhile a burst from several threads, until the silent clients are released and
+    // then some (the API must answer normally again), paced so it spans the hold.
+    let released = Arc::new(AtomicBool::new(false));
+    let counts: Arc<Mutex<BTreeMap<u16, u64>>> = Arc::default();
+    let sent = Arc::new(AtomicUsize::new(0));
+    let burst: Vec<_> = (0..BURST_THREADS)
+        .map(|n| {
+            let (sock, released, counts, sent) =
+                (sock.clone(), released.clone(), counts.clone(), sent.clone());
+            std::thread::spawn(move || {
+                let mut after = 0;
+                let mut i = n;
+                while after < 70 {
+                    if released.load(Ordering::Acquire) {
+                        after += 1;
+                    }
+                    if let Some(status) = burst_request(&sock, i) {
+                        *counts.lock().unwrap().entry(status).or_default() += 1;
+                    }
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    i += 1;
+                    std::thread::sleep(Duration::from_millis(4));
+                }
+            })
+        })
+        .collect();
+
+    // The silent clients' answers: 408 for those holding a slot (after the 5 s read timeout),
+    // 503 for the rest at once.
+    let switches_hold_start = voluntary_switches(pid, vcpu0);
+    let mut silent_counts: BTreeMap<u16, u64> = BTreeMap::new();
+    for s in silent.iter_mut() {
+        let status = http_status(&read_answer(s, Duration::from_secs(15))).unwrap_or(0);
+        *silent_counts.entry(status).or_default() += 1;
+    }
+    let hold = t_flood.elapsed();
+    let switches_hold_end = voluntary_switches(pid, vcpu0);
+    assert!(
+        vm.child.as_mut().unwrap().try_wait().unwrap().is_none(),
+        "the VMM survives the flood"
+    );
+    drop(silent);
+    released.store(true, Ordering::Release);
+    for b in burst {
+        b.join().unwrap();
+    }
+    let burst_s = t_flood.elapsed();
+    // The API answers normally again at once.
+    let (status, v) = get("/vm");
+    assert_eq!(status, 200, "{v}");
+    let exits_after = v["vcpus"][0]["total_exits"].as_u64().unwrap();
+    let stats_after = stats_at();
+    // A wave of clients that ask for a costly answer (a scan of the page map) and hang up at
+    // once: nobody would read those answers, so they must not keep threads and slots busy.
+    let t_wave = Instant::now();
+    for _ in 0..HANG_UPS {
+        let mut s = UnixStream::connect(&sock).unwrap();
+        let _ = s.write_all(b"GET /metrics HTTP/1.1\r\n\r\n");
+    }
+    wait_until(
+        "the connection threads to end",
+        Duration::from_secs(5),
+        || threads_named(pid, "api-conn").is_empty(),
+    );
+    let wave = t_wave.elapsed();
+    wait_until(
+        "the descriptors to return to the baseline",
+        Duration::from_secs(5),
+        || fd_count(pid) <= base_fds + 2,
+    );
+    done.store(true, Ordering::Release);
+    let (max_threads, max_conn, max_fds) = monitor.join().unwrap();
+    let counts = counts.lock().unwrap().clone();
+    let sent = sent.load(Ordering::Relaxed);
+    eprintln!(
+        "{t}: {SILENT} silent clients answered {silent_counts:?} after {:.1} s; {sent} burst \
+         requests in {:.1} s answered {counts:?} (0: no answer); threads {base_threads} -> max \
+         {max_threads} ({max_conn} api-conn), fds {base_fds} -> max {max_fds} -> {}; vcpu0 \
+         blocked {} times during the hold, {} exits over the flood, statistics {:.1} s \
+         newer; {HANG_UPS} hang-ups drained in {:.2} s",
+        hold.as_secs_f64(),
+        burst_s.as_secs_f64(),
+        fd_count(pid),
+        switches_hold_end - switches_hold_start,
+        exits_after - exits_before,
+        stats_after - stats_before,
+        wave.as_secs_f64(),
+    );
+    // Exactly the first MAX_CONNECTIONS silent clients got a slot (and a 408 when their time
+    // ran out); every other one was refused at once with 503.
+    assert_eq!(
+        silent_counts,
+        BTreeMap::from([
+            (408, MAX_CONNECTIONS as u64),
+            (503, (SILENT - MAX_CONNECTIONS) as u64)
+        ])
+    );
+    assert!(
+        counts.get(&503).copied().unwrap_or(0) > 0,
+        "burst requests are refused while the slots are held: {counts:?}"
+    );
+    for (status, n) in &counts {
+        assert!(
+            matches!(status, 200 | 400 | 404 | 413 | 503),
+            "{n} burst answer(s) with status {status}: {counts:?}"
+        );
+    }
+    for status in [200, 400, 404, 413] {
+        assert!(
+            counts.contains_key(&status),
+            "the burst got normal answers ({status}) after the hold: {counts:?}"
+        );
+    }
+    // Bounded: one thread per held slot plus the VMM's own.
+    assert_eq!(max_conn, MAX_CONNECTIONS);
+    assert!(
+        max_threads <= base_threads + MAX_CONNECTIONS + 4,
+        "threads: {base_threads} -> {max_threads}"
+    );
+    // The guest kept running its driver loop (100 ms idle waits) through the hold.
+    assert!(
+        switches_hold_end - switches_hold_start >= 10,
+        "vcpu0 blocked {} times in {hold:?}",
+        switches_hold_end - switches_hold_start
+    );
+    assert!(
+        exits_after > exits_before + 40,
+        "{exits_before} -> {exits_after}"
+    );
+    // ... and kept answering the device's statistics requests.
+    assert!(
+        stats_after - stats_before >= hold.as_secs_f64() - 2.0,
+        "statistics received at {stats_before} and {stats_after}, hold {hold:?}"
+    );
+
+    // The balloon still moves: 64 MiB of free, resident pages go back to the host.
+    let before = rss_kib();
+    let (status, body) =
+        request(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 64}"#)).unwrap();
+    assert_eq!(status, 204, "{body}");
+    wait_until("actual == 64 MiB", Duration::from_secs(10), || {
+        get("/balloon").1["actual_mib"] == 64
+    });
+    wait_until("host RSS to drop", Duration::from_secs(10), || {
+        before.saturating_sub(rss_kib()) >= 56 * 1024
+    });
+    let (status, st) = get("/balloon/statistics");
+    assert_eq!(status, 200, "{st}");
+    assert_eq!(st["total_memory"].as_u64(), Some(512 << 20), "{st}");
+
+    // A clean end: the balloon step is finished on request (the guest verifies all its data
+    // once more) and memvisor exits with status 0.
+    let (status, body) = request(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FinishBalloonStep"}"#),
+    )
+    .unwrap();
+    assert_eq!(status, 204, "{body}");
+    let child = vm.child.as_mut().unwrap();
+    wait_until("the guest to end", Duration::from_secs(30), || {
+        child.try_wait().unwrap().is_some()
+    });
+    let status = child.wait().unwrap();
+    let stderr = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(status.code(), Some(0), "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&report_file).unwrap()).unwrap();
+    let op = report["vcpus"][0]["ops"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|o| o["name"] == "balloon")
+        .unwrap_or_else(|| panic!("no balloon step in {report}"));
+    assert_eq!(
+        op["results"],
+        serde_json::json!([64u64 << 20, 0, 64 * 256]),
+        "balloon results [data bytes, mismatched words, pages held]: {report}"
+    );
+    let driver = &report["vcpus"][0]["balloon_driver"];
+    assert_eq!(driver["mismatches"], 0, "{driver}");
+    assert!(
+        driver["verified_bytes"].as_u64().unwrap() >= 64 << 20,
+        "{driver}"
+    );
+    assert!(!sock.exists(), "the socket is removed when the VM stops");
 }
