@@ -265,7 +265,7 @@ fn bad_bodies_give_serde_error_and_expected_shape() {
             "PUT",
             "/actions",
             r#"{"action_type": "InstanceStart"}"#,
-            r#"invalid JSON body for PUT /actions: unknown variant `InstanceStart`, expected `SendCtrlAltDel` or `Shutdown` at line 1 column 31; expected {"action_type": "SendCtrlAltDel" | "Shutdown"}"#.to_string(),
+            r#"invalid JSON body for PUT /actions: unknown variant `InstanceStart`, expected one of `SendCtrlAltDel`, `Shutdown`, `FinishBalloonStep` at line 1 column 31; expected {"action_type": "SendCtrlAltDel" | "Shutdown" | "FinishBalloonStep"}"#.to_string(),
         ),
     ];
     for (method, target, body, want) in cases {
