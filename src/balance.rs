@@ -18,8 +18,13 @@
 //!    never below the guest's `guest_floor` of RAM and never into its last `headroom` of free
 //!    memory.
 //! 3. When `MemAvailable` is above `min_host_free + release_margin` (and no PSI pressure) the
-//!    controller **gives back**: deflates the guests with the least free memory first, each by at
-//!    most `max_step`, until the surplus above `min_host_free + release_margin / 2` is spent.
+//!    controller **gives back to the guests that need it**: those whose free memory (from fresh
+//!    statistics) has fallen below their `headroom`, the least free first, each by at most
+//!    `max_step`, until the surplus above `min_host_free + release_margin / 2` is spent. A guest
+//!    with free memory to spare keeps its balloon even when the host has plenty: a deflated page
+//!    costs the host nothing at once, but lets the guest grow back past the budget later, and
+//!    deflating everyone whenever the host looks free undoes the controller's work in seconds
+//!    (it did, in the full-size fleet run, before this rule).
 //! 4. Between the two, it holds (hysteresis), so targets do not oscillate.
 //!
 //! Every change and every refusal is a [`Decision`] with its reason.
@@ -39,7 +44,8 @@ pub struct Policy {
     pub release_margin: u64,
     /// RAM no guest is ballooned below (configured minus balloon target).
     pub guest_floor: u64,
-    /// Free memory left to each guest when taking from it.
+    /// Free memory left to each guest when taking from it; a guest with less free memory than
+    /// this is short and gets memory back when the host can spare it.
     pub headroom: u64,
     /// Largest change of one guest's target per decision.
     pub max_step: u64,
@@ -320,7 +326,12 @@ impl Controller {
             self.short = false;
             // 3. Give back.
             let mut surplus = avail - aim;
-            let mut order: Vec<&GuestSample> = s.guests.iter().filter(|g| g.target > 0).collect();
+            let mut order: Vec<&GuestSample> = s
+                .guests
+                .iter()
+                .filter(|g| g.target > 0 && usable(g, &self.tracks))
+                .filter(|g| g.free.is_some_and(|f| f < p.headroom))
+                .collect();
             order.sort_by_key(|g| g.free.unwrap_or(0));
             for g in order {
                 if surplus < MIB {
@@ -336,10 +347,11 @@ impl Controller {
                     from: g.target,
                     to: g.target - give,
                     reason: format!(
-                        "host MemAvailable {} MiB is above {} MiB; it has {} MiB free, the least of the guests",
+                        "host MemAvailable {} MiB is above {} MiB; it has {} MiB free, under its {} MiB headroom, the least of the guests short of memory",
                         avail / MIB,
                         (p.min_host_free + p.release_margin) / MIB,
-                        g.free.unwrap_or(0) / MIB
+                        g.free.unwrap_or(0) / MIB,
+                        p.headroom / MIB
                     ),
                 });
             }
@@ -564,18 +576,41 @@ mod tests {
     }
 
     #[test]
-    fn gives_back_to_the_neediest_first() {
+    fn gives_back_only_to_guests_short_of_memory_the_neediest_first() {
         let mut c = Controller::new(Policy::default());
+        let mut unknown = guest("unknown", G, G, 0);
+        unknown.free = None;
         // 4 GiB available: above floor + margin (3 GiB); surplus over aim 2.5 GiB = 1.5 GiB.
+        // Only guests under their 64 MiB headroom get memory back, the least free first, one
+        // step each; a guest with memory to spare (even 100 MiB) or of unknown free memory
+        // keeps its balloon.
         let d = c.decide(&sample(
             0.0,
             4 * G,
-            vec![guest("rich", G, G, 2 * G), guest("poor", G, G, 100 * MIB)],
+            vec![
+                guest("rich", G, G, 2 * G),
+                guest("fine", G, G, 100 * MIB),
+                guest("low", G, G, 40 * MIB),
+                guest("lowest", G, G, 10 * MIB),
+                unknown,
+            ],
         ));
         assert_eq!(
             targets(&d),
-            vec![("poor".into(), 768), ("rich".into(), 768)]
+            vec![("lowest".into(), 768), ("low".into(), 768)]
         );
+        assert!(
+            d[0].to_string().contains("under its 64 MiB headroom"),
+            "{}",
+            d[0]
+        );
+        // Plenty of surplus but nobody short: nothing moves.
+        let d = c.decide(&sample(
+            1.0,
+            20 * G,
+            vec![guest("rich", G, G, 2 * G), guest("fine", G, G, 100 * MIB)],
+        ));
+        assert!(d.is_empty(), "{d:?}");
     }
 
     #[test]

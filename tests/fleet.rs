@@ -265,6 +265,10 @@ fn overcommitted_fleet_keeps_every_byte() {
         }
         std::thread::sleep(Duration::from_millis(500));
     }
+    // The fleet still fits at the end of the hold: the controller did not hand the balloons
+    // back just because the host looked free.
+    let end = report_overcommit_all(&rt);
+    assert_eq!(end["live_vms"], vms as u64, "{:#}", end["vms"]);
     // Every guest ends its balloon step and verifies every byte it still owns.
     for i in 0..vms {
         let out = common::memvisor(&[
@@ -358,7 +362,26 @@ fn overcommitted_fleet_keeps_every_byte() {
     );
     assert_eq!(mid["live_vms"], vms as u64, "{:#}", mid["vms"]);
     assert_eq!(mid["configured_bytes"], configured);
+    eprintln!(
+        "after the {hold} s hold: used {} MiB, ballooned {} MiB, KSM saved {} MiB, density {:.2}",
+        end["used_bytes"].as_u64().unwrap() / M,
+        end["ballooned_bytes"].as_u64().unwrap() / M,
+        end["ksm_saved_bytes"].as_u64().unwrap() / M,
+        end["density"].as_f64().unwrap()
+    );
     assert!(inflations > 0, "the controller never inflated:\n{log}");
+    assert!(
+        end["used_bytes"].as_u64().unwrap() <= budget + slack,
+        "after the hold the fleet used {} MiB, over the {} MiB budget:\n{log}",
+        end["used_bytes"].as_u64().unwrap() / M,
+        budget / M
+    );
+    assert!(
+        end["ballooned_bytes"].as_u64().unwrap() >= ballooned / 2,
+        "the balloons were handed back during the hold ({} MiB left of {} MiB):\n{log}",
+        end["ballooned_bytes"].as_u64().unwrap() / M,
+        ballooned / M
+    );
     assert!(ballooned > 0);
     // Configured is at least twice what the fleet used (the budget), with slack for the
     // guests' own pages and the step in flight.

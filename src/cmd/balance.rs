@@ -19,13 +19,15 @@ pub struct BalanceArgs {
     /// Host free-memory floor (MemAvailable) to keep.
     #[arg(long, default_value = "2G", value_parser = size)]
     min_host_free: u64,
-    /// Band above the floor where nothing moves; memory is given back above it.
+    /// Band above the floor where nothing moves; above it memory is given back to guests short
+    /// of it.
     #[arg(long, default_value = "1G", value_parser = size)]
     release_margin: u64,
     /// RAM no guest is ballooned below.
     #[arg(long, default_value = "256M", value_parser = size)]
     guest_floor: u64,
-    /// Free memory left to each guest when taking from it.
+    /// Free memory left to each guest when taking from it; a guest with less is short and gets
+    /// memory back first (only short guests do) when the host can spare it.
     #[arg(long, default_value = "64M", value_parser = size)]
     headroom: u64,
     /// Largest change of one guest's balloon per decision.
