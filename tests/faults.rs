@@ -186,6 +186,10 @@ fn hugetlb_pool_drained_by_someone_else_cannot_take_the_guests_pages() {
     };
     let outcome: Arc<Mutex<Option<String>>> = Arc::default();
     let seen = outcome.clone();
+    // The other process's pages, held while the guest runs on and unmapped before the mount
+    // goes (a mapping left behind would keep the hugetlbfs mount busy).
+    let held: Arc<Mutex<Option<memmap2::MmapMut>>> = Arc::default();
+    let hold = held.clone();
     let dir = mount.path().to_path_buf();
     let hook: memvisor::vcpu::SyncHook = Arc::new(move |_, _, _| {
         // Someone else asks for every free page of the pool: the kernel refuses, since the
@@ -204,7 +208,7 @@ fn hugetlb_pool_drained_by_someone_else_cannot_take_the_guests_pages() {
         assert!(all.is_err(), "the guest's reserved pages were handed out");
         assert!(spare.is_ok(), "{:?}", spare.err());
         // Hold the spare pages while the guest runs on.
-        std::mem::forget(spare);
+        *hold.lock().unwrap() = spare.ok();
     });
     let mut vmm = memvisor::runner::Vmm::start_with(
         &config,
@@ -235,6 +239,7 @@ fn hugetlb_pool_drained_by_someone_else_cannot_take_the_guests_pages() {
         Some(true)
     );
     drop(vmm);
+    drop(held.lock().unwrap().take());
     drop(mount);
     drop(pool_guard);
 }

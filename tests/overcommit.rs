@@ -51,9 +51,9 @@ fn three_vms_one_killed_report_all() {
     if !kvm_or_skip("three_vms_one_killed_report_all") {
         return;
     }
-    let dir = std::env::temp_dir().join(format!("memvisor-overcommit-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    // Removed on drop, also when the test fails.
+    let tmp = common::TempDir::new("overcommit");
+    let dir = tmp.path().to_path_buf();
     let idle = ["--balloon", "amount_mib=0", "-w"];
     // a: uses 64 MiB of its 1 GiB; b: fills 256 MiB and then balloons 128 MiB of it back;
     // c: will be killed.
@@ -183,5 +183,4 @@ fn three_vms_one_killed_report_all() {
         !dir.join(format!("vm-{a_pid}.json")).exists()
     });
     drop((a, b, c));
-    let _ = std::fs::remove_dir_all(&dir);
 }
