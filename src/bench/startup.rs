@@ -167,6 +167,10 @@ pub struct RssSplit {
     pub guest: u64,
     /// Resident anonymous bytes outside those (heap, stacks, the VMM's own data).
     pub anon_outside_guest: u64,
+    /// Resident bytes outside the guest RAM that no other process maps (`Private_Clean` +
+    /// `Private_Dirty`): what one more VM costs the host beyond its guest RAM when the program
+    /// and libraries are already in memory for another.
+    pub private_outside_guest: u64,
 }
 
 /// The [`RssSplit`] of process `pid` with `guest` bytes of guest RAM, from `/proc/PID/smaps`.
@@ -206,6 +210,9 @@ pub fn parse_smaps(text: &str, guest: u64) -> RssSplit {
                 }
             }
             "Anonymous:" if !is_guest => out.anon_outside_guest += kib() * 1024,
+            "Private_Clean:" | "Private_Dirty:" if !is_guest => {
+                out.private_outside_guest += kib() * 1024
+            }
             _ => {}
         }
     }
@@ -471,12 +478,14 @@ fn rss_note(who: &str, r: &RssSplit) -> String {
     format!(
         "{who} at idle: {} resident, of which {} guest RAM; of the {} beyond guest RAM, {} \
          is anonymous (heap, stacks, data) and {} file pages (the program's and its \
-         libraries' code and read-only data, shared with other processes running them)",
+         libraries' code and read-only data, shared with other processes running them); {} \
+         of it is private to this process (what one more VM costs when another already runs)",
         Size(r.total),
         Size(r.guest),
         Size(outside),
         Size(r.anon_outside_guest),
-        Size(outside.saturating_sub(r.anon_outside_guest))
+        Size(outside.saturating_sub(r.anon_outside_guest)),
+        Size(r.private_outside_guest)
     )
 }
 
@@ -695,13 +704,17 @@ mod tests {
 55d0-55d1 r-xp 00000000 fe:00 123 /usr/bin/memvisor
 Size:                  4 kB
 Rss:                   4 kB
+Private_Clean:         0 kB
 7f00-7f20 rw-p 00000000 00:00 0
 Size:             524288 kB
 Rss:                 100 kB
+Private_Dirty:       100 kB
 Anonymous:           100 kB
 7f30-7f31 rw-p 00000000 00:00 0
 Size:               1024 kB
 Rss:                 512 kB
+Private_Clean:         8 kB
+Private_Dirty:       504 kB
 Anonymous:           512 kB
 7f40-7f41 rw-p 00000000 00:00 0                          [heap]
 Size:             524288 kB
@@ -716,6 +729,7 @@ Anonymous:            64 kB
             "only the anonymous mapping of the guest size"
         );
         assert_eq!(r.anon_outside_guest, (512 + 64) * 1024);
+        assert_eq!(r.private_outside_guest, 512 * 1024, "guest RAM excluded");
     }
 
     #[test]
