@@ -141,6 +141,12 @@ pub fn balloon(cmd: BalloonCmd) -> Result<ExitCode, String> {
     Ok(ExitCode::SUCCESS)
 }
 
+/// `PUT /actions {"action_type": ACTION}`.
+fn put_action(sock: &Sock, action: &str) -> Result<String, String> {
+    let body = serde_json::json!({ "action_type": action }).to_string();
+    call(sock, "PUT", "/actions", Some(&body))
+}
+
 pub fn vm(cmd: VmCmd) -> Result<ExitCode, String> {
     match cmd {
         VmCmd::Status { sock } => print_json(&call(&sock, "GET", "/vm", None)?),
@@ -153,21 +159,11 @@ pub fn vm(cmd: VmCmd) -> Result<ExitCode, String> {
             println!("resumed");
         }
         VmCmd::Stop { sock } => {
-            call(
-                &sock,
-                "PUT",
-                "/actions",
-                Some(r#"{"action_type": "Shutdown"}"#),
-            )?;
+            put_action(&sock, "Shutdown")?;
             println!("stopped");
         }
         VmCmd::FinishStep { sock } => {
-            call(
-                &sock,
-                "PUT",
-                "/actions",
-                Some(r#"{"action_type": "FinishBalloonStep"}"#),
-            )?;
+            put_action(&sock, "FinishBalloonStep")?;
             println!("balloon step finishing");
         }
     }
