@@ -220,6 +220,7 @@ impl Vmm {
                     vcpus: handles.iter().map(|h| h.status()).collect(),
                     commands: std::sync::Mutex::new(cmd_tx),
                     started,
+                    walks: Default::default(),
                 });
                 let options = crate::api::ApiServerOptions {
                     seccomp: Some(filters.get(ThreadKind::Api)),

@@ -1,6 +1,11 @@
 //! The VMM side of the control API: answers typed [`ApiRequest`]s from what a running VM
 //! shares (configuration, guest memory, balloon, vCPU counters) and sends state changes
 //! (pause, resume, stop) to the VMM's event loop as commands.
+//!
+//! Answers that walk the page map (`GET /memory/report`, `/metrics`, `/memory/mappings`; ~0.1 s
+//! per GiB of resident RAM) go through a [`WalkGate`]: one walk at a time, so a burst of such
+//! requests costs the host one CPU, not one per connection (the vCPUs keep the rest), and the
+//! report requests that queued behind a walk share the next one.
 
 use crate::api::{
     ActionType, ApiHandler, ApiRequest, ApiResponse, VmState, PROMETHEUS_CONTENT_TYPE,
@@ -43,6 +48,54 @@ pub struct VmmApi {
     pub commands: Mutex<Sender<CommandMsg>>,
     /// When the guest started.
     pub started: Instant,
+    /// Page-map walks for the API, one at a time.
+    pub walks: WalkGate,
+}
+
+/// One page-map walk at a time. A request for the memory figures that had to wait shares the
+/// result of a walk that started after it arrived (so the answer is never older than the
+/// request); otherwise it walks itself.
+#[derive(Debug, Default)]
+pub struct WalkGate {
+    last: Mutex<Option<(Instant, Arc<crate::overcommit::VmMemory>)>>,
+    mappings: Mutex<()>,
+    walks: std::sync::atomic::AtomicU64,
+}
+
+impl WalkGate {
+    /// The per-VM memory figures for a request that arrived at `arrived`.
+    pub fn memory(
+        &self,
+        arrived: Instant,
+        read: impl FnOnce() -> crate::overcommit::VmMemory,
+    ) -> Arc<crate::overcommit::VmMemory> {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((started, m)) = last.as_ref() {
+            if *started >= arrived {
+                return m.clone();
+            }
+        }
+        let started = Instant::now();
+        let _one = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        let m = Arc::new(read());
+        self.walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        *last = Some((started, m.clone()));
+        m
+    }
+
+    /// Runs a GPA→HPA map walk, one at a time with the others.
+    pub fn mappings<R>(&self, walk: impl FnOnce() -> R) -> R {
+        let _one = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        self.walks
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        walk()
+    }
+
+    /// Page-map walks done so far.
+    pub fn count(&self) -> u64 {
+        self.walks.load(std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 fn state_name(s: RunState) -> &'static str {
@@ -128,9 +181,15 @@ impl VmmApi {
 
     /// The per-VM overcommit figures ([`crate::overcommit::VmMemory`]).
     pub fn memory_report(&self) -> serde_json::Value {
-        let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
-        serde_json::to_value(crate::overcommit::VmMemory::read(&self.ram, balloon))
-            .expect("serialises")
+        serde_json::to_value(&*self.memory(Instant::now())).expect("serialises")
+    }
+
+    /// The memory figures through the walk gate.
+    fn memory(&self, arrived: Instant) -> Arc<crate::overcommit::VmMemory> {
+        self.walks.memory(arrived, || {
+            let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
+            crate::overcommit::VmMemory::read(&self.ram, balloon)
+        })
     }
 
     /// Prometheus text exposition.
@@ -188,10 +247,8 @@ impl VmmApi {
                 );
             }
         }
-        let m = crate::overcommit::VmMemory::read(
-            &self.ram,
-            self.balloon.as_ref().map(BalloonHandle::figures),
-        );
+        let arrived = Instant::now();
+        let m = self.memory(arrived);
         let gauges: [(&str, &str, Option<u64>); 7] = [
             (
                 "memvisor_used_bytes",
@@ -236,6 +293,12 @@ impl VmmApi {
                 let _ = writeln!(s, "{name} {v}");
             }
         }
+        let _ = writeln!(
+            s,
+            "# HELP memvisor_page_map_walks_total Page-map walks done for API answers (one at a time; queued report requests share one)."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_page_map_walks_total counter");
+        let _ = writeln!(s, "memvisor_page_map_walks_total {}", self.walks.count());
         if let Some(b) = &self.balloon {
             let (t, a, rel) = b.with_device(|d| {
                 (
@@ -350,7 +413,7 @@ impl ApiHandler for VmmApi {
                     (Some(g), None) => Some((g, 4096)),
                     (None, Some(_)) => return ApiResponse::bad_request("len needs gpa"),
                 };
-                match crate::mappings::map(&self.ram, range) {
+                match self.walks.mappings(|| crate::mappings::map(&self.ram, range)) {
                     Ok(m) => ApiResponse::ok_json(serde_json::to_value(m).expect("serialises")),
                     Err(e) => ApiResponse::bad_request(e.to_string()),
                 }

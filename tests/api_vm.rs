@@ -114,6 +114,36 @@ fn balloon_and_vm_control_through_the_api() {
     assert_eq!(s, 200);
     assert_eq!(rep["configured_bytes"], 512u64 << 20);
 
+    // A burst of report requests: one page-map walk at a time, and the requests that queued
+    // share a walk that started after they arrived, so far fewer walks than requests.
+    let walks = || {
+        let (_, m) = request(&sock, "GET", "/metrics", None).unwrap();
+        m.lines()
+            .find_map(|l| l.strip_prefix("memvisor_page_map_walks_total "))
+            .expect("walk counter")
+            .parse::<u64>()
+            .unwrap()
+    };
+    let w0 = walks();
+    let burst: Vec<_> = (0..16)
+        .map(|_| {
+            let sock = sock.clone();
+            std::thread::spawn(move || get(&sock, "/memory/report"))
+        })
+        .collect();
+    for t in burst {
+        let (s, rep) = t.join().unwrap();
+        assert_eq!(s, 200);
+        assert_eq!(rep["ballooned_bytes"], 256u64 << 20, "{rep}");
+    }
+    let w1 = walks();
+    // 16 requests + the second counter read: at most a handful of walks.
+    assert!(w1 - w0 <= 6, "{} walks for 17 requests", w1 - w0);
+    eprintln!(
+        "16 concurrent reports + 1 metrics: {} page-map walks",
+        w1 - w0
+    );
+
     // Bad requests: clear errors, and the VM keeps running.
     let (s, body) = request(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 99999}"#)).unwrap();
     assert_eq!(s, 400);

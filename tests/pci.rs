@@ -443,6 +443,7 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
         vcpus: Vec::new(),
         commands: Mutex::new(std::sync::mpsc::channel().0),
         started: std::time::Instant::now(),
+        walks: Default::default(),
     };
     let gen = d.common(cc::CONFIG_GENERATION, 1);
     assert_eq!(
