@@ -67,6 +67,32 @@ pub struct PageFlags {
 }
 
 impl PageFlags {
+    /// Decodes a page's pagemap entry `pm` and kpageflags `kf` (0 when unknown), for a region
+    /// whose pages are `region_page` bytes.
+    fn decode(pm: u64, kf: u64, region_page: u64) -> PageFlags {
+        let present = pm & PM_PRESENT != 0;
+        PageFlags {
+            present,
+            swapped: pm & PM_SWAPPED != 0,
+            hugetlb: kf & KPF_HUGE != 0 || (present && region_page > PAGE),
+            thp: kf & KPF_THP != 0,
+            ksm: kf & KPF_KSM != 0,
+            zero: kf & KPF_ZERO_PAGE != 0,
+            anon: kf & KPF_ANON != 0,
+        }
+    }
+
+    /// The host page size behind such a page of a region of `region_page` pages.
+    fn page_size(&self, region_page: u64) -> u64 {
+        if self.hugetlb {
+            region_page
+        } else if self.thp {
+            2 << 20
+        } else {
+            PAGE
+        }
+    }
+
     /// The flags a run of such pages shows.
     fn run_flags(&self) -> RunFlags {
         let mut bits = 0u8;
@@ -210,6 +236,47 @@ pub struct Totals {
     pub zero: u64,
 }
 
+impl Totals {
+    /// Counts one 4 KiB page with `flags`.
+    fn count(&mut self, flags: &PageFlags) {
+        self.bytes += PAGE;
+        self.present += PAGE * flags.present as u64;
+        self.not_present += PAGE * (!flags.present && !flags.swapped) as u64;
+        self.swapped += PAGE * flags.swapped as u64;
+        self.hugetlb += PAGE * flags.hugetlb as u64;
+        self.thp += PAGE * flags.thp as u64;
+        self.ksm += PAGE * flags.ksm as u64;
+        self.zero += PAGE * flags.zero as u64;
+    }
+}
+
+/// Appends the 4 KiB page at `gpa` to `runs`: it extends the last run when it continues it in
+/// guest-physical and host-physical order with the same page size and flags.
+fn push_page(runs: &mut Vec<Run>, gpa: u64, hpa: Option<u64>, page_size: u64, flags: RunFlags) {
+    if let Some(last) = runs.last_mut() {
+        let contiguous_hpa = match (last.hpa, hpa) {
+            (Some(a), Some(b)) => a + last.len == b,
+            (None, None) => true,
+            _ => false,
+        };
+        if last.gpa + last.len == gpa
+            && contiguous_hpa
+            && last.page_size == page_size
+            && last.flags == flags
+        {
+            last.len += PAGE;
+            return;
+        }
+    }
+    runs.push(Run {
+        gpa,
+        hpa,
+        len: PAGE,
+        page_size,
+        flags,
+    });
+}
+
 /// The map of one region.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct RegionMap {
@@ -299,59 +366,19 @@ pub fn map(ram: &GuestRam, range: Option<(u64, u64)>) -> Result<MappingReport, M
                     let pm = scan.pm[i];
                     let kf = scan.kf[i];
                     let gpa = lo + (done + i as u64) * PAGE;
-                    let present = pm & PM_PRESENT != 0;
+                    let flags = PageFlags::decode(pm, kf, r.page_size);
                     let pfn = pm & PM_PFN_MASK;
-                    present_seen |= present;
-                    pfns_seen |= present && pfn != 0;
-                    let flags = PageFlags {
-                        present,
-                        swapped: pm & PM_SWAPPED != 0,
-                        hugetlb: kf & KPF_HUGE != 0 || (present && r.page_size > PAGE),
-                        thp: kf & KPF_THP != 0,
-                        ksm: kf & KPF_KSM != 0,
-                        zero: kf & KPF_ZERO_PAGE != 0,
-                        anon: kf & KPF_ANON != 0,
-                    };
-                    let page_size = if flags.hugetlb {
-                        r.page_size
-                    } else if flags.thp {
-                        2 << 20
-                    } else {
-                        PAGE
-                    };
-                    totals.bytes += PAGE;
-                    totals.present += PAGE * present as u64;
-                    totals.not_present += PAGE * (!present && !flags.swapped) as u64;
-                    totals.swapped += PAGE * flags.swapped as u64;
-                    totals.hugetlb += PAGE * flags.hugetlb as u64;
-                    totals.thp += PAGE * flags.thp as u64;
-                    totals.ksm += PAGE * flags.ksm as u64;
-                    totals.zero += PAGE * flags.zero as u64;
-                    let hpa = (present && pfn != 0).then_some(pfn * PAGE);
-                    let run_flags = flags.run_flags();
-                    if let Some(last) = runs.last_mut() {
-                        let contiguous_gpa = last.gpa + last.len == gpa;
-                        let contiguous_hpa = match (last.hpa, hpa) {
-                            (Some(a), Some(b)) => a + last.len == b,
-                            (None, None) => true,
-                            _ => false,
-                        };
-                        if contiguous_gpa
-                            && contiguous_hpa
-                            && last.page_size == page_size
-                            && last.flags == run_flags
-                        {
-                            last.len += PAGE;
-                            continue;
-                        }
-                    }
-                    runs.push(Run {
+                    present_seen |= flags.present;
+                    pfns_seen |= flags.present && pfn != 0;
+                    totals.count(&flags);
+                    let hpa = (flags.present && pfn != 0).then_some(pfn * PAGE);
+                    push_page(
+                        &mut runs,
                         gpa,
                         hpa,
-                        len: PAGE,
-                        page_size,
-                        flags: run_flags,
-                    });
+                        flags.page_size(r.page_size),
+                        flags.run_flags(),
+                    );
                 }
                 done += n as u64;
             }
@@ -741,53 +768,16 @@ mod tests {
                         (Some(f), true) => entry(f, pfn).unwrap(),
                         _ => 0,
                     };
-                    let flags = PageFlags {
-                        present,
-                        swapped: pm & PM_SWAPPED != 0,
-                        hugetlb: kf & KPF_HUGE != 0 || (present && r.page_size > PAGE),
-                        thp: kf & KPF_THP != 0,
-                        ksm: kf & KPF_KSM != 0,
-                        zero: kf & KPF_ZERO_PAGE != 0,
-                        anon: kf & KPF_ANON != 0,
-                    };
-                    let page_size = if flags.hugetlb {
-                        r.page_size
-                    } else if flags.thp {
-                        2 << 20
-                    } else {
-                        PAGE
-                    };
-                    t.bytes += PAGE;
-                    t.present += PAGE * present as u64;
-                    t.not_present += PAGE * (!present && !flags.swapped) as u64;
-                    t.swapped += PAGE * flags.swapped as u64;
-                    t.hugetlb += PAGE * flags.hugetlb as u64;
-                    t.thp += PAGE * flags.thp as u64;
-                    t.ksm += PAGE * flags.ksm as u64;
-                    t.zero += PAGE * flags.zero as u64;
+                    let flags = PageFlags::decode(pm, kf, r.page_size);
+                    t.count(&flags);
                     let hpa = (present && pfn != 0).then_some(pfn * PAGE);
-                    let f = flags.run_flags();
-                    match runs.last_mut() {
-                        Some(l)
-                            if l.gpa + l.len == gpa
-                                && l.page_size == page_size
-                                && l.flags == f
-                                && match (l.hpa, hpa) {
-                                    (Some(a), Some(b)) => a + l.len == b,
-                                    (None, None) => true,
-                                    _ => false,
-                                } =>
-                        {
-                            l.len += PAGE
-                        }
-                        _ => runs.push(Run {
-                            gpa,
-                            hpa,
-                            len: PAGE,
-                            page_size,
-                            flags: f,
-                        }),
-                    }
+                    push_page(
+                        &mut runs,
+                        gpa,
+                        hpa,
+                        flags.page_size(r.page_size),
+                        flags.run_flags(),
+                    );
                 }
             }
             out.push((runs, t));
