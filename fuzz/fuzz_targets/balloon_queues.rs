@@ -27,6 +27,7 @@ use balloon::features::{
 use balloon::stats::encode_stats;
 use balloon::{Balloon, BalloonOptions, MemoryBackend};
 use libfuzzer_sys::fuzz_target;
+use memvisor::devices::virtio_transport::copy_queue;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -168,21 +169,6 @@ struct Harness {
     activated: bool,
     next_desc: [u16; 4],
     next_buf: u64,
-}
-
-/// A copy of a queue's driver-set configuration, as the transport hands it to `activate`.
-fn copy_queue(q: &Queue) -> Queue {
-    let mut c = Queue::new(q.max_size()).expect("same max size is valid");
-    c.set_size(q.size());
-    let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
-    let (lo, hi) = split(q.desc_table());
-    c.set_desc_table_address(lo, hi);
-    let (lo, hi) = split(q.avail_ring());
-    c.set_avail_ring_address(lo, hi);
-    let (lo, hi) = split(q.used_ring());
-    c.set_used_ring_address(lo, hi);
-    c.set_ready(q.ready());
-    c
 }
 
 impl Harness {

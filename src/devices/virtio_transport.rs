@@ -303,8 +303,9 @@ fn queue_outside_memory(q: &Queue, mem: &GuestMemoryMmap) -> Option<&'static str
         .map(|(what, _, _)| what)
 }
 
-/// A copy of a queue's driver-set configuration (virtio-queue's `Queue` is not `Clone`).
-fn copy_queue(q: &Queue) -> Queue {
+/// A copy of a queue's driver-set configuration (virtio-queue's `Queue` is not `Clone`), as
+/// the transport hands it to `activate`; also used by the balloon fuzz target.
+pub fn copy_queue(q: &Queue) -> Queue {
     let mut c = Queue::new(q.max_size()).expect("same max size is valid");
     c.set_size(q.size());
     let split = |a: u64| (Some(a as u32), Some((a >> 32) as u32));
