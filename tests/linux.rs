@@ -22,13 +22,13 @@
 
 mod common;
 
-use common::{kvm_or_skip, skip, TempDir};
+use common::{kvm_or_skip, skip, Running, TempDir};
 use memvisor::config::RegionConfig;
 use memvisor::linux::{cpu, irq::IrqChip, Devices, LinuxConfig, LinuxMachine};
 use memvisor::memory::GuestRam;
 use memvisor::vm::Vm;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -81,40 +81,6 @@ fn assets_or_skip(test: &str) -> Option<Assets> {
         }
     }
     Some(a)
-}
-
-/// A `memvisor run` child, killed on drop.
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-impl Running {
-    fn child(&mut self) -> &mut Child {
-        self.0.as_mut().unwrap()
-    }
-
-    /// Sends SIGINT (Ctrl-C) and waits for the exit; kills it after `timeout`.
-    fn interrupt(&mut self, timeout: Duration) -> std::process::Output {
-        let mut c = self.0.take().unwrap();
-        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
-        let t0 = Instant::now();
-        while c.try_wait().unwrap().is_none() {
-            if t0.elapsed() > timeout {
-                let _ = c.kill();
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        c.wait_with_output().unwrap()
-    }
 }
 
 /// The console's lines with the kernel's `[    0.000000] ` timestamps removed.

@@ -8,14 +8,16 @@
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, wait_until, TempDir};
+use common::{
+    kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, wait_until, Running, TempDir,
+};
 use memvisor::config::RegionConfig;
 use memvisor::memory::GuestRam;
 use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const CASE: &str = "MEMVISOR_SECCOMP_CASE";
@@ -346,17 +348,6 @@ fn net_table_inodes(pid: u32, table: &str) -> BTreeSet<u64> {
     lines
         .filter_map(|l| l.split_whitespace().nth(col)?.parse().ok())
         .collect()
-}
-
-struct Running(Option<Child>);
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.0.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
 }
 
 /// Starts `memvisor run --seccomp MODE` with the API, a balloon (statistics thread) and, where

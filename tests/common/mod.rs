@@ -423,3 +423,38 @@ pub fn report_overcommit_all(rt: &Path) -> serde_json::Value {
     assert!(out.status.success(), "{}", text(&out));
     serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&out)))
 }
+
+/// A `memvisor run` child, killed on drop.
+pub struct Running(pub Option<std::process::Child>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.0.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Running {
+    /// The process.
+    pub fn child(&mut self) -> &mut std::process::Child {
+        self.0.as_mut().unwrap()
+    }
+
+    /// Sends SIGINT (Ctrl-C) and waits for the exit; kills it after `timeout`.
+    pub fn interrupt(&mut self, timeout: std::time::Duration) -> std::process::Output {
+        let mut c = self.0.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT);
+        let t0 = std::time::Instant::now();
+        while c.try_wait().unwrap().is_none() {
+            if t0.elapsed() > timeout {
+                let _ = c.kill();
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        c.wait_with_output().unwrap()
+    }
+}
