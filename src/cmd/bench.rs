@@ -59,15 +59,33 @@ pub struct PreallocArgs {
     /// Backends: hugetlbfs, anon.
     #[arg(long, value_delimiter = ',', default_value = "hugetlbfs,anon")]
     backends: Vec<PreallocBackend>,
-    /// QEMU binary to compare with (default: qemu-system-x86_64 on PATH).
-    #[arg(long, value_name = "PATH", conflicts_with = "no_qemu")]
-    qemu: Option<PathBuf>,
-    /// Skip the QEMU comparison.
-    #[arg(long)]
-    no_qemu: bool,
+    #[command(flatten)]
+    qemu: QemuArgs,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--qemu PATH` / `--no-qemu` of the benchmarks that compare with QEMU.
+#[derive(Args, Debug)]
+pub struct QemuArgs {
+    /// QEMU binary to compare with (default: qemu-system-x86_64 on PATH).
+    #[arg(long, value_name = "PATH", conflicts_with = "no_qemu")]
+    qemu: Option<PathBuf>,
+    /// Skip the QEMU comparisons.
+    #[arg(long)]
+    no_qemu: bool,
+}
+
+impl QemuArgs {
+    /// Which QEMU to compare with, if any.
+    pub fn choice(self) -> QemuChoice {
+        match (self.no_qemu, self.qemu) {
+            (true, _) => QemuChoice::Skip,
+            (false, Some(p)) => QemuChoice::Binary(p),
+            (false, None) => QemuChoice::Auto,
+        }
+    }
 }
 
 #[derive(Args, Debug)]
@@ -125,11 +143,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
                 reps: a.reps,
                 threads: a.threads,
                 backends: a.backends,
-                qemu: match (a.no_qemu, a.qemu) {
-                    (true, _) => QemuChoice::Skip,
-                    (false, Some(p)) => QemuChoice::Binary(p),
-                    (false, None) => QemuChoice::Auto,
-                },
+                qemu: a.qemu.choice(),
             };
             print(prealloc::run(&opts, &progress), a.json)
         }

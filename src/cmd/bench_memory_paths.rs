@@ -5,8 +5,6 @@ use super::bench::size;
 use clap::Args as ClapArgs;
 use memvisor::bench::mappings::Backing;
 use memvisor::bench::memory_paths::{self, MemoryPathsOptions, Section};
-use memvisor::bench::prealloc::QemuChoice;
-use std::path::PathBuf;
 use std::process::ExitCode;
 
 /// Options of `memvisor bench memory-paths`.
@@ -37,12 +35,8 @@ pub struct Args {
         default_value = "prealloc,startup,balloon,uffd,mappings"
     )]
     sections: Vec<Section>,
-    /// QEMU binary to compare with (default: qemu-system-x86_64 on PATH).
-    #[arg(long, value_name = "PATH", conflicts_with = "no_qemu")]
-    qemu: Option<PathBuf>,
-    /// Skip the QEMU comparisons.
-    #[arg(long)]
-    no_qemu: bool,
+    #[command(flatten)]
+    qemu: super::bench::QemuArgs,
     /// Print JSON instead of the tables.
     #[arg(long)]
     json: bool,
@@ -75,11 +69,7 @@ pub fn run(a: Args) -> Result<ExitCode, String> {
         uffd_size: a.uffd_size,
         mappings_size: a.mappings_size,
         binary: std::env::current_exe().ok(),
-        qemu: match (a.no_qemu, a.qemu) {
-            (true, _) => QemuChoice::Skip,
-            (false, Some(p)) => QemuChoice::Binary(p),
-            (false, None) => QemuChoice::Auto,
-        },
+        qemu: a.qemu.choice(),
         sections: a.sections,
     };
     let progress = |line: &str| eprintln!("{line}");
