@@ -22,7 +22,9 @@
 
 mod common;
 
-use common::{kvm_or_skip, proc_status_kib, report_overcommit_all, root_or_skip, TempDir};
+use common::{
+    kvm_or_skip, proc_status_kib, report_overcommit_all, root_or_skip, wait_every, Running, TempDir,
+};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -41,31 +43,6 @@ fn mem_available() -> u64 {
     memvisor::overcommit::HostMemory::read()
         .unwrap()
         .mem_available
-}
-
-/// Child processes killed on drop (a failing test leaves nothing running).
-struct Kill(Vec<Child>);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-/// Waits up to `timeout` for `f`, sleeping `every` between tries; panics with `what`.
-fn wait_for(what: &str, timeout: Duration, every: Duration, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < timeout,
-            "timed out after {} s waiting for {what}",
-            timeout.as_secs()
-        );
-        std::thread::sleep(every);
-    }
 }
 
 /// Lowest `MemAvailable` seen while the fleet runs.
@@ -150,10 +127,11 @@ fn overcommitted_fleet_keeps_every_byte() {
     let dir = TempDir::new("fleet");
     let rt = dir.path().join("rt");
     std::fs::create_dir_all(&rt).unwrap();
-    let mut kids = Kill(Vec::new());
+    // Killed on drop: a failing test leaves nothing running.
+    let mut vm_procs: Vec<Running> = Vec::new();
     let record = dir.path().join("balance.jsonl");
     let step = (vm_mem / 4).clamp(256 * M, G) / M;
-    kids.0.push(
+    let mut controller = Running(Some(
         Command::new(env!("CARGO_BIN_EXE_memvisor"))
             .args(["balance", "--runtime-dir"])
             .arg(&rt)
@@ -168,14 +146,14 @@ fn overcommitted_fleet_keeps_every_byte() {
             .stderr(Stdio::piped())
             .spawn()
             .unwrap(),
-    );
+    ));
     let mut low = Low(avail);
     let started = Instant::now();
     let secs = || started.elapsed().as_secs_f64();
     for i in 0..vms {
         // The fleet is back within its budget (the controller's floor) and the host can hold
         // one more VM touching all of its RAM.
-        wait_for(
+        wait_every(
             &format!("the fleet to fit its budget before starting vm{i} (MemAvailable above the {} MiB floor)", floor / M),
             Duration::from_secs(60 + 30 * vm_mem / G),
             Duration::from_millis(500),
@@ -185,12 +163,18 @@ fn overcommitted_fleet_keeps_every_byte() {
             },
         );
         let mergeable = i < vms / 2;
-        kids.0
-            .push(start_vm(i, vm_mem, data, mergeable, dir.path(), &rt));
-        let pid = kids.0.last().unwrap().id();
+        vm_procs.push(Running(Some(start_vm(
+            i,
+            vm_mem,
+            data,
+            mergeable,
+            dir.path(),
+            &rt,
+        ))));
+        let pid = vm_procs[i].child().id();
         // It has touched all its RAM when its RSS shows it, or the balloon took some back.
         let t0 = Instant::now();
-        wait_for(
+        wait_every(
             &format!("vm{i} to touch its RAM"),
             Duration::from_secs(60 + 30 * vm_mem / G),
             Duration::from_millis(250),
@@ -221,7 +205,7 @@ fn overcommitted_fleet_keeps_every_byte() {
 
     // Every VM runs: wait for the fleet to fit its budget, then take the picture.
     let mut mid = serde_json::Value::Null;
-    wait_for(
+    wait_every(
         "the whole fleet to fit its budget",
         Duration::from_secs(120 + 30 * vm_mem / G),
         Duration::from_secs(1),
@@ -256,11 +240,10 @@ fn overcommitted_fleet_keeps_every_byte() {
     let t0 = Instant::now();
     while t0.elapsed() < Duration::from_secs(hold) {
         low.sample();
-        for (i, k) in kids.0.iter_mut().enumerate().skip(1) {
+        for (i, k) in vm_procs.iter_mut().enumerate() {
             assert!(
-                k.try_wait().unwrap().is_none(),
-                "vm{} ended during the hold",
-                i - 1
+                k.child().try_wait().unwrap().is_none(),
+                "vm{i} ended during the hold"
             );
         }
         std::thread::sleep(Duration::from_millis(500));
@@ -281,11 +264,10 @@ fn overcommitted_fleet_keeps_every_byte() {
     }
     let mut kept = 0;
     let mut verified = 0;
-    for (i, k) in kids.0.iter_mut().enumerate().skip(1) {
-        let i = i - 1;
+    for (i, k) in vm_procs.iter_mut().enumerate() {
         let t0 = Instant::now();
         let status = loop {
-            if let Some(s) = k.try_wait().unwrap() {
+            if let Some(s) = k.child().try_wait().unwrap() {
                 break s;
             }
             assert!(
@@ -317,7 +299,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         kept += data;
         verified += driver["verified_bytes"].as_u64().unwrap();
     }
-    let controller = kids.0.remove(0);
+    let controller = controller.0.take().unwrap();
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(controller.id() as i32),
         nix::sys::signal::Signal::SIGTERM,

@@ -366,11 +366,25 @@ pub const KPF_HUGE: u64 = 1 << 17;
 // `memvisor run` child processes.
 
 /// Polls `f` every 50 ms until it holds; fails the test naming `what` after `timeout`.
-pub fn wait_until(what: &str, timeout: std::time::Duration, mut f: impl FnMut() -> bool) {
+pub fn wait_until(what: &str, timeout: std::time::Duration, f: impl FnMut() -> bool) {
+    wait_every(what, timeout, std::time::Duration::from_millis(50), f)
+}
+
+/// [`wait_until`] trying every `every` (for conditions that are costly to check).
+pub fn wait_every(
+    what: &str,
+    timeout: std::time::Duration,
+    every: std::time::Duration,
+    mut f: impl FnMut() -> bool,
+) {
     let t0 = std::time::Instant::now();
     while !f() {
-        assert!(t0.elapsed() < timeout, "timed out waiting for {what}");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        assert!(
+            t0.elapsed() < timeout,
+            "timed out after {} s waiting for {what}",
+            timeout.as_secs()
+        );
+        std::thread::sleep(every);
     }
 }
 
