@@ -58,7 +58,8 @@ pub struct VmmApi {
 #[derive(Debug, Default)]
 pub struct WalkGate {
     last: Mutex<Option<(Instant, Arc<crate::overcommit::VmMemory>)>>,
-    mappings: Mutex<()>,
+    /// Held during every walk (memory figures and GPA→HPA maps alike).
+    one_walk: Mutex<()>,
     walks: std::sync::atomic::AtomicU64,
 }
 
@@ -76,7 +77,7 @@ impl WalkGate {
             }
         }
         let started = Instant::now();
-        let _one = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.one_walk.lock().unwrap_or_else(|e| e.into_inner());
         let m = Arc::new(read());
         self.walks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -86,7 +87,7 @@ impl WalkGate {
 
     /// Runs a GPA→HPA map walk, one at a time with the others.
     pub fn mappings<R>(&self, walk: impl FnOnce() -> R) -> R {
-        let _one = self.mappings.lock().unwrap_or_else(|e| e.into_inner());
+        let _one = self.one_walk.lock().unwrap_or_else(|e| e.into_inner());
         self.walks
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         walk()
