@@ -252,17 +252,32 @@ fn reservable_1g_pool_runs_and_is_restored() {
         prealloc: vec![false],
         ..small()
     };
+    // A long-used host rarely has 1 GiB of contiguous memory: make room first, so the path
+    // where the page is obtained runs here too, not only on fresh machines.
+    common::make_room_for_huge_pages();
     let report = hugepages::run(&opts, &|line| println!("{line}")).unwrap();
     println!("{}", report.to_text());
     let r = &report.rows[0];
     match &r.not_run {
-        // A host whose memory is too fragmented for a 1G page: the reason names the pool.
-        Some(why) => assert!(why.contains("1G"), "{why}"),
+        // A host whose memory is too fragmented even so: the reason names the pool, and the
+        // path that could not run is said.
+        Some(why) => {
+            assert!(why.contains("1G"), "{why}");
+            common::skip(test, format!("the 1G row could not run: {why}"));
+        }
         None => {
             assert_eq!(median(&r.pool_pages_used), 1.0);
             assert_eq!(median(&r.resident_bytes), (1u64 << 30) as f64);
-            // The VMM's boot writes fault the one 1G page before the guest runs.
-            assert!(median(&r.touch_minflt) < 16.0);
+            // The VMM's boot writes fault the one 1G page before the guest runs, so touching
+            // 32 MiB of it costs the vCPU thread no host fault; the few allowed are its own
+            // exit handling (the step's begin/end records). Counted process-wide, this once
+            // also caught the main thread's 256 KiB `mincore` vector for the report (64
+            // faults) whenever it ran during the phase: 35 on one fresh machine.
+            let faults = median(&r.touch_minflt);
+            assert!(
+                faults < 8.0,
+                "{faults} vCPU-thread faults touching a present 1G page"
+            );
             assert!(median(&r.seq_ns) > 0.0);
         }
     }

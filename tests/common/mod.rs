@@ -241,6 +241,16 @@ pub fn pool(size: hugepages::HugePageSize) -> hugepages::PoolStatus {
     hugepages::pool_status(size).expect("read hugepage pool")
 }
 
+/// Makes contiguous memory for huge pages on a long-used host: drops the clean page cache
+/// (`vm.drop_caches=3`: it is only cache, re-read on use) and compacts memory
+/// (`vm.compact_memory`). A 1 GiB page can be reserved on a fresh host but rarely on one whose
+/// memory is fragmented; this gives tests that need one their best chance. Needs root; does
+/// nothing otherwise.
+pub fn make_room_for_huge_pages() {
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+    let _ = std::fs::write("/proc/sys/vm/compact_memory", "1");
+}
+
 /// Holds the pool lock and a reservation of `pages` more pages of `size` (restored on drop:
 /// the reservation is dropped before the lock).
 pub struct HugePool {
@@ -251,13 +261,21 @@ pub struct HugePool {
 }
 
 impl HugePool {
-    /// Takes the pool lock, then grows the pool of `size` by `pages`.
+    /// Takes the pool lock, then grows the pool of `size` by `pages`; when the kernel cannot
+    /// find that much contiguous memory, makes room ([`make_room_for_huge_pages`]) and tries
+    /// once more, so the "huge pages obtainable" path runs on long-used hosts too.
     pub fn reserve(
         size: hugepages::HugePageSize,
         pages: u64,
     ) -> Result<HugePool, hugepages::HugePageError> {
         let lock = hugepages::lock_pools()?;
-        let reservation = hugepages::PoolReservation::reserve_additional(size, pages)?;
+        let reservation = match hugepages::PoolReservation::reserve_additional(size, pages) {
+            Ok(r) => r,
+            Err(_) => {
+                make_room_for_huge_pages();
+                hugepages::PoolReservation::reserve_additional(size, pages)?
+            }
+        };
         Ok(HugePool {
             reservation: Some(reservation),
             _lock: lock,

@@ -28,15 +28,27 @@ struct Snapshot {
     kvm: Option<KvmSnapshot>,
 }
 
-fn rusage_faults() -> (u64, u64) {
+/// Page faults (`ru_minflt`, `ru_majflt`) of the whole process (`RUSAGE_SELF`: every thread,
+/// exited ones included) or of the calling thread (`RUSAGE_THREAD`).
+fn rusage_faults_of(who: libc::c_int) -> (u64, u64) {
     // SAFETY: getrusage writes one `struct rusage` into the zeroed value we pass.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above; RUSAGE_SELF covers every thread of the process, exited ones included.
-    let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    // SAFETY: as above; `who` is RUSAGE_SELF or RUSAGE_THREAD.
+    let rc = unsafe { libc::getrusage(who, &mut ru) };
     if rc != 0 {
         return (0, 0);
     }
     (ru.ru_minflt as u64, ru.ru_majflt as u64)
+}
+
+fn rusage_faults() -> (u64, u64) {
+    rusage_faults_of(libc::RUSAGE_SELF)
+}
+
+/// Page faults of the calling thread. KVM's `get_user_pages` faults are counted to the vCPU
+/// thread that ran into them.
+fn thread_faults() -> (u64, u64) {
+    rusage_faults_of(libc::RUSAGE_THREAD)
 }
 
 fn snapshot(stats: Option<&KvmStats>) -> Snapshot {
@@ -61,6 +73,10 @@ struct RecorderState {
     snapshots: [Option<Snapshot>; PHASES],
     /// Per vCPU: its thread's CPU time when it reached each sync point.
     cpu: Vec<[Option<Duration>; PHASES]>,
+    /// Per vCPU: its thread's page faults when it reached each sync point (first thing in the
+    /// hook) and when it left it (last thing): faults between leaving one and reaching the
+    /// next are the guest's (and KVM's on its behalf), not the hook's own work.
+    faults: Vec<[(Option<(u64, u64)>, Option<(u64, u64)>); PHASES]>,
 }
 
 /// CPU time of the calling thread.
@@ -94,7 +110,40 @@ impl PhaseRecorder {
 
     fn hook(self: &Arc<Self>) -> SyncHook {
         let me = self.clone();
-        Arc::new(move |vcpu: u32, tag: u64, _ram: &GuestRam| me.arrive(vcpu as usize, tag as usize))
+        Arc::new(move |vcpu: u32, tag: u64, _ram: &GuestRam| {
+            let (vcpu, tag) = (vcpu as usize, tag as usize);
+            let reached = thread_faults();
+            me.arrive(vcpu, tag);
+            let left = thread_faults();
+            me.record_faults(vcpu, tag, reached, left);
+        })
+    }
+
+    fn record_faults(&self, vcpu: usize, tag: usize, reached: (u64, u64), left: (u64, u64)) {
+        if tag >= PHASES {
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.faults.len() <= vcpu {
+            st.faults.resize(vcpu + 1, [(None, None); PHASES]);
+        }
+        st.faults[vcpu][tag] = (Some(reached), Some(left));
+    }
+
+    /// Page faults (minor, major) the vCPU threads took while the guest ran from sync point
+    /// `from` to sync point `to`, summed over vCPUs.
+    fn vcpu_faults(&self, from: usize, to: usize) -> Option<(u64, u64)> {
+        let st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if st.faults.len() < self.vcpus {
+            return None;
+        }
+        st.faults.iter().try_fold((0, 0), |(min, maj), f| {
+            let (left, reached) = (f[from].1?, f[to].0?);
+            Some((
+                min + reached.0.saturating_sub(left.0),
+                maj + reached.1.saturating_sub(left.1),
+            ))
+        })
     }
 
     /// Attaches the VM's statistics and opens the start gate.
@@ -178,9 +227,13 @@ pub struct RunSample {
     /// Host page faults (`ru_minflt`, `ru_majflt`) from before the VM was created to the start
     /// gate: memory mapping, prealloc, VM and vCPU setup.
     pub start_faults: (u64, u64),
-    /// Host page faults during the fault phase.
+    /// Host page faults the vCPU threads took during the fault phase, from leaving one sync
+    /// point to reaching the next: the guest's touches (KVM's `get_user_pages` faults count to
+    /// the vCPU thread) and its exits, not the hook's own work nor other threads'. (Counted
+    /// process-wide they once included the VMM's report buffer, 64 faults per GiB of guest RAM
+    /// for its `mincore` vector, whenever the main thread ran that during the phase.)
     pub touch_faults: (u64, u64),
-    /// Host page faults during the sequential and random phases.
+    /// Host page faults the vCPU threads took during the sequential and random phases.
     pub steady_faults: (u64, u64),
     /// vCPU-thread CPU seconds of the fault phase, summed over vCPUs.
     pub first_touch_cpu_s: Option<f64>,
@@ -268,7 +321,11 @@ pub(super) fn run_once(
     let [Some(s0), Some(s1), Some(_), Some(s3)] = snaps else {
         return Err("a sync point was not reached by every vCPU".into());
     };
-    let faults = |a: &Snapshot, b: &Snapshot| (b.minflt - a.minflt, b.majflt - a.majflt);
+    let faults = |from: usize, to: usize| {
+        recorder
+            .vcpu_faults(from, to)
+            .ok_or("a vCPU's page faults were not recorded at a sync point")
+    };
     let kvm = |name: &str, a: &Snapshot, b: &Snapshot| -> Option<u64> {
         Some(b.kvm.as_ref()?.vcpu(name) - a.kvm.as_ref()?.vcpu(name))
     };
@@ -302,8 +359,8 @@ pub(super) fn run_once(
         first_touch_s: touch.seconds,
         pages_touched: touch.amount,
         start_faults: (s0.minflt - min0, s0.majflt - maj0),
-        touch_faults: faults(&s0, &s1),
-        steady_faults: faults(&s1, &s3),
+        touch_faults: faults(0, 1)?,
+        steady_faults: faults(1, 3)?,
         first_touch_cpu_s: recorder.cpu_seconds(0, 1),
         seq_ns,
         random_ns,

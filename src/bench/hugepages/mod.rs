@@ -728,10 +728,11 @@ fn method(opts: &HugepagesOptions, mmu: &str) -> Vec<String> {
          set; random does xorshift-indexed 8-byte read-writes over it (the index computation, \
          a 64-bit modulo, is part of every access)"
             .into(),
-        "host faults: getrusage(RUSAGE_SELF) ru_minflt deltas (KVM's get_user_pages faults are \
-         counted to the vCPU thread): `start` from before the VM is created to the start gate \
-         (mapping, prealloc, VM setup), `touch` over the fault phase; major faults, steady-phase \
-         faults in --json"
+        "host faults: ru_minflt deltas. `start`: the whole process (getrusage RUSAGE_SELF) from \
+         before the VM is created to the start gate (mapping, prealloc, VM setup); `touch`: the \
+         vCPU threads (RUSAGE_THREAD) from leaving the start gate to reaching the end of the \
+         fault phase (KVM's get_user_pages faults are counted to the vCPU thread; the sync \
+         hook's own work and other threads are not); major faults, steady-phase faults in --json"
             .into(),
         "KVM exits: KVM's own `exits` counter (KVM_GET_STATS_FD), exits handled in the kernel \
          included (the VMM itself sees only the guest's few hypercalls, `vmm_exits` in --json); \
