@@ -76,8 +76,11 @@ struct RecorderState {
     /// Per vCPU: its thread's page faults when it reached each sync point (first thing in the
     /// hook) and when it left it (last thing): faults between leaving one and reaching the
     /// next are the guest's (and KVM's on its behalf), not the hook's own work.
-    faults: Vec<[(Option<(u64, u64)>, Option<(u64, u64)>); PHASES]>,
+    faults: Vec<[ThreadFaults; PHASES]>,
 }
+
+/// A vCPU thread's (minor, major) page faults when it reached a sync point and when it left.
+type ThreadFaults = (Option<(u64, u64)>, Option<(u64, u64)>);
 
 /// CPU time of the calling thread.
 fn thread_cpu_time() -> Option<Duration> {
