@@ -223,7 +223,12 @@ fn ctrl_c_stops_the_guest_and_still_reports() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(500));
+    // The guest runs (memvisor installs its signal handlers before it starts the vCPUs).
+    common::wait_until(
+        "the guest to run",
+        std::time::Duration::from_secs(60),
+        || !common::threads_named(child.id(), "vcpu0").is_empty(),
+    );
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
         nix::sys::signal::Signal::SIGINT,

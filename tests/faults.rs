@@ -7,7 +7,10 @@
 
 mod common;
 
-use common::{kvm_or_skip, parse_uffd_msg, uffd_copy, uffd_or_skip, TempDir, UFFD_EVENT_PAGEFAULT};
+use common::{
+    kvm_or_skip, parse_uffd_msg, threads_named, uffd_copy, uffd_or_skip, TempDir,
+    UFFD_EVENT_PAGEFAULT,
+};
 use memvisor::abi::WORK_AREA_GPA;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::report::Outcome;
@@ -539,20 +542,6 @@ fn burst_request(sock: &std::path::Path, i: usize) -> Option<u16> {
         }
     }
     Some(http_status(&read_answer(&mut s, Duration::from_secs(15))).unwrap_or(0))
-}
-
-/// Threads of `pid` whose name is `comm`.
-fn threads_named(pid: u32, comm: &str) -> Vec<u32> {
-    std::fs::read_dir(format!("/proc/{pid}/task"))
-        .map(|d| {
-            d.flatten()
-                .filter(|e| {
-                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm)
-                })
-                .filter_map(|e| e.file_name().to_str()?.parse().ok())
-                .collect()
-        })
-        .unwrap_or_default()
 }
 
 /// Open file descriptors of `pid`.

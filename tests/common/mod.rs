@@ -490,3 +490,17 @@ impl Running {
         c.wait_with_output().unwrap()
     }
 }
+
+/// Threads of `pid` whose name is `comm`.
+pub fn threads_named(pid: u32, comm: &str) -> Vec<u32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map(|d| {
+            d.flatten()
+                .filter(|e| {
+                    std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == comm)
+                })
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
