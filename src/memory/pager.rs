@@ -4,7 +4,11 @@
 use super::MemoryError;
 use crate::config::{Backend, RegionConfig};
 use serde::Serialize;
+use std::time::Duration;
 use uffd::{ExternalHandler, HandlerConfig, PageSource, RegionSpec, UffdHandler, UffdStats};
+
+/// How long an external handler may take to read its message before memvisor gives up.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The page server of one uffd region.
 #[derive(Debug)]
@@ -58,7 +62,7 @@ impl Pager {
             reason: format!("userfaultfd: {e}"),
         };
         if let Some(sock) = external_socket {
-            return uffd::hand_over(vec![spec], sock)
+            return uffd::hand_over(vec![spec], sock, HANDSHAKE_TIMEOUT)
                 .map(Pager::External)
                 .map_err(err);
         }
