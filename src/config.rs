@@ -86,7 +86,9 @@ pub enum Backend {
         /// Bytes served per fault (4K..=2M, power of two).
         #[serde(default = "default_fetch")]
         fetch: u64,
-        /// Hand the region to an external handler at this Unix socket instead.
+        /// Hand the region to an external handler at this Unix socket instead; regions naming
+        /// the same socket share one connection, one userfaultfd and one message, with offsets
+        /// cumulative in region order (see `memory::pager`).
         #[serde(default)]
         external_socket: Option<PathBuf>,
     },
@@ -297,9 +299,9 @@ impl RegionConfig {
             }
         }
         if let Backend::Uffd {
+            source,
             fetch,
             external_socket,
-            ..
         } = &self.backend
         {
             if !fetch.is_power_of_two() || !(4096..=2 << 20).contains(fetch) {
@@ -310,6 +312,12 @@ impl RegionConfig {
             }
             if self.prealloc && external_socket.is_some() {
                 return Err(err("prealloc", "an external handler serves the pages; prealloc=on cannot be combined with handler=external".into()));
+            }
+            if external_socket.is_some() && source.is_some() {
+                return Err(err("source", "an external handler serves the pages from its own memory file; remove source= or use handler=internal".into()));
+            }
+            if external_socket.is_some() && *fetch != default_fetch() {
+                return Err(err("fetch", "an external handler decides how much it serves per fault; remove fetch= or use handler=internal".into()));
             }
         }
         if self.mergeable {
@@ -600,6 +608,18 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("power of two"), "{e}");
+        for (spec, option, why) in [
+            ("source=/tmp/image", "`source`", "its own memory file"),
+            ("fetch=64K", "`fetch`", "how much it serves"),
+        ] {
+            let e = RegionConfig::parse(
+                1,
+                &format!("size=1G,backend=uffd,handler=external,socket=/tmp/h.sock,{spec}"),
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(e.contains(option) && e.contains(why), "{e}");
+        }
         let e = RegionConfig::parse(0, "size=1G,prealloc=maybe")
             .unwrap_err()
             .to_string();

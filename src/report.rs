@@ -367,10 +367,17 @@ impl RunReport {
                         u.latency.max_ns as f64 / 1e3
                     );
                 }
-                Some(PagerReport::External { alive }) => {
+                Some(PagerReport::External {
+                    alive,
+                    socket,
+                    offset,
+                    regions,
+                }) => {
                     let _ = writeln!(
                         s,
-                        "    uffd: external handler, {}",
+                        "    uffd: external handler at {} (offset {} in its memory file; one connection for region(s) {regions:?}), {}",
+                        socket.display(),
+                        Size(*offset),
                         if *alive { "connected" } else { "GONE" }
                     );
                 }

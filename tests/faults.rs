@@ -82,9 +82,10 @@ fn dying_handler(listener: UnixListener, serve: u64) -> std::thread::JoinHandle<
     })
 }
 
-#[test]
-fn external_uffd_handler_dies_and_the_guest_is_stopped() {
-    let t = "external_uffd_handler_dies_and_the_guest_is_stopped";
+/// Boots a guest whose work area is uffd regions of `sizes` (MiB) on one external handler
+/// socket, a handler that dies after 100 faults, and checks the guest is stopped with every
+/// one of those regions reported.
+fn handler_dies_and_the_guest_is_stopped(t: &str, sizes: &[u64]) {
     if !kvm_or_skip(t) || !uffd_or_skip(t) {
         return;
     }
@@ -92,20 +93,18 @@ fn external_uffd_handler_dies_and_the_guest_is_stopped() {
     let sock = dir.path().join("handler.sock");
     let listener = UnixListener::bind(&sock).unwrap();
     let handler = dying_handler(listener, 100);
+    let mut memory = vec![RegionConfig::anon(WORK_AREA_GPA)];
+    for (i, size) in sizes.iter().enumerate() {
+        let spec = format!(
+            "size={size}M,backend=uffd,handler=external,socket={}",
+            sock.display()
+        );
+        memory.push(RegionConfig::parse(i + 1, &spec).unwrap());
+    }
     let config = VmConfig {
         vcpus: 1,
-        memory: vec![
-            RegionConfig::anon(WORK_AREA_GPA),
-            RegionConfig::parse(
-                1,
-                &format!(
-                    "size=64M,backend=uffd,handler=external,socket={}",
-                    sock.display()
-                ),
-            )
-            .unwrap(),
-        ],
-        // Reads every page of the uffd region: the 101st fault is never served.
+        memory,
+        // Reads every page of the uffd regions: the 101st fault is never served.
         workload: Workload::parse(&["checksum"]).unwrap(),
         ..Default::default()
     };
@@ -117,14 +116,19 @@ fn external_uffd_handler_dies_and_the_guest_is_stopped() {
     });
     assert_eq!(handler.join().unwrap(), 100);
     let took = t0.elapsed();
+    let dead: Vec<usize> = (1..=sizes.len()).collect();
     match &report.outcome {
-        Outcome::PagerDied { regions } => assert_eq!(regions, &vec![1]),
+        Outcome::PagerDied { regions } => assert_eq!(regions, &dead),
         o => panic!("expected the dead handler to be reported, got {o:?}"),
     }
     assert!(took < Duration::from_secs(30), "took {took:?}");
     assert_eq!(report.outcome.exit_code(), 1);
     let text = report.to_text();
-    assert!(text.contains("page server of region(s) [1] died"), "{text}");
+    assert!(
+        text.contains(&format!("page server of region(s) {dead:?} died")),
+        "{text}"
+    );
+    assert!(text.contains("GONE"), "{text}");
     // The VMM itself is intact: its memory still reads.
     use vm_memory::{Bytes, GuestAddress};
     let _: u64 = vmm
@@ -133,6 +137,20 @@ fn external_uffd_handler_dies_and_the_guest_is_stopped() {
         .read_obj(GuestAddress(WORK_AREA_GPA - 8))
         .unwrap();
     let _ = M;
+}
+
+#[test]
+fn external_uffd_handler_dies_and_the_guest_is_stopped() {
+    let t = "external_uffd_handler_dies_and_the_guest_is_stopped";
+    handler_dies_and_the_guest_is_stopped(t, &[64]);
+}
+
+/// Two regions share the handler's connection and userfaultfd: both are reported and
+/// released when it dies.
+#[test]
+fn external_uffd_handler_of_two_regions_dies_and_the_guest_is_stopped() {
+    let t = "external_uffd_handler_of_two_regions_dies_and_the_guest_is_stopped";
+    handler_dies_and_the_guest_is_stopped(t, &[32, 16]);
 }
 
 /// A region of `pages` huge pages on `dir` mapped the way another process would (shared,

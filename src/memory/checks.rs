@@ -72,15 +72,20 @@ pub fn check(configs: &[RegionConfig]) -> Result<(), MemoryError> {
                     })?;
                 }
                 if let Some(sock) = external_socket {
-                    if !sock.exists() {
-                        return Err(region_err(
-                            i,
-                            "socket",
-                            format!(
-                                "{} does not exist; start the page-fault handler first",
-                                sock.display()
-                            ),
-                        ));
+                    use std::os::unix::fs::FileTypeExt;
+                    let reason = match std::fs::metadata(sock) {
+                        Ok(m) if m.file_type().is_socket() => None,
+                        Ok(_) => Some(format!(
+                            "{} is not a Unix socket; name the socket the page-fault handler listens on",
+                            sock.display()
+                        )),
+                        Err(e) => Some(format!(
+                            "{}: {e}; start the page-fault handler (listening on that path) first",
+                            sock.display()
+                        )),
+                    };
+                    if let Some(reason) = reason {
+                        return Err(region_err(i, "socket", reason));
                     }
                 }
             }

@@ -12,9 +12,9 @@ mod pager;
 
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
-pub use pager::{Pager, PagerReport};
+pub use pager::{ExternalPager, Pager, PagerReport, HANDSHAKE_TIMEOUT};
 
-use crate::config::{Backend, RegionConfig};
+use crate::config::RegionConfig;
 use serde::Serialize;
 use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 
@@ -42,6 +42,16 @@ pub enum MemoryError {
         option: String,
         /// What is wrong and how to fix it.
         reason: String,
+    },
+    /// Page serving of uffd regions could not start (internal handler, or the connection to
+    /// or hand-over to an external one).
+    #[error("memory region(s) {regions:?}: userfaultfd: {source}")]
+    Uffd {
+        /// The regions concerned (all regions on one handler socket).
+        regions: Vec<usize>,
+        /// What went wrong, and what to do.
+        #[source]
+        source: uffd::UffdError,
     },
     /// The hugepage pool is too small (checked before anything is mapped).
     #[error("{0}")]
@@ -202,8 +212,9 @@ impl std::fmt::Debug for GuestRam {
 }
 
 impl GuestRam {
-    /// Checks every region against the host, then maps, advises, starts page serving and
-    /// preallocates. Nothing is left mapped if any region fails.
+    /// Checks every region against the host, connects to external page-fault handlers, then
+    /// maps, advises, starts page serving (handing regions to external handlers, one
+    /// connection per socket) and preallocates. Nothing is left mapped if any region fails.
     pub fn new(configs: &[RegionConfig]) -> Result<Self, MemoryError> {
         Self::new_with_progress(configs, None)
     }
@@ -231,23 +242,20 @@ impl GuestRam {
             .map(|c| (c.size, mapping::page_size_of(c)))
             .collect();
         let placed = layout::place(&aligns);
-        let mut regions = Vec::with_capacity(configs.len());
-        for (index, (config, extents)) in configs.iter().zip(placed).enumerate() {
+        let handlers = pager::connect_external(configs)?;
+        let mut maps = Vec::with_capacity(configs.len());
+        for (index, config) in configs.iter().enumerate() {
             let map = HostMapping::create(index, config)?;
             if config.mergeable {
                 map.set_mergeable(index)?;
             }
-            let pager = match config.backend {
-                Backend::Uffd { .. } => Some(Pager::start(
-                    index,
-                    config,
-                    map.addr() as usize,
-                    map.len(),
-                    map.page_size(),
-                    opts.pager_thread_start.as_ref(),
-                )?),
-                _ => None,
-            };
+            maps.push(map);
+        }
+        let pagers = pager::start(configs, &maps, handlers, opts.pager_thread_start.as_ref())?;
+        let mut regions = Vec::with_capacity(configs.len());
+        for (index, (((config, extents), map), pager)) in
+            configs.iter().zip(placed).zip(maps).zip(pagers).enumerate()
+        {
             let prealloc = if config.prealloc {
                 let threads = match config.prealloc_threads {
                     0 => std::thread::available_parallelism()

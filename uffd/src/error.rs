@@ -142,6 +142,45 @@ pub enum UffdError {
         source: io::Error,
     },
 
+    /// Nothing listens on the external page-fault handler's socket.
+    #[error(
+        "nobody listens on the page-fault handler socket {path} (connection refused; a socket \
+         file left behind by a handler that exited?); start the page-fault handler (for example \
+         Firecracker's uffd handler) listening on {path} before memvisor"
+    )]
+    NotListening {
+        /// Socket path.
+        path: PathBuf,
+    },
+
+    /// The external handler did not read the whole handshake message in time.
+    #[error(
+        "the page-fault handler at {path} did not take the {len}-byte region list and the \
+         userfaultfd within {:.1} s; it must accept the connection and read the whole message \
+         (a Firecracker handler accepts one connection only: is another VMM connected to it \
+         already?)",
+        waited.as_secs_f64()
+    )]
+    HandshakeTimeout {
+        /// Socket path.
+        path: PathBuf,
+        /// How long memvisor waited.
+        waited: std::time::Duration,
+        /// Length of the message.
+        len: usize,
+    },
+
+    /// The external handler closed the connection during the handshake.
+    #[error(
+        "the page-fault handler at {path} closed the connection during the handshake; see its \
+         log (a Firecracker handler exits when the regions' sizes do not add up to its memory \
+         file)"
+    )]
+    HandlerHungUp {
+        /// Socket path.
+        path: PathBuf,
+    },
+
     /// Sending the region list and userfaultfd to the external handler failed.
     #[error("cannot send the regions and userfaultfd to the page-fault handler at {path}: {reason}; check that the handler accepts Firecracker's handshake")]
     Send {

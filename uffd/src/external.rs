@@ -1,28 +1,26 @@
-//! Hand-over of the userfaultfd to an external page-fault handler, with Firecracker's handshake.
+//! The VMM's side of a userfaultfd handed to an external page-fault handler with Firecracker's
+//! handshake (see [`crate::handshake`] for the hand-over itself).
 //!
 //! The VMM connects to the handler's Unix stream socket and sends one message: a JSON array of
-//! [`GuestRegionUffdMapping`] (one per region, Firecracker's field names) with the userfaultfd
-//! attached as `SCM_RIGHTS`. The regions are registered for missing faults before sending and
-//! the descriptor has `UFFD_EVENT_REMOVE` enabled, as Firecracker does: the handler must read
+//! [`GuestRegionUffdMapping`] (one per region, Firecracker's field names, each region's offset
+//! in the handler's memory file) with the one userfaultfd of all those regions attached as
+//! `SCM_RIGHTS`. The regions are registered for missing faults before sending and the
+//! descriptor has `UFFD_EVENT_REMOVE` enabled, as Firecracker does: the handler must read
 //! remove events, or `MADV_DONTNEED` on guest memory blocks until it does.
 //!
 //! The VMM keeps its own copy of the descriptor and the connected socket. When the handler
 //! dies the socket hangs up, which [`ExternalHandler::peer_alive`] reports so the VMM can stop
 //! the guest (faults would otherwise wait forever).
 
-use crate::{create_and_register, validate_regions, RegionSpec, UffdError};
+use crate::RegionSpec;
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
-use nix::sys::socket::{recv, sendmsg, ControlMessage, MsgFlags, UnixAddr};
+use nix::sys::socket::{recv, MsgFlags};
 use serde::{Deserialize, Serialize};
-use std::io::{IoSlice, Write};
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use userfaultfd::Uffd;
-
-/// Largest page size accepted for hand-over (1 GiB hugetlbfs pages).
-const MAX_HANDOVER_PAGE: usize = 1 << 30;
 
 /// One region as sent to the external handler: Firecracker's `GuestRegionUffdMapping`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,7 +34,7 @@ pub struct GuestRegionUffdMapping {
     /// Page size of the region in bytes.
     pub page_size: u64,
     /// The same page size in bytes: Firecracker still sends this deprecated, misnamed field
-    /// for handlers written against older releases.
+    /// for handlers written against older releases (whose structs require it).
     #[serde(default)]
     pub page_size_kib: u64,
 }
@@ -53,44 +51,73 @@ impl From<&RegionSpec> for GuestRegionUffdMapping {
     }
 }
 
-/// The VMM's side of a handed-over userfaultfd. Dropping it closes the VMM's copy of the
-/// descriptor and the socket (the regions stay registered while the handler holds its copy).
+/// The VMM's side of a handed-over userfaultfd (one per handler connection, however many
+/// regions it carries). Dropping it closes the VMM's copy of the descriptor and the socket
+/// (the regions stay registered while the handler holds its copy).
 #[derive(Debug)]
 pub struct ExternalHandler {
     uffd: Uffd,
     stream: UnixStream,
+    path: PathBuf,
     regions: Vec<RegionSpec>,
+    released: AtomicBool,
+}
+
+/// Whether the peer of `stream` still holds its end (no hang-up, no EOF, no error).
+pub(crate) fn stream_alive(stream: &UnixStream) -> bool {
+    let hangup = libc::POLLHUP | libc::POLLERR | libc::POLLNVAL | libc::POLLRDHUP;
+    // Raw poll: nix's `revents()` gives up (None) on POLLRDHUP, which it does not know.
+    let mut pfd = libc::pollfd {
+        fd: stream.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd for a descriptor we own, zero timeout.
+    match unsafe { libc::poll(&mut pfd, 1, 0) } {
+        0 => true,
+        n if n > 0 => {
+            if pfd.revents & hangup != 0 {
+                return false;
+            }
+            // Readable without hang-up: the handler sent bytes (alive) unless it is EOF or an
+            // error (ECONNRESET: it closed with bytes of ours unread).
+            let mut byte = [0u8; 1];
+            let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
+            match recv(stream.as_raw_fd(), &mut byte, flags) {
+                Ok(n) => n > 0,
+                Err(e) => matches!(e, Errno::EAGAIN | Errno::EINTR),
+            }
+        }
+        _ => {
+            let e = std::io::Error::last_os_error();
+            if e.kind() == std::io::ErrorKind::Interrupted {
+                return true;
+            }
+            log::warn!("uffd: polling the page-fault handler socket: {e}");
+            false
+        }
+    }
 }
 
 impl ExternalHandler {
+    pub(crate) fn new(
+        uffd: Uffd,
+        stream: UnixStream,
+        path: PathBuf,
+        regions: Vec<RegionSpec>,
+    ) -> Self {
+        ExternalHandler {
+            uffd,
+            stream,
+            path,
+            regions,
+            released: AtomicBool::new(false),
+        }
+    }
+
     /// Whether the handler still holds its end of the socket (no hang-up, no EOF, no error).
     pub fn peer_alive(&self) -> bool {
-        let hangup = PollFlags::POLLHUP
-            | PollFlags::POLLERR
-            | PollFlags::POLLNVAL
-            | PollFlags::from_bits_retain(libc::POLLRDHUP);
-        let mut fds = [PollFd::new(
-            self.stream.as_fd(),
-            PollFlags::POLLIN | PollFlags::from_bits_retain(libc::POLLRDHUP),
-        )];
-        match poll(&mut fds, PollTimeout::ZERO) {
-            Ok(0) => true,
-            Ok(_) => {
-                let revents = fds[0].revents().unwrap_or(PollFlags::empty());
-                if revents.intersects(hangup) {
-                    return false;
-                }
-                // Readable without hang-up: the handler sent bytes (alive) unless it is EOF.
-                let mut byte = [0u8; 1];
-                let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-                !matches!(recv(self.stream.as_raw_fd(), &mut byte, flags), Ok(0))
-            }
-            Err(Errno::EINTR) => true,
-            Err(e) => {
-                log::warn!("uffd: polling the page-fault handler socket: {e}");
-                false
-            }
-        }
+        stream_alive(&self.stream)
     }
 
     /// The VMM's copy of the userfaultfd.
@@ -98,16 +125,25 @@ impl ExternalHandler {
         self.uffd.as_fd()
     }
 
-    /// The regions handed over.
+    /// The handler's socket path.
+    pub fn socket(&self) -> &Path {
+        &self.path
+    }
+
+    /// The regions handed over, in the order of the message.
     pub fn regions(&self) -> &[RegionSpec] {
         &self.regions
     }
 
-    /// Unregisters every region from the VMM's copy of the userfaultfd, which wakes threads
-    /// blocked on a fault no handler will serve (e.g. after [`ExternalHandler::peer_alive`]
-    /// turned false). Missing pages are then filled by the kernel as ordinary zero pages, not
-    /// by the handler: call it only for a guest that is being stopped.
+    /// Unregisters every region of this connection from the VMM's copy of the userfaultfd,
+    /// which wakes threads blocked on a fault no handler will serve (e.g. after
+    /// [`ExternalHandler::peer_alive`] turned false). Missing pages are then filled by the
+    /// kernel as ordinary zero pages, not by the handler: call it only for a guest that is
+    /// being stopped. Only the first call does anything.
     pub fn release_faulters(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         for r in &self.regions {
             if let Err(e) = self
                 .uffd
@@ -124,51 +160,4 @@ impl ExternalHandler {
 
     /// Closes the VMM's copies of the descriptor and the socket (same as dropping).
     pub fn close(self) {}
-}
-
-/// Hands the regions to an external page-fault handler with Firecracker's handshake.
-///
-/// Connects to the Unix stream socket `socket`, creates the userfaultfd (kernel faults
-/// allowed), registers every region for missing faults and sends one message whose body is the
-/// JSON array of [`GuestRegionUffdMapping`] with the descriptor attached via `SCM_RIGHTS`.
-pub fn hand_over(regions: Vec<RegionSpec>, socket: &Path) -> Result<ExternalHandler, UffdError> {
-    validate_regions(&regions, MAX_HANDOVER_PAGE)?;
-    let mut stream = UnixStream::connect(socket).map_err(|source| UffdError::Connect {
-        path: socket.to_path_buf(),
-        source,
-    })?;
-    let (uffd, _) = create_and_register(&regions)?;
-    let mappings: Vec<GuestRegionUffdMapping> = regions.iter().map(Into::into).collect();
-    let send_err = |reason: String| UffdError::Send {
-        path: socket.to_path_buf(),
-        reason,
-    };
-    let body = serde_json::to_vec(&mappings).map_err(|e| send_err(e.to_string()))?;
-    let fds = [uffd.as_raw_fd()];
-    let sent = loop {
-        match sendmsg::<UnixAddr>(
-            stream.as_raw_fd(),
-            &[IoSlice::new(&body)],
-            &[ControlMessage::ScmRights(&fds)],
-            MsgFlags::MSG_NOSIGNAL,
-            None,
-        ) {
-            Err(Errno::EINTR) => continue,
-            other => break other.map_err(|e| send_err(format!("sendmsg: {e}")))?,
-        }
-    };
-    // A stream socket may take a long body in pieces; the descriptor went with the first one.
-    stream
-        .write_all(&body[sent..])
-        .map_err(|e| send_err(format!("write: {e}")))?;
-    log::info!(
-        "uffd: handed {} region(s) to the page-fault handler at {}",
-        regions.len(),
-        socket.display()
-    );
-    Ok(ExternalHandler {
-        uffd,
-        stream,
-        regions,
-    })
 }

@@ -6,8 +6,10 @@
 //!
 //! * serves the faults itself ([`start`]): one thread named `uffd-handler` fills each faulting
 //!   [`HandlerConfig::fetch_unit`] block with zeros or with bytes from a guest memory image, or
-//! * hands the userfaultfd to an external page-fault handler ([`hand_over`]) with Firecracker's
-//!   handshake (JSON region list plus the descriptor over a Unix socket).
+//! * hands the userfaultfd to an external page-fault handler ([`hand_over`], or
+//!   [`HandlerConnection`] to connect first) with Firecracker's handshake: one connection, one
+//!   message of every region's mapping (JSON) with the one descriptor of them all attached;
+//!   the hand-over returns once the handler has read it.
 //!
 //! The userfaultfd is always created **without** `UFFD_USER_MODE_ONLY`: with that flag, faults
 //! raised inside the kernel (KVM accessing guest memory, `copy_to_user` of a `read(2)`) are not
@@ -23,13 +25,15 @@
 mod error;
 mod external;
 mod handler;
+mod handshake;
 mod ioctl;
 mod server;
 mod stats;
 
 pub use error::UffdError;
-pub use external::{hand_over, ExternalHandler, GuestRegionUffdMapping};
+pub use external::{ExternalHandler, GuestRegionUffdMapping};
 pub use handler::{ThreadStart, UffdHandler};
+pub use handshake::{hand_over, HandlerConnection};
 pub use stats::{LatencyHistogram, UffdStats};
 
 use std::path::PathBuf;
@@ -49,7 +53,8 @@ pub struct RegionSpec {
     pub len: usize,
     /// 4096 for anonymous and memfd/shmem mappings; 2 MiB for hugetlbfs.
     pub page_size: usize,
-    /// Offset in the source image where this region's bytes start.
+    /// Offset in the source image where this region's bytes start (for an external handler:
+    /// the `offset` sent, the region's place in the handler's memory file).
     pub source_offset: u64,
 }
 

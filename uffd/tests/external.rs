@@ -102,7 +102,7 @@ fn hand_over_follows_firecracker_handshake() {
     let (body_tx, body_rx) = mpsc::channel();
     let handler = thread::spawn(move || external_handler(listener, pages, body_tx));
 
-    let ext = uffd::hand_over(regions.clone(), &sock).unwrap();
+    let ext = uffd::hand_over(regions.clone(), &sock, Duration::from_secs(10)).unwrap();
     let body = body_rx.recv_timeout(Duration::from_secs(10)).unwrap();
     let json: serde_json::Value = serde_json::from_str(&body).unwrap();
     let entries = json.as_array().expect("body must be a JSON array");
@@ -143,17 +143,133 @@ fn hand_over_follows_firecracker_handshake() {
     ext.close();
 }
 
+fn one_region(m: &Mapping) -> Vec<RegionSpec> {
+    vec![RegionSpec {
+        host_addr: m.addr,
+        len: m.len,
+        page_size: PAGE,
+        source_offset: 0,
+    }]
+}
+
 #[test]
 fn hand_over_reports_a_missing_socket() {
     let dir = TempDir::new("nosock");
     let a = Mapping::anon(64 * KIB);
-    let regions = vec![RegionSpec {
-        host_addr: a.addr,
-        len: a.len,
-        page_size: PAGE,
-        source_offset: 0,
-    }];
-    let err = uffd::hand_over(regions, &dir.path().join("absent.sock")).unwrap_err();
+    let sock = dir.path().join("absent.sock");
+    let err = uffd::hand_over(one_region(&a), &sock, Duration::from_secs(1)).unwrap_err();
     assert!(matches!(err, uffd::UffdError::Connect { .. }), "{err}");
     assert!(err.to_string().contains("start the handler first"), "{err}");
+}
+
+#[test]
+fn hand_over_names_a_socket_nobody_listens_on() {
+    let dir = TempDir::new("stale");
+    let sock = dir.path().join("stale.sock");
+    // A handler that exited and left its socket file behind.
+    drop(UnixListener::bind(&sock).unwrap());
+    let err = uffd::HandlerConnection::connect(&sock).unwrap_err();
+    assert!(matches!(err, uffd::UffdError::NotListening { .. }), "{err}");
+    let text = err.to_string();
+    assert!(text.contains(&sock.display().to_string()), "{text}");
+    assert!(text.contains("start the page-fault handler"), "{text}");
+}
+
+/// A handler that accepts and, after `delay`, reads the message (returning when it did, then
+/// holding the connection a little longer) or, with `read == false`, closes it unread.
+fn slow_handler(
+    listener: UnixListener,
+    delay: Duration,
+    read: bool,
+) -> thread::JoinHandle<Option<Instant>> {
+    thread::spawn(move || {
+        let (stream, _) = listener.accept().unwrap();
+        thread::sleep(delay);
+        if !read {
+            return None;
+        }
+        let mut buf = vec![0u8; 4096];
+        let mut cmsg = nix::cmsg_space!([RawFd; 1]);
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let msg = recvmsg::<()>(
+            stream.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::empty(),
+        )
+        .unwrap();
+        assert!(msg.bytes > 0);
+        let took = Instant::now();
+        // Keep the connection (and the descriptor) until the VMM side checked it.
+        thread::sleep(Duration::from_millis(200));
+        Some(took)
+    })
+}
+
+#[test]
+fn hand_over_returns_once_the_handler_has_read_the_message() {
+    skip_unless_uffd!();
+    let dir = TempDir::new("slow");
+    let sock = dir.path().join("uffd.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let handler = slow_handler(listener, Duration::from_millis(300), true);
+    let a = Mapping::anon(64 * KIB);
+    let t0 = Instant::now();
+    let ext = uffd::hand_over(one_region(&a), &sock, Duration::from_secs(10)).unwrap();
+    let returned = Instant::now();
+    assert!(ext.peer_alive());
+    let took = handler
+        .join()
+        .unwrap()
+        .expect("the handler read the message");
+    assert!(
+        took <= returned,
+        "hand_over returned {:?} before the handler read the message",
+        took - returned
+    );
+    assert!(returned - t0 >= Duration::from_millis(300));
+}
+
+#[test]
+fn hand_over_times_out_when_the_handler_does_not_read() {
+    skip_unless_uffd!();
+    let dir = TempDir::new("silent");
+    let sock = dir.path().join("uffd.sock");
+    let listener = UnixListener::bind(&sock).unwrap();
+    let handler = slow_handler(listener, Duration::from_secs(2), false);
+    let a = Mapping::anon(64 * KIB);
+    let t0 = Instant::now();
+    let err = uffd::hand_over(one_region(&a), &sock, Duration::from_millis(300)).unwrap_err();
+    let waited = t0.elapsed();
+    assert!(
+        matches!(err, uffd::UffdError::HandshakeTimeout { .. }),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains(&sock.display().to_string()),
+        "{err}"
+    );
+    assert!(
+        waited >= Duration::from_millis(300) && waited < Duration::from_secs(2),
+        "{waited:?}"
+    );
+    handler.join().unwrap();
+}
+
+#[test]
+fn hand_over_reports_a_handler_that_hangs_up_unread() {
+    skip_unless_uffd!();
+    for _ in 0..20 {
+        let dir = TempDir::new("hangup");
+        let sock = dir.path().join("uffd.sock");
+        let listener = UnixListener::bind(&sock).unwrap();
+        let handler = slow_handler(listener, Duration::ZERO, false);
+        let a = Mapping::anon(64 * KIB);
+        let err = uffd::hand_over(one_region(&a), &sock, Duration::from_secs(10)).unwrap_err();
+        assert!(
+            matches!(err, uffd::UffdError::HandlerHungUp { .. }),
+            "{err}"
+        );
+        handler.join().unwrap();
+    }
 }
