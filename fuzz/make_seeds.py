@@ -172,6 +172,10 @@ write("api_request", "put-balloon", http(
     "PUT", "/balloon", '{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1}'))
 write("api_request", "patch-balloon", http("PATCH", "/balloon", '{"amount_mib": 256}'))
 write("api_request", "get-balloon-stats", http("GET", "/balloon/statistics"))
+write("api_request", "get-balloon-device", http("GET", "/balloon/device"))
+write("api_request", "put-balloon-firecracker", http(
+    "PUT", "/balloon", '{"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1, '
+    '"free_page_hinting": false, "free_page_reporting": true}'))
 write("api_request", "patch-balloon-stats",
       http("PATCH", "/balloon/statistics", '{"stats_polling_interval_s": 5}'))
 write("api_request", "get-mappings", http("GET", "/memory/mappings?gpa=0x1000&len=4096"))

@@ -387,31 +387,26 @@ pub fn sample_guest(
 ) -> Result<Option<GuestSample>, String> {
     use crate::api::client::request_with_timeout;
     let timeout = std::time::Duration::from_secs(3);
-    let (status, body) =
-        request_with_timeout(sock, "GET", "/balloon", None, timeout).map_err(|e| e.to_string())?;
+    // memvisor's own view of the balloon: sizes, and when the guest's statistics arrived.
+    let (status, body) = request_with_timeout(sock, "GET", "/balloon/device", None, timeout)
+        .map_err(|e| e.to_string())?;
     if status == 400 && body.contains("no balloon") {
         return Ok(None);
     }
     if status != 200 {
-        return Err(format!("GET /balloon answered {status}: {body}"));
+        return Err(format!("GET /balloon/device answered {status}: {body}"));
     }
-    let b: serde_json::Value = serde_json::from_str(&body).map_err(|e| e.to_string())?;
-    let target = b["target_pages"].as_u64().unwrap_or(0) * 4096;
-    let actual = b["actual_pages"].as_u64().unwrap_or(0) * 4096;
-    let (mut free, mut stats_age) = (None, None);
+    let device: crate::api::BalloonDeviceInfo = serde_json::from_str(&body)
+        .map_err(|e| format!("GET /balloon/device: unexpected answer: {e}"))?;
+    let target = u64::from(device.target_pages) * 4096;
+    let actual = u64::from(device.actual_pages) * 4096;
+    let stats_age = device.stats_age_s(now);
+    // Firecracker's statistics (400 when the balloon polls none).
+    let mut free = None;
     if let Ok((200, body)) = request_with_timeout(sock, "GET", "/balloon/statistics", None, timeout)
     {
-        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
-        free = v["available_memory"]
-            .as_u64()
-            .or_else(|| v["free_memory"].as_u64());
-        if let Some(secs) = v["received_at"]["secs_since_epoch"].as_u64() {
-            let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
-            stats_age = Some(
-                now.duration_since(at)
-                    .map(|d| d.as_secs_f64())
-                    .unwrap_or(0.0),
-            );
+        if let Ok(s) = serde_json::from_str::<crate::api::BalloonStatistics>(&body) {
+            free = s.guest.available_memory.or(s.guest.free_memory);
         }
     }
     Ok(Some(GuestSample {

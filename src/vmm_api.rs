@@ -8,7 +8,8 @@
 //! report requests that queued behind a walk share the next one.
 
 use crate::api::{
-    ActionType, ApiHandler, ApiRequest, ApiResponse, VmState, PROMETHEUS_CONTENT_TYPE,
+    ActionType, ApiHandler, ApiRequest, ApiResponse, BalloonConfig, BalloonDeviceInfo,
+    BalloonStatistics, Transport, VmState, PROMETHEUS_CONTENT_TYPE,
 };
 use crate::config::VmConfig;
 use crate::devices::balloon::BalloonHandle;
@@ -158,26 +159,6 @@ impl VmmApi {
         } else {
             "Running"
         }
-    }
-
-    fn balloon_json(&self, b: &BalloonHandle) -> serde_json::Value {
-        b.with_device(|d| {
-            let m = &d.model;
-            let o = m.options();
-            (
-                json!({
-                    "amount_mib": m.target_mib(),
-                    "actual_mib": m.actual_mib(),
-                    "target_pages": m.target_pages(),
-                    "actual_pages": m.actual_pages(),
-                    "deflate_on_oom": o.deflate_on_oom,
-                    "stats_polling_interval_s": m.stats_polling_interval(),
-                    "released_bytes": d.released_bytes(),
-                    "activated": m.is_activated(),
-                }),
-                false,
-            )
-        })
     }
 
     /// The per-VM overcommit figures ([`crate::overcommit::VmMemory`]).
@@ -334,6 +315,77 @@ impl VmmApi {
 const NO_BALLOON: &str =
     "this VM has no balloon device; start memvisor run with --balloon amount_mib=0,...";
 
+const STATS_DISABLED: &str = "balloon statistics are disabled (stats_polling_interval_s is 0); \
+     start memvisor run with --balloon ...,stats_polling_interval_s=N, or set it with PATCH \
+     /balloon/statistics before the guest's driver starts";
+
+/// 200 with `body` serialized.
+fn json_answer(body: &impl serde::Serialize) -> ApiResponse {
+    ApiResponse::ok_json(serde_json::to_value(body).expect("API answers serialize"))
+}
+
+/// `GET /balloon`: Firecracker's `Balloon`, every field.
+fn balloon_config(b: &BalloonHandle) -> BalloonConfig {
+    b.with_device(|d| {
+        let m = &d.model;
+        let o = m.options();
+        let config = BalloonConfig {
+            amount_mib: m.target_mib(),
+            deflate_on_oom: o.deflate_on_oom,
+            stats_polling_interval_s: m.stats_polling_interval(),
+            free_page_hinting: false,
+            free_page_reporting: o.free_page_reporting,
+        };
+        (config, false)
+    })
+}
+
+/// `GET /balloon/statistics`: Firecracker's `BalloonStats`; `None` when statistics are disabled
+/// (Firecracker answers 400 then). Before the guest's first statistics: the sizes only.
+fn balloon_statistics(b: &BalloonHandle) -> Option<BalloonStatistics> {
+    b.with_device(|d| {
+        let m = &d.model;
+        let s = (m.stats_polling_interval() != 0).then(|| BalloonStatistics {
+            target_pages: m.target_pages(),
+            actual_pages: m.actual_pages(),
+            target_mib: m.target_mib(),
+            actual_mib: m.actual_mib(),
+            guest: m.latest_stats().unwrap_or_default(),
+        });
+        (s, false)
+    })
+}
+
+/// `GET /balloon/device`: memvisor's extras.
+fn balloon_device(b: &BalloonHandle) -> BalloonDeviceInfo {
+    let transport = match b {
+        BalloonHandle::Mmio(_) => Transport::VirtioMmio,
+        BalloonHandle::Pci(_) => Transport::VirtioPci,
+    };
+    b.with_device(|d| {
+        let m = &d.model;
+        let unix_s = |t: std::time::SystemTime| {
+            t.duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0)
+        };
+        let info = BalloonDeviceInfo {
+            transport,
+            activated: m.is_activated(),
+            features_offered: balloon::features::feature_names(m.avail_features()),
+            features_acked: balloon::features::feature_names(m.acked_features()),
+            target_pages: m.target_pages(),
+            actual_pages: m.actual_pages(),
+            target_mib: m.target_mib(),
+            actual_mib: m.actual_mib(),
+            released_bytes: d.released_bytes(),
+            stats_received_at_unix_s: m.stats_received_at().map(unix_s),
+            counters: m.counters(),
+        };
+        (info, false)
+    })
+}
+
 impl ApiHandler for VmmApi {
     fn handle(&self, req: ApiRequest) -> ApiResponse {
         match req {
@@ -375,27 +427,20 @@ impl ApiHandler for VmmApi {
                 ApiResponse::NoContent
             }
             ApiRequest::GetBalloon => match &self.balloon {
-                Some(b) => ApiResponse::ok_json(self.balloon_json(b)),
+                Some(b) => json_answer(&balloon_config(b)),
                 None => ApiResponse::bad_request(NO_BALLOON),
             },
-            ApiRequest::GetBalloonStats => {
-                let Some(b) = &self.balloon else {
-                    return ApiResponse::bad_request(NO_BALLOON);
-                };
-                let mut v = self.balloon_json(b);
-                let stats = b.with_device(|d| (d.model.latest_stats(), false));
-                match stats {
-                    Some(s) => {
-                        if let (Some(obj), Ok(serde_json::Value::Object(st))) = (v.as_object_mut(), serde_json::to_value(&s)) {
-                            obj.extend(st);
-                        }
-                        ApiResponse::ok_json(v)
-                    }
-                    None => ApiResponse::bad_request(
-                        "no statistics yet: the guest has not sent any (is stats_polling_interval_s > 0 and the driver up?)",
-                    ),
-                }
-            }
+            ApiRequest::GetBalloonStats => match &self.balloon {
+                Some(b) => match balloon_statistics(b) {
+                    Some(s) => json_answer(&s),
+                    None => ApiResponse::bad_request(STATS_DISABLED),
+                },
+                None => ApiResponse::bad_request(NO_BALLOON),
+            },
+            ApiRequest::GetBalloonDevice => match &self.balloon {
+                Some(b) => json_answer(&balloon_device(b)),
+                None => ApiResponse::bad_request(NO_BALLOON),
+            },
             ApiRequest::PatchBalloonStats {
                 stats_polling_interval_s,
             } => {

@@ -75,6 +75,7 @@ fn answer(req: &ApiRequest) -> ApiResponse {
             json!({"amount_mib": 128, "deflate_on_oom": true, "stats_polling_interval_s": 0}),
         ),
         ApiRequest::GetBalloonStats => ApiResponse::bad_request("statistics are not enabled"),
+        ApiRequest::GetBalloonDevice => ApiResponse::ok_json(json!({"activated": true})),
         ApiRequest::GetMemoryMappings { gpa, len } => {
             ApiResponse::ok_json(json!({"gpa": gpa, "len": len}))
         }
@@ -132,6 +133,7 @@ fn every_endpoint_round_trips_over_the_socket() {
         amount_mib: 256,
         deflate_on_oom: true,
         stats_polling_interval_s: 2,
+        ..Default::default()
     };
     #[rustfmt::skip]
     let cases: Vec<Case> = vec![
@@ -142,13 +144,14 @@ fn every_endpoint_round_trips_over_the_socket() {
         ("PUT", "/actions", Some(r#"{"action_type":"Shutdown"}"#), ApiRequest::PutAction(ActionType::Shutdown), 204, "".into()),
         ("PUT", "/balloon", Some(r#"{"amount_mib":256,"deflate_on_oom":true,"stats_polling_interval_s":2}"#), ApiRequest::PutBalloon(balloon), 204, "".into()),
         ("PUT", "/balloon", Some(r#"{"amount_mib":4096,"deflate_on_oom":false}"#),
-            ApiRequest::PutBalloon(BalloonConfig { amount_mib: 4096, deflate_on_oom: false, stats_polling_interval_s: 0 }),
+            ApiRequest::PutBalloon(BalloonConfig { amount_mib: 4096, deflate_on_oom: false, ..Default::default() }),
             400, fault("balloon larger than guest memory; ask for at most 1024 MiB")),
         ("PATCH", "/balloon", Some(r#"{"amount_mib":64}"#), ApiRequest::PatchBalloon { amount_mib: 64 }, 204, "".into()),
         ("GET", "/balloon", None, ApiRequest::GetBalloon, 200,
             r#"{"amount_mib":128,"deflate_on_oom":true,"stats_polling_interval_s":0}"#.into()),
         ("GET", "/balloon/statistics", None, ApiRequest::GetBalloonStats, 400, fault("statistics are not enabled")),
         ("PATCH", "/balloon/statistics", Some(r#"{"stats_polling_interval_s":5}"#), ApiRequest::PatchBalloonStats { stats_polling_interval_s: 5 }, 204, "".into()),
+        ("GET", "/balloon/device", None, ApiRequest::GetBalloonDevice, 200, r#"{"activated":true}"#.into()),
         ("GET", "/memory/mappings", None, ApiRequest::GetMemoryMappings { gpa: None, len: None }, 200, r#"{"gpa":null,"len":null}"#.into()),
         ("GET", "/memory/mappings?gpa=0x100000&len=8192", None, ApiRequest::GetMemoryMappings { gpa: Some(0x100000), len: Some(8192) }, 200, r#"{"gpa":1048576,"len":8192}"#.into()),
         ("GET", "/memory/report", None, ApiRequest::GetMemoryReport, 200, r#"{"resident_bytes":4096}"#.into()),
@@ -176,7 +179,7 @@ fn bad_requests_get_fault_messages_and_never_reach_the_handler() {
     let dir = TestDir::new();
     let (server, rec) = start(&dir);
     let sock = server.path();
-    let balloon_shape = r#"expected {"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>}"#;
+    let balloon_shape = r#"expected {"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>, "free_page_hinting": <bool, optional>, "free_page_reporting": <bool, optional>}"#;
     #[rustfmt::skip]
     let cases: Vec<(&str, &str, Option<&str>, u16, String)> = vec![
         ("PUT", "/balloon", Some("{\"amount_mib\": 1,"), 400,
@@ -184,13 +187,13 @@ fn bad_requests_get_fault_messages_and_never_reach_the_handler() {
         ("PUT", "/balloon", Some(r#"{"amount_mib": true, "deflate_on_oom": true}"#), 400,
             format!("invalid JSON body for PUT /balloon: invalid type: boolean `true`, expected u32 at line 1 column 19; {balloon_shape}")),
         ("PUT", "/balloon", Some(r#"{"amount_mib": 1, "deflate_on_oom": true, "bogus": 1}"#), 400,
-            format!("invalid JSON body for PUT /balloon: unknown field `bogus`, expected one of `amount_mib`, `deflate_on_oom`, `stats_polling_interval_s` at line 1 column 49; {balloon_shape}")),
+            format!("invalid JSON body for PUT /balloon: unknown field `bogus`, expected one of `amount_mib`, `deflate_on_oom`, `stats_polling_interval_s`, `free_page_hinting`, `free_page_reporting` at line 1 column 49; {balloon_shape}")),
         ("PUT", "/balloon", None, 400,
             format!("PUT /balloon needs a JSON body: {}", &balloon_shape["expected ".len()..])),
         ("PATCH", "/balloon", Some("[64]"), 400,
             r#"invalid JSON body for PATCH /balloon: the body must be a JSON object; expected {"amount_mib": <u32>}"#.into()),
         ("GET", "/balloons", None, 404,
-            "no API endpoint /balloons; the endpoints are /vm, /actions, /balloon, /balloon/statistics, /memory/mappings, /memory/report, /metrics".into()),
+            "no API endpoint /balloons; the endpoints are /vm, /actions, /balloon, /balloon/statistics, /balloon/device, /memory/mappings, /memory/report, /metrics".into()),
         ("DELETE", "/vm", None, 405, "method DELETE is not allowed on /vm; use GET, PUT, PATCH".into()),
         ("POST", "/actions", Some(r#"{"action_type":"Shutdown"}"#), 405, "method POST is not allowed on /actions; use PUT".into()),
         ("GET", "/memory/mappings?gpa=4k", None, 400,

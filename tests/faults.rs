@@ -360,7 +360,7 @@ fn balance_notices_a_guest_that_stops_answering() {
     };
     common::wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     let actual_mib = || -> u64 {
-        request(&sock, "GET", "/balloon", None)
+        request(&sock, "GET", "/balloon/statistics", None)
             .ok()
             .and_then(|(_, body)| serde_json::from_str::<serde_json::Value>(&body).ok())
             .and_then(|v| v["actual_mib"].as_u64())
@@ -639,7 +639,7 @@ fn api_socket_flooded_under_a_running_vm() {
     // The driver is up and the guest has touched its work area (the free pages the balloon
     // will take are resident).
     wait_until("the balloon driver", Duration::from_secs(30), || {
-        get("/balloon").1["activated"] == true
+        get("/balloon/device").1["activated"] == true
     });
     wait_until(
         "the guest to touch its RAM",
@@ -652,13 +652,12 @@ fn api_socket_flooded_under_a_running_vm() {
     let exits_before = get("/vm").1["vcpus"][0]["total_exits"].as_u64().unwrap();
     // When the device last received the guest's statistics (every second).
     let stats_at = || -> f64 {
-        let (status, st) = get("/balloon/statistics");
-        assert_eq!(status, 200, "{st}");
-        let at = &st["received_at"];
-        at["secs_since_epoch"].as_f64().unwrap() + at["nanos_since_epoch"].as_f64().unwrap() / 1e9
+        let (status, d) = get("/balloon/device");
+        assert_eq!(status, 200, "{d}");
+        d["stats_received_at_unix_s"].as_f64().unwrap()
     };
     wait_until("balloon statistics", Duration::from_secs(10), || {
-        get("/balloon/statistics").0 == 200
+        get("/balloon/device").1["stats_received_at_unix_s"].is_f64()
     });
     let stats_before = stats_at();
 
@@ -857,7 +856,7 @@ fn api_socket_flooded_under_a_running_vm() {
         request(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 64}"#)).unwrap();
     assert_eq!(status, 204, "{body}");
     wait_until("actual == 64 MiB", Duration::from_secs(10), || {
-        get("/balloon").1["actual_mib"] == 64
+        get("/balloon/device").1["actual_mib"] == 64
     });
     wait_until("host RSS to drop", Duration::from_secs(10), || {
         before.saturating_sub(rss_kib()) >= 56 * 1024

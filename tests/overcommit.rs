@@ -83,7 +83,7 @@ fn three_vms_one_killed_report_all() {
     let (s, _) = request(&b.sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 128}"#)).unwrap();
     assert_eq!(s, 204);
     wait_until("b's balloon at 128 MiB", Duration::from_secs(60), || {
-        let (_, body) = request(&b.sock, "GET", "/balloon", None).unwrap();
+        let (_, body) = request(&b.sock, "GET", "/balloon/device", None).unwrap();
         serde_json::from_str::<serde_json::Value>(&body).unwrap()["actual_mib"] == 128
     });
     wait_until("a's working set", Duration::from_secs(60), || {

@@ -491,13 +491,14 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
         0,
         "the rest is intact"
     );
-    // The driver reports its balloon size; the API sees it.
+    // The driver reports its balloon size; the API sees it (memvisor's extras).
     d.write_at(d.addr(4, 4), 4, u64::from(target));
-    match api.handle(ApiRequest::GetBalloon) {
+    match api.handle(ApiRequest::GetBalloonDevice) {
         ApiResponse::Json { body, .. } => {
             assert_eq!(body["actual_mib"], 4, "{body}");
             assert_eq!(body["activated"], true, "{body}");
             assert_eq!(body["released_bytes"], 4 * MIB, "{body}");
+            assert_eq!(body["transport"], "virtio-pci", "{body}");
         }
         r => panic!("{r:?}"),
     }

@@ -5,10 +5,10 @@
 //! Counters are monotonic over the life of the device object: [`crate::Balloon::reset`] does not
 //! clear them.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// A snapshot of the device counters.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonCounters {
     /// Valid RAM pages the guest put in the balloon (inflateq), after dedup and RAM filtering.
     pub inflated_pages: u64,

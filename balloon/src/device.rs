@@ -6,7 +6,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use log::{info, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
@@ -56,6 +56,8 @@ pub struct Balloon {
     /// Head index of the stats buffer the device holds until it wants fresh statistics.
     pub(crate) stats_desc: Option<u16>,
     pub(crate) latest_stats: Option<BalloonStats>,
+    /// When the device received [`Balloon::latest_stats`].
+    pub(crate) stats_received_at: Option<SystemTime>,
     pub(crate) counters: BalloonCounters,
     /// Config reads are `&self`, so their rejections are counted atomically.
     pub(crate) config_bad_reads: AtomicU64,
@@ -75,6 +77,7 @@ impl Balloon {
             needs_reset: false,
             stats_desc: None,
             latest_stats: None,
+            stats_received_at: None,
             counters: BalloonCounters::default(),
             config_bad_reads: AtomicU64::new(0),
             log_limiter: Mutex::new(LogLimiter::new(DEFAULT_WARNINGS_PER_SEC)),
@@ -230,6 +233,7 @@ impl Balloon {
         self.needs_reset = false;
         self.stats_desc = None;
         self.latest_stats = None;
+        self.stats_received_at = None;
         self.config.actual = 0;
     }
 
@@ -306,6 +310,12 @@ impl Balloon {
     /// The latest statistics the driver posted, if any since activation.
     pub fn latest_stats(&self) -> Option<BalloonStats> {
         self.latest_stats.clone()
+    }
+
+    /// When the device received [`Balloon::latest_stats`] (`None` before the first statistics
+    /// since activation).
+    pub fn stats_received_at(&self) -> Option<SystemTime> {
+        self.stats_received_at
     }
 
     /// A snapshot of the counters.

@@ -31,6 +31,30 @@ pub const fn feature_mask(bit: u32) -> u64 {
     1u64 << bit
 }
 
+/// Every feature bit this crate names, with its name as users see it (without the `VIRTIO_F_` or
+/// `VIRTIO_BALLOON_F_` prefix).
+pub const FEATURE_NAMES: [(u32, &str); 7] = [
+    (VIRTIO_BALLOON_F_MUST_TELL_HOST, "MUST_TELL_HOST"),
+    (VIRTIO_BALLOON_F_STATS_VQ, "STATS_VQ"),
+    (VIRTIO_BALLOON_F_DEFLATE_ON_OOM, "DEFLATE_ON_OOM"),
+    (VIRTIO_BALLOON_F_FREE_PAGE_HINT, "FREE_PAGE_HINT"),
+    (VIRTIO_BALLOON_F_PAGE_POISON, "PAGE_POISON"),
+    (VIRTIO_BALLOON_F_FREE_PAGE_REPORTING, "FREE_PAGE_REPORTING"),
+    (VIRTIO_F_VERSION_1, "VERSION_1"),
+];
+
+/// The names of the bits set in `features`, lowest bit first; a bit without a name in
+/// [`FEATURE_NAMES`] as `bit N`.
+pub fn feature_names(features: u64) -> Vec<String> {
+    (0..64)
+        .filter(|bit| features & feature_mask(*bit) != 0)
+        .map(|bit| match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
+            Some((_, name)) => (*name).to_string(),
+            None => format!("bit {bit}"),
+        })
+        .collect()
+}
+
 /// Builds the feature set the device offers for the given options.
 pub(crate) fn avail_features(stats: bool, deflate_on_oom: bool, page_reporting: bool) -> u64 {
     let mut f = feature_mask(VIRTIO_F_VERSION_1);
@@ -145,5 +169,21 @@ mod tests {
         assert_eq!(l.kind(2), Some(QueueKind::Stats));
         assert_eq!(l.kind(3), Some(QueueKind::Reporting));
         assert_eq!(l.kind(4), None);
+    }
+
+    #[test]
+    fn feature_names_lowest_bit_first_unknown_by_number() {
+        let offered = avail_features(true, true, true);
+        assert_eq!(
+            feature_names(offered),
+            [
+                "STATS_VQ",
+                "DEFLATE_ON_OOM",
+                "FREE_PAGE_REPORTING",
+                "VERSION_1"
+            ]
+        );
+        assert_eq!(feature_names(1 << 40 | 1), ["MUST_TELL_HOST", "bit 40"]);
+        assert!(feature_names(0).is_empty());
     }
 }

@@ -251,7 +251,7 @@ impl Balloon {
         let head = chain.head_index();
         match walk_chain(chain, size, &STATS_LIMITS).and_then(|descs| read_payload(mem, &descs)) {
             Ok(buf) => {
-                let parsed = parse_stats(&buf, SystemTime::now());
+                let parsed = parse_stats(&buf);
                 self.counters.stats_updates += 1;
                 self.counters.stats_unknown_tags += parsed.unknown_tags;
                 if parsed.truncated {
@@ -263,6 +263,7 @@ impl Balloon {
                     );
                 }
                 self.latest_stats = Some(parsed.stats);
+                self.stats_received_at = Some(SystemTime::now());
             }
             Err(e) => self.chain_rejected(index, e),
         }

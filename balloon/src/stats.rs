@@ -4,80 +4,74 @@
 //! `{tag: u16, val: u64}` entries, 10 bytes each) and its decoding into [`BalloonStats`].
 //! Unknown tags are skipped and a trailing partial entry is ignored; both are reported to the
 //! caller for counting.
+//!
+//! [`BalloonStats`] serializes as the guest part of Firecracker's `BalloonStats` (its field names,
+//! e.g. `oom_kill`, not virtio's `OOM_KILLS`): a statistic the guest did not send is absent from
+//! the JSON, never `null`.
 
-use std::time::SystemTime;
-
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Size of one packed `virtio_balloon_stat` entry.
 pub const STAT_ENTRY_SIZE: usize = 10;
 /// Number of tags this device understands (0..=15).
 pub const NUM_KNOWN_TAGS: u16 = 16;
 
-/// The latest statistics the guest posted. A field is `None` if the guest did not send that tag.
-/// Memory amounts are in bytes, as the driver reports them.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+/// The latest statistics the guest posted. A field is `None` if the guest did not send that tag
+/// (and then absent when serialized). Memory amounts are in bytes, as the driver reports them.
+/// Field names are Firecracker's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BalloonStats {
     /// Tag 0: amount of memory swapped in (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_in: Option<u64>,
     /// Tag 1: amount of memory swapped out (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub swap_out: Option<u64>,
     /// Tag 2: number of major page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub major_faults: Option<u64>,
     /// Tag 3: number of minor page faults.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub minor_faults: Option<u64>,
     /// Tag 4: free memory (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub free_memory: Option<u64>,
     /// Tag 5: total memory (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub total_memory: Option<u64>,
     /// Tag 6: available memory (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub available_memory: Option<u64>,
     /// Tag 7: disk caches (bytes).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_caches: Option<u64>,
     /// Tag 8: successful hugetlb page allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugetlb_allocations: Option<u64>,
     /// Tag 9: failed hugetlb page allocations.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hugetlb_failures: Option<u64>,
     /// Tag 10: OOM killer invocations.
-    pub oom_kills: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oom_kill: Option<u64>,
     /// Tag 11: allocation stalls.
-    pub alloc_stalls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alloc_stall: Option<u64>,
     /// Tag 12: pages scanned asynchronously (kswapd).
-    pub async_scans: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_scan: Option<u64>,
     /// Tag 13: pages scanned directly.
-    pub direct_scans: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_scan: Option<u64>,
     /// Tag 14: pages reclaimed asynchronously.
-    pub async_reclaims: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_reclaim: Option<u64>,
     /// Tag 15: pages reclaimed directly.
-    pub direct_reclaims: Option<u64>,
-    /// When the device received this buffer.
-    pub received_at: SystemTime,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub direct_reclaim: Option<u64>,
 }
 
 impl BalloonStats {
-    /// Empty statistics received at `received_at`.
-    pub fn empty(received_at: SystemTime) -> Self {
-        BalloonStats {
-            swap_in: None,
-            swap_out: None,
-            major_faults: None,
-            minor_faults: None,
-            free_memory: None,
-            total_memory: None,
-            available_memory: None,
-            disk_caches: None,
-            hugetlb_allocations: None,
-            hugetlb_failures: None,
-            oom_kills: None,
-            alloc_stalls: None,
-            async_scans: None,
-            direct_scans: None,
-            async_reclaims: None,
-            direct_reclaims: None,
-            received_at,
-        }
-    }
-
     /// The field for `tag`, or `None` for an unknown tag.
     fn slot(&mut self, tag: u16) -> Option<&mut Option<u64>> {
         Some(match tag {
@@ -91,12 +85,12 @@ impl BalloonStats {
             7 => &mut self.disk_caches,
             8 => &mut self.hugetlb_allocations,
             9 => &mut self.hugetlb_failures,
-            10 => &mut self.oom_kills,
-            11 => &mut self.alloc_stalls,
-            12 => &mut self.async_scans,
-            13 => &mut self.direct_scans,
-            14 => &mut self.async_reclaims,
-            15 => &mut self.direct_reclaims,
+            10 => &mut self.oom_kill,
+            11 => &mut self.alloc_stall,
+            12 => &mut self.async_scan,
+            13 => &mut self.direct_scan,
+            14 => &mut self.async_reclaim,
+            15 => &mut self.direct_reclaim,
             _ => return None,
         })
     }
@@ -113,8 +107,8 @@ pub(crate) struct ParsedStats {
 }
 
 /// Decodes a stats buffer. A tag sent twice keeps its last value.
-pub(crate) fn parse_stats(buf: &[u8], received_at: SystemTime) -> ParsedStats {
-    let mut stats = BalloonStats::empty(received_at);
+pub(crate) fn parse_stats(buf: &[u8]) -> ParsedStats {
+    let mut stats = BalloonStats::default();
     let mut unknown_tags = 0;
     let mut entries = buf.chunks_exact(STAT_ENTRY_SIZE);
     for e in entries.by_ref() {
@@ -150,7 +144,7 @@ mod tests {
     #[test]
     fn all_known_tags_map_to_fields() {
         let entries: Vec<(u16, u64)> = (0..NUM_KNOWN_TAGS).map(|t| (t, 100 + t as u64)).collect();
-        let p = parse_stats(&encode_stats(&entries), SystemTime::UNIX_EPOCH);
+        let p = parse_stats(&encode_stats(&entries));
         let s = &p.stats;
         let got = [
             s.swap_in,
@@ -163,12 +157,12 @@ mod tests {
             s.disk_caches,
             s.hugetlb_allocations,
             s.hugetlb_failures,
-            s.oom_kills,
-            s.alloc_stalls,
-            s.async_scans,
-            s.direct_scans,
-            s.async_reclaims,
-            s.direct_reclaims,
+            s.oom_kill,
+            s.alloc_stall,
+            s.async_scan,
+            s.direct_scan,
+            s.async_reclaim,
+            s.direct_reclaim,
         ];
         for (i, v) in got.iter().enumerate() {
             assert_eq!(*v, Some(100 + i as u64), "tag {i}");
@@ -180,13 +174,59 @@ mod tests {
     fn unknown_duplicate_and_truncated() {
         let mut buf = encode_stats(&[(4, 1), (16, 9), (0xffff, 9), (4, 2), (5, 3)]);
         buf.extend_from_slice(&[6, 0, 1, 2, 3]); // partial entry
-        let p = parse_stats(&buf, SystemTime::UNIX_EPOCH);
+        let p = parse_stats(&buf);
         assert_eq!(p.stats.free_memory, Some(2));
         assert_eq!(p.stats.total_memory, Some(3));
         assert_eq!(p.stats.available_memory, None);
         assert_eq!((p.unknown_tags, p.truncated), (2, true));
-        let p = parse_stats(&[], SystemTime::UNIX_EPOCH);
-        assert_eq!(p.stats, BalloonStats::empty(SystemTime::UNIX_EPOCH));
+        let p = parse_stats(&[]);
+        assert_eq!(p.stats, BalloonStats::default());
         assert_eq!((p.unknown_tags, p.truncated), (0, false));
+    }
+
+    /// Firecracker's names of the guest statistics, in tag order (its `BalloonStats`).
+    const FIRECRACKER_NAMES: [&str; 16] = [
+        "swap_in",
+        "swap_out",
+        "major_faults",
+        "minor_faults",
+        "free_memory",
+        "total_memory",
+        "available_memory",
+        "disk_caches",
+        "hugetlb_allocations",
+        "hugetlb_failures",
+        "oom_kill",
+        "alloc_stall",
+        "async_scan",
+        "direct_scan",
+        "async_reclaim",
+        "direct_reclaim",
+    ];
+
+    #[test]
+    fn every_tag_serializes_under_firecrackers_name() {
+        for tag in 0..NUM_KNOWN_TAGS {
+            let p = parse_stats(&encode_stats(&[(tag, 7)]));
+            let v = serde_json::to_value(&p.stats).unwrap();
+            let want = serde_json::json!({ FIRECRACKER_NAMES[tag as usize]: 7 });
+            assert_eq!(v, want, "tag {tag}");
+        }
+    }
+
+    #[test]
+    fn a_tag_not_sent_is_absent_never_null() {
+        let v = serde_json::to_value(BalloonStats::default()).unwrap();
+        assert_eq!(v, serde_json::json!({}));
+        let p = parse_stats(&encode_stats(&[(4, 1 << 30), (5, 2 << 30)]));
+        let text = serde_json::to_string(&p.stats).unwrap();
+        assert_eq!(
+            text,
+            r#"{"free_memory":1073741824,"total_memory":2147483648}"#
+        );
+        assert!(!text.contains("null"));
+        // A client reads back what it got; absent fields are `None`.
+        let back: BalloonStats = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, p.stats);
     }
 }

@@ -3,6 +3,8 @@
 //! This module owns everything between the API socket and the VMM:
 //! - [`request`]: the typed requests ([`ApiRequest`]) and the pure mapping of a method, path and
 //!   body onto one ([`parse_request`]), with the error response for anything that does not fit;
+//! - [`balloon`]: the typed answers of the balloon endpoints (Firecracker's shapes, and
+//!   memvisor's extras in `GET /balloon/device`);
 //! - [`server`]: the socket (mode 0600, stale-socket cleanup), one thread per connection, read
 //!   timeouts, size limits and clean shutdown ([`ApiServer`]);
 //! - [`client`]: the blocking client the CLI uses (`memvisor balloon set 256M --api-sock S`);
@@ -12,11 +14,13 @@
 //! a vCPU thread, and possibly from several connections at once. Errors travel as
 //! `{"fault_message": "..."}` like Firecracker's. The wire format is in `docs/api/openapi.yaml`.
 
+pub mod balloon;
 pub mod client;
 mod http;
 pub mod request;
 pub mod server;
 
+pub use balloon::{BalloonDeviceInfo, BalloonStatistics, Transport};
 pub use request::{
     allowed_methods, parse_request, ActionType, ApiRequest, BalloonConfig, VmState, ENDPOINTS,
 };

@@ -26,8 +26,12 @@ pub enum ApiRequest {
     },
     /// `GET /balloon`: the balloon configuration.
     GetBalloon,
-    /// `GET /balloon/statistics`: the latest balloon statistics.
+    /// `GET /balloon/statistics`: balloon size and the guest's latest statistics (Firecracker's
+    /// `BalloonStats`).
     GetBalloonStats,
+    /// `GET /balloon/device`: memvisor's extras about the balloon device (activation,
+    /// negotiated features, bytes returned to the host, when statistics last arrived, counters).
+    GetBalloonDevice,
     /// `PATCH /balloon/statistics` `{"stats_polling_interval_s"}`.
     PatchBalloonStats {
         /// Seconds between statistics refreshes.
@@ -55,6 +59,7 @@ impl ApiRequest {
             ApiRequest::GetVm
             | ApiRequest::GetBalloon
             | ApiRequest::GetBalloonStats
+            | ApiRequest::GetBalloonDevice
             | ApiRequest::GetMemoryMappings { .. }
             | ApiRequest::GetMemoryReport
             | ApiRequest::GetMetrics => true,
@@ -89,8 +94,9 @@ pub enum ActionType {
     FinishBalloonStep,
 }
 
-/// The balloon device configuration (Firecracker's `Balloon`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The balloon device configuration, field for field Firecracker's `Balloon`: the body of
+/// `PUT /balloon` and the answer to `GET /balloon` (which always carries every field).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BalloonConfig {
     /// Target balloon size in MiB.
@@ -100,6 +106,12 @@ pub struct BalloonConfig {
     /// Seconds between statistics refreshes; 0 disables statistics.
     #[serde(default)]
     pub stats_polling_interval_s: u16,
+    /// Offer free page hinting (`VIRTIO_BALLOON_F_FREE_PAGE_HINT`); memvisor never does.
+    #[serde(default)]
+    pub free_page_hinting: bool,
+    /// Offer free page reporting (`VIRTIO_BALLOON_F_FREE_PAGE_REPORTING`).
+    #[serde(default)]
+    pub free_page_reporting: bool,
 }
 
 #[derive(Deserialize)]
@@ -129,7 +141,7 @@ struct BalloonStatsUpdate {
 const VM_SHAPE: &str = r#"{"state": "Paused" | "Resumed"}"#;
 const ACTION_SHAPE: &str =
     r#"{"action_type": "SendCtrlAltDel" | "Shutdown" | "FinishBalloonStep"}"#;
-const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>}"#;
+const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>, "free_page_hinting": <bool, optional>, "free_page_reporting": <bool, optional>}"#;
 const BALLOON_UPDATE_SHAPE: &str = r#"{"amount_mib": <u32>}"#;
 const STATS_UPDATE_SHAPE: &str = r#"{"stats_polling_interval_s": <u16>}"#;
 
@@ -139,6 +151,7 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/actions", &["PUT"]),
     ("/balloon", &["GET", "PUT", "PATCH"]),
     ("/balloon/statistics", &["GET", "PATCH"]),
+    ("/balloon/device", &["GET"]),
     ("/memory/mappings", &["GET"]),
     ("/memory/report", &["GET"]),
     ("/metrics", &["GET"]),
@@ -203,6 +216,7 @@ pub fn parse_request(
                 stats_polling_interval_s: b.stats_polling_interval_s,
             }
         }
+        ("GET", "/balloon/device") => ApiRequest::GetBalloonDevice,
         ("GET", "/memory/mappings") => mappings_query(query)?,
         ("GET", "/memory/report") => ApiRequest::GetMemoryReport,
         ("GET", "/metrics") => ApiRequest::GetMetrics,

@@ -58,6 +58,19 @@ fn every_endpoint_maps_to_its_request() {
                 amount_mib: 256,
                 deflate_on_oom: true,
                 stats_polling_interval_s: 5,
+                ..Default::default()
+            }),
+        ),
+        (
+            "PUT",
+            "/balloon",
+            r#"{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true, "free_page_reporting": true}"#,
+            ApiRequest::PutBalloon(BalloonConfig {
+                amount_mib: 1,
+                deflate_on_oom: true,
+                stats_polling_interval_s: 0,
+                free_page_hinting: true,
+                free_page_reporting: true,
             }),
         ),
         (
@@ -67,7 +80,7 @@ fn every_endpoint_maps_to_its_request() {
             ApiRequest::PutBalloon(BalloonConfig {
                 amount_mib: 0,
                 deflate_on_oom: false,
-                stats_polling_interval_s: 0,
+                ..Default::default()
             }),
         ),
         (
@@ -85,6 +98,7 @@ fn every_endpoint_maps_to_its_request() {
             "",
             ApiRequest::GetBalloonStats,
         ),
+        ("GET", "/balloon/device", "", ApiRequest::GetBalloonDevice),
         (
             "PATCH",
             "/balloon/statistics",
@@ -138,7 +152,7 @@ fn unknown_path_is_404_listing_the_endpoints() {
         (
             404,
             "no API endpoint /nope; the endpoints are /vm, /actions, /balloon, \
-             /balloon/statistics, /memory/mappings, /memory/report, /metrics"
+             /balloon/statistics, /balloon/device, /memory/mappings, /memory/report, /metrics"
                 .to_string()
         )
     );
@@ -205,7 +219,7 @@ fn missing_body_says_which_shape_is_expected() {
 
 #[test]
 fn bad_bodies_give_serde_error_and_expected_shape() {
-    let balloon = r#"expected {"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>}"#;
+    let balloon = r#"expected {"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>, "free_page_hinting": <bool, optional>, "free_page_reporting": <bool, optional>}"#;
     let cases = [
         (
             "PUT",
@@ -222,8 +236,8 @@ fn bad_bodies_give_serde_error_and_expected_shape() {
         (
             "PUT",
             "/balloon",
-            r#"{"amount_mib": 1, "deflate_on_oom": true, "free_page_hinting": true}"#,
-            format!("invalid JSON body for PUT /balloon: unknown field `free_page_hinting`, expected one of `amount_mib`, `deflate_on_oom`, `stats_polling_interval_s` at line 1 column 61; {balloon}"),
+            r#"{"amount_mib": 1, "deflate_on_oom": true, "page_poison_value": true}"#,
+            format!("invalid JSON body for PUT /balloon: unknown field `page_poison_value`, expected one of `amount_mib`, `deflate_on_oom`, `stats_polling_interval_s`, `free_page_hinting`, `free_page_reporting` at line 1 column 61; {balloon}"),
         ),
         (
             "PUT",
@@ -321,10 +335,14 @@ fn balloon_config_round_trips_with_firecracker_field_names() {
         amount_mib: 64,
         deflate_on_oom: true,
         stats_polling_interval_s: 1,
+        free_page_hinting: false,
+        free_page_reporting: true,
     };
+    // Every field of Firecracker's `Balloon`, always present (GET /balloon).
     assert_eq!(
         serde_json::to_value(cfg).unwrap(),
-        serde_json::json!({"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1})
+        serde_json::json!({"amount_mib": 64, "deflate_on_oom": true, "stats_polling_interval_s": 1,
+            "free_page_hinting": false, "free_page_reporting": true})
     );
     assert_eq!(serde_json::to_value(VmState::Paused).unwrap(), "Paused");
 }

@@ -388,7 +388,9 @@ pub fn memvisor_idle_rss(binary: &Path, size: u64) -> Result<RssSplit, String> {
         // Booted: the guest's balloon driver has activated the device.
         let until = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok((200, body)) = crate::api::client::request(&sock, "GET", "/balloon", None) {
+            if let Ok((200, body)) =
+                crate::api::client::request(&sock, "GET", "/balloon/device", None)
+            {
                 if body.contains("\"activated\":true") {
                     break;
                 }

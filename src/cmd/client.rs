@@ -24,13 +24,20 @@ pub enum BalloonCmd {
         #[command(flatten)]
         sock: Sock,
     },
-    /// Target and actual size: GET /balloon.
+    /// Target and options (Firecracker's `Balloon`): GET /balloon.
     Status {
         #[command(flatten)]
         sock: Sock,
     },
-    /// The guest's latest statistics: GET /balloon/statistics.
+    /// Target and actual size with the guest's latest statistics (Firecracker's
+    /// `BalloonStats`): GET /balloon/statistics.
     Stats {
+        #[command(flatten)]
+        sock: Sock,
+    },
+    /// memvisor's extras: actual size, driver up or not, negotiated features, bytes returned
+    /// to the host, when statistics last arrived, device counters: GET /balloon/device.
+    Device {
         #[command(flatten)]
         sock: Sock,
     },
@@ -137,6 +144,7 @@ pub fn balloon(cmd: BalloonCmd) -> Result<ExitCode, String> {
         }
         BalloonCmd::Status { sock } => print_json(&call(&sock, "GET", "/balloon", None)?),
         BalloonCmd::Stats { sock } => print_json(&call(&sock, "GET", "/balloon/statistics", None)?),
+        BalloonCmd::Device { sock } => print_json(&call(&sock, "GET", "/balloon/device", None)?),
     }
     Ok(ExitCode::SUCCESS)
 }
