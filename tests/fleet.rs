@@ -17,8 +17,11 @@
 //! MEMVISOR_FLEET_SECONDS=120 cargo test --release --test fleet -- --nocapture`.
 //!
 //! The budget is enforced through the controller's floor: `min-host-free` = `MemAvailable` at
-//! the start minus the budget. Other processes allocating or freeing memory meanwhile move that
-//! floor's meaning; run it on a quiet host.
+//! the start minus the budget, plus a margin (3/16 of the budget, at most 512 MiB). Other
+//! processes allocating or freeing memory meanwhile move that floor's meaning: without the
+//! margin, a parallel build that freed ~430 MiB while the fleet grew, and KSM merging the
+//! mergeable half quickly, once left the fleet 41 MiB short of the floor, so the controller was
+//! never needed and the test failed. The fleet's own use is checked against the budget itself.
 
 mod common;
 
@@ -113,7 +116,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         );
         return;
     }
-    let floor = avail - budget;
+    let floor = avail - budget + (budget * 3 / 16).min(512 * M);
     let ksm = root_or_skip("overcommitted_fleet_keeps_every_byte (KSM part)")
         && ksm::Ksm::system().available();
     let sys = ksm::Ksm::system();
