@@ -113,6 +113,14 @@ def set_stats_interval(s):
     return struct.pack("<BH", 18, s)
 
 
+def indirect_chain(q, pfns, more_flags=0, len_extra=0):
+    """A head descriptor with VIRTQ_DESC_F_INDIRECT pointing at a table of one-PFN buffers."""
+    out = struct.pack("<BBHBB", 19, q, more_flags, len(pfns), len_extra)
+    for p in pfns:
+        out += struct.pack("<H", p) if p < 0x80 else struct.pack("<HI", 0x8000, p)
+    return out
+
+
 # Guest memory [0, 64K) + [128K, 192K); RAM has a hole at [32K, 48K) = PFNs 8..11.
 write("balloon_queues", "inflate-deflate",
       header(64) + ack_std() + std_queues(8) + ACTIVATE
@@ -151,6 +159,11 @@ write("balloon_queues", "lax-backend",
       + report_chain([(0xf000, 0x2000, True), (0x10000, 0x1000, True), (0x30000, 0x1000, True),
                       (0x8000, 0x4000, True)])
       + notify(2))
+write("balloon_queues", "indirect-chains",
+      header(16, fpr=True, interval=1) + ack_std(True, False, True) + std_queues(4) + ACTIVATE
+      + indirect_chain(0, [0, 1, 2]) + indirect_chain(1, [3], more_flags=1)
+      + indirect_chain(2, [], len_extra=4) + indirect_chain(3, [40, 41], more_flags=2)
+      + pfn_buffer(0, [0, 1]) + indirect_chain(0, [5], len_extra=16) + notify(0))
 write("balloon_queues", "raw-memory-chain",
       header(64) + ack_std() + std_queues(3) + ACTIVATE
       + write_mem(0x20100, struct.pack("<IIII", 1, 2, 3, 33))

@@ -79,8 +79,9 @@ pub struct StartOptions<'a> {
     /// `memvisor report overcommit --all` finds it. Needs `api_sock`.
     pub runtime_dir: Option<crate::registry::RuntimeDir>,
     /// Seccomp filters of the VM's threads (default: on). Filters are per thread: the caller's
-    /// thread is never filtered here. A `sync` hook is the caller's code run on the vCPU
-    /// threads, which no allow-list can foresee: with one, the vCPU threads stay unfiltered.
+    /// thread (where the setup runs) is never filtered here. A `sync` hook is the caller's code
+    /// run on the vCPU threads, which no allow-list can foresee: with one, the vCPU threads get
+    /// the sync-hook deny-list instead of the vCPU allow-list (`crate::seccomp::deny`).
     pub seccomp: crate::seccomp::SeccompMode,
 }
 
@@ -128,6 +129,7 @@ impl Vmm {
             crate::memory::RamOptions {
                 progress,
                 pager_thread_start: Some(filters.get(ThreadKind::Uffd).hook()),
+                prealloc_thread_start: Some(filters.get(ThreadKind::Prealloc).hook()),
             },
         )?);
         let vm = Vm::new(&ram)?;
@@ -197,7 +199,11 @@ impl Vmm {
                     pin: config.pin.get(&id).copied(),
                     sync: opts.sync.clone(),
                     kind,
-                    seccomp: opts.sync.is_none().then(|| filters.get(ThreadKind::Vcpu)),
+                    seccomp: Some(filters.get(if opts.sync.is_some() {
+                        ThreadKind::VcpuHook
+                    } else {
+                        ThreadKind::Vcpu
+                    })),
                 },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;

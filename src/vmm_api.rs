@@ -282,12 +282,13 @@ impl VmmApi {
         let _ = writeln!(s, "# TYPE memvisor_page_map_walks_total counter");
         let _ = writeln!(s, "memvisor_page_map_walks_total {}", self.walks.count());
         if let Some(b) = &self.balloon {
-            let (t, a, rel) = b.with_device(|d| {
+            let (t, a, rel, counters) = b.with_device(|d| {
                 (
                     (
                         d.model.target_pages() as u64 * 4096,
                         d.model.actual_pages() as u64 * 4096,
                         d.released_bytes(),
+                        d.model.counters(),
                     ),
                     false,
                 )
@@ -307,8 +308,25 @@ impl VmmApi {
             );
             let _ = writeln!(s, "# TYPE memvisor_balloon_released_bytes_total counter");
             let _ = writeln!(s, "memvisor_balloon_released_bytes_total {rel}");
+            balloon_counter_metrics(&mut s, &counters);
         }
         s
+    }
+}
+
+/// The balloon device's counters as one family, a series per counter (the field names of
+/// [`balloon::BalloonCounters`]: the work done, and each kind of guest input the device refused,
+/// named by its cause, e.g. `indirect_not_negotiated`, `looping_chains`).
+fn balloon_counter_metrics(s: &mut String, counters: &balloon::BalloonCounters) {
+    let name = "memvisor_balloon_device_events_total";
+    let _ = writeln!(
+        s,
+        "# HELP {name} Balloon device counters: work done and guest input refused, by cause (see balloon::BalloonCounters)."
+    );
+    let _ = writeln!(s, "# TYPE {name} counter");
+    let fields = serde_json::to_value(counters).expect("counters serialise");
+    for (counter, v) in fields.as_object().into_iter().flatten() {
+        let _ = writeln!(s, "{name}{{counter=\"{counter}\"}} {v}");
     }
 }
 

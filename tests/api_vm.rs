@@ -99,6 +99,15 @@ fn balloon_and_vm_control_through_the_api() {
     let (s, m) = request(&sock, "GET", "/metrics", None).unwrap();
     assert_eq!(s, 200);
     assert!(m.contains("memvisor_balloon_actual_bytes 268435456"), "{m}");
+    // The device's counters, each rejection under its cause; a well-behaved driver has none.
+    assert!(
+        m.contains("memvisor_balloon_device_events_total{counter=\"indirect_not_negotiated\"} 0"),
+        "{m}"
+    );
+    assert!(
+        m.contains("memvisor_balloon_device_events_total{counter=\"looping_chains\"} 0"),
+        "{m}"
+    );
     assert!(
         m.contains("memvisor_vcpu_exits_total{vcpu=\"0\",reason=\"io_out\"}"),
         "{m}"

@@ -1,6 +1,7 @@
 //! Least privilege: the seccomp filters catch a forbidden call and say so, let the work of each
-//! thread kind through, are really installed on every thread of `memvisor run` (and not at all
-//! with `--seccomp off`), and a running VMM has no network sockets.
+//! thread kind through (setup's deny-list too), are really installed on every thread of
+//! `memvisor run` (and not at all with `--seccomp off`), and a running VMM has no network
+//! sockets. Prealloc threads and sync-hook vCPU threads: `tests/seccomp_threads.rs`.
 //!
 //! Cases that install a filter run in a child process (this test binary again, with
 //! `MEMVISOR_SECCOMP_CASE` naming the case), so a trap can be observed and never takes the test
@@ -9,7 +10,8 @@
 mod common;
 
 use common::{
-    kvm_or_skip, memvisor, root_or_skip, skip, text, uffd_or_skip, wait_until, Running, TempDir,
+    case, child, kvm_or_skip, memvisor, root_or_skip, skip, text, thread_seccomp, uffd_or_skip,
+    wait_until, Running, TempDir, CASE,
 };
 use memvisor::config::RegionConfig;
 use memvisor::memory::GuestRam;
@@ -17,25 +19,8 @@ use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-const CASE: &str = "MEMVISOR_SECCOMP_CASE";
-
-/// Runs test `test` of this binary in a child process with `case` in the environment.
-fn child(test: &str, case: &str) -> Output {
-    Command::new(std::env::current_exe().unwrap())
-        .args([test, "--exact", "--nocapture", "--test-threads=1"])
-        .env(CASE, case)
-        .env("RUST_BACKTRACE", "0")
-        .output()
-        .unwrap()
-}
-
-/// In the child: the case to run, if this process is one.
-fn case() -> Option<String> {
-    std::env::var(CASE).ok()
-}
 
 /// In the child: runs `f` on a thread named `name` that installed the `kind` filter in `mode`
 /// (a trap aborts the process). The caller exits the process with 0 afterwards.
@@ -69,6 +54,17 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
                 println!("open returned {r:?}");
             })
         }
+        Some("fork") => on_filtered_thread("memvisor", ThreadKind::Setup, SeccompMode::On, || {
+            // Setup may do nearly anything, but not make a process (clone without
+            // CLONE_THREAD).
+            // SAFETY: fork(2); a child that got through exits at once.
+            let pid = unsafe { libc::fork() };
+            if pid == 0 {
+                // SAFETY: _exit in the forked child, which must not run anything else.
+                unsafe { libc::_exit(0) };
+            }
+            println!("fork returned {pid}");
+        }),
         Some(other) => panic!("unknown case {other}"),
         None => {}
     }
@@ -83,6 +79,7 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
             "userfaultfd handler",
             "openat (257)",
         ),
+        ("fork", "memvisor", "setup", "clone (56)"),
     ] {
         let out = child(t, case);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -220,6 +217,27 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
             }
             std::process::exit(0);
         }
+        Some("setup") => {
+            let dir = TempDir::new("seccomp-setup");
+            on_filtered_thread("memvisor", ThreadKind::Setup, SeccompMode::On, || {
+                // What `memvisor run` does before the VM runs: map memory (memfd too), create
+                // the VM and a vCPU, bind the API socket, connect to a page server, write the
+                // runtime-directory entry, start threads.
+                let ram = test_ram();
+                let vm = memvisor::vm::Vm::new(&ram).unwrap();
+                vm.create_vcpu(0).unwrap();
+                let sock = dir.path().join("api.sock");
+                let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+                let _client = std::os::unix::net::UnixStream::connect(&sock).unwrap();
+                drop(listener.accept().unwrap());
+                std::fs::write(dir.path().join("vm-1.json"), b"{}").unwrap();
+                std::thread::spawn(|| std::fs::read_to_string("/proc/self/status").unwrap())
+                    .join()
+                    .unwrap();
+            });
+            drop(dir);
+            std::process::exit(0);
+        }
         Some("api") => {
             let ram = test_ram();
             on_filtered_thread("api-conn", ThreadKind::Api, SeccompMode::On, || {
@@ -241,7 +259,7 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
     if !kvm_or_skip(t) {
         return;
     }
-    for case in ["vcpu", "irq", "api"] {
+    for case in ["vcpu", "irq", "api", "setup"] {
         let out = child(t, case);
         assert!(
             out.status.success(),
@@ -278,41 +296,6 @@ fn vcpu_work(ram: &GuestRam) {
     ram.reclaim(0, 1 << 20, true).unwrap();
     let back: u64 = ram.resident_bytes().iter().sum();
     assert!(back >= 1 << 20, "populated again: {back}");
-}
-
-/// `Seccomp:` and `Seccomp_filters:` of every thread of `pid`, by thread name.
-fn thread_seccomp(pid: u32) -> BTreeMap<String, (u32, u32)> {
-    let mut out = BTreeMap::new();
-    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
-            continue;
-        };
-        let field = |name: &str| {
-            status
-                .lines()
-                .find_map(|l| l.strip_prefix(name))
-                .and_then(|v| v.trim().parse::<u32>().ok())
-        };
-        let name = status
-            .lines()
-            .find_map(|l| l.strip_prefix("Name:"))
-            .unwrap_or("?")
-            .trim()
-            .to_string();
-        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
-        let key = if tid == pid { "main".to_string() } else { name };
-        out.insert(
-            key,
-            (
-                field("Seccomp:").unwrap_or(99),
-                field("Seccomp_filters:").unwrap_or(99),
-            ),
-        );
-    }
-    out
 }
 
 /// Inodes of the sockets `pid` holds.
@@ -449,13 +432,15 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
                 *seccomp, 2,
                 "{mode}: {k} runs in seccomp filter mode: {threads:?}"
             );
-            // API and main: the clone3 filter and the allow-list.
-            let want = if matches!(*k, "main" | "api-accept") {
+            // Every thread has the setup filters of the main thread (the clone3 filter and the
+            // deny-list: it was started during setup, or is the main thread) and its own: API
+            // and main the clone3 filter and the allow-list, the others the allow-list.
+            let own = if matches!(*k, "main" | "api-accept") {
                 2
             } else {
                 1
             };
-            assert_eq!(*filters, want, "{mode}: {k}: {threads:?}");
+            assert_eq!(*filters, 2 + own, "{mode}: {k}: {threads:?}");
         }
     }
     let (threads, _) = run_and_inspect(dir.path(), "off", uffd);

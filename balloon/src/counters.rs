@@ -31,11 +31,21 @@ pub struct BalloonCounters {
     pub pfns_outside_ram: u64,
     /// PFNs sent more than once in the same chain.
     pub duplicate_pfns: u64,
-    /// Chains longer than the per-queue descriptor cap, or looping.
+    /// Chains with more descriptors than the per-queue cap.
     pub chains_too_long: u64,
-    /// Chains whose `next` index was out of range or whose descriptors could not be read.
-    pub broken_chains: u64,
-    /// Chains carrying no payload (no descriptors, or only empty ones).
+    /// Chains in which a descriptor's `next` names a descriptor already in the chain.
+    pub looping_chains: u64,
+    /// Chains in which a descriptor's `next` names an index outside the descriptor table.
+    pub next_out_of_range: u64,
+    /// Chains with a descriptor table entry that could not be read from guest memory.
+    pub unreadable_descriptors: u64,
+    /// Chains with a descriptor flagged `VIRTQ_DESC_F_INDIRECT` although
+    /// `VIRTIO_F_INDIRECT_DESC` was not negotiated (the device never offers it); the indirect
+    /// table is never read.
+    pub indirect_not_negotiated: u64,
+    /// Chains whose buffers add up to more than 4 GiB (`u32::MAX` bytes).
+    pub chains_over_4gib: u64,
+    /// Well-formed chains whose buffers are all empty (nothing to do).
     pub empty_chains: u64,
     /// Available ring entries naming a descriptor index outside the queue.
     pub invalid_head_index: u64,
@@ -46,7 +56,9 @@ pub struct BalloonCounters {
     pub descriptors_outside_memory: u64,
     /// Device-writable descriptors on a queue whose buffers the device must read.
     pub write_only_where_read_expected: u64,
-    /// Reported free page ranges that are empty or not 4 KiB aligned.
+    /// Reported free page ranges of zero bytes.
+    pub empty_ranges: u64,
+    /// Reported free page ranges not 4 KiB aligned in address or length.
     pub misaligned_ranges: u64,
     /// Reported free page ranges inside guest memory but not (entirely) RAM.
     pub ranges_outside_ram: u64,
@@ -58,8 +70,11 @@ pub struct BalloonCounters {
     pub extra_stats_buffers: u64,
     /// Times the driver moved the available index more than the queue size ahead.
     pub avail_index_jumps: u64,
-    /// Other queue failures (queue not ready, used ring not writable, ...).
-    pub queue_errors: u64,
+    /// Notifications whose available ring could not be read (outside guest memory, or at
+    /// guest-physical 0, which `virtio-queue` takes for a queue never set up).
+    pub avail_ring_unreadable: u64,
+    /// Buffers that could not be returned because the used ring is not writable guest memory.
+    pub used_ring_unwritable: u64,
     /// Backend `discard`/`reclaim` calls that failed.
     pub backend_errors: u64,
     /// Rejected configuration space accesses (bad offset/length, read-only field).

@@ -111,8 +111,10 @@ impl Balloon {
         self.avail_features
     }
 
-    /// Records features the driver acknowledged. Bits accumulate (a transport may ack the two
-    /// 32-bit halves separately) until [`Balloon::reset`]; bits the device did not offer are
+    /// Records the features the driver accepts: the whole set as it stands (a transport passes
+    /// both 32-bit words, not the word just written). Each call replaces the previous set, so a
+    /// driver that rewrites its features before `FEATURES_OK` gets exactly its last choice and
+    /// the queue layout never includes a queue it took back. Bits the device did not offer are
     /// dropped and counted. Ignored once activated.
     pub fn ack_features(&mut self, acked: u64) {
         if self.activated {
@@ -130,7 +132,7 @@ impl Balloon {
                 "balloon: driver acked features {unsupported:#x} that were not offered"
             );
         }
-        self.acked_features |= acked & self.avail_features;
+        self.acked_features = acked & self.avail_features;
     }
 
     /// Features negotiated so far.

@@ -4,11 +4,24 @@
 //! mapping from negotiated features to queue indices ([`QueueLayout`]). The Linux driver numbers
 //! only the queues that exist, so `reporting_vq` is queue 2 without `STATS_VQ` and queue 3 with
 //! it; the layout therefore always derives from the *negotiated* features.
+//!
+//! Ring features: only `VIRTIO_F_VERSION_1` is offered. `VIRTIO_F_INDIRECT_DESC` is not: the
+//! Linux driver posts one buffer per inflate/deflate/stats chain and direct chains of at most 32
+//! buffers for page reporting, so indirect tables would add a guest-controlled table walk for no
+//! gain (Firecracker's balloon and Cloud Hypervisor's do not offer it either). A chain that uses
+//! one anyway is a driver error, refused and counted ([`crate::BalloonCounters`]
+//! `indirect_not_negotiated`). `VIRTIO_F_EVENT_IDX` is not offered either: the device never
+//! reads `used_event` nor writes `avail_event`.
 
 use serde::Serialize;
 
 /// `VIRTIO_F_VERSION_1`: the device is a modern (non-legacy) virtio device.
 pub const VIRTIO_F_VERSION_1: u32 = 32;
+/// `VIRTIO_F_INDIRECT_DESC` (Linux: `VIRTIO_RING_F_INDIRECT_DESC`): never offered by this
+/// device; chains that use indirect tables are refused.
+pub const VIRTIO_F_INDIRECT_DESC: u32 = 28;
+/// `VIRTIO_F_EVENT_IDX` (Linux: `VIRTIO_RING_F_EVENT_IDX`): never offered by this device.
+pub const VIRTIO_F_EVENT_IDX: u32 = 29;
 /// `VIRTIO_BALLOON_F_MUST_TELL_HOST` (never offered by this device).
 pub const VIRTIO_BALLOON_F_MUST_TELL_HOST: u32 = 0;
 /// `VIRTIO_BALLOON_F_STATS_VQ`: a memory statistics virtqueue is present.
@@ -33,13 +46,15 @@ pub const fn feature_mask(bit: u32) -> u64 {
 
 /// Every feature bit this crate names, with its name as users see it (without the `VIRTIO_F_` or
 /// `VIRTIO_BALLOON_F_` prefix).
-pub const FEATURE_NAMES: [(u32, &str); 7] = [
+pub const FEATURE_NAMES: [(u32, &str); 9] = [
     (VIRTIO_BALLOON_F_MUST_TELL_HOST, "MUST_TELL_HOST"),
     (VIRTIO_BALLOON_F_STATS_VQ, "STATS_VQ"),
     (VIRTIO_BALLOON_F_DEFLATE_ON_OOM, "DEFLATE_ON_OOM"),
     (VIRTIO_BALLOON_F_FREE_PAGE_HINT, "FREE_PAGE_HINT"),
     (VIRTIO_BALLOON_F_PAGE_POISON, "PAGE_POISON"),
     (VIRTIO_BALLOON_F_FREE_PAGE_REPORTING, "FREE_PAGE_REPORTING"),
+    (VIRTIO_F_INDIRECT_DESC, "INDIRECT_DESC"),
+    (VIRTIO_F_EVENT_IDX, "EVENT_IDX"),
     (VIRTIO_F_VERSION_1, "VERSION_1"),
 ];
 
@@ -149,6 +164,14 @@ mod tests {
     #[test]
     fn constants_match_bindings() {
         assert_eq!(VIRTIO_F_VERSION_1, virtio_config::VIRTIO_F_VERSION_1);
+        assert_eq!(
+            VIRTIO_F_INDIRECT_DESC,
+            virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC
+        );
+        assert_eq!(
+            VIRTIO_F_EVENT_IDX,
+            virtio_bindings::bindings::virtio_ring::VIRTIO_RING_F_EVENT_IDX
+        );
     }
 
     #[test]
@@ -184,6 +207,10 @@ mod tests {
             ]
         );
         assert_eq!(feature_names(1 << 40 | 1), ["MUST_TELL_HOST", "bit 40"]);
+        assert_eq!(
+            feature_names(1 << 28 | 1 << 29),
+            ["INDIRECT_DESC", "EVENT_IDX"]
+        );
         assert!(feature_names(0).is_empty());
     }
 }

@@ -1,19 +1,20 @@
 //! Queue processing: inflate, deflate, statistics and free page reporting.
 //!
 //! This module owns what the device does with guest buffers. Every chain is validated
-//! structurally first ([`crate::chain`]); a malformed chain is counted, produces no backend call
-//! and is returned to the used ring (len 0) so a confused driver does not wait forever. PFNs and
+//! structurally first ([`crate::chain`]); a malformed chain (indirect descriptors included:
+//! they are not negotiated) is counted under its cause, produces no backend call and is
+//! returned to the used ring (len 0) so a confused driver does not wait forever. PFNs and
 //! reported ranges are then filtered so that the [`MemoryBackend`] is only called on guest RAM.
 //! Backend calls complete before the buffer is returned: once the driver sees a reported range
 //! in the used ring it may reuse those pages.
 
 use std::time::SystemTime;
 
-use virtio_queue::{DescriptorChain, QueueOwnedT, QueueT};
+use virtio_queue::{QueueOwnedT, QueueT};
 use vm_memory::GuestMemory;
 
 use crate::backend::MemoryBackend;
-use crate::chain::{read_payload, walk_chain, ChainError, ChainLimits};
+use crate::chain::{read_payload, walk_chain, ChainError, ChainLimits, DescTable};
 use crate::device::{guest_warn, Balloon};
 use crate::error::BalloonError;
 use crate::features::QueueKind;
@@ -80,6 +81,10 @@ impl Balloon {
         })?;
         let qi = usize::from(index);
         let size = self.queues[qi].size();
+        let table = DescTable {
+            addr: self.queues[qi].desc_table(),
+            size,
+        };
         let mut used = false;
         for _ in 0..size {
             let next = match self.queues[qi].iter(mem) {
@@ -94,7 +99,7 @@ impl Balloon {
                     return Err(BalloonError::AvailIndexJump(index));
                 }
                 Err(source) => {
-                    self.counters.queue_errors += 1;
+                    self.counters.avail_ring_unreadable += 1;
                     return Err(BalloonError::Queue { index, source });
                 }
             };
@@ -108,14 +113,15 @@ impl Balloon {
                 );
                 continue;
             }
+            // The chain is walked from the table (`chain` would follow indirect tables).
             let to_return = match kind {
                 QueueKind::Inflate | QueueKind::Deflate => {
-                    self.handle_pfn_chain(kind, index, size, chain, mem, backend);
+                    self.handle_pfn_chain(kind, index, table, head, mem, backend);
                     Some(head)
                 }
-                QueueKind::Stats => self.handle_stats_chain(index, size, chain, mem),
+                QueueKind::Stats => self.handle_stats_chain(index, table, head, mem),
                 QueueKind::Reporting => {
-                    self.handle_reporting_chain(index, size, chain, mem, backend);
+                    self.handle_reporting_chain(index, table, head, mem, backend);
                     Some(head)
                 }
             };
@@ -154,7 +160,7 @@ impl Balloon {
         self.queues[usize::from(index)]
             .add_used(mem, head, 0)
             .map_err(|source| {
-                self.counters.queue_errors += 1;
+                self.counters.used_ring_unwritable += 1;
                 BalloonError::Queue { index, source }
             })
     }
@@ -163,8 +169,12 @@ impl Balloon {
     fn chain_rejected(&mut self, index: u16, e: ChainError) {
         let c = &mut self.counters;
         match e {
+            ChainError::IndirectNotNegotiated { .. } => c.indirect_not_negotiated += 1,
             ChainError::TooLong => c.chains_too_long += 1,
-            ChainError::Broken => c.broken_chains += 1,
+            ChainError::Loop { .. } => c.looping_chains += 1,
+            ChainError::NextOutOfRange { .. } => c.next_out_of_range += 1,
+            ChainError::DescriptorUnreadable { .. } => c.unreadable_descriptors += 1,
+            ChainError::OverFourGib => c.chains_over_4gib += 1,
             ChainError::WriteOnly { .. } => c.write_only_where_read_expected += 1,
             ChainError::BadLen { .. } => c.bad_descriptor_len += 1,
             ChainError::OutsideMemory { .. } => c.descriptors_outside_memory += 1,
@@ -176,12 +186,12 @@ impl Balloon {
         &mut self,
         kind: QueueKind,
         index: u16,
-        size: u16,
-        chain: DescriptorChain<&M>,
+        table: DescTable,
+        head: u16,
         mem: &M,
         backend: &dyn MemoryBackend,
     ) {
-        let payload = match walk_chain(chain, size, &PFN_LIMITS)
+        let payload = match walk_chain(mem, table, head, &PFN_LIMITS)
             .and_then(|descs| read_payload(mem, &descs))
         {
             Ok(p) => p,
@@ -244,12 +254,13 @@ impl Balloon {
     fn handle_stats_chain<M: GuestMemory>(
         &mut self,
         index: u16,
-        size: u16,
-        chain: DescriptorChain<&M>,
+        table: DescTable,
+        head: u16,
         mem: &M,
     ) -> Option<u16> {
-        let head = chain.head_index();
-        match walk_chain(chain, size, &STATS_LIMITS).and_then(|descs| read_payload(mem, &descs)) {
+        match walk_chain(mem, table, head, &STATS_LIMITS)
+            .and_then(|descs| read_payload(mem, &descs))
+        {
             Ok(buf) => {
                 let parsed = parse_stats(&buf);
                 self.counters.stats_updates += 1;
@@ -281,19 +292,15 @@ impl Balloon {
     fn handle_reporting_chain<M: GuestMemory>(
         &mut self,
         index: u16,
-        size: u16,
-        chain: DescriptorChain<&M>,
+        table: DescTable,
+        head: u16,
         mem: &M,
         backend: &dyn MemoryBackend,
     ) {
-        let descs = match walk_chain(chain, size, &REPORTING_LIMITS) {
+        let descs = match walk_chain(mem, table, head, &REPORTING_LIMITS) {
             Ok(d) => d,
             Err(e) => return self.chain_rejected(index, e),
         };
-        if descs.is_empty() {
-            self.counters.empty_chains += 1;
-            return;
-        }
         for d in descs {
             let (gpa, len) = (d.addr().0, u64::from(d.len()));
             match check_byte_range(gpa, len, mem, backend) {
@@ -305,6 +312,7 @@ impl Balloon {
                 Err(why) => {
                     let c = &mut self.counters;
                     match why {
+                        RangeRejection::Empty => c.empty_ranges += 1,
                         RangeRejection::Misaligned => c.misaligned_ranges += 1,
                         RangeRejection::OutsideMemory => c.descriptors_outside_memory += 1,
                         RangeRejection::NotRam => c.ranges_outside_ram += 1,

@@ -120,7 +120,10 @@ pub(crate) fn check_byte_range<M: GuestMemory>(
     mem: &M,
     backend: &dyn MemoryBackend,
 ) -> Result<(), RangeRejection> {
-    if len == 0 || gpa % BALLOON_PAGE_SIZE != 0 || len % BALLOON_PAGE_SIZE != 0 {
+    if len == 0 {
+        return Err(RangeRejection::Empty);
+    }
+    if gpa % BALLOON_PAGE_SIZE != 0 || len % BALLOON_PAGE_SIZE != 0 {
         return Err(RangeRejection::Misaligned);
     }
     let in_mem = gpa.checked_add(len).is_some()
@@ -137,7 +140,9 @@ pub(crate) fn check_byte_range<M: GuestMemory>(
 /// Why a byte range was rejected.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum RangeRejection {
-    /// Empty, or not 4 KiB aligned in address or length.
+    /// Zero bytes long.
+    Empty,
+    /// Not 4 KiB aligned in address or length.
     Misaligned,
     /// Not (entirely) backed by guest memory.
     OutsideMemory,
@@ -201,7 +206,7 @@ mod tests {
         assert_eq!(check_byte_range(0x8000, 0x8000, &mem, &ram), Ok(()));
         assert_eq!(
             check_byte_range(0x8000, 0, &mem, &ram),
-            Err(RangeRejection::Misaligned)
+            Err(RangeRejection::Empty)
         );
         assert_eq!(
             check_byte_range(0x8001, 0x1000, &mem, &ram),

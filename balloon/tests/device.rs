@@ -51,18 +51,24 @@ fn offered_features_follow_options() {
 }
 
 #[test]
-fn negotiation_masks_unoffered_bits_and_accumulates_halves() {
+fn negotiation_masks_unoffered_bits_and_keeps_the_latest_set() {
     let mut dev = Balloon::new(all_opts());
-    // Low half first, then high half, as a transport writing DriverFeatures would.
+    // Low word first, then both words, as a transport writing DriverFeatures passes them.
     let unoffered = feature_mask(VIRTIO_BALLOON_F_MUST_TELL_HOST)
         | feature_mask(VIRTIO_BALLOON_F_FREE_PAGE_HINT)
         | (1 << 40);
     let low = (STATS | FPR | unoffered) & 0xffff_ffff;
     dev.ack_features(low);
     assert_eq!(dev.acked_features(), STATS | FPR);
-    dev.ack_features(version_1() | (1 << 40));
+    dev.ack_features(version_1() | STATS | FPR | (1 << 40));
     assert_eq!(dev.acked_features(), version_1() | STATS | FPR);
     assert_eq!(dev.counters().unsupported_features_acked, 3);
+    // The driver takes STATS_VQ back before FEATURES_OK: the layout follows.
+    dev.ack_features(version_1() | DOOM | FPR);
+    assert_eq!(dev.acked_features(), version_1() | DOOM | FPR);
+    let l = dev.queue_layout();
+    assert_eq!((l.stats, l.reporting, l.count()), (None, Some(2), 3));
+    dev.ack_features(version_1() | STATS | FPR);
     assert_eq!(
         dev.queue_layout(),
         QueueLayout {

@@ -229,7 +229,8 @@ fn hostile_reported_ranges_are_skipped() {
             reported_bytes: 2 * MIB,
             discarded_bytes: 2 * MIB,
             freed_bytes: 2 * MIB,
-            misaligned_ranges: 3,
+            empty_ranges: 1,
+            misaligned_ranges: 2,
             ranges_outside_ram: 2,
             descriptors_outside_memory: 2,
             ..Default::default()

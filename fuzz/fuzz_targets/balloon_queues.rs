@@ -3,8 +3,9 @@
 //! The input is a script of driver and host actions, decoded by a small byte format (see
 //! `fuzz/make_seeds.py`, which writes the seed corpus): feature negotiation, queue setup the way
 //! the virtio-mmio transport does it (`src/devices/virtio_mmio.rs`), descriptor tables, available
-//! ring entries, raw guest memory writes, PFN/report/stats buffers, config space accesses,
-//! notifications, stats requests, target and polling-interval changes, resets.
+//! ring entries, raw guest memory writes, PFN/report/stats buffers, chains using indirect
+//! descriptors (never offered), config space accesses, notifications, stats requests, target
+//! and polling-interval changes, resets.
 //!
 //! Guest memory is two 64 KiB regions with a 64 KiB gap between them; the backend's RAM map
 //! leaves a 16 KiB hole in the first region. Invariants, checked after every action:
@@ -13,6 +14,8 @@
 //!   entirely inside guest RAM (the recording backend asserts it);
 //! - the device writes guest memory only inside the used rings of its active queues;
 //! - the device counters agree with the backend calls;
+//! - a chain with `VIRTQ_DESC_F_INDIRECT` (posted alone and processed at once) is refused under
+//!   `indirect_not_negotiated`, and the device neither follows its table nor calls the backend;
 //! - config space reads agree with the target and `actual` the device reports, and rejected
 //!   reads are zero-filled.
 
@@ -217,14 +220,75 @@ impl Harness {
     /// Writes descriptor `index` of queue `q` (the driver may write anywhere).
     fn write_desc(&self, q: u8, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
         let Some(queue) = self.queue(q) else { return };
-        let mut raw = [0u8; 16];
-        raw[0..8].copy_from_slice(&addr.to_le_bytes());
-        raw[8..12].copy_from_slice(&len.to_le_bytes());
-        raw[12..14].copy_from_slice(&flags.to_le_bytes());
-        raw[14..16].copy_from_slice(&next.to_le_bytes());
         if let Some(at) = queue.desc_table().checked_add(16 * u64::from(index)) {
+            let raw = raw_desc(addr, len, flags, next);
             let _ = self.mem.write_slice(&raw, GuestAddress(at));
         }
+    }
+
+    /// Posts a chain whose head has `VIRTQ_DESC_F_INDIRECT` (never offered) pointing at an
+    /// indirect table of `n` one-PFN buffers, `len_extra` bytes added to the table length (0:
+    /// a well-formed table) and `more_flags` (NEXT, WRITE) on the head. When it is the only
+    /// chain pending on an active queue, processes it at once and checks that it was refused
+    /// under `indirect_not_negotiated` without a backend call (the table is not followed).
+    fn indirect_chain(&mut self, r: &mut Reader) {
+        let (q, more_flags, n, len_extra) = (r.u8() % 4, r.u16() & 3, r.u8() % 6, r.u8() % 17);
+        let Some(size) = self.queue(q).map(|q| q.size()) else {
+            return;
+        };
+        let mut table = Vec::new();
+        for i in 0..n {
+            let pfn = r.pfn();
+            let at = self.buf(&pfn.to_le_bytes());
+            let flags = if i + 1 < n { 1 } else { 0 };
+            table.extend(raw_desc(at, 4, flags, u16::from(i) + 1));
+        }
+        let table_at = self.buf(&table);
+        let qi = usize::from(q);
+        let head = self.next_desc[qi] % size;
+        let len = 16 * u32::from(n) + u32::from(len_extra);
+        self.write_desc(q, head, table_at, len, 4 | more_flags, (head + 1) % size);
+        self.next_desc[qi] = (head + 1) % size;
+        self.push_avail(q, head);
+        if !self.activated || self.dev.needs_reset() || !self.only_pending(q, head) {
+            return;
+        }
+        let before = self.dev.counters().indirect_not_negotiated;
+        let calls = self.backend.calls.borrow().len();
+        let snapshot = self.snapshot();
+        let result = self
+            .dev
+            .process_queue(u16::from(q), &self.mem, &self.backend);
+        self.check_writes(snapshot);
+        if result.is_ok() {
+            assert_eq!(
+                self.dev.counters().indirect_not_negotiated,
+                before + 1,
+                "an indirect chain was not refused as such"
+            );
+            assert_eq!(
+                self.backend.calls.borrow().len(),
+                calls,
+                "the device acted on an indirect chain"
+            );
+        }
+    }
+
+    /// Whether the device's queue `q` has exactly one chain pending, headed by descriptor
+    /// `head` whose flags (as the device will read them) include `VIRTQ_DESC_F_INDIRECT`.
+    fn only_pending(&self, q: u8, head: u16) -> bool {
+        let Some(dq) = self.dev.queues().get(usize::from(q)) else {
+            return false;
+        };
+        let read_u16 =
+            |at: Option<u64>| at.and_then(|a| self.mem.read_obj::<u16>(GuestAddress(a)).ok());
+        let avail = dq.avail_ring();
+        let idx = read_u16(avail.checked_add(2));
+        let slot = avail.checked_add(4 + 2 * u64::from(dq.next_avail() % dq.size()));
+        let flags = dq.desc_table().checked_add(16 * u64::from(head) + 12);
+        idx.is_some_and(|i| i.wrapping_sub(dq.next_avail()) == 1)
+            && read_u16(slot) == Some(head)
+            && read_u16(flags).is_some_and(|f| f & 4 != 0)
     }
 
     /// Adds a chain of `(addr, len, flags)` descriptors at the next free slots of queue `q` and
@@ -375,7 +439,7 @@ impl Harness {
     }
 
     fn step(&mut self, r: &mut Reader) {
-        match r.u8() % 19 {
+        match r.u8() % 20 {
             0 => {
                 let f = r.u64();
                 if !self.activated {
@@ -536,11 +600,22 @@ impl Harness {
                 let changed = self.dev.set_target_mib(mib);
                 assert_eq!(changed, self.dev.config_generation() != generation);
             }
-            _ => {
+            18 => {
                 let _ = self.dev.set_stats_polling_interval(r.u16());
             }
+            _ => self.indirect_chain(r),
         }
     }
+}
+
+/// One split-ring descriptor as the driver lays it out in memory.
+fn raw_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
+    let mut raw = [0u8; 16];
+    raw[0..8].copy_from_slice(&addr.to_le_bytes());
+    raw[8..12].copy_from_slice(&len.to_le_bytes());
+    raw[12..14].copy_from_slice(&flags.to_le_bytes());
+    raw[14..16].copy_from_slice(&next.to_le_bytes());
+    raw
 }
 
 /// `BALLOON_FUZZ_DEBUG=1`: print what each input did (for reading a finding or a seed).

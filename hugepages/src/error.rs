@@ -212,6 +212,19 @@ pub enum HugePageError {
         /// What to do about it.
         hint: &'static str,
     },
+
+    /// A populate thread could not be started, or the caller's start hook refused to let it
+    /// run.
+    #[error(
+        "populate thread {index} could not start: {reason}; nothing was populated by it (fewer \
+         threads, e.g. prealloc-threads=1, need fewer resources)"
+    )]
+    PopulateThread {
+        /// Which thread (0-based).
+        index: usize,
+        /// What failed (a failed start hook says what to do about it).
+        reason: String,
+    },
 }
 
 impl HugePageError {

@@ -29,7 +29,8 @@ pub use error::HugePageError;
 pub use mounts::{mount, mount_info, mounts, parse_mounts, unmount, HugetlbfsMount};
 pub use pool::{check_pool, pool_status, reserve_command, set_pool_size, PoolChange, PoolStatus};
 pub use populate::{
-    populate, populate_with_method, populate_write_supported, PopulateMethod, PopulateStats,
+    populate, populate_with, populate_with_method, populate_write_supported, PopulateMethod,
+    PopulateOptions, PopulateStats, ThreadStart,
 };
 pub use reserve::{lock_pools, PoolLock, PoolReservation};
 pub use size::{default_size, supported_sizes, HugePageSize};

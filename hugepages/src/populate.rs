@@ -1,11 +1,13 @@
 //! Populate: owns faulting memory in ahead of time (`madvise(MADV_POPULATE_WRITE)`, or touching
 //! every page on kernels older than 5.14), split over threads, with progress reports and a typed
-//! error when a hugetlb pool runs dry.
+//! error when a hugetlb pool runs dry. The threads are named `prealloc<N>`; a caller's start hook
+//! ([`PopulateOptions::thread_start`]) runs first on each of them, e.g. to restrict what they
+//! may do (memvisor installs a seccomp filter there; this crate knows nothing of it).
 
 use std::num::NonZeroUsize;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
@@ -96,6 +98,33 @@ struct Run<'a> {
 struct Failure {
     offset: usize,
     errno: Errno,
+}
+
+/// Why a populate thread stopped early.
+enum ThreadFailure {
+    /// `madvise` failed.
+    Populate(Failure),
+    /// The thread did not start, or its start hook failed: (thread index, what happened).
+    Start(usize, String),
+}
+
+/// A hook run first on every populate thread; an `Err` stops the populate (the message should
+/// say what to do).
+pub type ThreadStart<'a> = &'a (dyn Fn() -> Result<(), String> + Sync);
+
+/// How [`populate_with`] works.
+#[derive(Clone, Copy, Default)]
+pub struct PopulateOptions<'a> {
+    /// Threads to use (at most [`MAX_THREADS`] and one per page; 0 counts as 1).
+    pub threads: usize,
+    /// The method; `None`: `MADV_POPULATE_WRITE` where the kernel has it, else touching.
+    pub method: Option<PopulateMethod>,
+    /// Called with the total bytes done after each step.
+    pub progress: Option<&'a (dyn Fn(u64) + Sync)>,
+    /// Run first on each populate thread. When given, the work always runs on threads of its
+    /// own, also with one thread, never on the caller's, so that whatever the hook changes
+    /// about its thread (a seccomp filter, say) never touches the caller.
+    pub thread_start: Option<ThreadStart<'a>>,
 }
 
 impl Run<'_> {
@@ -205,13 +234,13 @@ pub unsafe fn populate(
     threads: usize,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<PopulateStats, HugePageError> {
-    let method = if populate_write_supported() {
-        PopulateMethod::PopulateWrite
-    } else {
-        PopulateMethod::Touch
+    let opts = PopulateOptions {
+        threads,
+        progress,
+        ..Default::default()
     };
     // SAFETY: forwarded from this function's contract.
-    unsafe { populate_with_method(addr, len, page_size, threads, method, progress) }
+    unsafe { populate_with(addr, len, page_size, opts) }
 }
 
 /// [`populate`] with a chosen method (e.g. to benchmark [`PopulateMethod::Touch`]).
@@ -231,6 +260,36 @@ pub unsafe fn populate_with_method(
     method: PopulateMethod,
     progress: Option<&(dyn Fn(u64) + Sync)>,
 ) -> Result<PopulateStats, HugePageError> {
+    let opts = PopulateOptions {
+        threads,
+        method: Some(method),
+        progress,
+        thread_start: None,
+    };
+    // SAFETY: forwarded from this function's contract.
+    unsafe { populate_with(addr, len, page_size, opts) }
+}
+
+/// [`populate`] with every option: the method, and a hook run first on each thread (see
+/// [`PopulateOptions`]). A thread that cannot be spawned or whose hook fails stops the others
+/// before their first step and gives [`HugePageError::PopulateThread`].
+///
+/// # Safety
+/// As for [`populate_with_method`].
+pub unsafe fn populate_with(
+    addr: *mut u8,
+    len: usize,
+    page_size: usize,
+    opts: PopulateOptions<'_>,
+) -> Result<PopulateStats, HugePageError> {
+    let method = opts.method.unwrap_or_else(|| {
+        if populate_write_supported() {
+            PopulateMethod::PopulateWrite
+        } else {
+            PopulateMethod::Touch
+        }
+    });
+    let (threads, progress) = (opts.threads, opts.progress);
     let base = addr as usize;
     let bad = |reason| HugePageError::PopulateArgs {
         addr: base,
@@ -264,9 +323,9 @@ pub unsafe fn populate_with_method(
     };
     let touch = method == PopulateMethod::Touch;
     let start = Instant::now();
-    let results: Vec<Result<(), Failure>> = if threads == 1 {
+    let results: Vec<Result<(), ThreadFailure>> = if threads == 1 && opts.thread_start.is_none() {
         // SAFETY: the one chunk is the caller's whole range.
-        vec![unsafe { run.chunk(base, len, touch) }]
+        vec![unsafe { run.chunk(base, len, touch) }.map_err(ThreadFailure::Populate)]
     } else {
         let run = &run;
         // Page `first` of chunk `i` is pages * i / threads (computed wide so it cannot overflow).
@@ -280,32 +339,61 @@ pub unsafe fn populate_with_method(
             })
             .collect();
         // All threads start their first madvise together: a thread that starts while another
-        // is already inside MADV_POPULATE_WRITE waits for the mmap lock for a whole step.
-        let barrier = std::sync::Barrier::new(threads);
-        let barrier = &barrier;
+        // is already inside MADV_POPULATE_WRITE waits for the mmap lock for a whole step. A
+        // thread whose start hook failed sets `stop` before the gate, so no thread starts.
+        let gate = Gate::default();
+        let gate = &gate;
+        let thread_start = opts.thread_start;
         std::thread::scope(|s| {
-            let handles: Vec<_> = chunks
-                .iter()
-                .map(|&(at, n)| {
-                    s.spawn(move || {
-                        barrier.wait();
-                        // SAFETY: the chunks split the caller's range; each is used by one thread.
-                        unsafe { run.chunk(at, n, touch) }
-                    })
-                })
-                .collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("populate thread panicked"))
-                .collect()
+            let mut handles = Vec::with_capacity(threads);
+            for (i, &(at, n)) in chunks.iter().enumerate() {
+                let spawned = std::thread::Builder::new()
+                    .name(format!("prealloc{i}"))
+                    .spawn_scoped(s, move || {
+                        let started = thread_start.map_or(Ok(()), |f| f());
+                        if started.is_err() {
+                            run.stop.store(true, Ordering::Relaxed);
+                        }
+                        gate.arrive_and_wait(threads);
+                        started.map_err(|e| ThreadFailure::Start(i, e))?;
+                        // SAFETY: the chunks split the caller's range; each is used by one
+                        // thread.
+                        unsafe { run.chunk(at, n, touch) }.map_err(ThreadFailure::Populate)
+                    });
+                match spawned {
+                    Ok(h) => handles.push(h),
+                    Err(e) => {
+                        // The threads already started wait at the gate for this one.
+                        run.stop.store(true, Ordering::Relaxed);
+                        gate.open();
+                        let mut out: Vec<_> = handles.into_iter().map(join).collect();
+                        out.push(Err(ThreadFailure::Start(i, e.to_string())));
+                        return out;
+                    }
+                }
+            }
+            handles.into_iter().map(join).collect()
         })
     };
     let elapsed = start.elapsed();
-    if let Some(failure) = results
-        .into_iter()
-        .filter_map(Result::err)
-        .min_by_key(|f| f.offset)
-    {
+    let mut populate_failure: Option<Failure> = None;
+    for r in results {
+        match r {
+            Ok(()) => {}
+            Err(ThreadFailure::Start(index, reason)) => {
+                return Err(HugePageError::PopulateThread { index, reason });
+            }
+            Err(ThreadFailure::Populate(f)) => {
+                if populate_failure
+                    .as_ref()
+                    .is_none_or(|p| f.offset < p.offset)
+                {
+                    populate_failure = Some(f);
+                }
+            }
+        }
+    }
+    if let Some(failure) = populate_failure {
         let done = *run.done.lock().unwrap_or_else(|e| e.into_inner());
         return Err(failure_error(base, len, page_size, done, failure));
     }
@@ -325,6 +413,40 @@ pub unsafe fn populate_with_method(
         stats.gib_per_s()
     );
     Ok(stats)
+}
+
+/// Where populate threads wait for each other before their first step.
+#[derive(Default)]
+struct Gate {
+    /// Threads arrived; whether the gate was opened for everyone (a thread failed to spawn).
+    state: Mutex<(usize, bool)>,
+    cv: Condvar,
+}
+
+impl Gate {
+    /// Waits until `n` threads have arrived (this one included) or the gate was opened.
+    fn arrive_and_wait(&self, n: usize) {
+        let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        st.0 += 1;
+        if st.0 >= n {
+            self.cv.notify_all();
+        }
+        while st.0 < n && !st.1 {
+            st = self.cv.wait(st).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+
+    /// Lets every waiting thread go.
+    fn open(&self) {
+        self.state.lock().unwrap_or_else(|e| e.into_inner()).1 = true;
+        self.cv.notify_all();
+    }
+}
+
+/// Waits for a populate thread; a panic there is passed on to the caller.
+fn join<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
 }
 
 fn failure_error(

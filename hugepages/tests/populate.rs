@@ -7,8 +7,9 @@ use std::sync::Mutex;
 
 use common::{not_root, pattern, rss_kib, Mapping, TempMount};
 use hugepages::{
-    lock_pools, pool_status, populate, populate_with_method, populate_write_supported,
-    HugePageError, HugePageSize, PoolReservation, PopulateMethod,
+    lock_pools, pool_status, populate, populate_with, populate_with_method,
+    populate_write_supported, HugePageError, HugePageSize, PoolReservation, PopulateMethod,
+    PopulateOptions,
 };
 use nix::sys::mman::MapFlags;
 
@@ -91,6 +92,84 @@ fn populate_on_two_threads_covers_every_page() {
     let small = Mapping::anon_4k(3 * 4096);
     populate_all(&small, 4096, 8, None);
     assert_eq!(small.resident_4k_pages(), 3);
+}
+
+/// The calling thread's kernel thread id.
+fn tid() -> i64 {
+    // SAFETY: gettid takes no arguments and cannot fail.
+    unsafe { libc::syscall(libc::SYS_gettid) }
+}
+
+#[test]
+fn a_start_hook_runs_first_on_every_populate_thread_and_never_on_the_callers() {
+    let _lock = lock_pools().unwrap();
+    for threads in [1, 3] {
+        let m = Mapping::anon_4k(8 << 20);
+        let started = Mutex::new(Vec::new());
+        let progressed = Mutex::new(Vec::new());
+        let hook = || {
+            let name = std::thread::current().name().map(str::to_owned);
+            started.lock().unwrap().push((name, tid()));
+            Ok(())
+        };
+        let progress = |_done: u64| progressed.lock().unwrap().push(tid());
+        let opts = PopulateOptions {
+            threads,
+            progress: Some(&progress),
+            thread_start: Some(&hook),
+            ..Default::default()
+        };
+        // SAFETY: `m` is a live writable mapping owned by this test.
+        let stats = unsafe { populate_with(m.ptr.as_ptr(), m.len, 4096, opts) }.unwrap();
+        assert_eq!(stats.threads, threads);
+        assert_eq!(m.resident_4k_pages(), m.len / 4096);
+        let mut started = started.into_inner().unwrap();
+        started.sort();
+        let names: Vec<_> = started.iter().map(|(n, _)| n.clone()).collect();
+        let want: Vec<_> = (0..threads).map(|i| Some(format!("prealloc{i}"))).collect();
+        assert_eq!(
+            names, want,
+            "one hook call per thread, on the named threads"
+        );
+        let tids: Vec<i64> = started.iter().map(|&(_, t)| t).collect();
+        assert!(
+            !tids.contains(&tid()),
+            "the hook ran on the caller's thread"
+        );
+        // The work (and so the progress calls) ran on the threads the hook ran on.
+        let progressed = progressed.into_inner().unwrap();
+        assert!(!progressed.is_empty());
+        assert!(
+            progressed.iter().all(|t| tids.contains(t)),
+            "{progressed:?}"
+        );
+    }
+}
+
+#[test]
+fn a_failing_start_hook_stops_every_thread_before_it_populates() {
+    let _lock = lock_pools().unwrap();
+    let m = Mapping::anon_4k(16 << 20);
+    let hook = || match std::thread::current().name() {
+        Some("prealloc1") => Err("refused by the hook; do X".to_string()),
+        _ => Ok(()),
+    };
+    let opts = PopulateOptions {
+        threads: 4,
+        thread_start: Some(&hook),
+        ..Default::default()
+    };
+    // SAFETY: `m` is a live writable mapping owned by this test.
+    let err = unsafe { populate_with(m.ptr.as_ptr(), m.len, 4096, opts) }.unwrap_err();
+    assert!(
+        matches!(&err, HugePageError::PopulateThread { index: 1, reason } if reason.contains("do X")),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("refused by the hook; do X"),
+        "{err}"
+    );
+    assert_eq!(m.resident_4k_pages(), 0, "no thread populated anything");
 }
 
 #[test]

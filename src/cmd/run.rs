@@ -130,6 +130,12 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
 }
 
 pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
+    // Setup (reading the configuration, mapping memory, creating the VM, binding the API
+    // socket, ...) runs under the setup deny-list; every thread started from here on inherits
+    // it under its own filter.
+    ThreadFilter::new(a.seccomp, ThreadKind::Setup)
+        .and_then(|f| f.apply())
+        .map_err(|e| e.to_string())?;
     let config = build_config(&a).map_err(|e| e.to_string())?;
     let interrupt = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {

@@ -9,7 +9,8 @@ pub trait VirtioDevice: Send {
     fn device_type(&self) -> u32;
     /// Features offered.
     fn avail_features(&self) -> u64;
-    /// Features acknowledged by the driver (may be called per 32-bit half).
+    /// The features the driver accepts now: both 32-bit words as last written (bits not offered
+    /// included, for the device to count). Replaces what an earlier call passed.
     fn ack_features(&mut self, features: u64);
     /// Maximum size of each queue the device may use.
     fn queue_max_sizes(&self) -> Vec<u16>;

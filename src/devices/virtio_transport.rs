@@ -6,6 +6,9 @@
 //! everything here is independent of how the registers are laid out. The rules enforced are
 //! those of virtio 1.1 §2.1 and §3.1 that both transports have in common:
 //! - device status only gains bits, except by writing 0 (reset) and FAILED at any time;
+//! - only offered feature bits are kept, and the device always sees the driver's whole current
+//!   set: a feature word rewritten before FEATURES_OK replaces the earlier one, so the device
+//!   never runs with a feature (or a queue) the driver took back;
 //! - FEATURES_OK is refused (not kept) when the driver did not accept `VIRTIO_F_VERSION_1`:
 //!   both transports are modern-only;
 //! - queue configuration may change only before DRIVER_OK, sizes must be powers of two no larger
@@ -126,7 +129,9 @@ impl TransportCore {
     }
 
     /// The driver writes the selected driver feature word. Allowed only before FEATURES_OK;
-    /// bits the device does not offer are dropped (and counted by the device).
+    /// bits the device does not offer are dropped (and counted by the device). The device gets
+    /// the whole set after every write, so a word the driver rewrites replaces what it said
+    /// before (the device never keeps a feature the driver took back).
     pub fn write_driver_features(&mut self, dev: &mut dyn VirtioDevice, v: u32) {
         if self.status & VIRTIO_CONFIG_S_FEATURES_OK != 0 || self.drv_features_sel > 1 {
             self.bad_accesses += 1;
@@ -134,9 +139,9 @@ impl TransportCore {
         }
         let shift = 32 * self.drv_features_sel;
         let mask = 0xffff_ffffu64 << shift;
-        let v = u64::from(v) << shift;
-        self.driver_features = (self.driver_features & !mask) | (v & dev.avail_features());
-        dev.ack_features(v);
+        let written = (self.driver_features & !mask) | (u64::from(v) << shift);
+        self.driver_features = written & dev.avail_features();
+        dev.ack_features(written);
     }
 
     /// Whether queue configuration may change (before DRIVER_OK).
@@ -392,5 +397,96 @@ impl InterruptStatus {
             .wait_timeout_while(guard, timeout, |s| *s == 0)
             .unwrap();
         *guard
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegionConfig;
+    use crate::devices::balloon::BalloonDevice;
+    use crate::memory::GuestRam;
+    use balloon::BalloonOptions;
+    use std::sync::Arc;
+    use virtio_bindings::virtio_config::VIRTIO_CONFIG_S_DRIVER_OK as DRIVER_OK;
+
+    const STATS_VQ: u32 = 1 << balloon::features::VIRTIO_BALLOON_F_STATS_VQ;
+    const INDIRECT: u64 = 1 << balloon::features::VIRTIO_F_INDIRECT_DESC;
+    const EVENT_IDX: u64 = 1 << balloon::features::VIRTIO_F_EVENT_IDX;
+
+    fn balloon_with_stats() -> (BalloonDevice, Arc<GuestRam>) {
+        let ram = Arc::new(GuestRam::new(&[RegionConfig::anon(1 << 20)]).unwrap());
+        let opts = BalloonOptions {
+            stats_polling_interval_s: 1,
+            ..Default::default()
+        };
+        (BalloonDevice::new(opts, ram.clone()), ram)
+    }
+
+    fn write_features(t: &mut TransportCore, dev: &mut dyn VirtioDevice, sel: u32, v: u32) {
+        t.drv_features_sel = sel;
+        t.write_driver_features(dev, v);
+    }
+
+    /// Queues 0..n of 16 entries each at 4 KiB steps.
+    fn set_up_queues(t: &mut TransportCore, n: u32) {
+        for i in 0..n {
+            t.queue_sel = i;
+            t.set_queue_size(16);
+            let base = 0x1_0000 + i * 0x1000;
+            t.set_queue_addr(RingPart::Desc, Half::Low, base);
+            t.set_queue_addr(RingPart::Avail, Half::Low, base + 0x400);
+            t.set_queue_addr(RingPart::Used, Half::Low, base + 0x800);
+            t.set_queue_ready(true);
+        }
+    }
+
+    const SET_UP: u32 = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+
+    #[test]
+    fn a_rewritten_feature_word_replaces_the_old_one_in_the_device() {
+        let (mut dev, ram) = balloon_with_stats();
+        let mut t = TransportCore::new(&dev.queue_max_sizes());
+        t.set_status(SET_UP, &mut dev, ram.memory());
+        // The driver first accepts STATS_VQ, then takes it back.
+        write_features(&mut t, &mut dev, 0, STATS_VQ);
+        write_features(&mut t, &mut dev, 0, 0);
+        write_features(&mut t, &mut dev, 1, 1); // VIRTIO_F_VERSION_1
+        assert_eq!(t.driver_features, 1 << VIRTIO_F_VERSION_1);
+        assert_eq!(dev.model.acked_features(), 1 << VIRTIO_F_VERSION_1);
+        t.set_status(SET_UP | VIRTIO_CONFIG_S_FEATURES_OK, &mut dev, ram.memory());
+        // Two queues, as the driver's features say: the device activates with them.
+        set_up_queues(&mut t, 2);
+        let s = SET_UP | VIRTIO_CONFIG_S_FEATURES_OK | DRIVER_OK;
+        assert_eq!(
+            t.set_status(s, &mut dev, ram.memory()),
+            StatusChange::Activated
+        );
+        assert_eq!(dev.model.queue_layout().stats, None);
+    }
+
+    #[test]
+    fn ring_features_are_never_offered_nor_kept() {
+        let (mut dev, ram) = balloon_with_stats();
+        let mut t = TransportCore::new(&dev.queue_max_sizes());
+        t.set_status(SET_UP, &mut dev, ram.memory());
+        let offered = u64::from(t.device_features_word(&dev))
+            | u64::from({
+                t.dev_features_sel = 1;
+                t.device_features_word(&dev)
+            }) << 32;
+        assert_eq!(offered & (INDIRECT | EVENT_IDX), 0, "{offered:#x}");
+        // A driver that accepts them anyway: dropped by the transport and the device, counted.
+        write_features(
+            &mut t,
+            &mut dev,
+            0,
+            (INDIRECT | EVENT_IDX) as u32 | STATS_VQ,
+        );
+        write_features(&mut t, &mut dev, 1, 1);
+        assert_eq!(t.driver_features, offered);
+        assert_eq!(dev.model.acked_features(), offered);
+        assert_eq!(t.driver_features_word(), 1);
+        assert_eq!(dev.model.counters().unsupported_features_acked, 2);
     }
 }

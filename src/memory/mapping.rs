@@ -192,28 +192,28 @@ impl HostMapping {
         })
     }
 
-    /// Faults in every page for writing on `threads` threads.
+    /// Faults in every page for writing on `threads` threads; `thread_start` runs first on each
+    /// of them (and then they are threads of their own even when there is one).
     pub fn populate(
         &self,
         index: usize,
         threads: usize,
         progress: Option<&(dyn Fn(u64) + Sync)>,
+        thread_start: Option<hugepages::ThreadStart<'_>>,
     ) -> Result<hugepages::PopulateStats, MemoryError> {
+        let opts = hugepages::PopulateOptions {
+            threads,
+            method: None,
+            progress,
+            thread_start,
+        };
         // SAFETY: the range is exactly this live mapping, writable, and nothing unmaps it while
         // this runs (the owner is borrowed).
-        unsafe {
-            hugepages::populate(
-                self.addr,
-                self.len,
-                self.page_size as usize,
-                threads,
-                progress,
-            )
-        }
-        .map_err(|e| MemoryError::Prealloc {
-            region: index,
-            reason: e.to_string(),
-        })
+        unsafe { hugepages::populate_with(self.addr, self.len, self.page_size as usize, opts) }
+            .map_err(|e| MemoryError::Prealloc {
+                region: index,
+                reason: e.to_string(),
+            })
     }
 
     /// Faults in `[offset, offset+len)` (page aligned) for writing, on the calling thread.

@@ -148,6 +148,9 @@ pub struct RamOptions<'a> {
     /// Run first on every page-server thread of uffd regions (the runner installs their
     /// seccomp filter with it).
     pub pager_thread_start: Option<uffd::ThreadStart>,
+    /// Run first on every prealloc thread (the runner installs their seccomp filter with it);
+    /// with it, preallocation never runs on the caller's thread.
+    pub prealloc_thread_start: Option<uffd::ThreadStart>,
 }
 
 impl RamRegion {
@@ -270,6 +273,9 @@ impl GuestRam {
                     index,
                     threads,
                     cb.as_ref().map(|f| f as &(dyn Fn(u64) + Sync)),
+                    opts.prealloc_thread_start
+                        .as_deref()
+                        .map(|f| f as hugepages::ThreadStart<'_>),
                 )?;
                 Some(PreallocReport {
                     bytes: stats.bytes,

@@ -1,21 +1,25 @@
-//! Least privilege: one seccomp-BPF allow-list per kind of VMM thread, built with `seccompiler`.
+//! Least privilege: one seccomp-BPF filter per kind of VMM thread, built with `seccompiler`.
 //!
-//! Every long-lived thread of a running VM installs the filter of its kind on itself once its
-//! setup is done ([`ThreadFilter::apply`]): vCPU threads, the API accept and connection threads,
-//! the userfaultfd handler, the balloon statistics timer and (in `memvisor run`) the main thread
-//! once the VM runs. Filters are per thread: a test harness that starts VMs in-process keeps its
-//! own threads unfiltered. The allow-lists live in [`rules`]; what each kind may do is described
-//! there and in the README ("Least privilege").
+//! Every thread of a running VM installs the filter of its kind on itself once its setup is done
+//! ([`ThreadFilter::apply`]): vCPU threads, the API accept and connection threads, the
+//! userfaultfd handler, the balloon statistics timer, the prealloc threads (at their start) and
+//! (in `memvisor run`) the main thread once the VM runs. Filters are per thread: a test harness
+//! that starts VMs in-process keeps its own threads unfiltered. The allow-lists live in
+//! [`rules`]. Two kinds do work no allow-list can foresee and get a deny-list instead
+//! ([`deny`]): `memvisor run`'s main thread during setup (from its first line; the threads it
+//! starts inherit it and add their own), and the vCPU threads of a VM started with a `sync`
+//! hook (the caller's code runs on them). What each kind may do is described there and in the
+//! README ("Least privilege").
 //!
 //! [`SeccompMode`] is the switch: `on` (the default) traps a forbidden call with `SIGSYS`, whose
 //! handler ([`sigsys`]) prints the thread, the call and its arguments and how to run without
 //! filters, then aborts; `log` lets every call through and has the kernel log the ones outside
 //! the list (`dmesg`: `audit: type=1326 ... syscall=N`); `off` installs nothing.
 //!
-//! Not filtered: a VM's setup, the threads of a program that starts VMs through the library,
-//! and the vCPU threads of a VM started with a `sync` hook (the caller's code, run on the vCPU
-//! thread at guest sync points: tests and benchmarks; `memvisor run` has none).
+//! Not filtered: the threads of a program that starts VMs through the library (the setup runs
+//! on the caller's thread, which the library never filters).
 
+pub mod deny;
 pub mod names;
 pub mod rules;
 pub mod sigsys;
@@ -83,16 +87,27 @@ pub enum ThreadKind {
     BalloonStats,
     /// The main thread of `memvisor run` once the VM runs: the event loop and the report.
     Main,
+    /// `prealloc<N>`: populate guest memory before the guest runs.
+    Prealloc,
+    /// The main thread of `memvisor run` from its start until the VM runs, and every thread
+    /// started meanwhile (which inherit it): a deny-list ([`deny`]).
+    Setup,
+    /// `vcpu<N>` of a VM started with a sync hook, whose code nobody can foresee: a deny-list
+    /// ([`deny`]).
+    VcpuHook,
 }
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 5] = [
+    pub const ALL: [ThreadKind; 8] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Uffd,
         ThreadKind::BalloonStats,
         ThreadKind::Main,
+        ThreadKind::Prealloc,
+        ThreadKind::Setup,
+        ThreadKind::VcpuHook,
     ];
 
     /// Name in messages.
@@ -103,7 +118,16 @@ impl ThreadKind {
             ThreadKind::Uffd => "userfaultfd handler",
             ThreadKind::BalloonStats => "balloon statistics",
             ThreadKind::Main => "main",
+            ThreadKind::Prealloc => "prealloc",
+            ThreadKind::Setup => "setup",
+            ThreadKind::VcpuHook => "vCPU with sync hook",
         }
+    }
+
+    /// Whether the filter lists what is denied (everything else is allowed) rather than what
+    /// is allowed.
+    pub fn has_deny_list(self) -> bool {
+        matches!(self, ThreadKind::Setup | ThreadKind::VcpuHook)
     }
 }
 
@@ -153,8 +177,16 @@ impl ThreadFilter {
                     let clone3 = rules::clone3_enosys();
                     programs.push(compile(kind, clone3, SeccompAction::Allow, enosys)?);
                 }
-                let list = rules::allowed(kind);
-                programs.push(compile(kind, list, default, SeccompAction::Allow)?);
+                programs.push(match (rules::allowed(kind), deny::denied(kind)) {
+                    (Some(allowed), _) => compile(kind, allowed, default, SeccompAction::Allow)?,
+                    (None, Some(denied)) => compile(kind, denied, SeccompAction::Allow, default)?,
+                    (None, None) => {
+                        return Err(SeccompError::Compile {
+                            kind,
+                            reason: "this kind has neither an allow-list nor a deny-list".into(),
+                        })
+                    }
+                });
                 programs
             }
         };

@@ -1,5 +1,6 @@
 //! The allow-lists: which system calls (and, where it matters, which arguments) each kind of
-//! VMM thread may make once its filter is in place. Found by tracing (`strace -f`) `memvisor
+//! VMM thread may make once its filter is in place (the two kinds whose work cannot be foreseen
+//! have deny-lists instead: [`super::deny`]). Found by tracing (`strace -f`) `memvisor
 //! run` through every workload, backend and API request, and the whole test suite with the
 //! filters on; kept as small as that allowed.
 //!
@@ -24,6 +25,9 @@
 //! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
 //!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
 //! - **balloon statistics**: the common set plus the balloon's interrupts.
+//! - **prealloc** (the threads that populate guest memory before it runs): `madvise`
+//!   `MADV_POPULATE_WRITE`; `memvisor run`'s progress bar on a terminal (`ioctl` `TCGETS`,
+//!   `TIOCGWINSZ`).
 //! - **main** (`memvisor run` after setup): the event loop (kicks: `tgkill(own pid,
 //!   SIGRTMIN)`), stopping (joining threads, waking the API accept thread with `sendto`,
 //!   `UFFDIO_UNREGISTER`, unlinking the API socket and the runtime-directory entry) and the
@@ -70,7 +74,10 @@ pub const UFFDIO_ZEROPAGE: u64 = nix::request_code_readwrite!(UFFDIO, 0x04, 32);
 /// Whether threads of `kind` start threads under their filter (they get the `clone3` →
 /// `ENOSYS` filter first, so thread creation goes through `clone`, whose flags are checked).
 pub fn starts_threads(kind: ThreadKind) -> bool {
-    matches!(kind, ThreadKind::Api | ThreadKind::Main)
+    matches!(
+        kind,
+        ThreadKind::Api | ThreadKind::Main | ThreadKind::Setup | ThreadKind::VcpuHook
+    )
 }
 
 /// The filter installed before the allow-list on threads that start threads: `clone3` fails
@@ -82,13 +89,13 @@ pub fn clone3_enosys() -> BTreeMap<i64, Vec<SeccompRule>> {
 /// An allow-list under construction: a call allowed outright, or when one of its rules
 /// (conditions on arguments, all of which must hold) matches.
 #[derive(Default)]
-struct List {
+pub(super) struct List {
     map: BTreeMap<i64, Option<Vec<SeccompRule>>>,
 }
 
 impl List {
     /// Allows `calls` whatever their arguments.
-    fn any(&mut self, calls: &[i64]) -> &mut Self {
+    pub(super) fn any(&mut self, calls: &[i64]) -> &mut Self {
         for &c in calls {
             self.map.insert(c, None);
         }
@@ -96,7 +103,7 @@ impl List {
     }
 
     /// Allows `call` when every condition holds (adds to earlier rules of the same call).
-    fn when(&mut self, call: i64, conds: Vec<Cond>) -> &mut Self {
+    pub(super) fn when(&mut self, call: i64, conds: Vec<Cond>) -> &mut Self {
         let rule = SeccompRule::new(conds).expect("rules have conditions");
         // A call already allowed outright stays so.
         if let Some(rules) = self.map.entry(call).or_insert_with(|| Some(Vec::new())) {
@@ -118,7 +125,7 @@ impl List {
         self.arg_in(libc::SYS_ioctl, 1, requests)
     }
 
-    fn build(self) -> BTreeMap<i64, Vec<SeccompRule>> {
+    pub(super) fn build(self) -> BTreeMap<i64, Vec<SeccompRule>> {
         self.map
             .into_iter()
             .map(|(c, rules)| (c, rules.unwrap_or_default()))
@@ -131,7 +138,8 @@ fn eq(arg: u8, value: u64) -> Cond {
     cond(arg, Op::Eq, value)
 }
 
-fn cond(arg: u8, op: Op, value: u64) -> Cond {
+/// `arg <op> value` on the low 32 bits.
+pub(super) fn cond(arg: u8, op: Op, value: u64) -> Cond {
     Cond::new(arg, Len::Dword, op, value).expect("argument index below 6")
 }
 
@@ -227,12 +235,20 @@ fn start_threads(l: &mut List) {
     l.arg_in(SYS_prctl, 0, &[PR_SET_NAME as u64]);
 }
 
-/// The allow-list of `kind`.
-pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
+/// The allow-list of `kind`, or `None` for the kinds that have a deny-list
+/// ([`super::deny`]).
+pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
     use libc::*;
     let mut l = List::default();
     common(&mut l);
     match kind {
+        ThreadKind::Setup | ThreadKind::VcpuHook => return None,
+        ThreadKind::Prealloc => {
+            l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
+            // `memvisor run`'s progress bar, drawn from these threads: is stderr a terminal,
+            // and how wide.
+            l.ioctls(&[TCGETS, TIOCGWINSZ]);
+        }
         ThreadKind::Vcpu => {
             l.ioctls(&[KVM_RUN, KVM_GET_REGS]);
             interrupts(&mut l);
@@ -281,7 +297,7 @@ pub fn allowed(kind: ThreadKind) -> BTreeMap<i64, Vec<SeccompRule>> {
             l.any(&[SYS_poll, SYS_ppoll, SYS_sendto, SYS_recvfrom, SYS_shutdown]);
         }
     }
-    l.build()
+    Some(l.build())
 }
 
 #[cfg(test)]
@@ -304,7 +320,9 @@ mod tests {
     #[test]
     fn nobody_may_open_sockets_or_exec() {
         for k in ThreadKind::ALL {
-            let l = allowed(k);
+            let Some(l) = allowed(k) else {
+                continue; // deny-list kinds: super::deny's tests
+            };
             for call in [
                 libc::SYS_socket,
                 libc::SYS_connect,

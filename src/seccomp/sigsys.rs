@@ -92,14 +92,24 @@ fn report(
     panicking: bool,
 ) {
     let call = names::name(nr).unwrap_or("unknown");
+    let why = match kind {
+        Some(k) if k.has_deny_list() => {
+            "This call is on memvisor's deny-list for this thread (src/seccomp/deny.rs): no part \
+             of memvisor needs it; with a sync hook, the hook's code made it. If it is needed, \
+             please report this message. To run meanwhile,"
+        }
+        _ => {
+            "This call is missing from memvisor's allow-list for this thread \
+             (src/seccomp/rules.rs): please report this message. To run meanwhile,"
+        }
+    };
     let kind = kind.map_or("unknown", ThreadKind::name);
     let _ = write!(
         buf,
         "\nmemvisor: seccomp: thread `{name}` ({kind} filter, tid {tid}) made a forbidden system \
          call: {call} ({nr}), arguments {:#x}, {:#x}, {:#x}, {:#x}, {:#x}, {:#x}\n\
-         memvisor: aborting. This call is missing from memvisor's allow-list for this thread \
-         (src/seccomp/rules.rs): please report this message. To run meanwhile, start memvisor \
-         with `--seccomp log` (allowed, logged by the kernel) or `--seccomp off` (no filters).\n",
+         memvisor: aborting. {why} start memvisor with `--seccomp log` (allowed, logged by the \
+         kernel) or `--seccomp off` (no filters).\n",
         args[0], args[1], args[2], args[3], args[4], args[5]
     );
     if panicking {
@@ -181,8 +191,31 @@ mod tests {
         );
         assert!(text.contains("socket (41), arguments 0x2, 0x1"), "{text}");
         assert!(text.contains("--seccomp off"), "{text}");
+        assert!(text.contains("allow-list for this thread"), "{text}");
         assert!(buf.len < buf.buf.len(), "the message fits");
         assert!(!text.contains("panicking"), "{text}");
+        let mut buf = StackBuf {
+            buf: [0; 1024],
+            len: 0,
+        };
+        report(
+            &mut buf,
+            "vcpu0",
+            Some(ThreadKind::VcpuHook),
+            42,
+            libc::SYS_execve,
+            [0; 6],
+            true,
+        );
+        let text = std::str::from_utf8(&buf.buf[..buf.len]).unwrap();
+        assert!(
+            text.contains("(vCPU with sync hook filter, tid 42)"),
+            "{text}"
+        );
+        assert!(text.contains("deny-list for this thread"), "{text}");
+        assert!(text.contains("--seccomp log"), "{text}");
+        assert!(text.contains("the panic message above"), "{text}");
+        assert!(buf.len < buf.buf.len(), "the message fits: {}", buf.len);
         let mut buf = StackBuf {
             buf: [0; 1024],
             len: 0,

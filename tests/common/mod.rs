@@ -504,3 +504,57 @@ pub fn threads_named(pid: u32, comm: &str) -> Vec<u32> {
         })
         .unwrap_or_default()
 }
+
+/// The environment variable naming the case a test runs when it re-runs itself in a child
+/// process (seccomp tests: a trap there must not take the test harness down).
+pub const CASE: &str = "MEMVISOR_SECCOMP_CASE";
+
+/// Runs test `test` of this test binary in a child process with `case` in [`CASE`].
+pub fn child(test: &str, case: &str) -> Output {
+    Command::new(std::env::current_exe().unwrap())
+        .args([test, "--exact", "--nocapture", "--test-threads=1"])
+        .env(CASE, case)
+        .env("RUST_BACKTRACE", "0")
+        .output()
+        .unwrap()
+}
+
+/// In a child started by [`child`]: the case to run.
+pub fn case() -> Option<String> {
+    std::env::var(CASE).ok()
+}
+
+/// `Seccomp:` and `Seccomp_filters:` of every thread of `pid`, by thread name.
+pub fn thread_seccomp(pid: u32) -> std::collections::BTreeMap<String, (u32, u32)> {
+    let mut out = std::collections::BTreeMap::new();
+    for task in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        let Ok(status) = std::fs::read_to_string(task.path().join("status")) else {
+            continue;
+        };
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u32>().ok())
+        };
+        let name = status
+            .lines()
+            .find_map(|l| l.strip_prefix("Name:"))
+            .unwrap_or("?")
+            .trim()
+            .to_string();
+        let tid: u32 = task.file_name().to_string_lossy().parse().unwrap();
+        let key = if tid == pid { "main".to_string() } else { name };
+        out.insert(
+            key,
+            (
+                field("Seccomp:").unwrap_or(99),
+                field("Seccomp_filters:").unwrap_or(99),
+            ),
+        );
+    }
+    out
+}
