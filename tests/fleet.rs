@@ -17,11 +17,15 @@
 //! MEMVISOR_FLEET_SECONDS=120 cargo test --release --test fleet -- --nocapture`.
 //!
 //! The budget is enforced through the controller's floor: `min-host-free` = `MemAvailable` at
-//! the start minus the budget, plus a margin (3/16 of the budget, at most 512 MiB). Other
-//! processes allocating or freeing memory meanwhile move that floor's meaning: without the
-//! margin, a parallel build that freed ~430 MiB while the fleet grew, and KSM merging the
-//! mergeable half quickly, once left the fleet 41 MiB short of the floor, so the controller was
-//! never needed and the test failed. The fleet's own use is checked against the budget itself.
+//! the start minus the budget, plus a margin (a quarter of the budget, at most 1 GiB): the
+//! controller aims below the budget. Other processes allocating or freeing memory meanwhile
+//! move that floor's meaning. Without the margin, parallel builds that freed 430-680 MiB while
+//! the fleet grew, with KSM merging the mergeable half early, twice left the host just above
+//! the floor (41 and 1 MiB), so the controller was not needed (or came late) and the test
+//! failed; the margin makes it act whenever the fleet is over its budget by the test's own
+//! measure, with that much noise to spare. The fleet's own use (`report overcommit --all`) is
+//! checked against the budget itself, and the picture is taken once the guests have followed
+//! the controller's first inflations.
 
 mod common;
 
@@ -116,7 +120,9 @@ fn overcommitted_fleet_keeps_every_byte() {
         );
         return;
     }
-    let floor = avail - budget + (budget * 3 / 16).min(512 * M);
+    // MemAvailable with the whole budget in use, and the controller's floor above it.
+    let budget_floor = avail - budget;
+    let floor = budget_floor + (budget / 4).min(G);
     let ksm = root_or_skip("overcommitted_fleet_keeps_every_byte (KSM part)")
         && ksm::Ksm::system().available();
     let sys = ksm::Ksm::system();
@@ -154,15 +160,18 @@ fn overcommitted_fleet_keeps_every_byte() {
     let started = Instant::now();
     let secs = || started.elapsed().as_secs_f64();
     for i in 0..vms {
-        // The fleet is back within its budget (the controller's floor) and the host can hold
+        // The fleet is back within its budget (MemAvailable above the budget's floor) and the host can hold
         // one more VM touching all of its RAM.
         wait_every(
-            &format!("the fleet to fit its budget before starting vm{i} (MemAvailable above the {} MiB floor)", floor / M),
+            &format!(
+                "the fleet to fit its budget before starting vm{i} (MemAvailable above {} MiB)",
+                budget_floor / M
+            ),
             Duration::from_secs(60 + 30 * vm_mem / G),
             Duration::from_millis(500),
             || {
                 let a = low.sample();
-                a + slack >= floor && a >= vm_mem + G
+                a + slack >= budget_floor && a >= vm_mem + G
             },
         );
         let mergeable = i < vms / 2;
@@ -206,7 +215,8 @@ fn overcommitted_fleet_keeps_every_byte() {
         );
     }
 
-    // Every VM runs: wait for the fleet to fit its budget, then take the picture.
+    // Every VM runs: wait for the fleet to fit its budget with the guests following the
+    // controller (some memory ballooned), then take the picture.
     let mut mid = serde_json::Value::Null;
     wait_every(
         "the whole fleet to fit its budget",
@@ -233,7 +243,7 @@ fn overcommitted_fleet_keeps_every_byte() {
                 r["ballooned_bytes"].as_u64().unwrap() / M,
                 r["ksm_saved_bytes"].as_u64().unwrap() / M
             );
-            let fits = used <= budget + slack;
+            let fits = used <= budget + slack && r["ballooned_bytes"].as_u64().unwrap() > 0;
             mid = r;
             fits
         },
