@@ -13,6 +13,8 @@
 //!   `MEMVISOR_FULL_LINUX=1`): boot to `/init`, the stock `virtio_balloon` driver binds to the
 //!   virtio-pci balloon, inflate by 256 MiB through the API and see the guest's MemTotal/MemFree
 //!   and the host's RSS follow, then deflate.
+//! - `int3_in_ring_0_reaches_the_guests_handler`: a tiny kernel's `int3` reaches its own `#BP`
+//!   handler (memvisor's emulation assist where KVM has no VMX/SVM; seconds).
 //! - `linux_guest_with_a_balloon_has_it_on_pci` checks with a tiny kernel that `--balloon` puts
 //!   the balloon on the Linux guest's PCI bus (conf1), where that driver looks.
 //!
@@ -414,6 +416,63 @@ fn guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly() {
         "{text}"
     );
     assert!(text.contains("shutdown=1"), "{text}");
+}
+
+/// `int3` in guest ring 0 reaches the guest's own `#BP` handler, and returns to the instruction
+/// after it; a `fwait` with no x87 exception pending is a no-op. On hosts without VMX/SVM KVM
+/// stops on both with an internal error and memvisor completes them (emulation assists, counted
+/// in the report); elsewhere the CPU does it. A tiny kernel builds an IDT with a `#BP` gate whose
+/// handler writes `B` to COM1, runs `int3; int3; fwait`, writes `ok` and resets:
+///
+/// ```text
+///   lea idt(%rip), %rax;  lea handler(%rip), %rbx      # idt: 4 zeroed gates after the code
+///   mov %bx, 0x30(%rax);  movw $0x10, 0x32(%rax);  movw $0x8e00, 0x34(%rax)
+///   shr $16, %rbx;  mov %bx, 0x36(%rax);  shr $16, %rbx;  mov %ebx, 0x38(%rax)
+///   sub $16, %rsp;  movw $63, (%rsp);  mov %rax, 2(%rsp);  lidt (%rsp);  add $16, %rsp
+///   int3;  int3;  fwait
+///   mov $0x3f8, %dx;  'o', 'k', '\n' out;  mov $0xfe, %al;  out %al, $0x64;  1: hlt; jmp 1b
+/// handler: push %rax; push %rdx; mov $0x3f8, %dx; mov $'B', %al; out %al, %dx;
+///   pop %rdx; pop %rax; iretq
+/// ```
+#[test]
+fn int3_in_ring_0_reaches_the_guests_handler() {
+    let test = "int3_in_ring_0_reaches_the_guests_handler";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let mut code = vec![
+        0x48, 0x8d, 0x05, 0x69, 0x00, 0x00, 0x00, // lea idt(%rip), %rax (idt at 0x70)
+        0x48, 0x8d, 0x1d, 0x4d, 0x00, 0x00, 0x00, // lea handler(%rip), %rbx
+        0x66, 0x89, 0x58, 0x30, 0x66, 0xc7, 0x40, 0x32, 0x10, 0x00, 0x66, 0xc7, 0x40, 0x34, 0x00,
+        0x8e, 0x48, 0xc1, 0xeb, 0x10, 0x66, 0x89, 0x58, 0x36, 0x48, 0xc1, 0xeb, 0x10, 0x89, 0x58,
+        0x38, // gate 3
+        0x48, 0x83, 0xec, 0x10, 0x66, 0xc7, 0x04, 0x24, 0x3f, 0x00, 0x48, 0x89, 0x44, 0x24, 0x02,
+        0x0f, 0x01, 0x1c, 0x24, 0x48, 0x83, 0xc4, 0x10, // lidt
+        0xcc, 0xcc, 0x9b, // int3; int3; fwait
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'o', 0xee, 0xb0, b'k', 0xee, 0xb0, b'\n',
+        0xee, // "ok\n"
+        0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd, // reset
+        0x50, 0x52, 0x66, 0xba, 0xf8, 0x03, 0xb0, b'B', 0xee, 0x5a, 0x58, 0x48,
+        0xcf, // handler
+    ];
+    assert_eq!(code.len(), 0x68);
+    code.resize(0x70 + 4 * 16, 0);
+    let t0 = Instant::now();
+    let (out, console) = run_tiny(&code, &[]);
+    let text = common::text(&out);
+    assert_eq!(
+        String::from_utf8_lossy(&console),
+        "BBok\n",
+        "two #BP handler runs, each returning after its int3; {text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    if !memvisor::vm::HostVirt::detect().hardware {
+        assert!(
+            text.contains("emulation assists fwait=1 int3=2"),
+            "assists counted per vCPU and kind: {text}"
+        );
+    }
+    println!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
 }
 
 /// With `--balloon`, a Linux guest has a PCI bus on configuration mechanism #1 with the balloon

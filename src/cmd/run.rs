@@ -66,7 +66,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", requires = "kernel")]
     initrd: Option<PathBuf>,
     /// Kernel command line for --kernel (QEMU: -append). Default: "console=ttyS0
-    /// earlyprintk=serial reboot=k panic=1"; `noxsave` is added on hosts without VMX/SVM.
+    /// earlyprintk=serial reboot=k panic=1"; `noxsave clearcpuid=popcnt,smap` is added on hosts without VMX/SVM.
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     cmdline: Option<String>,
     /// Write the guest's serial console (ttyS0) to this file instead of stdout.
