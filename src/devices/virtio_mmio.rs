@@ -177,13 +177,23 @@ impl<D: VirtioDevice> MmioTransport<D> {
                         log::warn!("virtio-mmio at {:#x}: activation failed: {e}", self.base);
                         self.interrupt.raise(INT_CONFIG);
                     }
-                    StatusChange::Stored | StatusChange::Activated => {}
+                    StatusChange::Activated => {
+                        // Buffers made available before DRIVER_OK (see
+                        // `TransportCore::ready_queues`).
+                        let ready = self.state.lock().unwrap().ready_queues();
+                        for q in ready {
+                            self.process(q, mem);
+                        }
+                    }
+                    StatusChange::Stored => {}
                 }
             }
             _ => st.bad_accesses += 1,
         }
     }
 
+    /// A queue notification; before DRIVER_OK counted and dropped (activation processes every
+    /// enabled queue).
     fn notify(&self, queue: u16, mem: &GuestMemoryMmap) {
         {
             let mut st = self.state.lock().unwrap();
@@ -192,6 +202,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
         }
+        self.process(queue, mem);
+    }
+
+    /// Lets the device process `queue` and raises the interrupt status that requires.
+    fn process(&self, queue: u16, mem: &GuestMemoryMmap) {
         let what = format_args!("virtio-mmio at {:#x}", self.base);
         match process_notify(&self.device, queue, mem, what) {
             Notified::Used => self.interrupt.raise(INT_USED_BUFFER),
