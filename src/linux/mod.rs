@@ -230,7 +230,10 @@ impl LinuxMachine {
             None => None,
         };
         let e820 = bootparams::e820_map(&ranges)?;
-        let tables = acpi::build(vcpus, &devices.dsdt_aml)?;
+        // The console UART first (always there), then what the devices bring.
+        let mut dsdt_aml = acpi::com1_aml(serial::COM1_BASE, serial::COM1_IRQ);
+        dsdt_aml.extend_from_slice(&devices.dsdt_aml);
+        let tables = acpi::build(vcpus, &dsdt_aml)?;
         for (gpa, bytes) in &tables.blobs {
             mem.write_slice(bytes, GuestAddress(*gpa))
                 .map_err(|source| LinuxError::Write {
