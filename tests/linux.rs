@@ -17,6 +17,10 @@
 //!   handler (memvisor's emulation assist where KVM has no VMX/SVM; seconds).
 //! - `linux_guest_with_a_balloon_has_it_on_pci` checks with a tiny kernel that `--balloon` puts
 //!   the balloon on the Linux guest's PCI bus (conf1), where that driver looks.
+//! - `test_kernel_balloon_and_console_end_to_end` runs here too, with the test kernel
+//!   (`scripts/guest/test-kernel.sh`): one boot to its `/init` (~3-4 min where KVM emulates ring
+//!   0), then the serial console for userspace, the kernel's own `virtio_balloon` driver, its
+//!   statistics, inflate/deflate with host residency and the guest's MemTotal following.
 //!
 //! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
 //! test builds them itself when they are missing, and prints a skip line naming what is missing
@@ -630,4 +634,261 @@ fn full_boot_to_init_with_the_balloon() {
     });
     let out = vm.interrupt(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
+}
+
+/// The test kernel's directory (`scripts/guest-assets.sh --test-dir`: cached builds only; the
+/// build takes minutes, so a test never starts it), or a skip line saying how to build it.
+fn test_kernel_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/guest-assets.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg("--test-dir")
+        .stdin(Stdio::null())
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {
+            let dir = PathBuf::from(String::from_utf8_lossy(&o.stdout).trim());
+            Some((dir.join("vmlinux"), dir.join("initramfs.cpio")))
+        }
+        _ => {
+            skip(
+                test,
+                "the Linux test kernel is not built: run scripts/guest-assets.sh (once, ~5 min; .ci/run does)",
+            );
+            None
+        }
+    }
+}
+
+/// The test guest (`scripts/guest/test-init.sh`) behind memvisor's console: commands go in
+/// through memvisor's stdin, answers come back as `memvisor-guest: ` lines in the console file.
+struct TestGuest {
+    vm: Running,
+    stdin: std::process::ChildStdin,
+    console: PathBuf,
+    /// Guest lines already consumed.
+    seen: usize,
+}
+
+impl TestGuest {
+    /// The guest's own lines (`memvisor-guest: ` removed), in order.
+    fn lines(&self) -> Vec<String> {
+        console_lines(&self.console)
+            .into_iter()
+            .filter_map(|l| {
+                l.find("memvisor-guest: ")
+                    .map(|at| l[at + "memvisor-guest: ".len()..].to_string())
+            })
+            .collect()
+    }
+
+    /// Waits for the next guest line starting with `prefix` (lines before it are consumed).
+    fn expect(&mut self, prefix: &str, timeout: Duration) -> String {
+        let t0 = Instant::now();
+        loop {
+            let lines = self.lines();
+            if let Some(i) = lines[self.seen.min(lines.len())..]
+                .iter()
+                .position(|l| l.starts_with(prefix))
+            {
+                self.seen += i + 1;
+                return lines[self.seen - 1].clone();
+            }
+            let alive = self.vm.child().try_wait().unwrap().is_none();
+            if !alive || t0.elapsed() > timeout {
+                panic!(
+                    "no guest line `{prefix}` after {:.0} s (memvisor {}); console:\n{}",
+                    t0.elapsed().as_secs_f64(),
+                    if alive { "running" } else { "ended" },
+                    console_lines(&self.console).join("\n")
+                );
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn send(&mut self, line: &str) {
+        use std::io::Write;
+        self.stdin
+            .write_all(format!("{line}\n").as_bytes())
+            .unwrap();
+        self.stdin.flush().unwrap();
+    }
+
+    /// `meminfo`: (MemTotal, MemFree) in kB.
+    fn meminfo(&mut self) -> (u64, u64) {
+        self.send("meminfo");
+        let l = self.expect("meminfo ", Duration::from_secs(60));
+        let field = |k: &str| -> u64 {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let i = w
+                .iter()
+                .position(|x| *x == k)
+                .unwrap_or_else(|| panic!("{k} in {l}"));
+            w[i + 1].parse().unwrap()
+        };
+        (field("MemTotal:"), field("MemFree:"))
+    }
+}
+
+fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, text) = memvisor::api::client::request(sock, method, path, body).unwrap();
+    let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    (status, v)
+}
+
+/// `actual_mib` from `GET /balloon/statistics` (Firecracker's field), once statistics exist.
+fn balloon_actual_mib(sock: &Path) -> Option<u64> {
+    let (status, v) = api(sock, "GET", "/balloon/statistics", None);
+    (status == 200).then(|| v["actual_mib"].as_u64()).flatten()
+}
+
+/// One boot of the test kernel (to `/init` in ~3-4 min where KVM emulates guest ring 0) for
+/// everything the Linux driver and userspace can show here:
+/// - the serial console works for userspace: `/proc/interrupts` has IRQ 4 for ttyS0, a write
+///   to `/dev/ttyS0` succeeds, and commands typed on memvisor's stdin reach the guest's shell;
+/// - the kernel's `virtio_balloon` binds to memvisor's virtio-pci balloon with the statistics
+///   feature, and its statistics reach `GET /balloon/statistics` (they never did before
+///   buffers made available before DRIVER_OK were processed at activation);
+/// - `PATCH /balloon` 32 MiB: `actual_mib` reaches 32, the VMM's resident memory drops by about
+///   that much (guest RAM is preallocated), the guest's MemTotal drops by exactly 32 MiB;
+///   deflating restores MemTotal.
+#[test]
+fn test_kernel_balloon_and_console_end_to_end() {
+    let test = "test_kernel_balloon_and_console_end_to_end";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some((vmlinux, initramfs)) = test_kernel_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("linux-test-guest");
+    let console = tmp.path().join("console.txt");
+    let sock = tmp.path().join("api.sock");
+    let t0 = Instant::now();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .arg("--kernel")
+        .arg(&vmlinux)
+        .arg("--initrd")
+        .arg(&initramfs)
+        .args([
+            "--cmdline",
+            "console=ttyS0 reboot=k panic=1 printk.devkmsg=on",
+        ])
+        .args([
+            "--vcpus",
+            "1",
+            "-m",
+            "size=256M,prealloc=on",
+            "--timeout",
+            "900",
+        ])
+        .args(["--balloon", "amount_mib=0,stats_polling_interval_s=1"])
+        .arg("--api-sock")
+        .arg(&sock)
+        .arg("--console")
+        .arg(&console)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let stdin = child.stdin.take().unwrap();
+    let mut g = TestGuest {
+        vm: Running(Some(child)),
+        stdin,
+        console,
+        seen: 0,
+    };
+    g.expect("ready", Duration::from_secs(600));
+    println!(
+        "{test}: booted to /init and its first lines in {:.0} s",
+        t0.elapsed().as_secs_f64()
+    );
+    let lines = g.lines();
+    let has = |p: &str| lines.iter().any(|l| l.starts_with(p));
+    assert!(has("console ok"), "userspace writes to the console");
+    assert!(has("write to /dev/ttyS0 ok"), "{lines:#?}");
+    // ttyS0 has its interrupt: ISA IRQ 4, I/O APIC pin 4 (edge).
+    let irq4 = lines
+        .iter()
+        .find(|l| l.starts_with("irq ") && l.contains("ttyS0"))
+        .unwrap_or_else(|| panic!("ttyS0 in /proc/interrupts: {lines:#?}"));
+    assert!(irq4.contains(" 4-edge"), "{irq4}");
+    println!("{test}: {irq4}");
+    let virtio = lines
+        .iter()
+        .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
+        .unwrap_or_else(|| panic!("a virtio balloon: {lines:#?}"));
+    assert!(virtio.contains("driver virtio_balloon"), "{virtio}");
+    // Negotiated features (sysfs: one character per bit): VERSION_1 and STATS_VQ.
+    let features = virtio.rsplit(' ').next().unwrap().as_bytes();
+    assert_eq!(features.get(32), Some(&b'1'), "VERSION_1: {virtio}");
+    assert_eq!(features.get(1), Some(&b'1'), "STATS_VQ: {virtio}");
+    // Console input reaches the guest's shell.
+    g.send("echo over the serial console");
+    g.expect("echo over the serial console", Duration::from_secs(60));
+    let t_cmd = Instant::now();
+    let (total0, _) = g.meminfo();
+    println!(
+        "{test}: meminfo round trip {:.1} s; MemTotal {total0} kB",
+        t_cmd.elapsed().as_secs_f64()
+    );
+    // The driver's statistics arrive (a fresh buffer every polling interval).
+    let stats = wait_for("balloon statistics", Duration::from_secs(120), || {
+        let (status, v) = api(&sock, "GET", "/balloon/statistics", None);
+        (status == 200).then_some(v)
+    });
+    let total_stat = stats["total_memory"].as_u64().expect("total_memory");
+    let free_stat = stats["free_memory"].as_u64().expect("free_memory");
+    assert!(
+        total_stat.abs_diff(total0 * 1024) <= 1 << 20,
+        "total_memory {total_stat} vs MemTotal {total0} kB"
+    );
+    assert!(free_stat > 0 && free_stat < total_stat, "{stats}");
+    // Inflate by 32 MiB.
+    let rss0 = rss_kib(pid);
+    let t_inflate = Instant::now();
+    let (status, v) = api(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 32}"#));
+    assert_eq!(status, 204, "{v}");
+    wait_for("actual_mib 32", Duration::from_secs(300), || {
+        (balloon_actual_mib(&sock)? == 32).then_some(())
+    });
+    println!(
+        "{test}: inflated 32 MiB in {:.0} s",
+        t_inflate.elapsed().as_secs_f64()
+    );
+    let rss1 = wait_for("host residency to drop", Duration::from_secs(30), || {
+        let r = rss_kib(pid);
+        (rss0.saturating_sub(r) >= 28 * 1024).then_some(r)
+    });
+    let (total1, _) = g.meminfo();
+    assert_eq!(
+        total0 - total1,
+        32 * 1024,
+        "MemTotal {total0} -> {total1} kB"
+    );
+    println!("{test}: host RSS {rss0} -> {rss1} kB, MemTotal {total0} -> {total1} kB");
+    // Deflate.
+    let t_deflate = Instant::now();
+    let (status, v) = api(&sock, "PATCH", "/balloon", Some(r#"{"amount_mib": 0}"#));
+    assert_eq!(status, 204, "{v}");
+    wait_for("actual_mib 0", Duration::from_secs(300), || {
+        (balloon_actual_mib(&sock)? == 0).then_some(())
+    });
+    let (total2, _) = g.meminfo();
+    assert_eq!(total2, total0, "MemTotal restored");
+    println!(
+        "{test}: deflated in {:.0} s; whole test {:.0} s",
+        t_deflate.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    let out = g.vm.interrupt(Duration::from_secs(30));
+    let text = common::text(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    if !memvisor::vm::HostVirt::detect().hardware {
+        assert!(text.contains("emulation assists"), "{text}");
+    }
 }
