@@ -1,8 +1,10 @@
 #!/bin/sh
 # /init of memvisor's Linux test guest (busybox sh; scripts/guest/test-kernel.sh puts it in an
 # uncompressed initramfs with Debian's busybox-static). It talks to the host over the serial
-# console: every line it prints starts with `memvisor-guest: `, and it reads one command per
-# line from the console:
+# console: every line it prints starts with `memvisor-guest: `. It mounts, prints the virtio
+# devices, /proc/interrupts and /proc/meminfo, then execs memvisor's test agent (guest-agent/,
+# the same commands plus `verify` and `balloon`) or, without it, reads one command per line
+# from the console itself:
 #   meminfo        -> memvisor-guest: meminfo MemTotal: N MemFree: N MemAvailable: N   (kB)
 #   fill MIB       fill MIB MiB of memory (a tmpfs file, zeros), then "filled MIB"
 #   free           free it again, then "freed"
@@ -47,6 +49,9 @@ for d in /sys/bus/virtio/devices/*; do
 done
 interrupts
 meminfo
+# memvisor's test agent (guest-agent/) takes over the console when it is there; it answers the
+# same commands and more (fill with a pattern, verify, free, balloon).
+if [ -x /bin/memvisor-agent ]; then exec /bin/memvisor-agent; fi
 say "ready"
 while read -r cmd arg; do
   case "$cmd" in

@@ -5,7 +5,8 @@
 #                    (completes the half-done SYSCALL of hosts whose KVM has no VMX/SVM; inert
 #                    elsewhere), built with `make vmlinux` (ELF: no decompressor to emulate)
 #   initramfs.cpio   uncompressed newc cpio (decompression would run emulated): Debian's
-#                    busybox-static, its applet links, /etc/fstab and test-init.sh as /init
+#                    busybox-static, its applet links, /etc/fstab, test-init.sh as /init and
+#                    memvisor's test agent (guest-agent/, built here static with cargo)
 # in $MEMVISOR_ASSETS_ROOT/linux-test/. `.complete` records a format number and hashes of the
 # inputs; a part whose inputs did not change is not rebuilt (the kernel build tree stays in
 # linux-test/build, so a changed config fragment rebuilds incrementally). First build ~5 min
@@ -29,7 +30,8 @@ init_file=$here/test-init.sh
 
 hash_of() { cat "$@" | sha256sum | cut -c1-16; }
 kernel_hash=$(hash_of "$fragment" "$patch_file")
-initramfs_hash=$(hash_of "$init_file")
+repo=$(cd "$here/../.." && pwd)
+initramfs_hash=$(hash_of "$init_file" "$repo/guest-agent/Cargo.toml" "$repo"/guest-agent/src/*.rs)
 stamp_line() { sed -n "s/^$1 //p" "$dir/.complete" 2>/dev/null || true; }
 cached() {
   [[ -f "$dir/vmlinux" && -f "$dir/initramfs.cpio" &&
@@ -128,6 +130,12 @@ tmpfs /mnt tmpfs size=90% 0 0
 FSTAB
 cp "$init_file" "$init/init"
 chmod 755 "$init/init"
+echo "guest-assets: building the test agent (cargo, static)"
+command -v cargo >/dev/null || { echo "guest-assets: cargo is missing (the test agent is Rust)" >&2; exit 2; }
+RUSTFLAGS="-C target-feature=+crt-static -C strip=symbols" cargo build -q --release \
+  --manifest-path "$repo/Cargo.toml" -p memvisor-guest-agent \
+  --target x86_64-unknown-linux-gnu --target-dir "$dir/agent-target"
+cp "$dir/agent-target/x86_64-unknown-linux-gnu/release/memvisor-agent" "$init/bin/memvisor-agent"
 (cd "$init" && find . -print0 | LC_ALL=C sort -z | cpio --null -o -H newc --owner=0:0 --quiet) \
   >"$dir/initramfs.cpio.tmp"
 mv "$dir/initramfs.cpio.tmp" "$dir/initramfs.cpio"
@@ -135,5 +143,5 @@ mv "$dir/initramfs.cpio.tmp" "$dir/initramfs.cpio"
 printf '%s\n' "format $format" "kernel $kernel_hash" "initramfs $initramfs_hash" \
   "source $(cat "$dir/source-version" 2>/dev/null || echo unknown)" >"$dir/.complete"
 echo "guest-assets: test kernel ready"
-echo "test vmlinux:   $dir/vmlinux ($(du -h "$dir/vmlinux" | cut -f1))"
-echo "test initramfs: $dir/initramfs.cpio ($(du -h "$dir/initramfs.cpio" | cut -f1))"
+echo "test vmlinux:   $dir/vmlinux ($(du --apparent-size -h "$dir/vmlinux" | cut -f1))"
+echo "test initramfs: $dir/initramfs.cpio ($(du --apparent-size -h "$dir/initramfs.cpio" | cut -f1))"
