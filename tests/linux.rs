@@ -537,7 +537,7 @@ fn full_boot_to_init_with_the_balloon() {
     let test = "full_boot_to_init_with_the_balloon";
     let forced = std::env::var("MEMVISOR_FULL_LINUX").is_ok_and(|v| v == "1");
     if !forced && !hardware_virtualisation() {
-        skip(test, "needs hardware virtualisation (vmx/svm in /proc/cpuinfo and kvm_intel/kvm_amd loaded): without it KVM emulates guest ring 0 and Debian's kernel stops at its int3 self-test; MEMVISOR_FULL_LINUX=1 forces it");
+        skip(test, "needs hardware virtualisation (vmx/svm in /proc/cpuinfo and kvm_intel/kvm_amd loaded): without it KVM emulates guest ring 0 and leaves the system calls of Debian's userspace half done (the patched test kernel's test covers the balloon here); MEMVISOR_FULL_LINUX=1 forces it");
         return;
     }
     if !kvm_or_skip(test) {
