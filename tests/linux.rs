@@ -423,7 +423,8 @@ fn guest_reboot_by_i8042_or_triple_fault_ends_the_run_cleanly() {
 }
 
 /// `int3` in guest ring 0 reaches the guest's own `#BP` handler, and returns to the instruction
-/// after it; a `fwait` with no x87 exception pending is a no-op. On hosts without VMX/SVM KVM
+/// after it; a `fwait` with no x87 exception pending is a no-op; other instructions KVM cannot
+/// emulate end the run with their bytes in the message. On hosts without VMX/SVM KVM
 /// stops on both with an internal error and memvisor completes them (emulation assists, counted
 /// in the report); elsewhere the CPU does it. A tiny kernel builds an IDT with a `#BP` gate whose
 /// handler writes `B` to COM1, runs `int3; int3; fwait`, writes `ok` and resets:
@@ -470,10 +471,29 @@ fn int3_in_ring_0_reaches_the_guests_handler() {
         "two #BP handler runs, each returning after its int3; {text}"
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-    if !memvisor::vm::HostVirt::detect().hardware {
+    let hardware = memvisor::vm::HostVirt::detect().hardware;
+    if !hardware {
         assert!(
             text.contains("emulation assists fwait=1 int3=2"),
             "assists counted per vCPU and kind: {text}"
+        );
+    }
+    // Any other instruction KVM cannot emulate still ends the run, naming its bytes:
+    // `popcnt eax, eax` (the kernel is told `clearcpuid=popcnt` for this), then reset.
+    let (out, _) = run_tiny(
+        &[
+            0xf3, 0x0f, 0xb8, 0xc0, 0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd,
+        ],
+        &[],
+    );
+    let text = common::text(&out);
+    if hardware {
+        assert_eq!(out.status.code(), Some(0), "{text}");
+    } else {
+        assert_ne!(out.status.code(), Some(0), "{text}");
+        assert!(
+            text.contains("KVM internal error") && text.contains("(bytes f3 0f b8 c0 "),
+            "{text}"
         );
     }
     println!("{test}: {:.1} s", t0.elapsed().as_secs_f64());
