@@ -21,6 +21,8 @@
 //!   (`scripts/guest/test-kernel.sh`): one boot to its `/init` (~3-4 min where KVM emulates ring
 //!   0), then the serial console for userspace, the kernel's own `virtio_balloon` driver, its
 //!   statistics, inflate/deflate with host residency and the guest's MemTotal following.
+//!   `test_kernel_free_page_reporting_returns_freed_memory` boots it once more, beside it, for
+//!   free page reporting.
 //!
 //! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
 //! test builds them itself when they are missing, and prints a skip line naming what is missing
@@ -691,6 +693,44 @@ struct TestGuest {
 }
 
 impl TestGuest {
+    /// Boots the test kernel with 1 vCPU, the API socket `api.sock` and the console in `tmp`,
+    /// plus `extra` arguments (memory, balloon).
+    fn start(vmlinux: &Path, initramfs: &Path, tmp: &TempDir, extra: &[&str]) -> TestGuest {
+        let console = tmp.path().join("console.txt");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+            .arg("run")
+            .arg("--kernel")
+            .arg(vmlinux)
+            .arg("--initrd")
+            .arg(initramfs)
+            .args([
+                "--cmdline",
+                "console=ttyS0 reboot=k panic=1 printk.devkmsg=on",
+            ])
+            .args(["--vcpus", "1", "--timeout", "900"])
+            .args(extra)
+            .arg("--api-sock")
+            .arg(tmp.path().join("api.sock"))
+            .arg("--console")
+            .arg(&console)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let stdin = child.stdin.take().unwrap();
+        TestGuest {
+            vm: Running(Some(child)),
+            stdin,
+            console,
+            seen: 0,
+        }
+    }
+
+    fn pid(&mut self) -> u32 {
+        self.vm.child().id()
+    }
+
     /// The guest's own lines (`memvisor-guest: ` removed), in order.
     fn lines(&self) -> Vec<String> {
         console_lines(&self.console)
@@ -783,45 +823,20 @@ fn test_kernel_balloon_and_console_end_to_end() {
         return;
     };
     let tmp = TempDir::new("linux-test-guest");
-    let console = tmp.path().join("console.txt");
     let sock = tmp.path().join("api.sock");
     let t0 = Instant::now();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .arg("run")
-        .arg("--kernel")
-        .arg(&vmlinux)
-        .arg("--initrd")
-        .arg(&initramfs)
-        .args([
-            "--cmdline",
-            "console=ttyS0 reboot=k panic=1 printk.devkmsg=on",
-        ])
-        .args([
-            "--vcpus",
-            "1",
+    let mut g = TestGuest::start(
+        &vmlinux,
+        &initramfs,
+        &tmp,
+        &[
             "-m",
             "size=256M,prealloc=on",
-            "--timeout",
-            "900",
-        ])
-        .args(["--balloon", "amount_mib=0,stats_polling_interval_s=1"])
-        .arg("--api-sock")
-        .arg(&sock)
-        .arg("--console")
-        .arg(&console)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let stdin = child.stdin.take().unwrap();
-    let mut g = TestGuest {
-        vm: Running(Some(child)),
-        stdin,
-        console,
-        seen: 0,
-    };
+            "--balloon",
+            "amount_mib=0,stats_polling_interval_s=1",
+        ],
+    );
+    let pid = g.pid();
     g.expect("ready", Duration::from_secs(600));
     println!(
         "{test}: booted to /init and its first lines in {:.0} s",
@@ -935,4 +950,73 @@ fn test_kernel_balloon_and_console_end_to_end() {
     if !memvisor::vm::HostVirt::detect().hardware {
         assert!(text.contains("emulation assists"), "{text}");
     }
+}
+
+/// Free page reporting with the kernel's own driver (a second boot, run beside the first): the
+/// guest's test agent touches 24 MiB (the VMM's resident memory grows), frees it, and the
+/// driver reports the freed pages, so the host's residency drops again with no balloon target.
+#[test]
+fn test_kernel_free_page_reporting_returns_freed_memory() {
+    let test = "test_kernel_free_page_reporting_returns_freed_memory";
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some((vmlinux, initramfs)) = test_kernel_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("linux-test-fpr");
+    let sock = tmp.path().join("api.sock");
+    let t0 = Instant::now();
+    let mut g = TestGuest::start(
+        &vmlinux,
+        &initramfs,
+        &tmp,
+        &[
+            "-m",
+            "256M",
+            "--balloon",
+            "amount_mib=0,free_page_reporting=on",
+        ],
+    );
+    let pid = g.pid();
+    let ready = g.expect("ready", Duration::from_secs(600));
+    assert_eq!(ready, "ready (memvisor-agent)");
+    let virtio = g
+        .lines()
+        .into_iter()
+        .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
+        .expect("the balloon");
+    // VIRTIO_BALLOON_F_REPORTING is bit 5.
+    let features = virtio.rsplit(' ').next().unwrap().as_bytes().to_vec();
+    assert_eq!(features.get(5), Some(&b'1'), "REPORTING: {virtio}");
+    // Let the reporting of what was free at boot settle, then touch 24 MiB.
+    std::thread::sleep(Duration::from_secs(5));
+    let rss0 = rss_kib(pid);
+    g.send("fill 24");
+    g.expect("filled 24", Duration::from_secs(300));
+    // Growth is less than 24 MiB: the guest also reuses pages it touched at boot (freed
+    // pieces smaller than the 2 MiB the driver reports stay resident).
+    let rss1 = rss_kib(pid);
+    let grown = rss1.saturating_sub(rss0);
+    assert!(
+        grown >= 12 * 1024,
+        "touching 24 MiB grew residency {rss0} -> {rss1} kB"
+    );
+    let t_free = Instant::now();
+    g.send("free");
+    g.expect("freed 24", Duration::from_secs(60));
+    let rss2 = wait_for("freed pages reported", Duration::from_secs(120), || {
+        let r = rss_kib(pid);
+        (rss1.saturating_sub(r) >= (grown / 2).max(8 * 1024)).then_some(r)
+    });
+    println!(
+        "{test}: residency {rss0} -> {rss1} (24 MiB touched) -> {rss2} kB {:.0} s after the free; whole test {:.0} s",
+        t_free.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
+    let (status, v) = api(&sock, "GET", "/balloon", None);
+    assert_eq!(status, 200, "{v}");
+    assert_eq!(v["amount_mib"].as_u64(), Some(0), "no balloon target: {v}");
+    let out = g.vm.interrupt(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
 }
