@@ -21,8 +21,8 @@
 //!   (`scripts/guest/test-kernel.sh`): one boot to its `/init` (~3-4 min where KVM emulates ring
 //!   0), then the serial console for userspace, the kernel's own `virtio_balloon` driver, its
 //!   statistics, inflate/deflate with host residency and the guest's MemTotal following.
-//!   `test_kernel_free_page_reporting_returns_freed_memory` boots it once more, beside it, for
-//!   free page reporting.
+//!   `test_kernel_free_page_reporting_and_deflate_on_oom` boots it once more, beside it, for
+//!   free page reporting and deflate-on-oom.
 //!
 //! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
 //! test builds them itself when they are missing, and prints a skip line naming what is missing
@@ -952,12 +952,18 @@ fn test_kernel_balloon_and_console_end_to_end() {
     }
 }
 
-/// Free page reporting with the kernel's own driver (a second boot, run beside the first): the
-/// guest's test agent touches 24 MiB (the VMM's resident memory grows), frees it, and the
-/// driver reports the freed pages, so the host's residency drops again with no balloon target.
+/// Free page reporting and deflate-on-oom with the kernel's own driver (a second boot, run
+/// beside the first):
+/// - the guest's test agent touches 24 MiB (the VMM's resident memory grows), frees it, and the
+///   driver reports the freed pages, so the host's residency drops again with no balloon
+///   target;
+/// - the balloon is inflated until the guest has ~8 MiB free, then the agent allocates 16 MiB:
+///   the guest runs out of memory, the driver gives balloon pages back (`actual` drops below
+///   the target), the allocation succeeds and its data verifies; MemTotal does not move
+///   (with deflate-on-oom the driver leaves it alone).
 #[test]
-fn test_kernel_free_page_reporting_returns_freed_memory() {
-    let test = "test_kernel_free_page_reporting_returns_freed_memory";
+fn test_kernel_free_page_reporting_and_deflate_on_oom() {
+    let test = "test_kernel_free_page_reporting_and_deflate_on_oom";
     if !kvm_or_skip(test) {
         return;
     }
@@ -973,9 +979,9 @@ fn test_kernel_free_page_reporting_returns_freed_memory() {
         &tmp,
         &[
             "-m",
-            "256M",
+            "160M",
             "--balloon",
-            "amount_mib=0,free_page_reporting=on",
+            "amount_mib=0,free_page_reporting=on,deflate_on_oom=on,stats_polling_interval_s=1",
         ],
     );
     let pid = g.pid();
@@ -986,8 +992,9 @@ fn test_kernel_free_page_reporting_returns_freed_memory() {
         .into_iter()
         .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
         .expect("the balloon");
-    // VIRTIO_BALLOON_F_REPORTING is bit 5.
+    // VIRTIO_BALLOON_F_DEFLATE_ON_OOM is bit 2, VIRTIO_BALLOON_F_REPORTING bit 5.
     let features = virtio.rsplit(' ').next().unwrap().as_bytes().to_vec();
+    assert_eq!(features.get(2), Some(&b'1'), "DEFLATE_ON_OOM: {virtio}");
     assert_eq!(features.get(5), Some(&b'1'), "REPORTING: {virtio}");
     // Let the reporting of what was free at boot settle, then touch 24 MiB.
     std::thread::sleep(Duration::from_secs(5));
@@ -1017,6 +1024,41 @@ fn test_kernel_free_page_reporting_returns_freed_memory() {
     let (status, v) = api(&sock, "GET", "/balloon", None);
     assert_eq!(status, 200, "{v}");
     assert_eq!(v["amount_mib"].as_u64(), Some(0), "no balloon target: {v}");
+
+    // Deflate-on-oom: leave the guest ~8 MiB, then allocate 16 MiB.
+    let (total0, free0) = g.meminfo();
+    let target = (free0 / 1024).saturating_sub(8);
+    let t_inflate = Instant::now();
+    let body = format!(r#"{{"amount_mib": {target}}}"#);
+    let (status, v) = api(&sock, "PATCH", "/balloon", Some(&body));
+    assert_eq!(status, 204, "{v}");
+    wait_for(
+        "the balloon to reach its target",
+        Duration::from_secs(300),
+        || (balloon_actual_mib(&sock)? == target).then_some(()),
+    );
+    let (total1, free1) = g.meminfo();
+    println!(
+        "{test}: inflated {target} MiB in {:.0} s: MemTotal {total0} -> {total1} kB, MemFree {free0} -> {free1} kB",
+        t_inflate.elapsed().as_secs_f64()
+    );
+    assert_eq!(total1, total0, "deflate-on-oom leaves MemTotal alone");
+    let t_fill = Instant::now();
+    g.send("fill 16");
+    g.expect("filled 16", Duration::from_secs(400));
+    g.send("verify");
+    assert_eq!(
+        g.expect("verified ", Duration::from_secs(60)),
+        "verified 16777216 mismatches 0"
+    );
+    let actual = wait_for("the driver to deflate", Duration::from_secs(60), || {
+        balloon_actual_mib(&sock).filter(|a| *a < target)
+    });
+    println!(
+        "{test}: 16 MiB allocated and verified in {:.0} s; the driver deflated {target} -> {actual} MiB; whole test {:.0} s",
+        t_fill.elapsed().as_secs_f64(),
+        t0.elapsed().as_secs_f64()
+    );
     let out = g.vm.interrupt(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
 }
