@@ -11,9 +11,17 @@
 # when /var/cache is not writable). A second run finds the
 # cache and only prints the paths. Prints what it downloads and installs.
 #
-# Usage: scripts/guest-assets.sh [--print-dir]
-#   --print-dir   print only the asset directory (for scripts and tests)
-# Environment: MEMVISOR_ASSETS (cache root), MEMVISOR_KERNEL_PACKAGE (override the package name).
+# A plain run also builds memvisor's Linux test kernel and its initramfs (scripts/guest/
+# test-kernel.sh: Debian's linux-source-6.12 with the repository's config fragment and
+# system-call patch, busybox-static, an uncompressed cpio) in <cache root>/linux-test/, cached
+# the same way (~5 min the first time).
+#
+# Usage: scripts/guest-assets.sh [--print-dir | --test-dir]
+#   --print-dir   print only the cloud kernel's asset directory (builds it when missing)
+#   --test-dir    print the test kernel's directory if it is cached and current, else exit 3
+#                 (never builds)
+# Environment: MEMVISOR_ASSETS (cache root), MEMVISOR_KERNEL_PACKAGE (override the package name),
+# MEMVISOR_TEST_KERNEL=0 (a plain run skips the test kernel).
 #
 # The /init (busybox sh) mounts proc/sys/dev, loads the modules, prints /proc/meminfo and reads
 # these kernel command-line options:
@@ -33,6 +41,13 @@ if ! mkdir -p "$default_root" 2>/dev/null || [[ ! -w "$default_root" ]]; then
   default_root=${XDG_CACHE_HOME:-$HOME/.cache}/memvisor/guest-assets
 fi
 root=${MEMVISOR_ASSETS:-$default_root}
+export MEMVISOR_ASSETS_ROOT=$root
+here=$(cd "$(dirname "$0")" && pwd)
+# The test kernel (scripts/guest/test-kernel.sh): built (or found cached) by a plain run.
+if [[ "${1:-}" == "--test-dir" ]]; then exec bash "$here/guest/test-kernel.sh" --cached-dir; fi
+if ((!print_dir)) && [[ "${MEMVISOR_TEST_KERNEL:-1}" != 0 ]]; then
+  bash "$here/guest/test-kernel.sh"
+fi
 # Bumped whenever what this script builds changes, so an older cache is rebuilt.
 format=2
 need_tools=()

@@ -19,6 +19,7 @@
 #[path = "../guest/abi.rs"]
 pub mod abi;
 pub mod api;
+pub mod assist;
 pub mod balance;
 pub mod bench;
 pub mod boot;

@@ -135,6 +135,9 @@ pub struct VcpuReport {
     pub hypercall_exits: u64,
     /// Port/MMIO accesses no device claimed.
     pub unclaimed_io: u64,
+    /// Emulation assists (hosts without VMX/SVM) by kind: `int3`, `fwait`.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub assists: BTreeMap<String, u64>,
     /// Hypercalls the guest says it made (when it finished).
     pub guest_hypercalls: Option<u64>,
     /// Guest's final status.
@@ -157,6 +160,7 @@ impl VcpuReport {
             total_exits: 0,
             hypercall_exits: 0,
             unclaimed_io: 0,
+            assists: BTreeMap::new(),
             guest_hypercalls: None,
             guest_status: None,
             ops: Vec::new(),
@@ -404,10 +408,17 @@ impl RunReport {
                 exits.join(" ")
             };
             if self.linux.is_some() {
+                let assists: Vec<String> =
+                    v.assists.iter().map(|(k, n)| format!("{k}={n}")).collect();
+                let assists = if assists.is_empty() {
+                    String::new()
+                } else {
+                    format!("; emulation assists {}", assists.join(" "))
+                };
                 let _ = writeln!(
                     s,
-                    "  vcpu{}{}: {} exits ({}); {} unclaimed port/MMIO accesses",
-                    v.id, pin, v.total_exits, exits, v.unclaimed_io
+                    "  vcpu{}{}: {} exits ({}); {} unclaimed port/MMIO accesses{}",
+                    v.id, pin, v.total_exits, exits, v.unclaimed_io, assists
                 );
                 continue;
             }

@@ -204,6 +204,7 @@ impl Vmm {
                     } else {
                         ThreadKind::Vcpu
                     })),
+                    assists: !vm.host().hardware,
                 },
             )
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
@@ -472,6 +473,12 @@ impl Vmm {
             v.total_exits = h.stats.total();
             v.hypercall_exits = h.stats.hypercalls.load(Ordering::Relaxed);
             v.unclaimed_io = h.stats.unclaimed_io.load(Ordering::Relaxed);
+            v.assists = h
+                .stats
+                .assists()
+                .into_iter()
+                .map(|(k, n)| (k.name().to_string(), n))
+                .collect();
             let p = h.stats.progress();
             v.balloon_driver = (p.updates > 0).then_some(p);
         }

@@ -3,6 +3,7 @@
 //! (running, paused, stopped) driven through [`VcpuHandle`] with a signal kick.
 
 use crate::abi::{self, Hypercall};
+use crate::assist::{self, AssistKind, Paging};
 use crate::devices::Bus;
 use crate::memory::GuestRam;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -92,6 +93,8 @@ pub struct VcpuStats {
     /// Set by the VMM to end the guest's current balloon step; consumed by its next
     /// `HC_PROGRESS`.
     pub finish_requested: AtomicBool,
+    /// Emulation assists performed, by [`AssistKind`].
+    assists: [AtomicU64; 2],
 }
 
 /// The latest progress the guest's balloon driver reported (`HC_PROGRESS`).
@@ -143,6 +146,15 @@ impl VcpuStats {
     /// Total exits.
     pub fn total(&self) -> u64 {
         self.exits.iter().map(|a| a.load(Ordering::Relaxed)).sum()
+    }
+
+    /// Snapshot of the emulation assists performed, nonzero kinds only.
+    pub fn assists(&self) -> Vec<(AssistKind, u64)> {
+        AssistKind::ALL
+            .iter()
+            .map(|k| (*k, self.assists[*k as usize].load(Ordering::Relaxed)))
+            .filter(|(_, n)| *n > 0)
+            .collect()
     }
 }
 
@@ -252,6 +264,9 @@ pub struct SpawnOptions {
     pub kind: GuestKind,
     /// The seccomp filter the thread installs before it runs the guest (none: unfiltered).
     pub seccomp: Option<crate::seccomp::ThreadFilter>,
+    /// Complete the instructions KVM's ring-0 emulation stops on (`int3`, `fwait`; see
+    /// [`crate::assist`]): on hosts without VMX/SVM only.
+    pub assists: bool,
 }
 
 /// Called on the vCPU thread at a guest sync point (`sync` workload step); the vCPU waits
@@ -400,6 +415,7 @@ pub fn spawn(
         sync,
         kind,
         seccomp,
+        assists,
     } = opts;
     static SIGNAL: Once = Once::new();
     SIGNAL.call_once(|| {
@@ -423,6 +439,7 @@ pub fn spawn(
         stats: stats.clone(),
         sync,
         kind,
+        assists,
     };
     // The thread pins itself and installs its seccomp filter before the guest runs; spawn
     // returns once that is done, with the filter's error if it failed.
@@ -469,6 +486,7 @@ struct Runner {
     stats: Arc<VcpuStats>,
     sync: Option<SyncHook>,
     kind: GuestKind,
+    assists: bool,
 }
 
 /// What the loop does after one exit.
@@ -592,9 +610,12 @@ impl Runner {
             }
             VcpuExit::InternalError => {
                 self.stats.count(ExitReason::InternalError);
+                if self.assists {
+                    return self.assist();
+                }
                 self.fail(
                     "KVM internal error (KVM_EXIT_INTERNAL_ERROR)",
-                    "KVM could not emulate a guest instruction; on hosts without hardware virtualisation guest ring-0 code is emulated and e.g. int3 fails".into(),
+                    "KVM could not emulate a guest instruction".into(),
                 )
             }
             VcpuExit::FailEntry(reason, cpu) => {
@@ -625,6 +646,68 @@ impl Runner {
                 self.fail("unhandled VM exit", d)
             }
         }
+    }
+
+    /// `KVM_EXIT_INTERNAL_ERROR` on a host without VMX/SVM: completes `int3` and a harmless
+    /// `fwait` (see [`crate::assist`]); anything else ends the run with the instruction bytes.
+    fn assist(&mut self) -> Next {
+        const REASON: &str = "KVM internal error (KVM_EXIT_INTERNAL_ERROR)";
+        let (mut regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
+            (Ok(r), Ok(s)) => (r, s),
+            (Err(e), _) | (_, Err(e)) => {
+                return self.fail(REASON, format!("cannot read the vCPU's registers: {e}"))
+            }
+        };
+        // Outside 64-bit mode the code segment's base applies; in 64-bit mode it is 0.
+        let linear = if sregs.cs.l == 0 {
+            sregs.cs.base.wrapping_add(regs.rip)
+        } else {
+            regs.rip
+        };
+        let mut buf = [0u8; assist::MAX_INSN];
+        let n = match assist::read_virt(&self.ram, &Paging::from(&sregs), linear, &mut buf) {
+            Ok(n) => n,
+            Err(e) => {
+                return self.fail(
+                    REASON,
+                    format!("the instruction at RIP cannot be read: {e}"),
+                )
+            }
+        };
+        let insn = &buf[..n];
+        let fd = &self.fd;
+        let kind = assist::decide(insn, || {
+            fd.get_fpu()
+                .map(|f| f.fsw & assist::FSW_ES != 0)
+                .unwrap_or(true)
+        });
+        let Some(kind) = kind else {
+            return self.fail(
+                REASON,
+                format!(
+                    "KVM could not emulate the guest instruction at RIP (bytes {}); on hosts without VMX/SVM guest ring-0 code is emulated and only int3 and fwait are assisted by memvisor",
+                    assist::hex(insn)
+                ),
+            );
+        };
+        regs.rip = regs.rip.wrapping_add(1);
+        if let Err(e) = self.fd.set_regs(&regs) {
+            return self.fail(REASON, format!("cannot step over {}: {e}", kind.name()));
+        }
+        if kind == AssistKind::Int3 {
+            let injected = self.fd.get_vcpu_events().and_then(|mut ev| {
+                ev.exception.injected = 1;
+                ev.exception.nr = 3;
+                ev.exception.has_error_code = 0;
+                ev.exception.error_code = 0;
+                self.fd.set_vcpu_events(&ev)
+            });
+            if let Err(e) = injected {
+                return self.fail(REASON, format!("cannot inject #BP for int3: {e}"));
+            }
+        }
+        self.stats.assists[kind as usize].fetch_add(1, Ordering::Relaxed);
+        Next::Continue
     }
 
     fn hypercall(&mut self, gpa: u64) -> Next {

@@ -194,6 +194,21 @@ impl VmmApi {
         }
         let _ = writeln!(
             s,
+            "# HELP memvisor_vcpu_assists_total Guest instructions memvisor completed for KVM (hosts without VMX/SVM), by vCPU and kind."
+        );
+        let _ = writeln!(s, "# TYPE memvisor_vcpu_assists_total counter");
+        for v in &self.vcpus {
+            for (k, n) in v.stats.assists() {
+                let _ = writeln!(
+                    s,
+                    "memvisor_vcpu_assists_total{{vcpu=\"{}\",kind=\"{}\"}} {n}",
+                    v.id,
+                    k.name()
+                );
+            }
+        }
+        let _ = writeln!(
+            s,
             "# HELP memvisor_guest_ram_bytes Configured guest RAM by region."
         );
         let _ = writeln!(s, "# TYPE memvisor_guest_ram_bytes gauge");
@@ -414,7 +429,9 @@ impl ApiHandler for VmmApi {
                     .map(|v| {
                         let exits: serde_json::Map<String, serde_json::Value> =
                             v.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect();
-                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total()})
+                        let assists: serde_json::Map<String, serde_json::Value> =
+                            v.stats.assists().into_iter().map(|(k, n)| (k.name().to_string(), json!(n))).collect();
+                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total(), "assists": assists})
                     })
                     .collect();
                 ApiResponse::ok_json(json!({

@@ -86,6 +86,15 @@ struct Vm {
 }
 
 fn vm() -> Vm {
+    vm_with(BalloonOptions {
+        amount_mib: 0,
+        deflate_on_oom: true,
+        stats_polling_interval_s: 0,
+        free_page_reporting: false,
+    })
+}
+
+fn vm_with(opts: BalloonOptions) -> Vm {
     let ram =
         Arc::new(GuestRam::new(&[RegionConfig::parse(0, "size=64M,thp=off").unwrap()]).unwrap());
     let mut buf = vec![0u8; DATA_LEN as usize];
@@ -96,12 +105,6 @@ fn vm() -> Vm {
     let msi = Arc::new(Recorder::default());
     let line = Arc::new(Line::default());
     let mut bus = PciBus::new();
-    let opts = BalloonOptions {
-        amount_mib: 0,
-        deflate_on_oom: true,
-        stats_polling_interval_s: 0,
-        free_page_reporting: false,
-    };
     let (dev, _) = bus
         .add_virtio(
             BalloonDevice::new(opts, ram.clone()),
@@ -531,6 +534,72 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
     assert!(vm.msi.take().is_empty());
     d.write_at(e1 + 12, 4, 0);
     assert_eq!(vm.msi.take(), [(MSI_ADDR | 1 << 12, 0x41)]);
+}
+
+/// Linux's `virtio_balloon` (`init_vqs`) posts its first statistics buffer and kicks the stats
+/// queue during probe, before it sets DRIVER_OK. That notification finds the device not yet
+/// activated; the device must still pick the buffer up once the driver is ready (as QEMU and
+/// Firecracker do), or the driver waits for it forever and no statistics ever arrive.
+#[test]
+fn stats_buffer_posted_before_driver_ok_is_picked_up_at_activation() {
+    let vm = vm_with(BalloonOptions {
+        amount_mib: 0,
+        deflate_on_oom: false,
+        stats_polling_interval_s: 1,
+        free_page_reporting: false,
+    });
+    let d = Driver::probe(&vm);
+    d.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY | COMMAND_MASTER));
+    d.msix_vector(0, MSI_ADDR, 0x40);
+    d.msix_vector(1, MSI_ADDR, 0x41);
+    d.enable_msix();
+    let features = d.negotiate(F_VERSION_1 | F_STATS_VQ);
+    assert_ne!(features & F_STATS_VQ, 0, "stats queue offered");
+    let mut inflate = SplitQueue::new(0, 0x10_0000);
+    let mut deflate = SplitQueue::new(1, 0x10_1000);
+    let mut stats = SplitQueue::new(2, 0x10_2000);
+    d.setup_queue(&mut inflate, 1);
+    d.setup_queue(&mut deflate, 1);
+    d.setup_queue(&mut stats, 1);
+    // The buffer: tag 4 (free memory) and tag 5 (total memory), 10 bytes each.
+    const STATS_BUF: u64 = 0x10_4000;
+    let mut buf = Vec::new();
+    for (tag, v) in [(4u16, 40 * MIB), (5, 60 * MIB)] {
+        buf.extend_from_slice(&tag.to_le_bytes());
+        buf.extend_from_slice(&v.to_le_bytes());
+    }
+    vm.ram
+        .memory()
+        .write_slice(&buf, GuestAddress(STATS_BUF))
+        .unwrap();
+    stats.post(&vm.ram, STATS_BUF, buf.len() as u32, 0);
+    d.kick(&stats);
+    let held = |dev: &VirtioPciDevice<BalloonDevice>| {
+        dev.with_device(|b| {
+            (
+                (b.model.holds_stats_buffer(), b.model.latest_stats()),
+                false,
+            )
+        })
+    };
+    assert_eq!(
+        held(&vm.dev),
+        (false, None),
+        "not processed before DRIVER_OK"
+    );
+    d.driver_ok();
+    let (holds, latest) = held(&vm.dev);
+    assert!(holds, "the device holds the driver's first stats buffer");
+    let latest = latest.expect("statistics from the buffer posted before DRIVER_OK");
+    assert_eq!(latest.free_memory, Some(40 * MIB));
+    assert_eq!(latest.total_memory, Some(60 * MIB));
+    // The polling timer returns it; the driver's next buffer is then processed as usual.
+    let used = vm.dev.with_device_used(|b| {
+        let used = b.model.trigger_stats_update(vm.ram.memory()).unwrap();
+        (used, used.then_some(2))
+    });
+    assert!(used);
+    assert_eq!(stats.used_idx(&vm.ram), 1);
 }
 
 #[test]

@@ -66,7 +66,7 @@ pub struct RunArgs {
     #[arg(long, value_name = "PATH", requires = "kernel")]
     initrd: Option<PathBuf>,
     /// Kernel command line for --kernel (QEMU: -append). Default: "console=ttyS0
-    /// earlyprintk=serial reboot=k panic=1"; `noxsave` is added on hosts without VMX/SVM.
+    /// earlyprintk=serial reboot=k panic=1"; `noxsave clearcpuid=popcnt,smap` is added on hosts without VMX/SVM.
     #[arg(long, value_name = "TEXT", requires = "kernel")]
     cmdline: Option<String>,
     /// Write the guest's serial console (ttyS0) to this file instead of stdout.
@@ -162,16 +162,19 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     ThreadFilter::new(a.seccomp, ThreadKind::Main)
         .and_then(|f| f.apply())
         .map_err(|e| e.to_string())?;
-    // Typing into a Linux guest's console when it is on this terminal.
+    // A Linux guest's console input is stdin (typing, or a pipe: tests drive a guest shell
+    // that way); the terminal goes raw only when the console is on it.
     let raw_terminal = match vmm.linux_console() {
-        Some(port) if a.console.is_none() && std::io::stdin().is_terminal() => {
-            let raw = memvisor::linux::serial::RawTerminal::enter();
+        Some(port) => {
+            let raw = (a.console.is_none() && std::io::stdin().is_terminal())
+                .then(memvisor::linux::serial::RawTerminal::enter)
+                .flatten();
             if let Err(e) = memvisor::linux::serial::forward_stdin(port.clone()) {
                 log::warn!("console input: {e}");
             }
             raw
         }
-        _ => None,
+        None => None,
     };
     let report = vmm.wait(&opts);
     drop(raw_terminal);

@@ -177,13 +177,23 @@ impl<D: VirtioDevice> MmioTransport<D> {
                         log::warn!("virtio-mmio at {:#x}: activation failed: {e}", self.base);
                         self.interrupt.raise(INT_CONFIG);
                     }
-                    StatusChange::Stored | StatusChange::Activated => {}
+                    StatusChange::Activated => {
+                        // Buffers made available before DRIVER_OK (see
+                        // `TransportCore::ready_queues`).
+                        let ready = self.state.lock().unwrap().ready_queues();
+                        for q in ready {
+                            self.process(q, mem);
+                        }
+                    }
+                    StatusChange::Stored => {}
                 }
             }
             _ => st.bad_accesses += 1,
         }
     }
 
+    /// A queue notification; before DRIVER_OK counted and dropped (activation processes every
+    /// enabled queue).
     fn notify(&self, queue: u16, mem: &GuestMemoryMmap) {
         {
             let mut st = self.state.lock().unwrap();
@@ -192,6 +202,11 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 return;
             }
         }
+        self.process(queue, mem);
+    }
+
+    /// Lets the device process `queue` and raises the interrupt status that requires.
+    fn process(&self, queue: u16, mem: &GuestMemoryMmap) {
         let what = format_args!("virtio-mmio at {:#x}", self.base);
         match process_notify(&self.device, queue, mem, what) {
             Notified::Used => self.interrupt.raise(INT_USED_BUFFER),
@@ -201,5 +216,89 @@ impl<D: VirtioDevice> MmioTransport<D> {
                 self.interrupt.raise(INT_CONFIG);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegionConfig;
+    use crate::memory::GuestRam;
+    use virtio_bindings::virtio_config::*;
+    use virtio_queue::Queue;
+
+    /// A device that records which queues it was asked to process.
+    #[derive(Default)]
+    struct Recorder {
+        processed: Vec<u16>,
+    }
+
+    impl VirtioDevice for Recorder {
+        fn device_type(&self) -> u32 {
+            5
+        }
+        fn avail_features(&self) -> u64 {
+            1 << VIRTIO_F_VERSION_1
+        }
+        fn ack_features(&mut self, _: u64) {}
+        fn queue_max_sizes(&self) -> Vec<u16> {
+            vec![4, 4, 4]
+        }
+        fn config_len(&self) -> u64 {
+            0
+        }
+        fn read_config(&self, _: u64, _: &mut [u8]) {}
+        fn write_config(&mut self, _: u64, _: &[u8]) {}
+        fn activate(&mut self, _: Vec<Queue>) -> Result<(), String> {
+            Ok(())
+        }
+        fn reset(&mut self) {}
+        fn process_queue(&mut self, index: u16, _: &GuestMemoryMmap) -> Result<bool, String> {
+            self.processed.push(index);
+            Ok(true)
+        }
+    }
+
+    /// As on virtio-pci (tests/pci.rs): a queue made available and notified before DRIVER_OK
+    /// is processed when the device activates; the early notification itself is counted.
+    #[test]
+    fn queues_are_processed_at_activation() {
+        let ram = GuestRam::new(&[RegionConfig::anon(1 << 20)]).unwrap();
+        let mem = ram.memory();
+        let t = MmioTransport::new(0xd000_0000, Recorder::default());
+        let w = |reg: u32, v: u32| t.write(0xd000_0000 + u64::from(reg), &v.to_le_bytes(), mem);
+        w(VIRTIO_MMIO_STATUS, VIRTIO_CONFIG_S_ACKNOWLEDGE);
+        w(
+            VIRTIO_MMIO_STATUS,
+            VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER,
+        );
+        w(VIRTIO_MMIO_DRIVER_FEATURES_SEL, 1);
+        w(VIRTIO_MMIO_DRIVER_FEATURES, 1);
+        let ok = VIRTIO_CONFIG_S_ACKNOWLEDGE | VIRTIO_CONFIG_S_DRIVER;
+        w(VIRTIO_MMIO_STATUS, ok | VIRTIO_CONFIG_S_FEATURES_OK);
+        // Queues 0 and 2 enabled, 1 not.
+        for q in [0u32, 2] {
+            w(VIRTIO_MMIO_QUEUE_SEL, q);
+            w(VIRTIO_MMIO_QUEUE_NUM, 4);
+            w(VIRTIO_MMIO_QUEUE_DESC_LOW, 0x1000 * (q + 1));
+            w(VIRTIO_MMIO_QUEUE_AVAIL_LOW, 0x1000 * (q + 1) + 0x100);
+            w(VIRTIO_MMIO_QUEUE_USED_LOW, 0x1000 * (q + 1) + 0x200);
+            w(VIRTIO_MMIO_QUEUE_READY, 1);
+        }
+        w(VIRTIO_MMIO_QUEUE_NOTIFY, 2);
+        assert!(t.with_device(|d| (d.processed.is_empty(), false)));
+        assert_eq!(t.bad_accesses(), 1, "the early notification");
+        w(
+            VIRTIO_MMIO_STATUS,
+            ok | VIRTIO_CONFIG_S_FEATURES_OK | VIRTIO_CONFIG_S_DRIVER_OK,
+        );
+        assert_eq!(t.with_device(|d| (d.processed.clone(), false)), [0, 2]);
+        assert_eq!(
+            t.wait_event(Duration::ZERO) & INT_USED_BUFFER,
+            INT_USED_BUFFER
+        );
+        // Later notifications are processed as they come.
+        w(VIRTIO_MMIO_QUEUE_NOTIFY, 0);
+        assert_eq!(t.with_device(|d| (d.processed.clone(), false)), [0, 2, 0]);
     }
 }

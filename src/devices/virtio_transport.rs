@@ -288,6 +288,16 @@ impl TransportCore {
         dev.reset();
     }
 
+    /// The queues the driver enabled, to be processed once at activation: a driver may make
+    /// buffers available (and notify) before DRIVER_OK — Linux's `virtio_balloon` posts its
+    /// first statistics buffer that way — and the device must pick them up when it becomes
+    /// ready (as QEMU and Firecracker do), since the driver will not notify again.
+    pub fn ready_queues(&self) -> Vec<u16> {
+        (0..self.queues.len() as u16)
+            .filter(|&i| self.queues[usize::from(i)].ready())
+            .collect()
+    }
+
     /// Marks the device as needing a reset (after a queue error it cannot continue from).
     pub fn set_needs_reset(&mut self) {
         self.status |= VIRTIO_CONFIG_S_NEEDS_RESET;

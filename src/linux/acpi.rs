@@ -126,6 +126,31 @@ pub fn build(vcpus: u32, dsdt_aml: &[u8]) -> Result<AcpiTables, AcpiError> {
     Ok(AcpiTables { rsdp_gpa, blobs })
 }
 
+/// `\_SB_.COM1`: the 16550 UART at `base` (8 ports) with ISA interrupt `irq`, as a `PNP0501`
+/// device. With hardware-reduced ACPI Linux sets up no legacy ISA interrupts, so the UART it
+/// probes at the legacy COM1 address on its own gets no working IRQ (userspace writes to
+/// `ttyS0` fail with EIO). Described here, `8250_pnp` (`CONFIG_SERIAL_8250_PNP` with
+/// `CONFIG_PNPACPI`) takes over `ttyS0` with the interrupt mapped through the I/O APIC (GSI
+/// `irq`, edge, active high: the ISA default, so the MADT needs no override).
+pub fn com1_aml(base: u16, irq: u32) -> Vec<u8> {
+    use acpi_tables::aml::{Device, EISAName, Interrupt, Name, Path, ResourceTemplate, IO};
+    let io = IO::new(base, base, 1, 8);
+    let int = Interrupt::new(true, true, false, false, irq);
+    let crs = ResourceTemplate::new(vec![&io, &int]);
+    let hid = EISAName::new("PNP0501");
+    let zero = 0u8;
+    let names = [
+        Name::new("_HID".into(), &hid),
+        Name::new("_UID".into(), &zero),
+        Name::new("_CRS".into(), &crs),
+    ];
+    let dev = Device::new(
+        Path::new("_SB_.COM1"),
+        names.iter().map(|n| n as &dyn Aml).collect(),
+    );
+    bytes(&dev)
+}
+
 /// `\_SB_.PCI0`: a PCI host bridge (PNP0A03) for bus 0 reached through configuration
 /// mechanism #1, with the legacy I/O ranges and the MMIO window `[start, start+size)` its BARs
 /// live in, and a `_PRT` routing INTA# of `slots` to GSI `intx_gsi`. With ACPI, Linux finds
@@ -310,6 +335,24 @@ mod tests {
         let dsdt = &t.blobs[4].1;
         assert_eq!(&dsdt[36..], &aml[..]);
         assert_eq!(sum(dsdt), 0);
+    }
+
+    #[test]
+    fn com1_is_a_pnp0501_device_with_its_ports_and_irq() {
+        let aml = com1_aml(0x3f8, 4);
+        let find = |needle: &[u8]| aml.windows(needle.len()).any(|w| w == needle);
+        assert!(find(b"COM1"), "device name");
+        // EISAName("PNP0501") = DWordConst 0x0105D041.
+        assert!(find(&[0x0c, 0x41, 0xd0, 0x05, 0x01]), "_HID PNP0501");
+        assert!(
+            find(&[0x47, 0x01, 0xf8, 0x03, 0xf8, 0x03, 0x01, 0x08]),
+            "IO 0x3F8-0x3FF"
+        );
+        // Extended IRQ descriptor: consumer, edge, active high, exclusive; one interrupt, 4.
+        assert!(
+            find(&[0x89, 0x06, 0x00, 0x03, 0x01, 0x04, 0x00, 0x00, 0x00]),
+            "Interrupt 4"
+        );
     }
 
     #[test]

@@ -28,9 +28,11 @@ use vm_memory::{Bytes, GuestAddress};
 
 /// Command line used when `--cmdline` is not given.
 pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial reboot=k panic=1";
-/// Added on hosts without hardware virtualisation, where KVM emulates guest ring-0 code and
-/// loops on `xrstor` during the kernel's FPU set-up.
-pub const NO_HW_VIRT_CMDLINE: &str = "noxsave";
+/// Added on hosts without hardware virtualisation, where KVM emulates guest ring-0 code: it
+/// loops on `xrstor` during the kernel's FPU set-up (`noxsave`), and stops on POPCNT and
+/// CLAC/STAC, which the kernel patches in unless told the CPU lacks them (hiding them in
+/// `KVM_SET_CPUID2` does not reach the guest there).
+pub const NO_HW_VIRT_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap"];
 
 /// Where bzImages are loaded (their `code32_start`).
 const BZIMAGE_LOAD: u64 = 0x10_0000;
@@ -57,15 +59,20 @@ pub struct LinuxConfig {
 
 impl LinuxConfig {
     /// The command line the kernel gets on this host: the given or default one, plus
-    /// [`NO_HW_VIRT_CMDLINE`] when the host has no hardware virtualisation.
+    /// each of [`NO_HW_VIRT_CMDLINE`] not already there when the host has no hardware
+    /// virtualisation.
     pub fn effective_cmdline(&self, hardware_virt: bool) -> String {
         let mut c = self
             .cmdline
             .clone()
             .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if !hardware_virt && !c.split_whitespace().any(|w| w == NO_HW_VIRT_CMDLINE) {
-            c.push(' ');
-            c.push_str(NO_HW_VIRT_CMDLINE);
+        if !hardware_virt {
+            for extra in NO_HW_VIRT_CMDLINE {
+                if !c.split_whitespace().any(|w| w == *extra) {
+                    c.push(' ');
+                    c.push_str(extra);
+                }
+            }
         }
         c
     }
@@ -223,7 +230,10 @@ impl LinuxMachine {
             None => None,
         };
         let e820 = bootparams::e820_map(&ranges)?;
-        let tables = acpi::build(vcpus, &devices.dsdt_aml)?;
+        // The console UART first (always there), then what the devices bring.
+        let mut dsdt_aml = acpi::com1_aml(serial::COM1_BASE, serial::COM1_IRQ);
+        dsdt_aml.extend_from_slice(&devices.dsdt_aml);
+        let tables = acpi::build(vcpus, &dsdt_aml)?;
         for (gpa, bytes) in &tables.blobs {
             mem.write_slice(bytes, GuestAddress(*gpa))
                 .map_err(|source| LinuxError::Write {
@@ -390,12 +400,15 @@ mod tests {
         assert_eq!(c.effective_cmdline(true), DEFAULT_CMDLINE);
         assert_eq!(
             c.effective_cmdline(false),
-            format!("{DEFAULT_CMDLINE} noxsave")
+            format!("{DEFAULT_CMDLINE} noxsave clearcpuid=popcnt,smap")
         );
         let c = LinuxConfig {
             cmdline: Some("console=ttyS0 noxsave".into()),
             ..c
         };
-        assert_eq!(c.effective_cmdline(false), "console=ttyS0 noxsave");
+        assert_eq!(
+            c.effective_cmdline(false),
+            "console=ttyS0 noxsave clearcpuid=popcnt,smap"
+        );
     }
 }

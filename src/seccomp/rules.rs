@@ -10,7 +10,9 @@
 //! `tgkill(own pid, SIGABRT)` for the SIGSYS reporter's abort. Nobody may open a socket,
 //! connect, bind or listen, `execve`, `ptrace`, mount, load modules or change credentials.
 //!
-//! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure), `KVM_IRQ_LINE` and
+//! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure); the emulation assists
+//!   of hosts without VMX/SVM (`KVM_GET_SREGS`, `KVM_SET_REGS`, `KVM_GET_FPU`,
+//!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
 //!   `KVM_SIGNAL_MSI` (virtio-pci interrupts); the balloon's discards through the memory module
 //!   (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`,
 //!   `mincore`); eventfd writes (irqfds) are plain `write`s.
@@ -53,6 +55,21 @@ pub const KVM_RUN: u64 = nix::request_code_none!(KVMIO, 0x80);
 /// `KVM_GET_REGS`.
 pub const KVM_GET_REGS: u64 =
     nix::request_code_read!(KVMIO, 0x81, size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_SET_REGS` (emulation assists: RIP past `int3`/`fwait`).
+pub const KVM_SET_REGS: u64 =
+    nix::request_code_write!(KVMIO, 0x82, size_of::<kvm_bindings::kvm_regs>());
+/// `KVM_GET_SREGS` (emulation assists: CR3 and paging mode for the walk to RIP).
+pub const KVM_GET_SREGS: u64 =
+    nix::request_code_read!(KVMIO, 0x83, size_of::<kvm_bindings::kvm_sregs>());
+/// `KVM_GET_FPU` (emulation assists: is an x87 exception pending at `fwait`).
+pub const KVM_GET_FPU: u64 =
+    nix::request_code_read!(KVMIO, 0x8c, size_of::<kvm_bindings::kvm_fpu>());
+/// `KVM_GET_VCPU_EVENTS` (emulation assists: the event state `#BP` is added to).
+pub const KVM_GET_VCPU_EVENTS: u64 =
+    nix::request_code_read!(KVMIO, 0x9f, size_of::<kvm_bindings::kvm_vcpu_events>());
+/// `KVM_SET_VCPU_EVENTS` (emulation assists: inject `#BP` for `int3`).
+pub const KVM_SET_VCPU_EVENTS: u64 =
+    nix::request_code_write!(KVMIO, 0xa0, size_of::<kvm_bindings::kvm_vcpu_events>());
 /// `KVM_IRQ_LINE`.
 pub const KVM_IRQ_LINE: u64 =
     nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>());
@@ -251,6 +268,14 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
         }
         ThreadKind::Vcpu => {
             l.ioctls(&[KVM_RUN, KVM_GET_REGS]);
+            // Emulation assists (hosts without VMX/SVM, `crate::assist`).
+            l.ioctls(&[
+                KVM_GET_SREGS,
+                KVM_SET_REGS,
+                KVM_GET_FPU,
+                KVM_GET_VCPU_EVENTS,
+                KVM_SET_VCPU_EVENTS,
+            ]);
             interrupts(&mut l);
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
@@ -308,6 +333,11 @@ mod tests {
     fn request_numbers_match_the_kernel_headers() {
         assert_eq!(KVM_RUN, 0xae80);
         assert_eq!(KVM_GET_REGS, 0x8090_ae81);
+        assert_eq!(KVM_SET_REGS, 0x4090_ae82);
+        assert_eq!(KVM_GET_SREGS, 0x8138_ae83);
+        assert_eq!(KVM_GET_FPU, 0x81a0_ae8c);
+        assert_eq!(KVM_GET_VCPU_EVENTS, 0x8040_ae9f);
+        assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
         assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610);

@@ -527,7 +527,14 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                         log::warn!("virtio-pci: activation failed: {e}");
                         self.interrupt(vector, INT_CONFIG);
                     }
-                    StatusChange::Stored | StatusChange::Activated => {}
+                    StatusChange::Activated => {
+                        let ready = st.core.ready_queues();
+                        drop(st);
+                        for q in ready {
+                            self.process(q);
+                        }
+                    }
+                    StatusChange::Stored => {}
                 }
             }
             QUEUE_SELECT => st.core.queue_sel = v as u32,
@@ -566,6 +573,9 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
     }
 
+    /// A queue notification. Before DRIVER_OK it is counted as a driver mistake (virtio 1.1
+    /// §3.1.1) and otherwise dropped: activation processes every enabled queue, so buffers
+    /// made available before it are not lost.
     fn notify(&self, off: u64, data: &[u8]) {
         let queue = off / u64::from(NOTIFY_OFF_MULTIPLIER);
         let ok = off % u64::from(NOTIFY_OFF_MULTIPLIER) == 0
@@ -578,8 +588,12 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                 return;
             }
         }
-        let queue = queue as u16;
         self.notifies.fetch_add(1, Ordering::Relaxed);
+        self.process(queue as u16);
+    }
+
+    /// Lets the device process `queue` and interrupts the driver as that requires.
+    fn process(&self, queue: u16) {
         match process_notify(&self.device, queue, self.ram.memory(), "virtio-pci") {
             Notified::Used => self.signal_used(queue),
             Notified::Quiet => {}
