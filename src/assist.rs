@@ -86,6 +86,63 @@ pub enum WalkError {
     Unsupported(&'static str),
 }
 
+/// Why an internal error was not assisted.
+#[derive(Debug, thiserror::Error)]
+pub enum AssistError {
+    /// A vCPU ioctl failed.
+    #[error("{op} failed: {source}; the vCPU's state could not be read or changed")]
+    Kvm {
+        /// The ioctl.
+        op: &'static str,
+        /// The error.
+        source: kvm_ioctls::Error,
+    },
+    /// The instruction's address does not translate.
+    #[error("the instruction at RIP cannot be read: {0}")]
+    Walk(#[from] WalkError),
+    /// Not an instruction memvisor completes.
+    #[error("KVM could not emulate the guest instruction at RIP (bytes {0}); on hosts without VMX/SVM guest ring-0 code is emulated and memvisor completes only int3 and fwait: run on a host with VMX/SVM, or keep the instruction out of the guest kernel (e.g. `clearcpuid=` for a CPU feature it patches in)")]
+    Unsupported(String),
+}
+
+fn kvm(op: &'static str) -> impl FnOnce(kvm_ioctls::Error) -> AssistError {
+    move |source| AssistError::Kvm { op, source }
+}
+
+/// Completes the instruction that stopped `fd` with `KVM_EXIT_INTERNAL_ERROR`, reading it
+/// through the guest's page tables in `ram`: `int3` (RIP past it, `#BP` injected) or `fwait`
+/// with no x87 exception pending (RIP past it). Returns which; anything else is an error
+/// naming the instruction's bytes.
+pub fn complete(fd: &kvm_ioctls::VcpuFd, ram: &GuestRam) -> Result<AssistKind, AssistError> {
+    let mut regs = fd.get_regs().map_err(kvm("KVM_GET_REGS"))?;
+    let sregs = fd.get_sregs().map_err(kvm("KVM_GET_SREGS"))?;
+    // Outside 64-bit mode the code segment's base applies; in 64-bit mode it is 0.
+    let linear = if sregs.cs.l == 0 {
+        sregs.cs.base.wrapping_add(regs.rip)
+    } else {
+        regs.rip
+    };
+    let mut buf = [0u8; MAX_INSN];
+    let n = read_virt(ram, &Paging::from(&sregs), linear, &mut buf)?;
+    let insn = &buf[..n];
+    let kind = decide(insn, || {
+        fd.get_fpu().map(|f| f.fsw & FSW_ES != 0).unwrap_or(true)
+    })
+    .ok_or_else(|| AssistError::Unsupported(hex(insn)))?;
+    regs.rip = regs.rip.wrapping_add(1);
+    fd.set_regs(&regs).map_err(kvm("KVM_SET_REGS"))?;
+    if kind == AssistKind::Int3 {
+        let mut ev = fd.get_vcpu_events().map_err(kvm("KVM_GET_VCPU_EVENTS"))?;
+        ev.exception.injected = 1;
+        ev.exception.nr = 3;
+        ev.exception.has_error_code = 0;
+        ev.exception.error_code = 0;
+        fd.set_vcpu_events(&ev)
+            .map_err(kvm("KVM_SET_VCPU_EVENTS"))?;
+    }
+    Ok(kind)
+}
+
 /// The guest's paging state, from `KVM_GET_SREGS`.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Paging {

@@ -3,7 +3,7 @@
 //! (running, paused, stopped) driven through [`VcpuHandle`] with a signal kick.
 
 use crate::abi::{self, Hypercall};
-use crate::assist::{self, AssistKind, Paging};
+use crate::assist::{self, AssistKind};
 use crate::devices::Bus;
 use crate::memory::GuestRam;
 use kvm_ioctls::{VcpuExit, VcpuFd};
@@ -651,63 +651,16 @@ impl Runner {
     /// `KVM_EXIT_INTERNAL_ERROR` on a host without VMX/SVM: completes `int3` and a harmless
     /// `fwait` (see [`crate::assist`]); anything else ends the run with the instruction bytes.
     fn assist(&mut self) -> Next {
-        const REASON: &str = "KVM internal error (KVM_EXIT_INTERNAL_ERROR)";
-        let (mut regs, sregs) = match (self.fd.get_regs(), self.fd.get_sregs()) {
-            (Ok(r), Ok(s)) => (r, s),
-            (Err(e), _) | (_, Err(e)) => {
-                return self.fail(REASON, format!("cannot read the vCPU's registers: {e}"))
+        match assist::complete(&self.fd, &self.ram) {
+            Ok(kind) => {
+                self.stats.assists[kind as usize].fetch_add(1, Ordering::Relaxed);
+                Next::Continue
             }
-        };
-        // Outside 64-bit mode the code segment's base applies; in 64-bit mode it is 0.
-        let linear = if sregs.cs.l == 0 {
-            sregs.cs.base.wrapping_add(regs.rip)
-        } else {
-            regs.rip
-        };
-        let mut buf = [0u8; assist::MAX_INSN];
-        let n = match assist::read_virt(&self.ram, &Paging::from(&sregs), linear, &mut buf) {
-            Ok(n) => n,
-            Err(e) => {
-                return self.fail(
-                    REASON,
-                    format!("the instruction at RIP cannot be read: {e}"),
-                )
-            }
-        };
-        let insn = &buf[..n];
-        let fd = &self.fd;
-        let kind = assist::decide(insn, || {
-            fd.get_fpu()
-                .map(|f| f.fsw & assist::FSW_ES != 0)
-                .unwrap_or(true)
-        });
-        let Some(kind) = kind else {
-            return self.fail(
-                REASON,
-                format!(
-                    "KVM could not emulate the guest instruction at RIP (bytes {}); on hosts without VMX/SVM guest ring-0 code is emulated and only int3 and fwait are assisted by memvisor",
-                    assist::hex(insn)
-                ),
-            );
-        };
-        regs.rip = regs.rip.wrapping_add(1);
-        if let Err(e) = self.fd.set_regs(&regs) {
-            return self.fail(REASON, format!("cannot step over {}: {e}", kind.name()));
+            Err(e) => self.fail(
+                "KVM internal error (KVM_EXIT_INTERNAL_ERROR)",
+                e.to_string(),
+            ),
         }
-        if kind == AssistKind::Int3 {
-            let injected = self.fd.get_vcpu_events().and_then(|mut ev| {
-                ev.exception.injected = 1;
-                ev.exception.nr = 3;
-                ev.exception.has_error_code = 0;
-                ev.exception.error_code = 0;
-                self.fd.set_vcpu_events(&ev)
-            });
-            if let Err(e) = injected {
-                return self.fail(REASON, format!("cannot inject #BP for int3: {e}"));
-            }
-        }
-        self.stats.assists[kind as usize].fetch_add(1, Ordering::Relaxed);
-        Next::Continue
     }
 
     fn hypercall(&mut self, gpa: u64) -> Next {
