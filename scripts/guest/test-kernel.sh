@@ -58,15 +58,7 @@ rm -f "$dir/.complete"
 
 if [[ "$old_format" != "format $format" || "$old_kernel" != "$kernel_hash" ||
       ! -f "$dir/vmlinux" ]]; then
-  need=()
-  for p in "$src_pkg" flex bison libelf-dev bc make gcc xz-utils; do
-    dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
-  done
-  if ((${#need[@]})); then
-    echo "guest-assets: installing ${need[*]} (apt-get install)"
-    apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
-  fi
+  "$here/../install-deps.sh" "$src_pkg" flex bison libelf-dev bc make gcc xz-utils
   src_ver=$(dpkg-query -W -f '${Version}' "$src_pkg")
   build=$dir/build
   want_src="$src_ver $(hash_of "$patch_file")"
