@@ -797,6 +797,18 @@ fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, serde
     (status, v)
 }
 
+/// The balloon's line in `/init`'s virtio listing (`virtio ... device 0x0005 ... driver ...
+/// FEATURES`) and its negotiated features as sysfs prints them: one `0`/`1` character per bit.
+fn balloon_line(lines: &[String]) -> (String, Vec<u8>) {
+    let line = lines
+        .iter()
+        .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
+        .unwrap_or_else(|| panic!("a virtio balloon: {lines:#?}"))
+        .clone();
+    let features = line.rsplit(' ').next().unwrap().as_bytes().to_vec();
+    (line, features)
+}
+
 /// `actual_mib` from `GET /balloon/statistics` (Firecracker's field), once statistics exist.
 fn balloon_actual_mib(sock: &Path) -> Option<u64> {
     let (status, v) = api(sock, "GET", "/balloon/statistics", None);
@@ -855,13 +867,9 @@ fn test_kernel_balloon_and_console_end_to_end() {
         .unwrap_or_else(|| panic!("ttyS0 in /proc/interrupts: {lines:#?}"));
     assert!(irq4.contains(" 4-edge"), "{irq4}");
     println!("{test}: {irq4}");
-    let virtio = lines
-        .iter()
-        .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
-        .unwrap_or_else(|| panic!("a virtio balloon: {lines:#?}"));
+    let (virtio, features) = balloon_line(&lines);
     assert!(virtio.contains("driver virtio_balloon"), "{virtio}");
-    // Negotiated features (sysfs: one character per bit): VERSION_1 and STATS_VQ.
-    let features = virtio.rsplit(' ').next().unwrap().as_bytes();
+    // Negotiated features: VERSION_1 and STATS_VQ.
     assert_eq!(features.get(32), Some(&b'1'), "VERSION_1: {virtio}");
     assert_eq!(features.get(1), Some(&b'1'), "STATS_VQ: {virtio}");
     // Console input reaches the guest (memvisor's test agent, or /init's shell without it).
@@ -1002,13 +1010,8 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
     let pid = g.pid();
     let ready = g.expect("ready", Duration::from_secs(900));
     assert_eq!(ready, "ready (memvisor-agent)");
-    let virtio = g
-        .lines()
-        .into_iter()
-        .find(|l| l.starts_with("virtio ") && l.contains("device 0x0005"))
-        .expect("the balloon");
+    let (virtio, features) = balloon_line(&g.lines());
     // VIRTIO_BALLOON_F_DEFLATE_ON_OOM is bit 2, VIRTIO_BALLOON_F_REPORTING bit 5.
-    let features = virtio.rsplit(' ').next().unwrap().as_bytes().to_vec();
     assert_eq!(features.get(2), Some(&b'1'), "DEFLATE_ON_OOM: {virtio}");
     assert_eq!(features.get(5), Some(&b'1'), "REPORTING: {virtio}");
     // Let the reporting of what was free at boot settle, then touch 24 MiB.
