@@ -1,41 +1,35 @@
 //! memvisor: a KVM virtual machine monitor built around guest memory and memory overcommit.
 //!
-//! Where things live:
-//! - [`config`], [`workload`]: what the user asked for, parsed and checked before anything runs;
-//! - [`memory`]: owns guest RAM (every mmap/madvise/fallocate/userfaultfd call);
-//! - [`vm`], [`cpuid`]: the KVM VM, memslots and what the guest CPU looks like;
-//! - [`vcpu`]: vCPU threads, exit accounting, pause/resume/stop;
-//! - [`boot`]: the embedded built-in guest and the 64-bit machine state it starts in;
-//! - [`linux`]: booting a Linux kernel (boot protocol, ACPI, irqchip, console, its device bus);
-//! - [`devices`]: the I/O bus and device models wired to it;
-//! - [`runner`]: runs a VM to the end; [`report`]: what a run produced;
-//! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
-//!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
-//!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings);
-//! - [`seccomp`]: the per-thread seccomp filters (least privilege).
+//! The modules form layers; each uses only the layers listed before it (checked by
+//! `tests/layout.rs`, which fails on an import that points up a layer):
+//! 1. [`abi`], [`config`]: what the user asked for (options, sizes, the built-in guest's
+//!    [`config::workload`], the Linux boot request), parsed and checked before anything runs;
+//! 2. [`seccomp`]: the per-thread seccomp filters (least privilege);
+//! 3. [`memory`]: owns guest RAM (every mmap/madvise/fallocate/userfaultfd call);
+//! 4. [`devices`]: the I/O bus, the virtio transports (MMIO, PCI) and the balloon;
+//! 5. [`vmm`]: the KVM VM and its memslots, CPUID, vCPU threads and exit accounting, emulation
+//!    assists, KVM's own statistics, the built-in guest's boot;
+//! 6. [`linux`]: booting a Linux kernel (boot protocol, ACPI, irqchip, console, its device bus);
+//! 7. [`report`]: what a run produced ([`report::run`]), GPA→HPA maps ([`report::mappings`]),
+//!    overcommit figures ([`report::overcommit`]) and the runtime directory where running VMs
+//!    register ([`report::registry`]);
+//! 8. [`control`]: the HTTP API ([`control::api`]), the VMM's answers to it
+//!    ([`control::vmm_api`]), host-wide collection over it and the balloon controller
+//!    ([`control::balance`]);
+//! 9. [`runner`]: wires one VM together from all of the above and runs it to the end;
+//! 10. [`bench`]: the benchmarks behind `memvisor bench` (the CLI itself is the binary's `cmd`).
 #![deny(missing_docs)]
 
 /// The ABI shared with the built-in guest (`guest/abi.rs`, compiled into both).
 #[path = "../guest/abi.rs"]
 pub mod abi;
-pub mod api;
-pub mod assist;
-pub mod balance;
 pub mod bench;
-pub mod boot;
 pub mod config;
-pub mod cpuid;
+pub mod control;
 pub mod devices;
-pub mod kvm_stats;
 pub mod linux;
-pub mod mappings;
 pub mod memory;
-pub mod overcommit;
-pub mod registry;
 pub mod report;
 pub mod runner;
 pub mod seccomp;
-pub mod vcpu;
-pub mod vm;
-pub mod vmm_api;
-pub mod workload;
+pub mod vmm;

@@ -2,23 +2,23 @@
 //! the vCPUs, collect their events, stop cleanly on failure, Ctrl-C or timeout, and build the
 //! report. The event loop lives on the caller's thread.
 
-use crate::api::ApiServer;
-use crate::boot;
 use crate::config::{ConfigError, VmConfig};
+use crate::control::api::ApiServer;
+use crate::control::vmm_api::{CommandMsg, VmCommand, VmmApi};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
-use crate::kvm_stats::KvmStats;
-use crate::vmm_api::{CommandMsg, VmCommand, VmmApi};
+use crate::vmm::boot;
+use crate::vmm::kvm_stats::KvmStats;
 use std::os::fd::AsRawFd;
 
 /// Guest-physical address of the balloon's virtio-mmio window (start of the MMIO hole).
 pub const BALLOON_MMIO_GPA: u64 = crate::memory::MMIO_HOLE_START;
 use crate::memory::{GuestRam, MemoryError};
-use crate::report::{OpRecord, Outcome, RunReport, VcpuReport};
+use crate::report::run::{OpRecord, Outcome, RunReport, VcpuReport};
 use crate::seccomp::{ThreadFilter, ThreadKind};
-use crate::vcpu::{self, VcpuEvent, VcpuHandle};
-use crate::vm::{Vm, VmError};
+use crate::vmm::vcpu::{self, VcpuEvent, VcpuHandle};
+use crate::vmm::vm::{Vm, VmError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
@@ -46,7 +46,7 @@ pub enum VmmError {
     Seccomp(#[from] crate::seccomp::SeccompError),
     /// The API socket.
     #[error("control API: {0}")]
-    Api(crate::api::ApiError),
+    Api(crate::control::api::ApiError),
     /// Thread creation.
     #[error("starting vCPU {vcpu} thread: {source}")]
     Thread {
@@ -77,7 +77,7 @@ pub struct StartOptions<'a> {
     pub api_sock: Option<std::path::PathBuf>,
     /// Register the VM (its API socket) in this runtime directory while it runs, so
     /// `memvisor report overcommit --all` finds it. Needs `api_sock`.
-    pub runtime_dir: Option<crate::registry::RuntimeDir>,
+    pub runtime_dir: Option<crate::report::registry::RuntimeDir>,
     /// Seccomp filters of the VM's threads (default: on). Filters are per thread: the caller's
     /// thread (where the setup runs) is never filtered here. A `sync` hook is the caller's code
     /// run on the vCPU threads, which no allow-list can foresee: with one, the vCPU threads get
@@ -105,7 +105,7 @@ pub struct Vmm {
     events: mpsc::Receiver<VcpuEvent>,
     commands: mpsc::Receiver<CommandMsg>,
     api: Option<ApiServer>,
-    registration: Option<crate::registry::Registration>,
+    registration: Option<crate::report::registry::Registration>,
     kvm_stats: Option<Arc<KvmStats>>,
     setup: Duration,
     started: Instant,
@@ -229,7 +229,7 @@ impl Vmm {
                     started,
                     walks: Default::default(),
                 });
-                let options = crate::api::ApiServerOptions {
+                let options = crate::control::api::ApiServerOptions {
                     seccomp: Some(filters.get(ThreadKind::Api)),
                     ..Default::default()
                 };
@@ -413,7 +413,7 @@ impl Vmm {
                     if let Some(v) = report.vcpus.get_mut(vcpu as usize) {
                         v.ops.push(OpRecord {
                             index,
-                            name: crate::workload::kind_name(kind).into(),
+                            name: crate::config::workload::kind_name(kind).into(),
                             results,
                             start_s: begin.duration_since(started).as_secs_f64(),
                             seconds: at.duration_since(begin).as_secs_f64(),
@@ -490,7 +490,9 @@ impl Vmm {
         }
         report.finish(outcome.unwrap_or(Outcome::Completed), &self.ram);
         let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
-        report.memory = Some(crate::overcommit::VmMemory::read(&self.ram, balloon));
+        report.memory = Some(crate::report::overcommit::VmMemory::read(
+            &self.ram, balloon,
+        ));
         report
     }
 }

@@ -2,8 +2,8 @@
 //! handler and back, bad requests, socket permissions and lifetime, slow, silent and many
 //! concurrent clients.
 
-use memvisor::api::client::{self, request_with_timeout};
-use memvisor::api::{
+use memvisor::control::api::client::{self, request_with_timeout};
+use memvisor::control::api::{
     ActionType, ApiError, ApiHandler, ApiRequest, ApiResponse, ApiServer, ApiServerOptions,
     BalloonConfig, VmState, PROMETHEUS_CONTENT_TYPE,
 };
@@ -520,7 +520,7 @@ fn client_times_out_on_a_socket_that_never_answers() {
 /// changes something is still carried out, and a client that only half-closes gets its answer.
 #[test]
 fn read_requests_of_clients_that_hung_up_are_not_computed() {
-    use memvisor::api::server::serve_stream;
+    use memvisor::control::api::server::serve_stream;
     use std::net::Shutdown;
     let opts = ApiServerOptions::default();
     // Serves `request`; the client hangs up at once, or half-closes and reads the answer.

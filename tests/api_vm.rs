@@ -5,7 +5,7 @@
 mod common;
 
 use common::{kvm_or_skip, memvisor, proc_status_kib, text, wait_until, ChildVm};
-use memvisor::api::client::request;
+use memvisor::control::api::client::request;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;

@@ -15,11 +15,11 @@ use common::{
 };
 use hugepages::HugePageSize;
 use memvisor::abi::{pattern_word, WORK_AREA_GPA};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::memory::{Extent, GuestRam, PagerReport};
-use memvisor::report::{Outcome, RunReport};
+use memvisor::report::run::{Outcome, RunReport};
 use memvisor::runner::{RunOptions, StartOptions, Vmm};
-use memvisor::workload::Workload;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use vm_memory::{Bytes, GuestAddress};
@@ -41,7 +41,11 @@ fn vm_config(region1: &str, steps: &str) -> VmConfig {
 
 /// Starts the VM (with an optional sync hook), runs it to the end with a 30 s timeout and
 /// checks it completed. The `Vmm` is returned so guest memory can still be read.
-fn run(region1: &str, steps: &str, sync: Option<memvisor::vcpu::SyncHook>) -> (Vmm, RunReport) {
+fn run(
+    region1: &str,
+    steps: &str,
+    sync: Option<memvisor::vmm::vcpu::SyncHook>,
+) -> (Vmm, RunReport) {
     let config = vm_config(region1, steps);
     let mut vmm = Vmm::start_with(
         &config,
@@ -63,7 +67,7 @@ fn run(region1: &str, steps: &str, sync: Option<memvisor::vcpu::SyncHook>) -> (V
     (vmm, report)
 }
 
-fn op<'a>(report: &'a RunReport, name: &str) -> &'a memvisor::report::OpSummary {
+fn op<'a>(report: &'a RunReport, name: &str) -> &'a memvisor::report::run::OpSummary {
     report
         .ops
         .iter()
@@ -120,10 +124,10 @@ struct AtSync {
 
 fn observing_hook(
     pool_size: Option<HugePageSize>,
-) -> (memvisor::vcpu::SyncHook, Arc<Mutex<Option<AtSync>>>) {
+) -> (memvisor::vmm::vcpu::SyncHook, Arc<Mutex<Option<AtSync>>>) {
     let seen = Arc::new(Mutex::new(None));
     let s = seen.clone();
-    let hook: memvisor::vcpu::SyncHook = Arc::new(move |_vcpu, _tag, ram: &GuestRam| {
+    let hook: memvisor::vmm::vcpu::SyncHook = Arc::new(move |_vcpu, _tag, ram: &GuestRam| {
         let r = &ram.regions()[1];
         *s.lock().unwrap() = Some(AtSync {
             present: pagemap_present_bytes(r.host_addr(), r.len()),
@@ -545,7 +549,7 @@ fn uffd_source_file_then_discard_reads_zeros() {
     let image = pattern_image(&dir, 64 * M, 71);
     let discarded = Arc::new(Mutex::new(None));
     let d = discarded.clone();
-    let hook: memvisor::vcpu::SyncHook = Arc::new(move |_vcpu, _tag, ram: &GuestRam| {
+    let hook: memvisor::vmm::vcpu::SyncHook = Arc::new(move |_vcpu, _tag, ram: &GuestRam| {
         let r = &ram.regions()[1];
         let before = pagemap_present_bytes(r.host_addr(), r.len());
         let out = ram.discard(R1, 64 * M);

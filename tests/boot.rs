@@ -5,10 +5,10 @@ mod common;
 
 use common::{kvm_or_skip, memvisor, text};
 use memvisor::abi::{pattern_word, BOOT_INFO_GPA, BOOT_INFO_MAGIC, WORK_AREA_GPA};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
-use memvisor::report::Outcome;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, Vmm};
-use memvisor::workload::Workload;
 use vm_memory::{Bytes, GuestAddress};
 
 fn config(mib: u64, vcpus: u32, steps: &str) -> VmConfig {

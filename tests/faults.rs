@@ -12,10 +12,10 @@ use common::{
     UFFD_EVENT_PAGEFAULT,
 };
 use memvisor::abi::WORK_AREA_GPA;
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
-use memvisor::report::Outcome;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, Vmm};
-use memvisor::workload::Workload;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixListener;
 use std::time::{Duration, Instant};
@@ -212,7 +212,7 @@ fn hugetlb_pool_drained_by_someone_else_cannot_take_the_guests_pages() {
     let held: Arc<Mutex<Option<memmap2::MmapMut>>> = Arc::default();
     let hold = held.clone();
     let dir = mount.path().to_path_buf();
-    let hook: memvisor::vcpu::SyncHook = Arc::new(move |_, _, _| {
+    let hook: memvisor::vmm::vcpu::SyncHook = Arc::new(move |_, _, _| {
         // Someone else asks for every free page of the pool: the kernel refuses, since the
         // guest's pages were reserved when memvisor mapped them; the spare pages it can have.
         let free = pool(HugePageSize::Size2M).free;
@@ -323,7 +323,7 @@ fn api_socket_removed_under_a_running_vm() {
 #[test]
 fn balance_notices_a_guest_that_stops_answering() {
     use common::ChildVm;
-    use memvisor::api::client::request;
+    use memvisor::control::api::client::request;
     use std::io::{BufRead, BufReader};
     use std::process::{Command, Stdio};
     use std::sync::mpsc;
@@ -585,7 +585,7 @@ fn voluntary_switches(pid: u32, tid: u32) -> u64 {
 #[test]
 fn api_socket_flooded_under_a_running_vm() {
     use common::{proc_status_kib, wait_until, ChildVm};
-    use memvisor::api::client::request;
+    use memvisor::control::api::client::request;
     use std::collections::BTreeMap;
     use std::io::Write;
     use std::os::unix::fs::{FileTypeExt, PermissionsExt};

@@ -22,7 +22,7 @@
 //! without the controller (seen with parallel builds freeing 430-680 MiB meanwhile): then the
 //! ballooning part did not run, and the test says so with a `skip:` line instead of failing.
 //! (A floor set above the budget's, to force the controller, made it press guests into their
-//! data: its statistics lag their balloon; see the note in `src/balance.rs`' history.) The
+//! data: its statistics lag their balloon; see the note in `src/control/balance.rs`' history.) The
 //! picture is taken once the guests have followed the controller's first inflations.
 
 mod common;
@@ -45,7 +45,7 @@ fn env_u64(name: &str, default: u64) -> u64 {
 }
 
 fn mem_available() -> u64 {
-    memvisor::overcommit::HostMemory::read()
+    memvisor::report::overcommit::HostMemory::read()
         .unwrap()
         .mem_available
 }
@@ -331,7 +331,9 @@ fn overcommitted_fleet_keeps_every_byte() {
     let ballooned = mid["ballooned_bytes"].as_u64().unwrap();
     let saved = mid["ksm_saved_bytes"].as_u64().unwrap();
     let ticks = std::fs::read_to_string(&record).unwrap().lines().count();
-    let total = memvisor::overcommit::HostMemory::read().unwrap().mem_total;
+    let total = memvisor::report::overcommit::HostMemory::read()
+        .unwrap()
+        .mem_total;
     eprintln!(
         "fleet: {vms} VMs x {} MiB = {} MiB configured (host MemTotal {} MiB), budget {} MiB, data kept {} MiB",
         vm_mem / M,

@@ -10,10 +10,10 @@
 mod common;
 
 use common::{kpageflags, kvm_or_skip, pagemap_entries, pagemap_pfn, root_or_skip, skip, KPF_KSM};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
-use memvisor::overcommit::VmMemory;
+use memvisor::report::overcommit::VmMemory;
 use memvisor::runner::{RunOptions, Vmm};
-use memvisor::workload::Workload;
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
@@ -138,7 +138,7 @@ fn run(sys: &ksm::Ksm) {
     // Merged pages at two GPAs, one in each region, show the same host physical address in
     // memvisor's map and in the page map read here. (KSM shares one page among at most
     // `max_page_sharing` pages, so not every pair shares a frame: find a pair that does.)
-    let rep = memvisor::mappings::map(&ram, None).unwrap();
+    let rep = memvisor::report::mappings::map(&ram, None).unwrap();
     let ksm_runs = |region: usize| {
         rep.regions[region]
             .runs

@@ -6,11 +6,11 @@
 mod common;
 
 use common::{kvm_or_skip, root_or_skip, skip};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
-use memvisor::overcommit::VmMemory;
-use memvisor::report::Outcome;
+use memvisor::report::overcommit::VmMemory;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, StartOptions, Vmm};
-use memvisor::workload::Workload;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -31,7 +31,7 @@ fn ksm_switched_off_mid_run() {
     // At the sync point the work area is full of identical pages: merge them, then switch KSM
     // off with unmerge while the guest is stopped at the sync point, then let it go on to
     // write its pattern over the (formerly) merged pages and verify it.
-    let hook: memvisor::vcpu::SyncHook = Arc::new(move |_, _, ram| {
+    let hook: memvisor::vmm::vcpu::SyncHook = Arc::new(move |_, _, ram| {
         let sys = ksm::Ksm::system();
         sys.set_pages_to_scan(20_000).unwrap();
         sys.set_sleep_millisecs(1).unwrap();

@@ -34,7 +34,7 @@ use common::{kvm_or_skip, skip, Running, TempDir};
 use memvisor::config::RegionConfig;
 use memvisor::linux::{cpu, irq::IrqChip, Devices, LinuxConfig, LinuxMachine};
 use memvisor::memory::GuestRam;
-use memvisor::vm::Vm;
+use memvisor::vmm::vm::Vm;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,7 +106,7 @@ fn console_lines(path: &Path) -> Vec<String> {
 }
 
 fn hardware_virtualisation() -> bool {
-    memvisor::vm::HostVirt::detect().hardware
+    memvisor::vmm::vm::HostVirt::detect().hardware
         && (Path::new("/sys/module/kvm_intel").exists()
             || Path::new("/sys/module/kvm_amd").exists())
 }
@@ -473,7 +473,7 @@ fn int3_in_ring_0_reaches_the_guests_handler() {
         "two #BP handler runs, each returning after its int3; {text}"
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-    let hardware = memvisor::vm::HostVirt::detect().hardware;
+    let hardware = memvisor::vmm::vm::HostVirt::detect().hardware;
     if !hardware {
         assert!(
             text.contains("emulation assists fwait=1 int3=2"),
@@ -792,7 +792,7 @@ impl TestGuest {
 }
 
 fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
-    let (status, text) = memvisor::api::client::request(sock, method, path, body).unwrap();
+    let (status, text) = memvisor::control::api::client::request(sock, method, path, body).unwrap();
     let v = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
     (status, v)
 }
@@ -970,7 +970,7 @@ fn test_kernel_balloon_and_console_end_to_end() {
     let out = g.vm.interrupt(Duration::from_secs(30));
     let text = common::text(&out);
     assert_eq!(out.status.code(), Some(130), "{text}");
-    if !memvisor::vm::HostVirt::detect().hardware {
+    if !memvisor::vmm::vm::HostVirt::detect().hardware {
         assert!(text.contains("emulation assists"), "{text}");
     }
 }

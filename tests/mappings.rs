@@ -1,4 +1,4 @@
-//! GPA→HPA maps (`memvisor::mappings`) checked page by page against the test's own reads of
+//! GPA→HPA maps (`memvisor::report::mappings`) checked page by page against the test's own reads of
 //! `/proc/self/pagemap` and `/proc/kpageflags`: a hugetlbfs 2M region maps to 2M-aligned host
 //! runs of 512 pages, untouched anonymous pages are not present, a discarded range is not
 //! present afterwards. (KSM-merged pages sharing one HPA: tests/ksm.rs.)
@@ -11,8 +11,8 @@ use common::{
 };
 use hugepages::HugePageSize;
 use memvisor::config::RegionConfig;
-use memvisor::mappings::{self, MappingReport, RunFlags};
 use memvisor::memory::GuestRam;
+use memvisor::report::mappings::{self, MappingReport, RunFlags};
 use vm_memory::{Bytes, GuestAddress};
 
 const M: u64 = 1 << 20;

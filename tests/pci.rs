@@ -10,8 +10,9 @@ mod common;
 
 use balloon::BalloonOptions;
 use common::kvm_or_skip;
-use memvisor::api::{ApiHandler, ApiRequest, ApiResponse};
 use memvisor::config::{RegionConfig, VmConfig};
+use memvisor::control::api::{ApiHandler, ApiRequest, ApiResponse};
+use memvisor::control::vmm_api::VmmApi;
 use memvisor::devices::balloon::{BalloonDevice, BalloonHandle};
 use memvisor::devices::pci::config::{
     BAR0, CAPABILITIES_POINTER, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_MASTER,
@@ -25,7 +26,6 @@ use memvisor::devices::pci::{
 };
 use memvisor::devices::Bus;
 use memvisor::memory::GuestRam;
-use memvisor::vmm_api::VmmApi;
 use std::collections::BTreeMap;
 use std::io;
 use std::sync::{Arc, Mutex};
@@ -739,7 +739,7 @@ fn kvm_delivers_msi_and_intx_once_the_irqchip_exists() {
         return;
     }
     let ram = GuestRam::new(&[RegionConfig::anon(16 * MIB)]).unwrap();
-    let vm = memvisor::vm::Vm::new(&ram).unwrap();
+    let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
     let irq = KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
     assert!(
         irq.signal_msi(MSI_ADDR, 0x30).is_err(),

@@ -197,7 +197,7 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
         Some("irq") => {
             // The balloon's virtio-pci interrupts, from vCPU, API and statistics threads.
             let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
-            let vm = memvisor::vm::Vm::new(&ram).unwrap();
+            let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
             vm.fd().create_irq_chip().unwrap();
             let _vcpu = vm.create_vcpu(0).unwrap();
             let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
@@ -224,7 +224,7 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
                 // the VM and a vCPU, bind the API socket, connect to a page server, write the
                 // runtime-directory entry, start threads.
                 let ram = test_ram();
-                let vm = memvisor::vm::Vm::new(&ram).unwrap();
+                let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
                 vm.create_vcpu(0).unwrap();
                 let sock = dir.path().join("api.sock");
                 let listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
@@ -243,7 +243,7 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
             on_filtered_thread("api-conn", ThreadKind::Api, SeccompMode::On, || {
                 // What GET /memory/report does, and a thread of its own (clone3 fails with ENOSYS,
                 // the C library falls back to clone, whose flags say CLONE_THREAD).
-                let report = memvisor::overcommit::VmMemory::read(&ram, None);
+                let report = memvisor::report::overcommit::VmMemory::read(&ram, None);
                 assert_eq!(report.configured_bytes, 24 << 20);
                 std::thread::spawn(|| std::fs::read_to_string("/proc/self/status").unwrap())
                     .join()

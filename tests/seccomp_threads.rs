@@ -9,12 +9,12 @@
 mod common;
 
 use common::{case, child, kvm_or_skip, text};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::memory::GuestRam;
-use memvisor::report::Outcome;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, StartOptions, Vmm};
-use memvisor::vcpu::SyncHook;
-use memvisor::workload::Workload;
+use memvisor::vmm::vcpu::SyncHook;
 use std::os::unix::process::ExitStatusExt;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;

@@ -10,10 +10,10 @@
 mod common;
 
 use common::{kvm_or_skip, memvisor, text};
+use memvisor::config::workload::Workload;
 use memvisor::config::VmConfig;
-use memvisor::report::Outcome;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, Vmm};
-use memvisor::workload::Workload;
 use std::process::{Command, Stdio};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;

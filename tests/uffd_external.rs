@@ -12,11 +12,11 @@ mod common;
 
 use common::{kvm_or_skip, parse_uffd_msg, uffd_copy, uffd_or_skip, TempDir, UFFD_EVENT_PAGEFAULT};
 use memvisor::abi::{pattern_word, WORK_AREA_GPA};
+use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::memory::GuestRam;
-use memvisor::report::Outcome;
+use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, StartOptions, Vmm};
-use memvisor::workload::Workload;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{recvmsg, ControlMessageOwned, MsgFlags, UnixAddr};
 use std::collections::{HashSet, VecDeque};
@@ -245,7 +245,7 @@ fn two_regions_share_one_firecracker_handler() {
     };
     let discarded = Arc::new(std::sync::Mutex::new(None));
     let d = discarded.clone();
-    let hook: memvisor::vcpu::SyncHook = Arc::new(move |_, _, ram: &GuestRam| {
+    let hook: memvisor::vmm::vcpu::SyncHook = Arc::new(move |_, _, ram: &GuestRam| {
         *d.lock().unwrap() = Some(ram.discard(r2, 16 * M).map_err(|e| e.to_string()));
     });
     let started = Vmm::start_with(
@@ -363,7 +363,7 @@ fn sockets_group_regions_and_the_mmio_hole_splits_no_mapping() {
     let ram = GuestRam::new(&configs);
     let reports = ram
         .as_ref()
-        .map(memvisor::report::RegionReport::read)
+        .map(memvisor::report::run::RegionReport::read)
         .unwrap_or_default();
     let layout: Vec<_> = ram
         .as_ref()

@@ -2,9 +2,9 @@
 //!
 //! The input is what a client sends on the API socket. It is written into one end of a Unix
 //! socket pair (whose write side is then shut, as a client that sent everything would) and the
-//! other end is served by `memvisor::api::server::serve_stream`, the function every connection
-//! thread of the API server runs: HTTP framing (`src/api/http.rs`, on `httparse`), limits,
-//! `parse_request` (`src/api/request.rs`) and a recording handler. Invariants:
+//! other end is served by `memvisor::control::api::server::serve_stream`, the function every connection
+//! thread of the API server runs: HTTP framing (`src/control/api/http.rs`, on `httparse`), limits,
+//! `parse_request` (`src/control/api/request.rs`) and a recording handler. Invariants:
 //! - no panic, and memory stays bounded (libFuzzer's `-rss_limit_mb`/`-malloc_limit_mb`);
 //! - empty input gets no answer; any other input gets exactly one well-formed HTTP/1.1 answer with
 //!   a correct `Content-Length` and `Connection: close`;
@@ -21,8 +21,8 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
-use memvisor::api::server::serve_stream;
-use memvisor::api::{ApiHandler, ApiRequest, ApiResponse, ApiServerOptions};
+use memvisor::control::api::server::serve_stream;
+use memvisor::control::api::{ApiHandler, ApiRequest, ApiResponse, ApiServerOptions};
 
 /// Larger inputs would not fit the socket buffer before the server reads; the head limit is
 /// 16 KiB and the body limit below is 8 KiB, so nothing is lost.

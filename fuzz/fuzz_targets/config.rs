@@ -1,4 +1,4 @@
-//! Fuzz target: the VM configuration parsers of `src/config.rs`.
+//! Fuzz target: the VM configuration parsers of `src/config/`.
 //!
 //! The first input byte picks what the rest (UTF-8 text, as clap and `read_to_string` deliver
 //! it) is fed to:
@@ -21,8 +21,8 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use memvisor::config::workload::{Step, Workload};
 use memvisor::config::{parse_balloon, parse_pin, Backend, ConfigError, RegionConfig, VmConfig};
-use memvisor::workload::{Step, Workload};
 
 fn roundtrip<T>(v: &T) -> T
 where

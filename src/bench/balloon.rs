@@ -5,10 +5,10 @@
 use super::stats::{gib_per_s, median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell, Align, Table};
 use super::{BenchError, BenchReport, BenchRow, Machine};
-use crate::api::client;
+use crate::config::workload::Workload;
 use crate::config::{RegionConfig, VmConfig};
+use crate::control::api::client;
 use crate::runner::{StartOptions, Vmm};
-use crate::workload::Workload;
 use serde::Serialize;
 use std::time::{Duration, Instant};
 

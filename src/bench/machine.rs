@@ -38,7 +38,7 @@ impl Machine {
                 .and_then(|n| usize::try_from(n).ok())
                 .unwrap_or(1),
             usable_cpus: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            ram_bytes: crate::overcommit::HostMemory::parse(&meminfo).mem_total,
+            ram_bytes: crate::report::overcommit::HostMemory::parse(&meminfo).mem_total,
             kernel,
             virtualisation: virtualisation(&cpuinfo, std::path::Path::new("/dev/kvm").exists()),
         }
@@ -137,8 +137,10 @@ mod tests {
         assert_eq!(cpu_model(cpuinfo).as_deref(), Some("AMD EPYC"));
         assert_eq!(cpu_model(""), None);
         assert_eq!(
-            crate::overcommit::HostMemory::parse("MemTotal:       24563512 kB\nMemFree: 1 kB\n")
-                .mem_total,
+            crate::report::overcommit::HostMemory::parse(
+                "MemTotal:       24563512 kB\nMemFree: 1 kB\n"
+            )
+            .mem_total,
             24563512 * 1024
         );
         assert!(virtualisation(cpuinfo, true).starts_with("nested KVM without hardware"));

@@ -1,5 +1,5 @@
 //! `memvisor bench mappings`: how long memvisor takes to produce the GPA→HPA map of a guest
-//! ([`crate::mappings::map`], what `GET /memory/mappings` serves), in ms per GiB, beside raw
+//! ([`crate::report::mappings::map`], what `GET /memory/mappings` serves), in ms per GiB, beside raw
 //! reads of the same host range in the same run:
 //!
 //! - `raw pagemap`: `pread` of `/proc/self/pagemap` over the region's host range in 512 KiB
@@ -349,8 +349,8 @@ pub fn populated_ram(size: u64, backing: Backing) -> Result<GuestRam, BenchError
 }
 
 /// What one memvisor map covered: (pages, present pages, runs, THP pages).
-fn map_counts(m: &crate::mappings::MappingReport) -> (u64, u64, u64, u64) {
-    let sum = |f: fn(&crate::mappings::Totals) -> u64| {
+fn map_counts(m: &crate::report::mappings::MappingReport) -> (u64, u64, u64, u64) {
+    let sum = |f: fn(&crate::report::mappings::Totals) -> u64| {
         m.regions.iter().map(|r| f(&r.totals)).sum::<u64>() / PAGE
     };
     (
@@ -434,7 +434,7 @@ pub fn method(size: u64, ranges: usize) -> Vec<String> {
              range(s) (a region crossing the 3-4 GiB MMIO hole is split)",
             Size(size)
         ),
-        "memvisor: crate::mappings::map(&ram, None), what GET /memory/mappings serves: \
+        "memvisor: crate::report::mappings::map(&ram, None), what GET /memory/mappings serves: \
          pagemap + kpageflags, run-length encoded into GPA->HPA runs with page size, flags \
          and per-region totals"
             .into(),
@@ -511,7 +511,7 @@ pub fn measure(
             let cpu_before = thread_cpu();
             let elapsed: Duration = match reader {
                 Reader::Memvisor => {
-                    let (m, t) = host::timed(|| crate::mappings::map(ram, None));
+                    let (m, t) = host::timed(|| crate::report::mappings::map(ram, None));
                     let m = m.map_err(|e| BenchError::Check {
                         what: "memvisor GPA->HPA map".into(),
                         detail: e.to_string(),
@@ -597,7 +597,7 @@ mod tests {
         let c = raw_read(&pagemap, None, &ranges).unwrap();
         assert_eq!(c.pages, 2048);
         assert_eq!(c.present, 2048, "prealloc=on populated every page");
-        let m = crate::mappings::map(&ram, None).unwrap();
+        let m = crate::report::mappings::map(&ram, None).unwrap();
         let (pages, present, runs, _) = map_counts(&m);
         assert_eq!((pages, present), (c.pages, c.present));
         assert!(runs >= 1);

@@ -19,9 +19,9 @@ use super::qemu::Qemu;
 use super::stats::{median_ratio, Summary};
 use super::table::{min_med_max, ratio_cell, Align, Table};
 use super::{BenchError, BenchReport, BenchRow, Machine, Target};
+use crate::config::workload::Workload;
 use crate::config::{RegionConfig, Size, VmConfig};
 use crate::runner::{RunOptions, Vmm};
-use crate::workload::Workload;
 use serde::Serialize;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -389,7 +389,7 @@ pub fn memvisor_idle_rss(binary: &Path, size: u64) -> Result<RssSplit, String> {
         let until = Instant::now() + Duration::from_secs(30);
         loop {
             if let Ok((200, body)) =
-                crate::api::client::request(&sock, "GET", "/balloon/device", None)
+                crate::control::api::client::request(&sock, "GET", "/balloon/device", None)
             {
                 if body.contains("\"activated\":true") {
                     break;
@@ -409,7 +409,7 @@ pub fn memvisor_idle_rss(binary: &Path, size: u64) -> Result<RssSplit, String> {
         .ok_or("cannot read /proc/PID/smaps of memvisor run")?;
         rss_split(pid, size).map_err(|e| format!("smaps: {e}"))
     })();
-    let _ = crate::api::client::request(
+    let _ = crate::control::api::client::request(
         &sock,
         "PUT",
         "/actions",

@@ -1,9 +1,9 @@
-//! `memvisor balance`: the balloon controller's loop (policy in `memvisor::balance`).
+//! `memvisor balance`: the balloon controller's loop (policy in `memvisor::control::balance`).
 
 use clap::Args;
-use memvisor::balance::{self, Controller, Decision, Policy};
 use memvisor::config::parse_size;
-use memvisor::registry::RuntimeDir;
+use memvisor::control::balance::{self, Controller, Decision, Policy};
+use memvisor::report::registry::RuntimeDir;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;

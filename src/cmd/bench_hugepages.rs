@@ -3,7 +3,7 @@
 use clap::Args as ClapArgs;
 use memvisor::bench::hugepages::{self, Backing, HugepagesOptions};
 use memvisor::config::parse_size;
-use memvisor::workload::parse_count;
+use memvisor::config::workload::parse_count;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;

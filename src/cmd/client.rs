@@ -3,8 +3,8 @@
 //! (`report overcommit --all` reads the runtime directory instead of one socket).
 
 use clap::{Args, Subcommand};
-use memvisor::api::client;
 use memvisor::config::parse_size;
+use memvisor::control::api::client;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -199,7 +199,7 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
             if json {
                 print_json(&text);
             } else {
-                let m: memvisor::mappings::MappingReport =
+                let m: memvisor::report::mappings::MappingReport =
                     serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
                 print!("{}", m.to_text());
             }
@@ -212,9 +212,9 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
             json,
         } => {
             if all {
-                let dir = memvisor::registry::RuntimeDir::or_default(runtime_dir);
-                let r =
-                    memvisor::overcommit::HostReport::collect(&dir).map_err(|e| e.to_string())?;
+                let dir = memvisor::report::registry::RuntimeDir::or_default(runtime_dir);
+                let r = memvisor::report::overcommit::HostReport::collect(&dir)
+                    .map_err(|e| e.to_string())?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
                 } else {
@@ -233,7 +233,7 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
                 if json {
                     print_json(&text);
                 } else {
-                    let m: memvisor::overcommit::VmMemory = serde_json::from_str(&text)
+                    let m: memvisor::report::overcommit::VmMemory = serde_json::from_str(&text)
                         .map_err(|e| format!("unexpected answer: {e}"))?;
                     println!("VM {} ({})", m.pid, sock.api_sock.display());
                     print!("{}", m.to_text());

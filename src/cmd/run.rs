@@ -2,10 +2,10 @@
 
 use clap::Args;
 use indicatif::{ProgressBar, ProgressStyle};
+use memvisor::config::workload::Workload;
 use memvisor::config::{parse_pin, ConfigError, RegionConfig, VmConfig};
 use memvisor::runner::{self, RunOptions};
 use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
-use memvisor::workload::Workload;
 use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -150,7 +150,7 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
     let start = runner::StartOptions {
         progress: bar.as_ref().map(|f| f as _),
         api_sock: a.api_sock.clone(),
-        runtime_dir: Some(memvisor::registry::RuntimeDir::or_default(
+        runtime_dir: Some(memvisor::report::registry::RuntimeDir::or_default(
             a.runtime_dir.clone(),
         )),
         seccomp: a.seccomp,

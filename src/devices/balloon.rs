@@ -57,8 +57,8 @@ impl BalloonDevice {
     }
 
     /// Target and actual size, for the overcommit report.
-    pub fn figures(&self) -> crate::overcommit::BalloonFigures {
-        crate::overcommit::BalloonFigures {
+    pub fn figures(&self) -> crate::report::overcommit::BalloonFigures {
+        crate::report::overcommit::BalloonFigures {
             target_bytes: self.model.target_pages() as u64 * 4096,
             actual_bytes: self.model.actual_pages() as u64 * 4096,
         }
@@ -133,7 +133,7 @@ impl BalloonHandle {
     }
 
     /// Target and actual size, for the overcommit report.
-    pub fn figures(&self) -> crate::overcommit::BalloonFigures {
+    pub fn figures(&self) -> crate::report::overcommit::BalloonFigures {
         self.with_device(|d| (d.figures(), false))
     }
 

@@ -284,7 +284,7 @@ impl LinuxMachine {
     /// Creates vCPU `id` with the Linux CPUID (KVM leaves added) and its entry state.
     pub fn create_vcpu(
         &self,
-        vm: &crate::vm::Vm,
+        vm: &crate::vmm::vm::Vm,
         id: u32,
     ) -> Result<kvm_ioctls::VcpuFd, crate::runner::VmmError> {
         let fd = vm.create_vcpu_with(id, cpu::add_kvm_leaves)?;

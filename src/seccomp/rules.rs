@@ -268,7 +268,7 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
         }
         ThreadKind::Vcpu => {
             l.ioctls(&[KVM_RUN, KVM_GET_REGS]);
-            // Emulation assists (hosts without VMX/SVM, `crate::assist`).
+            // Emulation assists (hosts without VMX/SVM, `crate::vmm::assist`).
             l.ioctls(&[
                 KVM_GET_SREGS,
                 KVM_SET_REGS,

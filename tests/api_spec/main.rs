@@ -1,7 +1,7 @@
 //! `docs/api/openapi.yaml` against what the server really answers, so the two cannot drift.
 //!
 //! - The routes in the document are exactly the server's route table
-//!   (`memvisor::api::ENDPOINTS`), and every schema in it compiles (JSON Schema 2020-12, the
+//!   (`memvisor::control::api::ENDPOINTS`), and every schema in it compiles (JSON Schema 2020-12, the
 //!   dialect of OpenAPI 3.1).
 //! - The typed answers (`BalloonConfig`, `BalloonStatistics`, `BalloonDeviceInfo`) validate
 //!   against their schemas, and answers the spec must refuse (a `null` statistic, a
@@ -17,7 +17,9 @@ mod common;
 mod spec;
 
 use common::{kvm_or_skip, wait_until, ChildVm, TempDir};
-use memvisor::api::{BalloonConfig, BalloonDeviceInfo, BalloonStatistics, Transport, ENDPOINTS};
+use memvisor::control::api::{
+    BalloonConfig, BalloonDeviceInfo, BalloonStatistics, Transport, ENDPOINTS,
+};
 use serde_json::{json, Value};
 use spec::{esc, exchange, Checker, Spec};
 use std::collections::BTreeSet;

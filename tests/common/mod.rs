@@ -341,7 +341,7 @@ pub fn uffd_copy(uffd: std::os::fd::RawFd, dst: u64, src: &[u8]) -> nix::Result<
 }
 
 // ---------------------------------------------------------------------------------------------
-// Independent page-map reads (the tests' own, not memvisor::mappings).
+// Independent page-map reads (the tests' own, not memvisor::report::mappings).
 
 /// Raw `/proc/self/pagemap` entries of the `pages` 4 KiB pages from `addr`.
 pub fn pagemap_entries(addr: u64, pages: u64) -> Vec<u64> {

@@ -10,11 +10,11 @@
 
 use super::{HugepagesConfig, HugepagesOptions, PHASES, STEP_RANDOM, STEP_READ, STEP_TOUCH};
 use crate::config::{RegionConfig, VmConfig};
-use crate::kvm_stats::{KvmSnapshot, KvmStats};
 use crate::memory::GuestRam;
-use crate::report::{Outcome, RunReport};
+use crate::report::run::{Outcome, RunReport};
 use crate::runner::{RunOptions, StartOptions, Vmm};
-use crate::vcpu::SyncHook;
+use crate::vmm::kvm_stats::{KvmSnapshot, KvmStats};
+use crate::vmm::vcpu::SyncHook;
 use serde::Serialize;
 use std::path::Path;
 use std::sync::{Arc, Condvar, Mutex};

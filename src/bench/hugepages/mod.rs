@@ -6,7 +6,7 @@
 //! `sync` (start gate) `; touch` (first touch of every 4 KiB page: the fault phase) `; sync ;
 //! read` (sequential passes) `; sync ; random` (random read-writes) `; sync`. At each sync
 //! point all vCPUs stop together and [`PhaseRecorder`] snapshots the process's page-fault
-//! counters (`getrusage`) and KVM's own counters ([`crate::kvm_stats`]), so faults and exits are
+//! counters (`getrusage`) and KVM's own counters ([`crate::vmm::kvm_stats`]), so faults and exits are
 //! known per phase. Phase times are the guest's begin/end hypercalls of each step (host clock).
 //! Configurations are interleaved: repetition 1 of every configuration, then repetition 2, ...
 //!
@@ -28,9 +28,9 @@ pub use row::HugepagesRow;
 use super::chart::{BarChart, Panel};
 use super::host::{self, HugetlbfsScratch};
 use super::{BenchError, BenchReport, Machine};
+use crate::config::workload::{Step, Workload};
 use crate::config::Size;
-use crate::vm::HostVirt;
-use crate::workload::{Step, Workload};
+use crate::vmm::vm::HostVirt;
 use guest_run::run_once;
 use hugepages::{HugePageSize, PoolLock, PoolStatus};
 use serde::Serialize;
@@ -404,7 +404,7 @@ fn setup_huge(
         size,
         opts.memory,
         pool.as_ref(),
-        crate::overcommit::HostMemory::read()
+        crate::report::overcommit::HostMemory::read()
             .map(|m| m.mem_available)
             .unwrap_or(0),
     ) {

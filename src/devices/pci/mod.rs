@@ -49,7 +49,7 @@
 //!
 //! ```no_run
 //! # use memvisor::devices::{balloon::{BalloonDevice, BalloonHandle}, pci::*};
-//! # fn wire(ram: std::sync::Arc<memvisor::memory::GuestRam>, vm: &memvisor::vm::Vm,
+//! # fn wire(ram: std::sync::Arc<memvisor::memory::GuestRam>, vm: &memvisor::vmm::vm::Vm,
 //! #         opts: balloon::BalloonOptions) -> Result<(), Box<dyn std::error::Error>> {
 //! // after vm.fd().create_irq_chip() and create_pit2():
 //! let irq = KvmIrq::new(vm.kvm(), vm.fd())?;

@@ -6,7 +6,7 @@
 //! uffd faults served.
 //!
 //! Per host ([`HostReport`], `memvisor report overcommit --all`): every VM registered in the
-//! runtime directory (see [`crate::registry`]) asked for its [`VmMemory`] over its API socket,
+//! runtime directory (see [`crate::report::registry`]) asked for its [`VmMemory`] over its API socket,
 //! stale entries listed and skipped, against `/proc/meminfo`:
 //! - **overcommit ratio** = sum of configured guest RAM / `MemTotal`;
 //! - **density** = sum of configured guest RAM / host memory the guests use: their resident
@@ -20,9 +20,9 @@
 //! pages they map to (from `/proc/self/pagemap`). A KSM page shared between two VMs is counted
 //! as a cost in each of them, so the host-wide figure errs on the side of "used".
 
-use crate::mappings::{self, MappingReport};
 use crate::memory::{GuestRam, PagerReport};
-use crate::registry::{EntryState, RuntimeDir};
+use crate::report::mappings::{self, MappingReport};
+use crate::report::registry::{EntryState, RuntimeDir};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -405,7 +405,7 @@ impl HostReport {
     }
 
     /// Reads the runtime directory and asks every live VM for its figures over its API socket.
-    pub fn collect(dir: &RuntimeDir) -> Result<HostReport, crate::registry::RegistryError> {
+    pub fn collect(dir: &RuntimeDir) -> Result<HostReport, crate::report::registry::RegistryError> {
         let entries = dir.entries()?;
         // Asked in parallel: each VM walks its page map to answer.
         let vms = std::thread::scope(|scope| {
@@ -538,7 +538,7 @@ impl HostReport {
 
 /// Asks the VM behind `sock` for its figures.
 fn fetch(sock: &std::path::Path) -> Result<VmMemory, String> {
-    let (status, body) = crate::api::client::request_with_timeout(
+    let (status, body) = crate::control::api::client::request_with_timeout(
         sock,
         "GET",
         "/memory/report",

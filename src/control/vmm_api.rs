@@ -7,14 +7,14 @@
 //! requests costs the host one CPU, not one per connection (the vCPUs keep the rest), and the
 //! report requests that queued behind a walk share the next one.
 
-use crate::api::{
+use crate::config::VmConfig;
+use crate::control::api::{
     ActionType, ApiHandler, ApiRequest, ApiResponse, BalloonConfig, BalloonDeviceInfo,
     BalloonStatistics, Transport, VmState, PROMETHEUS_CONTENT_TYPE,
 };
-use crate::config::VmConfig;
 use crate::devices::balloon::BalloonHandle;
 use crate::memory::{GuestRam, PagerReport};
-use crate::vcpu::{RunState, VcpuStatus};
+use crate::vmm::vcpu::{RunState, VcpuStatus};
 use serde_json::json;
 use std::fmt::Write as _;
 use std::sync::mpsc::{self, Sender};
@@ -58,7 +58,7 @@ pub struct VmmApi {
 /// request); otherwise it walks itself.
 #[derive(Debug, Default)]
 pub struct WalkGate {
-    last: Mutex<Option<(Instant, Arc<crate::overcommit::VmMemory>)>>,
+    last: Mutex<Option<(Instant, Arc<crate::report::overcommit::VmMemory>)>>,
     /// Held during every walk (memory figures and GPA→HPA maps alike).
     one_walk: Mutex<()>,
     walks: std::sync::atomic::AtomicU64,
@@ -69,8 +69,8 @@ impl WalkGate {
     pub fn memory(
         &self,
         arrived: Instant,
-        read: impl FnOnce() -> crate::overcommit::VmMemory,
-    ) -> Arc<crate::overcommit::VmMemory> {
+        read: impl FnOnce() -> crate::report::overcommit::VmMemory,
+    ) -> Arc<crate::report::overcommit::VmMemory> {
         let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((started, m)) = last.as_ref() {
             if *started >= arrived {
@@ -133,7 +133,7 @@ impl VmmApi {
             .workload
             .steps
             .iter()
-            .any(|s| matches!(s, crate::workload::Step::Balloon { .. }));
+            .any(|s| matches!(s, crate::config::workload::Step::Balloon { .. }));
         if !has_step {
             return ApiResponse::bad_request(
                 "this VM's workload has no balloon step to finish; start it with -w \"...;balloon:data=..,seconds=0\"",
@@ -161,16 +161,16 @@ impl VmmApi {
         }
     }
 
-    /// The per-VM overcommit figures ([`crate::overcommit::VmMemory`]).
+    /// The per-VM overcommit figures ([`crate::report::overcommit::VmMemory`]).
     pub fn memory_report(&self) -> serde_json::Value {
         serde_json::to_value(&*self.memory(Instant::now())).expect("serialises")
     }
 
     /// The memory figures through the walk gate.
-    fn memory(&self, arrived: Instant) -> Arc<crate::overcommit::VmMemory> {
+    fn memory(&self, arrived: Instant) -> Arc<crate::report::overcommit::VmMemory> {
         self.walks.memory(arrived, || {
             let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
-            crate::overcommit::VmMemory::read(&self.ram, balloon)
+            crate::report::overcommit::VmMemory::read(&self.ram, balloon)
         })
     }
 
@@ -494,7 +494,7 @@ impl ApiHandler for VmmApi {
                     (Some(g), None) => Some((g, 4096)),
                     (None, Some(_)) => return ApiResponse::bad_request("len needs gpa"),
                 };
-                match self.walks.mappings(|| crate::mappings::map(&self.ram, range)) {
+                match self.walks.mappings(|| crate::report::mappings::map(&self.ram, range)) {
                     Ok(m) => ApiResponse::ok_json(serde_json::to_value(m).expect("serialises")),
                     Err(e) => ApiResponse::bad_request(e.to_string()),
                 }

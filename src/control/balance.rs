@@ -385,7 +385,7 @@ pub fn sample_guest(
     configured: u64,
     now: std::time::SystemTime,
 ) -> Result<Option<GuestSample>, String> {
-    use crate::api::client::request_with_timeout;
+    use crate::control::api::client::request_with_timeout;
     let timeout = std::time::Duration::from_secs(3);
     // memvisor's own view of the balloon: sizes, and when the guest's statistics arrived.
     let (status, body) = request_with_timeout(sock, "GET", "/balloon/device", None, timeout)
@@ -396,7 +396,7 @@ pub fn sample_guest(
     if status != 200 {
         return Err(format!("GET /balloon/device answered {status}: {body}"));
     }
-    let device: crate::api::BalloonDeviceInfo = serde_json::from_str(&body)
+    let device: crate::control::api::BalloonDeviceInfo = serde_json::from_str(&body)
         .map_err(|e| format!("GET /balloon/device: unexpected answer: {e}"))?;
     let target = u64::from(device.target_pages) * 4096;
     let actual = u64::from(device.actual_pages) * 4096;
@@ -405,7 +405,7 @@ pub fn sample_guest(
     let mut free = None;
     if let Ok((200, body)) = request_with_timeout(sock, "GET", "/balloon/statistics", None, timeout)
     {
-        if let Ok(s) = serde_json::from_str::<crate::api::BalloonStatistics>(&body) {
+        if let Ok(s) = serde_json::from_str::<crate::control::api::BalloonStatistics>(&body) {
             free = s.guest.available_memory.or(s.guest.free_memory);
         }
     }
@@ -420,16 +420,16 @@ pub fn sample_guest(
 }
 
 /// Samples the host and every live registered VM with a balloon; notes for the ones skipped.
-pub fn sample(dir: &crate::registry::RuntimeDir, t: f64) -> (Sample, Vec<String>) {
+pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec<String>) {
     let mut notes = Vec::new();
-    let host = crate::overcommit::HostMemory::read().unwrap_or_default();
+    let host = crate::report::overcommit::HostMemory::read().unwrap_or_default();
     let mut guests = Vec::new();
     let now = std::time::SystemTime::now();
     match dir.entries() {
         Ok(entries) => {
             for e in entries {
                 let Some(r) = e.record else { continue };
-                if e.state != crate::registry::EntryState::Live {
+                if e.state != crate::report::registry::EntryState::Live {
                     continue;
                 }
                 match sample_guest(&r.api_sock, r.configured_bytes, now) {
@@ -461,7 +461,7 @@ pub fn apply(d: &Decision) -> Result<(), String> {
         return Ok(());
     };
     let body = format!("{{\"amount_mib\": {}}}", to / MIB);
-    let (status, text) = crate::api::client::request(
+    let (status, text) = crate::control::api::client::request(
         std::path::Path::new(guest),
         "PATCH",
         "/balloon",

@@ -148,7 +148,7 @@ impl Vm {
             .fd
             .create_vcpu(id as u64)
             .map_err(ioctl("KVM_CREATE_VCPU"))?;
-        let mut cpuid = crate::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
+        let mut cpuid = crate::vmm::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
         adjust(&mut cpuid);
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
         Ok(vcpu)

@@ -4,8 +4,8 @@
 //! state each vCPU starts with. The guest itself runs only a dozen ring-0 instructions.
 
 use crate::abi::{self, BootInfo, GpaRange, ImageHeader};
+use crate::config::workload::Workload;
 use crate::memory::GuestRam;
-use crate::workload::Workload;
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment, kvm_sregs};
 use kvm_ioctls::VcpuFd;
 use linux_loader::loader::{elf::Elf, KernelLoader};

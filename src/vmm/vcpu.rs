@@ -3,9 +3,9 @@
 //! (running, paused, stopped) driven through [`VcpuHandle`] with a signal kick.
 
 use crate::abi::{self, Hypercall};
-use crate::assist::{self, AssistKind};
 use crate::devices::Bus;
 use crate::memory::GuestRam;
+use crate::vmm::assist::{self, AssistKind};
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
@@ -265,7 +265,7 @@ pub struct SpawnOptions {
     /// The seccomp filter the thread installs before it runs the guest (none: unfiltered).
     pub seccomp: Option<crate::seccomp::ThreadFilter>,
     /// Complete the instructions KVM's ring-0 emulation stops on (`int3`, `fwait`; see
-    /// [`crate::assist`]): on hosts without VMX/SVM only.
+    /// [`crate::vmm::assist`]): on hosts without VMX/SVM only.
     pub assists: bool,
 }
 
@@ -649,7 +649,7 @@ impl Runner {
     }
 
     /// `KVM_EXIT_INTERNAL_ERROR` on a host without VMX/SVM: completes `int3` and a harmless
-    /// `fwait` (see [`crate::assist`]); anything else ends the run with the instruction bytes.
+    /// `fwait` (see [`crate::vmm::assist`]); anything else ends the run with the instruction bytes.
     fn assist(&mut self) -> Next {
         match assist::complete(&self.fd, &self.ram) {
             Ok(kind) => {

@@ -3,8 +3,8 @@
 
 use crate::config::{Size, VmConfig};
 use crate::memory::{GuestRam, PagerReport, PreallocReport};
-use crate::vcpu::VcpuFailure;
-use crate::vm::HostVirt;
+use crate::vmm::vcpu::VcpuFailure;
+use crate::vmm::vm::HostVirt;
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -147,7 +147,7 @@ pub struct VcpuReport {
     /// The built-in guest's balloon driver's last progress report (data owned, pages in the
     /// balloon, mismatches, bytes verified), when it made any.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub balloon_driver: Option<crate::vcpu::GuestProgress>,
+    pub balloon_driver: Option<crate::vmm::vcpu::GuestProgress>,
 }
 
 impl VcpuReport {
@@ -212,7 +212,7 @@ pub struct RunReport {
     /// How it ended.
     pub outcome: Outcome,
     /// Overcommit figures at the end of the run.
-    pub memory: Option<crate::overcommit::VmMemory>,
+    pub memory: Option<crate::report::overcommit::VmMemory>,
 }
 
 impl RunReport {
@@ -440,7 +440,7 @@ impl RunReport {
         }
         for o in &self.ops {
             let (stride, passes) = match c.workload.steps.get(o.index) {
-                Some(crate::workload::Step::Touch { stride, passes, .. }) => {
+                Some(crate::config::workload::Step::Touch { stride, passes, .. }) => {
                     (*stride, (*passes).max(1))
                 }
                 _ => (4096, 1),

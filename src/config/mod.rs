@@ -5,11 +5,13 @@
 //! rules that need no host state. Checks against the host (is the hugepage pool large enough,
 //! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
 
-use crate::workload::{self, Workload};
+pub mod workload;
+
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+use workload::Workload;
 
 /// Configuration errors. Each names the region or flag, the option and the fix.
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,8 @@
+//! Control of running VMs: the HTTP API a VM serves on its socket ([`api`]), the VMM's answers
+//! to it ([`vmm_api`]), and what works across every VM on the host through that API: the
+//! balloon controller ([`balance`]). Above the reports it serves, below the runner that starts
+//! it.
+
+pub mod api;
+pub mod balance;
+pub mod vmm_api;
