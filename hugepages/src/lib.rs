@@ -7,6 +7,7 @@
 //! - [`pool`]: the per-size pools in `/sys/kernel/mm/hugepages` (status, pre-flight checks,
 //!   resizing);
 //! - [`reserve`]: RAII pool reservations and a cross-process lock for code that changes pools;
+//! - [`scratch`]: a temporary hugetlbfs with its pool grown, for tests and benchmarks;
 //! - [`mod@mounts`]: hugetlbfs mounts (listing, checking a path, mounting, unmounting);
 //! - [`thp`]: the transparent huge page settings;
 //! - [`mod@populate`]: faulting in guest memory ahead of time, on several threads;
@@ -21,6 +22,7 @@ pub mod mounts;
 pub mod pool;
 pub mod populate;
 pub mod reserve;
+pub mod scratch;
 pub mod size;
 pub mod status;
 pub mod thp;
@@ -33,6 +35,7 @@ pub use populate::{
     PopulateOptions, PopulateStats, ThreadStart,
 };
 pub use reserve::{lock_pools, PoolLock, PoolReservation};
+pub use scratch::HugetlbfsScratch;
 pub use size::{default_size, supported_sizes, HugePageSize};
 pub use status::{host_status, status_text, HostHugePages};
 pub use thp::{thp_defrag, thp_mode, ThpDefrag, ThpMode};

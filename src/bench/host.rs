@@ -1,17 +1,16 @@
 //! Host setup for benchmarks and the raw mappings the baselines use.
 //!
-//! - [`HugetlbfsScratch`]: takes the pool lock, grows the pool by what a benchmark needs and
-//!   mounts a temporary hugetlbfs; dropping it unmounts, removes the directory and puts the pool
-//!   back (also when the benchmark fails or panics).
+//! - [`HugetlbfsScratch`] (the `hugepages` crate's): takes the pool lock, grows the pool by what
+//!   a benchmark needs and mounts a temporary hugetlbfs; dropping it unmounts, removes the
+//!   directory and puts the pool back (also when the benchmark fails or panics).
 //! - [`BareMapping`]: an `mmap` made directly (no memvisor code), unmapped on drop.
 //! - [`is_root`], [`timed`].
 
 use super::BenchError;
-use hugepages::{HugePageSize, PoolLock, PoolReservation};
+pub use hugepages::HugetlbfsScratch;
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 /// Whether the process runs as root (pools, mounts and some userfaultfd uses need it).
@@ -24,101 +23,6 @@ pub fn timed<T>(f: impl FnOnce() -> T) -> (T, Duration) {
     let start = Instant::now();
     let out = f();
     (out, start.elapsed())
-}
-
-/// A temporary hugetlbfs mount with enough free pages in its pool; restored on drop.
-#[derive(Debug)]
-pub struct HugetlbfsScratch {
-    dir: PathBuf,
-    size: HugePageSize,
-    mounted: bool,
-    created_dir: bool,
-    // Dropped after the unmount in `Drop::drop`, in this order: pool back, then the lock.
-    _pool: Option<PoolReservation>,
-    _lock: Arc<PoolLock>,
-}
-
-impl HugetlbfsScratch {
-    /// Locks the pools, makes sure `bytes` of `size` pages are available (growing the pool by
-    /// what is missing) and mounts hugetlbfs on a fresh directory under the temp dir.
-    pub fn new(size: HugePageSize, bytes: u64) -> Result<HugetlbfsScratch, BenchError> {
-        Self::with_lock(size, bytes, Arc::new(hugepages::lock_pools()?))
-    }
-
-    /// As [`HugetlbfsScratch::new`], under a pool lock the caller already holds (the lock is
-    /// per open file: taking it a second time in one process would wait for ever). Use this
-    /// for scratch mounts of several page sizes at once.
-    pub fn with_lock(
-        size: HugePageSize,
-        bytes: u64,
-        lock: Arc<PoolLock>,
-    ) -> Result<HugetlbfsScratch, BenchError> {
-        let pages = bytes.div_ceil(size.bytes());
-        let status = hugepages::pool_status(size)?;
-        let short = pages.saturating_sub(status.available());
-        let pool = if short > 0 {
-            Some(PoolReservation::reserve_additional(size, short)?)
-        } else {
-            None
-        };
-        let dir = std::env::temp_dir().join(format!(
-            "memvisor-bench-hugetlbfs-{size}-{}",
-            std::process::id()
-        ));
-        let created_dir = !dir.exists();
-        let mounted = match hugepages::mount(&dir, size) {
-            Ok((_, mounted)) => mounted,
-            Err(e) => {
-                if created_dir {
-                    let _ = std::fs::remove_dir(&dir);
-                }
-                return Err(e.into());
-            }
-        };
-        Ok(HugetlbfsScratch {
-            dir,
-            size,
-            mounted,
-            created_dir,
-            _pool: pool,
-            _lock: lock,
-        })
-    }
-
-    /// The mount point.
-    pub fn path(&self) -> &Path {
-        &self.dir
-    }
-
-    /// The page size of the mount.
-    pub fn page_size(&self) -> HugePageSize {
-        self.size
-    }
-
-    /// Free pages in the pool now.
-    pub fn free_pages(&self) -> Result<u64, BenchError> {
-        Ok(hugepages::pool_status(self.size)?.free)
-    }
-}
-
-impl Drop for HugetlbfsScratch {
-    fn drop(&mut self) {
-        if self.mounted {
-            if let Err(e) = hugepages::unmount(&self.dir) {
-                log::error!(
-                    "bench: could not unmount the scratch hugetlbfs at {}: {e}; unmount it with `umount {}`",
-                    self.dir.display(),
-                    self.dir.display()
-                );
-                return;
-            }
-        }
-        if self.created_dir {
-            if let Err(e) = std::fs::remove_dir(&self.dir) {
-                log::warn!("bench: could not remove {}: {e}", self.dir.display());
-            }
-        }
-    }
 }
 
 /// A mapping made with a plain `mmap` (the baselines' memory), unmapped on drop.

@@ -213,8 +213,7 @@ pub fn report(cmd: ReportCmd) -> Result<ExitCode, String> {
         } => {
             if all {
                 let dir = memvisor::report::registry::RuntimeDir::or_default(runtime_dir);
-                let r = memvisor::report::overcommit::HostReport::collect(&dir)
-                    .map_err(|e| e.to_string())?;
+                let r = memvisor::control::host_report::collect(&dir).map_err(|e| e.to_string())?;
                 if json {
                     println!("{}", serde_json::to_string_pretty(&r).expect("serialises"));
                 } else {

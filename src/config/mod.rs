@@ -5,6 +5,7 @@
 //! rules that need no host state. Checks against the host (is the hugepage pool large enough,
 //! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
 
+pub mod linux;
 pub mod workload;
 
 use serde::{Deserialize, Serialize};
@@ -370,7 +371,7 @@ pub struct VmConfig {
     pub balloon: Option<balloon::BalloonOptions>,
     /// Boot this Linux kernel instead of the built-in guest (the workload is then unused).
     #[serde(default)]
-    pub linux: Option<crate::linux::LinuxConfig>,
+    pub linux: Option<linux::LinuxConfig>,
 }
 
 impl Default for VmConfig {

@@ -5,4 +5,5 @@
 
 pub mod api;
 pub mod balance;
+pub mod host_report;
 pub mod vmm_api;

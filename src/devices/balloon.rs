@@ -4,10 +4,20 @@
 use super::virtio::VirtioDevice;
 use crate::memory::GuestRam;
 use balloon::{Balloon, BalloonOptions, MemoryBackend};
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+
+/// The balloon's state as the overcommit report needs it (`crate::report::overcommit`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BalloonFigures {
+    /// Target size in bytes.
+    pub target_bytes: u64,
+    /// Bytes the guest has handed to the balloon.
+    pub actual_bytes: u64,
+}
 
 /// Guest memory as the balloon sees it.
 pub struct RamBackend {
@@ -57,8 +67,8 @@ impl BalloonDevice {
     }
 
     /// Target and actual size, for the overcommit report.
-    pub fn figures(&self) -> crate::report::overcommit::BalloonFigures {
-        crate::report::overcommit::BalloonFigures {
+    pub fn figures(&self) -> BalloonFigures {
+        BalloonFigures {
             target_bytes: self.model.target_pages() as u64 * 4096,
             actual_bytes: self.model.actual_pages() as u64 * 4096,
         }
@@ -133,7 +143,7 @@ impl BalloonHandle {
     }
 
     /// Target and actual size, for the overcommit report.
-    pub fn figures(&self) -> crate::report::overcommit::BalloonFigures {
+    pub fn figures(&self) -> BalloonFigures {
         self.with_device(|d| (d.figures(), false))
     }
 

@@ -17,22 +17,15 @@ pub mod cpu;
 pub mod irq;
 pub mod serial;
 
+pub use crate::config::linux::{LinuxConfig, DEFAULT_CMDLINE, NO_HW_VIRT_CMDLINE};
 use crate::devices::Bus;
 use crate::memory::GuestRam;
 use linux_loader::loader::bootparam::{setup_header, XLF_KERNEL_64};
 use linux_loader::loader::{self, KernelLoader};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use vm_memory::{Bytes, GuestAddress};
-
-/// Command line used when `--cmdline` is not given.
-pub const DEFAULT_CMDLINE: &str = "console=ttyS0 earlyprintk=serial reboot=k panic=1";
-/// Added on hosts without hardware virtualisation, where KVM emulates guest ring-0 code: it
-/// loops on `xrstor` during the kernel's FPU set-up (`noxsave`), and stops on POPCNT and
-/// CLAC/STAC, which the kernel patches in unless told the CPU lacks them (hiding them in
-/// `KVM_SET_CPUID2` does not reach the guest there).
-pub const NO_HW_VIRT_CMDLINE: &[&str] = &["noxsave", "clearcpuid=popcnt,smap"];
 
 /// Where bzImages are loaded (their `code32_start`).
 const BZIMAGE_LOAD: u64 = 0x10_0000;
@@ -40,43 +33,6 @@ const BZIMAGE_LOAD: u64 = 0x10_0000;
 const BZIMAGE_ENTRY_64: u64 = 0x200;
 /// `initrd_addr_max` for kernels whose header predates the field.
 const DEFAULT_INITRD_ADDR_MAX: u64 = 0x37ff_ffff;
-
-/// What to boot.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct LinuxConfig {
-    /// bzImage or ELF vmlinux.
-    pub kernel: PathBuf,
-    /// Initial ramdisk (e.g. a gzip'd newc cpio).
-    #[serde(default)]
-    pub initrd: Option<PathBuf>,
-    /// Kernel command line; [`DEFAULT_CMDLINE`] when `None`.
-    #[serde(default)]
-    pub cmdline: Option<String>,
-    /// Write the serial console here instead of stdout.
-    #[serde(default)]
-    pub console: Option<PathBuf>,
-}
-
-impl LinuxConfig {
-    /// The command line the kernel gets on this host: the given or default one, plus
-    /// each of [`NO_HW_VIRT_CMDLINE`] not already there when the host has no hardware
-    /// virtualisation.
-    pub fn effective_cmdline(&self, hardware_virt: bool) -> String {
-        let mut c = self
-            .cmdline
-            .clone()
-            .unwrap_or_else(|| DEFAULT_CMDLINE.to_string());
-        if !hardware_virt {
-            for extra in NO_HW_VIRT_CMDLINE {
-                if !c.split_whitespace().any(|w| w == *extra) {
-                    c.push(' ');
-                    c.push_str(extra);
-                }
-            }
-        }
-        c
-    }
-}
 
 /// Errors booting Linux. Each names the file or the limit.
 #[derive(Debug, thiserror::Error)]
@@ -131,6 +87,9 @@ pub enum LinuxError {
     /// vCPU state.
     #[error(transparent)]
     Cpu(#[from] cpu::CpuError),
+    /// Creating a vCPU failed.
+    #[error(transparent)]
+    Vm(#[from] crate::vmm::vm::VmError),
     /// The console file.
     #[error("console {path}: {source}")]
     Console {
@@ -286,9 +245,9 @@ impl LinuxMachine {
         &self,
         vm: &crate::vmm::vm::Vm,
         id: u32,
-    ) -> Result<kvm_ioctls::VcpuFd, crate::runner::VmmError> {
+    ) -> Result<kvm_ioctls::VcpuFd, LinuxError> {
         let fd = vm.create_vcpu_with(id, cpu::add_kvm_leaves)?;
-        cpu::setup_vcpu(&fd, id, self.layout.entry).map_err(LinuxError::from)?;
+        cpu::setup_vcpu(&fd, id, self.layout.entry)?;
         Ok(fd)
     }
 }

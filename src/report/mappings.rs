@@ -848,7 +848,7 @@ mod tests {
             }
         }
         // hugetlbfs 2M, when a pool can be had.
-        match crate::bench::host::HugetlbfsScratch::new(hugepages::HugePageSize::Size2M, 8 << 20) {
+        match hugepages::HugetlbfsScratch::new(hugepages::HugePageSize::Size2M, 8 << 20) {
             Ok(scratch) => {
                 let spec = format!(
                     "size=8M,backend=hugetlbfs,mem-path={}",

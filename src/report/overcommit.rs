@@ -6,8 +6,9 @@
 //! uffd faults served.
 //!
 //! Per host ([`HostReport`], `memvisor report overcommit --all`): every VM registered in the
-//! runtime directory (see [`crate::report::registry`]) asked for its [`VmMemory`] over its API socket,
-//! stale entries listed and skipped, against `/proc/meminfo`:
+//! runtime directory (see [`crate::report::registry`]) asked for its [`VmMemory`] over its API
+//! socket (by `crate::control::host_report`, which is above this layer), stale entries listed and
+//! skipped, against `/proc/meminfo`:
 //! - **overcommit ratio** = sum of configured guest RAM / `MemTotal`;
 //! - **density** = sum of configured guest RAM / host memory the guests use: their resident
 //!   bytes minus what KSM saves ([`HostReport::ksm_saved_bytes`]: the kernel's host-wide
@@ -22,7 +23,6 @@
 
 use crate::memory::{GuestRam, PagerReport};
 use crate::report::mappings::{self, MappingReport};
-use crate::report::registry::{EntryState, RuntimeDir};
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;
 use std::fmt::Write as _;
@@ -30,14 +30,7 @@ use std::path::PathBuf;
 
 const PAGE: u64 = 4096;
 
-/// The balloon's state as the overcommit report needs it.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct BalloonFigures {
-    /// Target size in bytes.
-    pub target_bytes: u64,
-    /// Bytes the guest has handed to the balloon.
-    pub actual_bytes: u64,
-}
+pub use crate::devices::balloon::BalloonFigures;
 
 /// KSM sharing inside one VM.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,50 +397,6 @@ impl HostReport {
         }
     }
 
-    /// Reads the runtime directory and asks every live VM for its figures over its API socket.
-    pub fn collect(dir: &RuntimeDir) -> Result<HostReport, crate::report::registry::RegistryError> {
-        let entries = dir.entries()?;
-        // Asked in parallel: each VM walks its page map to answer.
-        let vms = std::thread::scope(|scope| {
-            let asks: Vec<_> = entries
-                .iter()
-                .map(|e| {
-                    scope.spawn(move || {
-                        let (pid, api_sock) = match &e.record {
-                            Some(r) => (r.pid, r.api_sock.clone()),
-                            None => (0, e.file.clone()),
-                        };
-                        let (memory, skipped) = match &e.state {
-                            EntryState::Stale { reason } => {
-                                (None, Some(format!("stale: {reason}")))
-                            }
-                            EntryState::Live => match fetch(&api_sock) {
-                                Ok(m) => (Some(m), None),
-                                Err(why) => (None, Some(why)),
-                            },
-                        };
-                        VmEntry {
-                            pid,
-                            api_sock,
-                            memory,
-                            skipped,
-                        }
-                    })
-                })
-                .collect();
-            asks.into_iter()
-                .map(|h| h.join().expect("report thread"))
-                .collect::<Vec<_>>()
-        });
-        Ok(HostReport::build(
-            dir.path().to_path_buf(),
-            HostMemory::read().unwrap_or_default(),
-            hugepages::host_status().ok(),
-            ksm::Ksm::system().counters().ok(),
-            vms,
-        ))
-    }
-
     /// The readable table.
     pub fn to_text(&self) -> String {
         let mut s = String::new();
@@ -534,22 +483,6 @@ impl HostReport {
         );
         s
     }
-}
-
-/// Asks the VM behind `sock` for its figures.
-fn fetch(sock: &std::path::Path) -> Result<VmMemory, String> {
-    let (status, body) = crate::control::api::client::request_with_timeout(
-        sock,
-        "GET",
-        "/memory/report",
-        None,
-        std::time::Duration::from_secs(15),
-    )
-    .map_err(|e| format!("no answer: {e}"))?;
-    if status != 200 {
-        return Err(format!("GET /memory/report answered {status}"));
-    }
-    serde_json::from_str(&body).map_err(|e| format!("unexpected answer: {e}"))
 }
 
 #[cfg(test)]

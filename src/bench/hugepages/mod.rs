@@ -425,8 +425,7 @@ fn setup_huge(
             scratch: Some(s),
             reason: None,
         },
-        Err(BenchError::HugePages(e)) => fail(e.to_string()),
-        Err(e) => fail(format!("could not set up the {size} pages: {e}")),
+        Err(e) => fail(e.to_string()),
     }
 }
 
