@@ -305,7 +305,7 @@ impl Vmm {
     pub fn wait(&mut self, opts: &RunOptions) -> RunReport {
         let config = &self.config;
         let started = self.started;
-        let mut report = RunReport::new(config, self.vm.host().clone(), &self.ram);
+        let mut report = RunReport::new(config, self.vm.host().clone());
         report.linux = self.linux.as_ref().map(|m| m.layout.clone());
         report.vcpus = self
             .handles

@@ -216,9 +216,11 @@ pub struct RunReport {
 }
 
 impl RunReport {
-    /// A report before the run.
-    pub fn new(config: &VmConfig, host: HostVirt, ram: &GuestRam) -> Self {
-        let mut r = RunReport {
+    /// A report before the run. Regions are read by [`RunReport::finish`], not here: reading
+    /// residency (a `mincore` vector per region) while the vCPUs fault in memory would add the
+    /// VMM's own page faults to what the run measures.
+    pub fn new(config: &VmConfig, host: HostVirt) -> Self {
+        RunReport {
             config: config.clone(),
             host,
             regions: Vec::new(),
@@ -230,19 +232,13 @@ impl RunReport {
             linux: None,
             outcome: Outcome::Completed,
             memory: None,
-        };
-        r.read_regions(ram);
-        r
-    }
-
-    fn read_regions(&mut self, ram: &GuestRam) {
-        self.regions = RegionReport::read(ram);
+        }
     }
 
     /// Completes the report at the end of the run.
     pub fn finish(&mut self, outcome: Outcome, ram: &GuestRam) {
         self.outcome = outcome;
-        self.read_regions(ram);
+        self.regions = RegionReport::read(ram);
         let mut ops: BTreeMap<usize, (OpSummary, f64, f64)> = BTreeMap::new();
         for v in &self.vcpus {
             for o in &v.ops {
