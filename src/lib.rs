@@ -12,6 +12,7 @@
 //! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
 //!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
 //!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings);
+//! - [`host`]: host-wide settings memvisor manages itself (swap devices, zram, swap files);
 //! - [`seccomp`]: the per-thread seccomp filters (least privilege).
 #![deny(missing_docs)]
 
@@ -26,6 +27,7 @@ pub mod boot;
 pub mod config;
 pub mod cpuid;
 pub mod devices;
+pub mod host;
 pub mod kvm_stats;
 pub mod linux;
 pub mod mappings;

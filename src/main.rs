@@ -26,6 +26,9 @@ enum Command {
     /// Host KSM: status, on, off, tune (prints what it changed).
     #[command(subcommand)]
     Ksm(cmd::ksm::KsmCmd),
+    /// Host swap: status, a zram device or a swap file, off (prints what it changed).
+    #[command(subcommand)]
+    Swap(cmd::swap::SwapCmd),
     /// Balloon of a running VM (needs `memvisor run --api-sock`).
     #[command(subcommand)]
     Balloon(cmd::client::BalloonCmd),
@@ -58,6 +61,7 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::cmd_run(a),
         Command::Hugepages(c) => cmd::hugepages::run(c),
         Command::Ksm(c) => cmd::ksm::run(c),
+        Command::Swap(c) => cmd::swap::run(c),
         Command::Balloon(c) => cmd::client::balloon(c),
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),

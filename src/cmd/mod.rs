@@ -8,3 +8,4 @@ pub mod client;
 pub mod hugepages;
 pub mod ksm;
 pub mod run;
+pub mod swap;
