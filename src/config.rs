@@ -131,6 +131,11 @@ pub struct RegionConfig {
     /// Mark the region `MADV_MERGEABLE` for KSM.
     #[serde(default)]
     pub mergeable: bool,
+    /// `resident-limit=SIZE`: the VM's standing limit on resident guest RAM (all regions
+    /// together; give it on one region only): past it, memvisor pages the coldest guest memory
+    /// out to host swap (see `crate::reclaim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_limit: Option<u64>,
 }
 
 impl RegionConfig {
@@ -145,6 +150,7 @@ impl RegionConfig {
             prealloc: false,
             prealloc_threads: 0,
             mergeable: false,
+            resident_limit: None,
         }
     }
 
@@ -191,6 +197,12 @@ impl RegionConfig {
             Some(t) => t
                 .parse()
                 .map_err(|_| err("prealloc-threads", format!("`{t}` is not a thread count")))?,
+        };
+        let resident_limit = match take("resident-limit") {
+            None => None,
+            Some(t) => Some(parse_size(&t).ok_or_else(|| {
+                err("resident-limit", format!("`{t}` is not a size (e.g. 256M)"))
+            })?),
         };
         let backend_name = take("backend").unwrap_or_else(|| "anon".into());
         let backend = match backend_name.as_str() {
@@ -257,6 +269,7 @@ impl RegionConfig {
             prealloc,
             prealloc_threads,
             mergeable,
+            resident_limit,
         };
         region.check(index)?;
         Ok(region)
@@ -386,6 +399,11 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
+    /// The standing limit on resident guest RAM (`resident-limit=` of a `--memory` region).
+    pub fn resident_limit(&self) -> Option<u64> {
+        self.memory.iter().find_map(|r| r.resident_limit)
+    }
+
     /// Total configured guest RAM (saturating: [`VmConfig::check`] refuses totals above
     /// [`MAX_GUEST_RAM_BYTES`]).
     pub fn ram_bytes(&self) -> u64 {
@@ -404,6 +422,29 @@ impl VmConfig {
         }
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
+        }
+        let limits: Vec<u64> = self
+            .memory
+            .iter()
+            .filter_map(|r| r.resident_limit)
+            .collect();
+        match limits.as_slice() {
+            [] => {}
+            [l] if *l < 4 << 20 || *l > self.ram_bytes() => {
+                return Err(ConfigError::Invalid(format!(
+                    "resident-limit={} must lie between 4 MiB and the guest's RAM ({})",
+                    Size(*l),
+                    Size(self.ram_bytes())
+                )))
+            }
+            [_] => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "resident-limit is one limit for the whole VM: give it on one --memory \
+                     region only"
+                        .into(),
+                ))
+            }
         }
         if self.ram_bytes() > MAX_GUEST_RAM_BYTES {
             return Err(ConfigError::Invalid(format!(

@@ -12,6 +12,7 @@
 //! - [`mappings`]: GPA→HPA maps; [`overcommit`]: per-VM and host-wide overcommit figures;
 //!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
 //!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings);
+//! - [`reclaim`]: per-VM reclaim to host swap and the standing resident limit;
 //! - [`host`]: host-wide settings memvisor manages itself (swap devices, zram, swap files);
 //! - [`seccomp`]: the per-thread seccomp filters (least privilege).
 #![deny(missing_docs)]
@@ -33,6 +34,7 @@ pub mod linux;
 pub mod mappings;
 pub mod memory;
 pub mod overcommit;
+pub mod reclaim;
 pub mod registry;
 pub mod report;
 pub mod runner;

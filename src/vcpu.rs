@@ -716,11 +716,13 @@ impl Runner {
                 }
                 Next::Continue
             }
-            abi::HC_PROGRESS => {
-                for (slot, v) in self.stats.progress.iter().zip(a) {
-                    slot.store(v, Ordering::Release);
+            abi::HC_PROGRESS | abi::HC_POLL => {
+                if hc.nr == abi::HC_PROGRESS {
+                    for (slot, v) in self.stats.progress.iter().zip(a) {
+                        slot.store(v, Ordering::Release);
+                    }
+                    self.stats.progress_updates.fetch_add(1, Ordering::AcqRel);
                 }
-                self.stats.progress_updates.fetch_add(1, Ordering::AcqRel);
                 let finish = self.stats.finish_requested.swap(false, Ordering::AcqRel);
                 let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
                     .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)

@@ -51,6 +51,8 @@ pub struct VmmApi {
     pub started: Instant,
     /// Page-map walks for the API, one at a time.
     pub walks: WalkGate,
+    /// Reclaim to host swap and the standing resident limit.
+    pub reclaimer: Arc<crate::reclaim::Reclaimer>,
 }
 
 /// One page-map walk at a time. A request for the memory figures that had to wait shares the
@@ -128,15 +130,15 @@ impl VmmApi {
                 "FinishBalloonStep is for the built-in guest's balloon step; a Linux guest has none (use Shutdown to stop it)",
             );
         }
-        let has_step = self
-            .config
-            .workload
-            .steps
-            .iter()
-            .any(|s| matches!(s, crate::workload::Step::Balloon { .. }));
+        let has_step = self.config.workload.steps.iter().any(|s| {
+            matches!(
+                s,
+                crate::workload::Step::Balloon { .. } | crate::workload::Step::Hold { .. }
+            )
+        });
         if !has_step {
             return ApiResponse::bad_request(
-                "this VM's workload has no balloon step to finish; start it with -w \"...;balloon:data=..,seconds=0\"",
+                "this VM's workload has no balloon step (nor hold step) to finish; start it with -w \"...;balloon:data=..,seconds=0\" or \"...;hold\"",
             );
         }
         if self.vm_state() == "Stopped" {
@@ -500,6 +502,20 @@ impl ApiHandler for VmmApi {
                 }
             }
             ApiRequest::GetMemoryReport => ApiResponse::ok_json(self.memory_report()),
+            ApiRequest::PutMemoryReclaim { target_resident_mib } => {
+                match self.reclaimer.reclaim_to(target_resident_mib.saturating_mul(1 << 20)) {
+                    Ok(out) => json_answer(&out),
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
+            ApiRequest::GetMemoryReclaim => json_answer(&self.reclaimer.status()),
+            ApiRequest::PatchMemory { resident_limit_mib } => {
+                let limit = (resident_limit_mib != 0).then(|| resident_limit_mib.saturating_mul(1 << 20));
+                match self.reclaimer.set_limit(limit) {
+                    Ok(()) => ApiResponse::NoContent,
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
             ApiRequest::GetMetrics => ApiResponse::Text {
                 status: 200,
                 content_type: PROMETHEUS_CONTENT_TYPE.into(),

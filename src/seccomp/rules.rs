@@ -23,7 +23,9 @@
 //!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
 //!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
 //!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts
-//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`).
+//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`); reclaim to host swap through the memory module
+//!   (`madvise` `MADV_PAGEOUT`/`MADV_COLD`; also the `api-reclaim` thread of the resident
+//!   limit).
 //! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
 //!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
 //! - **balloon statistics**: the common set plus the balloon's interrupts.
@@ -283,6 +285,9 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             l.any(&[SYS_mincore]);
         }
         ThreadKind::Api => {
+            // Reclaim to host swap (`PUT /memory/reclaim`, the resident limit's `api-reclaim`
+            // thread): guest RAM only, through the memory module.
+            l.arg_in(SYS_madvise, 2, &[MADV_PAGEOUT as u64, MADV_COLD as u64]);
             start_threads(&mut l);
             read_files(&mut l);
             interrupts(&mut l);
