@@ -95,6 +95,8 @@ pub struct VcpuStats {
     pub finish_requested: AtomicBool,
     /// Emulation assists performed, by [`AssistKind`].
     assists: [AtomicU64; 2],
+    /// 1 + the index of the built-in guest's workload step this vCPU is in; 0 between steps.
+    step: AtomicU64,
 }
 
 /// The latest progress the guest's balloon driver reported (`HC_PROGRESS`).
@@ -115,6 +117,12 @@ pub struct GuestProgress {
 }
 
 impl VcpuStats {
+    /// The index of the built-in guest's workload step this vCPU is in (between its begin and
+    /// end hypercalls), if any.
+    pub fn step(&self) -> Option<u64> {
+        self.step.load(Ordering::Acquire).checked_sub(1)
+    }
+
     /// The latest guest progress.
     pub fn progress(&self) -> GuestProgress {
         let p = |i: usize| self.progress[i].load(Ordering::Acquire);
@@ -691,6 +699,7 @@ impl Runner {
                 Next::Continue
             }
             abi::HC_OP_BEGIN => {
+                self.stats.step.store(a[0] + 1, Ordering::Release);
                 let _ = self.events.send(VcpuEvent::OpBegin {
                     vcpu: self.id,
                     index: a[0] as usize,
@@ -699,6 +708,7 @@ impl Runner {
                 Next::Continue
             }
             abi::HC_OP_END => {
+                self.stats.step.store(0, Ordering::Release);
                 let _ = self.events.send(VcpuEvent::OpEnd {
                     vcpu: self.id,
                     index: a[0] as usize,

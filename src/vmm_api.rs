@@ -433,7 +433,7 @@ impl ApiHandler for VmmApi {
                             v.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect();
                         let assists: serde_json::Map<String, serde_json::Value> =
                             v.stats.assists().into_iter().map(|(k, n)| (k.name().to_string(), json!(n))).collect();
-                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total(), "assists": assists})
+                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total(), "assists": assists, "step": v.stats.step()})
                     })
                     .collect();
                 ApiResponse::ok_json(json!({
