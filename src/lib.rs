@@ -13,6 +13,7 @@
 //!   [`registry`]: the runtime directory where running VMs register; [`kvm_stats`]: KVM's
 //!   own counters for a VM (in-kernel exits, MMU faults, 4K/2M/1G mappings);
 //! - [`reclaim`]: per-VM reclaim to host swap and the standing resident limit;
+//!   [`working_set`]: the per-VM working-set estimate that orders it;
 //! - [`host`]: host-wide settings memvisor manages itself (swap devices, zram, swap files);
 //! - [`seccomp`]: the per-thread seccomp filters (least privilege).
 #![deny(missing_docs)]
@@ -42,4 +43,5 @@ pub mod seccomp;
 pub mod vcpu;
 pub mod vm;
 pub mod vmm_api;
+pub mod working_set;
 pub mod workload;

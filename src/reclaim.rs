@@ -5,11 +5,13 @@
 //! the standing limit on resident guest RAM (`--memory ...,resident-limit=SIZE`, `PATCH /memory
 //! {"resident_limit_mib": N}`) and the `api-reclaim` thread that enforces it, and the counters
 //! the reports show (reclaims, bytes paged out, the VMM's major faults — swap-ins of guest pages
-//! are major faults of its vCPU threads). The `madvise` calls are the memory module's
+//! are major faults of its vCPU threads). Reclaim takes the coldest memory first by the
+//! working-set estimate ([`crate::working_set`]) once it has one. The `madvise` calls are the memory module's
 //! ([`GuestRam::page_out_to`]); whether the host has swap is [`crate::host::swap`]'s.
 
 use crate::memory::{GuestRam, MemoryError, ReclaimOutcome};
 use crate::seccomp::ThreadFilter;
+use crate::working_set::Tracker;
 use serde::Serialize;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -70,12 +72,9 @@ pub struct Reclaimer {
     reclaims: AtomicU64,
     limit_reclaims: AtomicU64,
     paged_out: AtomicU64,
-    /// Set by `coldest_first` when a working-set estimate can order chunks.
-    order: Mutex<Option<OrderFn>>,
+    /// The working-set estimate that orders reclaim coldest first.
+    tracker: Option<Arc<Tracker>>,
 }
-
-/// Gives guest-physical ranges coldest first, when a working-set estimate exists.
-pub type OrderFn = Box<dyn Fn() -> Option<Vec<(u64, u64)>> + Send + Sync>;
 
 /// The VMM's major page faults so far (`/proc/self/stat` field 12), 0 when unreadable.
 pub fn major_faults() -> u64 {
@@ -90,8 +89,12 @@ pub fn major_faults() -> u64 {
 }
 
 impl Reclaimer {
-    /// A reclaimer for `ram` with the standing `limit` (bytes), if any.
-    pub fn new(ram: Arc<GuestRam>, limit: Option<u64>) -> Self {
+    /// A reclaimer for `ram` with the standing `limit` (bytes), if any, taking the coldest
+    /// memory first by `tracker`'s estimate when there is one.
+    pub fn new(ram: Arc<GuestRam>, limit: Option<u64>, tracker: Option<Arc<Tracker>>) -> Self {
+        if let (Some(t), Some(_)) = (&tracker, limit) {
+            t.start();
+        }
         Reclaimer {
             ram,
             limit: AtomicU64::new(limit.unwrap_or(0)),
@@ -101,14 +104,13 @@ impl Reclaimer {
             reclaims: AtomicU64::new(0),
             limit_reclaims: AtomicU64::new(0),
             paged_out: AtomicU64::new(0),
-            order: Mutex::new(None),
+            tracker,
         }
     }
 
-    /// Lets reclaims take the coldest memory first (`order` gives it, or `None` while it does
-    /// not know yet).
-    pub fn set_order(&self, order: OrderFn) {
-        *self.order.lock().unwrap_or_else(|e| e.into_inner()) = Some(order);
+    /// The working-set tracker, if any.
+    pub fn tracker(&self) -> Option<&Arc<Tracker>> {
+        self.tracker.as_ref()
     }
 
     /// Pages guest memory out until at most `target` bytes are resident.
@@ -128,12 +130,7 @@ impl Reclaimer {
         let swap_active = crate::host::swap::active()
             .map(|d| !d.is_empty())
             .unwrap_or(false);
-        let order = self
-            .order
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-            .and_then(|f| f());
+        let order = self.tracker.as_ref().and_then(|t| t.coldest_first());
         let out = self
             .ram
             .page_out_to(target, order.as_deref(), swap_active)?;
@@ -159,6 +156,9 @@ impl Reclaimer {
             }
         }
         self.limit.store(limit.unwrap_or(0), Ordering::Release);
+        if let (Some(t), Some(_)) = (&self.tracker, limit) {
+            t.start();
+        }
         Ok(())
     }
 
@@ -185,6 +185,14 @@ impl Reclaimer {
         }
     }
 
+    /// One tick of the `api-reclaim` thread: the working-set window, then the limit.
+    pub fn tick(&self) {
+        if let Some(t) = &self.tracker {
+            t.tick();
+        }
+        self.enforce_limit();
+    }
+
     /// One check of the limit: reclaims to it when resident guest RAM has grown past it.
     pub fn enforce_limit(&self) {
         let Some(limit) = self.limit() else {
@@ -208,7 +216,8 @@ impl Reclaimer {
     }
 }
 
-/// The `api-reclaim` thread: checks the standing limit every [`LIMIT_POLL`]; stops on drop.
+/// The `api-reclaim` thread: ends working-set windows and checks the standing limit every
+/// [`LIMIT_POLL`]; stops on drop.
 pub struct LimitThread {
     stop: Arc<AtomicBool>,
     thread: Option<std::thread::JoinHandle<()>>,
@@ -229,7 +238,7 @@ impl LimitThread {
                 while !flag.load(Ordering::Acquire) {
                     std::thread::park_timeout(LIMIT_POLL);
                     if !flag.load(Ordering::Acquire) {
-                        reclaimer.enforce_limit();
+                        reclaimer.tick();
                     }
                 }
             })
@@ -257,7 +266,7 @@ mod tests {
     #[test]
     fn targets_and_limits_above_ram_are_refused() {
         let ram = Arc::new(GuestRam::new(&[RegionConfig::anon(8 << 20)]).unwrap());
-        let r = Reclaimer::new(ram, None);
+        let r = Reclaimer::new(ram, None, None);
         let e = r.reclaim_to(9 << 20).unwrap_err().to_string();
         assert!(
             e.contains("above the guest's configured RAM (8 MiB)"),

@@ -219,9 +219,14 @@ impl Vmm {
                 filters.get(ThreadKind::BalloonStats),
             )
         });
+        let tracker = Arc::new(crate::working_set::Tracker::new(
+            ram.clone(),
+            Some(vm.shared_fd()),
+        ));
         let reclaimer = Arc::new(crate::reclaim::Reclaimer::new(
             ram.clone(),
             config.resident_limit(),
+            Some(tracker),
         ));
         let limit_thread =
             (opts.api_sock.is_some() || config.resident_limit().is_some()).then(|| {

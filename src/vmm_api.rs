@@ -292,6 +292,33 @@ impl VmmApi {
                 let _ = writeln!(s, "{name} {v}");
             }
         }
+        if let Some(ws) = self.reclaimer.tracker().and_then(|t| t.peek()) {
+            let _ = writeln!(
+                s,
+                "# HELP memvisor_working_set_bytes Guest RAM used in the last window, by region and method (while tracking runs)."
+            );
+            let _ = writeln!(s, "# TYPE memvisor_working_set_bytes gauge");
+            for r in &ws.regions {
+                if let Some(b) = r.working_set_bytes {
+                    let _ = writeln!(
+                        s,
+                        "memvisor_working_set_bytes{{region=\"{}\",method=\"{}\"}} {b}",
+                        r.index, ws.method
+                    );
+                }
+            }
+        }
+        let st = self.reclaimer.status();
+        let _ = writeln!(s, "# HELP memvisor_major_faults_total Major page faults of the VMM process (swap-ins of guest pages among them).");
+        let _ = writeln!(s, "# TYPE memvisor_major_faults_total counter");
+        let _ = writeln!(s, "memvisor_major_faults_total {}", st.major_faults);
+        let _ = writeln!(s, "# HELP memvisor_reclaimed_bytes_total Guest RAM paged out to host swap by reclaim and the resident limit.");
+        let _ = writeln!(s, "# TYPE memvisor_reclaimed_bytes_total counter");
+        let _ = writeln!(
+            s,
+            "memvisor_reclaimed_bytes_total {}",
+            st.paged_out_bytes_total
+        );
         let _ = writeln!(
             s,
             "# HELP memvisor_page_map_walks_total Page-map walks done for API answers (one at a time; queued report requests share one)."
@@ -509,6 +536,10 @@ impl ApiHandler for VmmApi {
                 }
             }
             ApiRequest::GetMemoryReclaim => json_answer(&self.reclaimer.status()),
+            ApiRequest::GetWorkingSet => match self.reclaimer.tracker() {
+                Some(t) => json_answer(&t.estimate()),
+                None => ApiResponse::error(500, "this VMM was built without a working-set tracker"),
+            },
             ApiRequest::PatchMemory { resident_limit_mib } => {
                 let limit = (resident_limit_mib != 0).then(|| resident_limit_mib.saturating_mul(1 << 20));
                 match self.reclaimer.set_limit(limit) {

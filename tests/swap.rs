@@ -491,3 +491,105 @@ fn resident_limit_keeps_a_growing_guest_under_it() {
     assert_eq!(bad, 0, "mismatched words");
     assert!(bytes >= 768 << 20);
 }
+
+#[test]
+fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
+    let test = "working_set_of_a_guest_touching_128m_and_reclaim_leaves_it";
+    let _lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if !kvm_or_skip(test) {
+        return;
+    }
+    let Some(zram) = swap_host_or_skip(test) else {
+        return;
+    };
+    let tmp = TempDir::new("swap-ws");
+    let state = tmp.path().join("swap.json");
+    let _guard = HostSwapGuard::new(state.clone());
+    let sock = tmp.path().join("vm.sock");
+    let report = tmp.path().join("report.json");
+    // Steps: #0 fill (all 1008 MiB of the work area), #1 hold writing its first 128 MiB
+    // (GPA 16-144 MiB) round after round, #2 verify.
+    let mut vm = start_vm(&sock, &report, "1G", "fill;hold:ws=128M;verify");
+    wait_for_step(&sock, 1);
+    let ws0 = api(&sock, "GET", "/memory/working-set", None).1;
+    assert_eq!(ws0["tracking"], true, "{ws0}");
+    // The first window after tracking started covers only the hold step's writes.
+    let mut ws = Value::Null;
+    wait_every(
+        "the first working-set window",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            ws = api(&sock, "GET", "/memory/working-set", None).1;
+            ws["working_set_bytes"].is_u64()
+        },
+    );
+    let est = ws["working_set_bytes"].as_u64().unwrap();
+    println!(
+        "working set: {} MiB by {} ({})",
+        est >> 20,
+        ws["method"],
+        ws["notes"]
+    );
+    let want = 128u64 << 20;
+    assert!(
+        est.abs_diff(want) <= want / 4,
+        "estimate {est} vs {want}: {ws}"
+    );
+
+    run_ok(&[
+        "swap",
+        "zram",
+        "2G",
+        "--device",
+        &format!("/dev/{zram}"),
+        "--state-file",
+        state.to_str().unwrap(),
+    ]);
+    let (_, o) = api(
+        &sock,
+        "PUT",
+        "/memory/reclaim",
+        Some(r#"{"target_resident_mib": 256}"#),
+    );
+    println!("reclaim: {o}");
+    assert_eq!(o["order"], "coldest-first", "{o}");
+    assert!(
+        o["resident_after_bytes"].as_u64().unwrap() <= 256 << 20,
+        "{o}"
+    );
+    // The 128 MiB in use stayed resident.
+    let (_, m) = api(
+        &sock,
+        "GET",
+        "/memory/mappings?gpa=0x1000000&len=0x8000000",
+        None,
+    );
+    let present: u64 = m["regions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["totals"]["present"].as_u64().unwrap())
+        .sum();
+    assert!(
+        present >= 124 << 20,
+        "only {present} of the working set stayed: {m}"
+    );
+    // And the guest, still writing them, hardly faults anything back in.
+    let faults0 = api(&sock, "GET", "/memory/reclaim", None).1["major_faults"]
+        .as_u64()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(4));
+    let faults = api(&sock, "GET", "/memory/reclaim", None).1["major_faults"]
+        .as_u64()
+        .unwrap()
+        - faults0;
+    println!("swap-ins in the 4 s after reclaim: {faults}");
+    assert!(
+        faults < 1024,
+        "{faults} swap-ins: reclaim took part of the working set"
+    );
+    finish(&sock);
+    let (bad, _) = verified(&mut vm, &report);
+    assert_eq!(bad, 0, "mismatched words");
+}

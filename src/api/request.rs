@@ -55,6 +55,8 @@ pub enum ApiRequest {
         /// Resident guest RAM to reach, in MiB.
         target_resident_mib: u64,
     },
+    /// `GET /memory/working-set`: the working-set estimate per region (starts tracking).
+    GetWorkingSet,
     /// `GET /memory/reclaim`: the standing limit, reclaims done, bytes paged out, major faults.
     GetMemoryReclaim,
     /// `PATCH /memory` `{"resident_limit_mib"}`: the standing limit on resident guest RAM
@@ -78,6 +80,8 @@ impl ApiRequest {
             | ApiRequest::GetMemoryReport
             | ApiRequest::GetMemoryReclaim
             | ApiRequest::GetMetrics => true,
+            // It starts tracking, which the client asked for even if it has gone.
+            ApiRequest::GetWorkingSet => false,
             ApiRequest::PutVmState(_)
             | ApiRequest::PutAction(_)
             | ApiRequest::PutBalloon(_)
@@ -186,6 +190,7 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/memory", &["PATCH"]),
     ("/memory/mappings", &["GET"]),
     ("/memory/reclaim", &["GET", "PUT"]),
+    ("/memory/working-set", &["GET"]),
     ("/memory/report", &["GET"]),
     ("/metrics", &["GET"]),
 ];
@@ -260,6 +265,7 @@ pub fn parse_request(
             }
         }
         ("GET", "/memory/reclaim") => ApiRequest::GetMemoryReclaim,
+        ("GET", "/memory/working-set") => ApiRequest::GetWorkingSet,
         ("PATCH", "/memory") => {
             let b: MemoryUpdate = json_body(method, path, body, MEMORY_UPDATE_SHAPE)?;
             ApiRequest::PatchMemory {

@@ -147,6 +147,7 @@ fn every_endpoint_maps_to_its_request() {
             },
         ),
         ("GET", "/memory/reclaim", "", ApiRequest::GetMemoryReclaim),
+        ("GET", "/memory/working-set", "", ApiRequest::GetWorkingSet),
         (
             "PATCH",
             "/memory",
@@ -188,7 +189,7 @@ fn unknown_path_is_404_listing_the_endpoints() {
             404,
             "no API endpoint /nope; the endpoints are /vm, /actions, /balloon, \
              /balloon/statistics, /balloon/device, /memory, /memory/mappings, /memory/reclaim, \
-             /memory/report, /metrics"
+             /memory/working-set, /memory/report, /metrics"
                 .to_string()
         )
     );

@@ -281,6 +281,10 @@ fn every_answer_of_running_vms_matches_the_spec() {
     assert!(
         c.expect(&cs, "GET", "/memory/reclaim", None, 200).json()["resident_limit_bytes"].is_null()
     );
+    let ws = c
+        .expect(&cs, "GET", "/memory/working-set", None, 200)
+        .json();
+    assert_eq!(ws["tracking"], true, "{ws}");
     c.expect(
         &cs,
         "PUT",
