@@ -172,7 +172,13 @@ impl VmmApi {
     fn memory(&self, arrived: Instant) -> Arc<crate::overcommit::VmMemory> {
         self.walks.memory(arrived, || {
             let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
-            crate::overcommit::VmMemory::read(&self.ram, balloon)
+            let mut m = crate::overcommit::VmMemory::read(&self.ram, balloon);
+            m.working_set_bytes = self
+                .reclaimer
+                .tracker()
+                .and_then(|t| t.peek())
+                .and_then(|w| w.working_set_bytes);
+            m
         })
     }
 

@@ -244,6 +244,8 @@ fn start_vm(sock: &Path, report: &Path, memory: &str, workload: &str) -> ChildVm
         .arg(sock)
         .args(["-w", workload, "--report-file"])
         .arg(report)
+        .arg("--runtime-dir")
+        .arg(sock.parent().unwrap().join("runtime"))
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
@@ -574,6 +576,16 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
     assert!(
         present >= 124 << 20,
         "only {present} of the working set stayed: {m}"
+    );
+    // The host-wide report shows both, and the zram device.
+    let all = report_overcommit_all(&tmp.path().join("runtime"));
+    let v = &all["vms"][0]["memory"];
+    assert!(v["swapped_bytes"].as_u64().unwrap() >= 600 << 20, "{all}");
+    assert!(v["working_set_bytes"].is_u64(), "{all}");
+    assert_eq!(all["swapped_bytes"], v["swapped_bytes"], "{all}");
+    assert!(
+        all["swap"]["zram"][0]["orig_data_bytes"].as_u64().unwrap() >= 600 << 20,
+        "{all}"
     );
     // And the guest, still writing them, hardly faults anything back in.
     let faults0 = api(&sock, "GET", "/memory/reclaim", None).1["major_faults"]
