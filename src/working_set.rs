@@ -222,6 +222,15 @@ impl Tracker {
         Some(out)
     }
 
+    /// Fetches and clears the dirty log once, as the end of a window does, and says how long
+    /// that took: the estimate's CPU cost per window (`memvisor bench swap`). Starts tracking.
+    pub fn scan_cost(&self) -> Option<Duration> {
+        self.start();
+        let t = Instant::now();
+        self.read_dirty()?;
+        Some(t.elapsed())
+    }
+
     /// The estimate when tracking runs (without starting it: for `/metrics` and reports).
     pub fn peek(&self) -> Option<WorkingSet> {
         self.tracking().then(|| self.read_estimate())
