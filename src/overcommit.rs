@@ -529,27 +529,10 @@ impl HostReport {
         }
         if let Some(sw) = &self.swap {
             for d in &sw.devices {
-                let _ = writeln!(
-                    s,
-                    "  swap {}: {} used of {}, priority {}",
-                    d.path.display(),
-                    sz(d.used_bytes),
-                    sz(d.size_bytes),
-                    d.priority
-                );
+                let _ = writeln!(s, "  swap {}", d.summary());
             }
             for z in &sw.zram {
-                let _ = writeln!(
-                    s,
-                    "  {} ({}): holds {} in {} of RAM, compression ratio {}",
-                    z.path.display(),
-                    z.algorithm,
-                    sz(z.orig_data_bytes),
-                    sz(z.mem_used_bytes),
-                    z.compression_ratio
-                        .map(|r| format!("{r:.2}x"))
-                        .unwrap_or_else(|| "-".into())
-                );
+                let _ = writeln!(s, "  {}", z.summary());
             }
         }
         if let Some(k) = &self.ksm {

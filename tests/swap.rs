@@ -93,6 +93,34 @@ fn swap_host_or_skip(test: &str) -> Option<String> {
     }
 }
 
+/// What every test here starts with: the lock, the checks (KVM when `kvm`), a temporary
+/// directory with the state file, and the guard (dropped first, so host swap is restored before
+/// the lock goes). `None` after a skip line.
+struct SwapTest {
+    _guard: HostSwapGuard,
+    zram: String,
+    tmp: TempDir,
+    state: PathBuf,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+fn swap_test(test: &str, kvm: bool, tag: &str) -> Option<SwapTest> {
+    let lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    if kvm && !kvm_or_skip(test) {
+        return None;
+    }
+    let zram = swap_host_or_skip(test)?;
+    let tmp = TempDir::new(tag);
+    let state = tmp.path().join("swap.json");
+    Some(SwapTest {
+        _guard: HostSwapGuard::new(state.clone()),
+        zram,
+        tmp,
+        state,
+        _lock: lock,
+    })
+}
+
 fn run_ok(args: &[&str]) -> String {
     let o = memvisor(args);
     assert!(o.status.success(), "memvisor {args:?}: {}", text(&o));
@@ -112,14 +140,12 @@ fn run_err(args: &[&str]) -> String {
 #[test]
 fn swap_cli_sets_up_refuses_and_undoes_zram_and_swap_files() {
     let test = "swap_cli_sets_up_refuses_and_undoes_zram_and_swap_files";
-    let _lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let Some(zram) = swap_host_or_skip(test) else {
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, false, "swap-cli") else {
         return;
     };
-    let tmp = TempDir::new("swap-cli");
-    let state = tmp.path().join("swap.json");
+    let (zram, state) = (t.zram.clone(), t.state.clone());
     let st = state.to_str().unwrap();
-    let _guard = HostSwapGuard::new(state.clone());
     let dev = format!("/dev/{zram}");
     let before = swap::active().unwrap();
 
@@ -288,17 +314,12 @@ fn verified(vm: &mut ChildVm, report: &Path) -> (u64, u64) {
 #[test]
 fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
     let test = "reclaim_to_zram_drops_rss_and_every_byte_comes_back";
-    let _lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let Some(zram) = swap_host_or_skip(test) else {
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, true, "swap-reclaim") else {
         return;
     };
-    let tmp = TempDir::new("swap-reclaim");
-    let state = tmp.path().join("swap.json");
+    let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
     let st = state.to_str().unwrap();
-    let _guard = HostSwapGuard::new(state.clone());
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     // 1 GiB guest; its 1008 MiB work area is filled with the pattern, verified after reclaim.
@@ -402,16 +423,11 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
 #[test]
 fn resident_limit_keeps_a_growing_guest_under_it() {
     let test = "resident_limit_keeps_a_growing_guest_under_it";
-    let _lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let Some(zram) = swap_host_or_skip(test) else {
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, true, "swap-limit") else {
         return;
     };
-    let tmp = TempDir::new("swap-limit");
-    let state = tmp.path().join("swap.json");
-    let _guard = HostSwapGuard::new(state.clone());
+    let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
     run_ok(&[
         "swap",
         "zram",
@@ -497,16 +513,11 @@ fn resident_limit_keeps_a_growing_guest_under_it() {
 #[test]
 fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
     let test = "working_set_of_a_guest_touching_128m_and_reclaim_leaves_it";
-    let _lock = SWAP_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    if !kvm_or_skip(test) {
-        return;
-    }
-    let Some(zram) = swap_host_or_skip(test) else {
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, true, "swap-ws") else {
         return;
     };
-    let tmp = TempDir::new("swap-ws");
-    let state = tmp.path().join("swap.json");
-    let _guard = HostSwapGuard::new(state.clone());
+    let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     // Steps: #0 fill (all 1008 MiB of the work area), #1 hold writing its first 128 MiB

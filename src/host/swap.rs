@@ -148,6 +148,20 @@ pub struct SwapDevice {
     pub set_up_by_memvisor: bool,
 }
 
+impl SwapDevice {
+    /// `/dev/zram0 (partition): 754 MiB used of 2.00 GiB, priority 100`.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} ({}): {} used of {}, priority {}",
+            self.path.display(),
+            self.kind,
+            Size(self.used_bytes),
+            Size(self.size_bytes),
+            self.priority
+        )
+    }
+}
+
 /// One zram device (`/sys/block/zramN`).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ZramDevice {
@@ -167,6 +181,32 @@ pub struct ZramDevice {
     pub mem_used_bytes: u64,
     /// Stored bytes per byte of memory used (`orig / mem_used`); `None` while empty.
     pub compression_ratio: Option<f64>,
+}
+
+impl ZramDevice {
+    /// `/dev/zram0: disksize 2 GiB, lz4, holds 754 MiB in 380 MiB of RAM (compression ratio
+    /// 1.98x)`, or that it is unconfigured.
+    pub fn summary(&self) -> String {
+        if self.disksize_bytes == 0 {
+            return format!(
+                "{}: unconfigured (algorithms: {})",
+                self.path.display(),
+                self.algorithms.join(" ")
+            );
+        }
+        let ratio = self
+            .compression_ratio
+            .map(|r| format!("{r:.2}x"))
+            .unwrap_or_else(|| "-".into());
+        format!(
+            "{}: disksize {}, {}, holds {} in {} of RAM (compression ratio {ratio})",
+            self.path.display(),
+            Size(self.disksize_bytes),
+            self.algorithm,
+            Size(self.orig_data_bytes),
+            Size(self.mem_used_bytes),
+        )
+    }
 }
 
 /// What memvisor set up (the state file's entries).
@@ -424,12 +464,8 @@ pub fn status_text(s: &SwapStatus) -> String {
     for d in &s.devices {
         let _ = writeln!(
             o,
-            "  {} ({}): {} used of {}, priority {}{}",
-            d.path.display(),
-            d.kind,
-            Size(d.used_bytes),
-            Size(d.size_bytes),
-            d.priority,
+            "  {}{}",
+            d.summary(),
             if d.set_up_by_memvisor {
                 ", set up by memvisor"
             } else {
@@ -438,28 +474,7 @@ pub fn status_text(s: &SwapStatus) -> String {
         );
     }
     for z in &s.zram {
-        if z.disksize_bytes == 0 {
-            let _ = writeln!(
-                o,
-                "  {}: unconfigured (algorithms: {})",
-                z.path.display(),
-                z.algorithms.join(" ")
-            );
-        } else {
-            let ratio = z
-                .compression_ratio
-                .map(|r| format!("{r:.2}x"))
-                .unwrap_or_else(|| "-".into());
-            let _ = writeln!(
-                o,
-                "  {}: disksize {}, {}, holds {} in {} of RAM (compression ratio {ratio})",
-                z.path.display(),
-                Size(z.disksize_bytes),
-                z.algorithm,
-                Size(z.orig_data_bytes),
-                Size(z.mem_used_bytes),
-            );
-        }
+        let _ = writeln!(o, "  {}", z.summary());
     }
     o
 }
