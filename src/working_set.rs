@@ -321,3 +321,38 @@ impl Tracker {
         Some(chunks.into_iter().map(|(_, g, l)| (g, l)).collect())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RegionConfig;
+
+    #[test]
+    fn chunks_come_coldest_first_and_estimates_sum_written_pages() {
+        let ram = Arc::new(
+            GuestRam::new(&[RegionConfig::anon(6 << 20), RegionConfig::anon(4 << 20)]).unwrap(),
+        );
+        let t = Tracker::new(ram, None);
+        assert!(t.coldest_first().is_none(), "no window yet");
+        assert_eq!(t.estimate().method, "none");
+        *t.last.lock().unwrap() = Some(Window {
+            ended: Instant::now(),
+            hot_pages: vec![vec![512, 0, 3], vec![0, 7]],
+        });
+        let order = t.coldest_first().unwrap();
+        assert_eq!(
+            order,
+            vec![
+                (6 << 20, 2 << 20),
+                (2 << 20, 2 << 20),
+                (4 << 20, 2 << 20),
+                (8 << 20, 2 << 20),
+                (0, 2 << 20),
+            ],
+            "cold chunks (top down among equals), then the least written"
+        );
+        let ws = t.estimate();
+        assert_eq!(ws.working_set_bytes, Some((512 + 3 + 7) * PAGE));
+        assert_eq!(ws.regions[1].working_set_bytes, Some(7 * PAGE));
+    }
+}

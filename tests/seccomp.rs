@@ -418,7 +418,13 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
     assert!(mine.is_disjoint(&net_table_inodes(me, "unix")));
     drop(listener);
     let dir = TempDir::new("seccomp");
-    let mut kinds = vec!["main", "vcpu0", "api-accept", "api-reclaim", "balloon-stats"];
+    let mut kinds = vec![
+        "main",
+        "vcpu0",
+        "api-accept",
+        "api-reclaim",
+        "balloon-stats",
+    ];
     if uffd {
         kinds.push("uffd-handler");
     }
