@@ -121,6 +121,24 @@ fn swap_test(test: &str, kvm: bool, tag: &str) -> Option<SwapTest> {
     })
 }
 
+/// `memvisor memory reclaim --api-sock SOCK --to ...`: its output; `ok` says whether it must
+/// succeed or fail.
+fn reclaim_cli(ok: bool, sock: &Path, to_and_flags: &[&str]) -> String {
+    let mut args = vec![
+        "memory",
+        "reclaim",
+        "--api-sock",
+        sock.to_str().unwrap(),
+        "--to",
+    ];
+    args.extend_from_slice(to_and_flags);
+    if ok {
+        run_ok(&args)
+    } else {
+        run_err(&args)
+    }
+}
+
 fn run_ok(args: &[&str]) -> String {
     let o = memvisor(args);
     assert!(o.status.success(), "memvisor {args:?}: {}", text(&o));
@@ -330,25 +348,11 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
 
     // Without host swap, reclaim says how to set it up (when nobody else has swap on).
     if swap::active().unwrap().is_empty() {
-        let err = run_err(&[
-            "memory",
-            "reclaim",
-            "--api-sock",
-            sock.to_str().unwrap(),
-            "--to",
-            "256M",
-        ]);
+        let err = reclaim_cli(false, &sock, &["256M"]);
         assert!(err.contains("memvisor swap zram 2G"), "{err}");
     }
     // Bad targets: above RAM, negative, not a number.
-    let err = run_err(&[
-        "memory",
-        "reclaim",
-        "--api-sock",
-        sock.to_str().unwrap(),
-        "--to",
-        "2G",
-    ]);
+    let err = reclaim_cli(false, &sock, &["2G"]);
     assert!(err.contains("above the guest's configured RAM"), "{err}");
     for bad in [
         r#"{"target_resident_mib": -256}"#,
@@ -369,15 +373,7 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
     ]);
     let rss_before = proc_status_kib(pid, "VmRSS:").unwrap() << 10;
     let (_, before) = api(&sock, "GET", "/memory/reclaim", None);
-    let out = run_ok(&[
-        "memory",
-        "reclaim",
-        "--api-sock",
-        sock.to_str().unwrap(),
-        "--to",
-        "256M",
-        "--json",
-    ]);
+    let out = reclaim_cli(true, &sock, &["256M", "--json"]);
     let o: Value = serde_json::from_str(&out).unwrap();
     let rss_after = proc_status_kib(pid, "VmRSS:").unwrap() << 10;
     println!(
