@@ -260,6 +260,16 @@ pub const OP_BALLOON: u64 = 10;
 /// `args = [to bytes, seed, 0, 0]`. Results: as [`OP_BALLOON`].
 pub const OP_GROW: u64 = 11;
 
+/// Hold until the VMM requests finish (see [`HC_POLL`]) or `seconds` pass (0: no limit),
+/// touching the first `ws` bytes of the vCPU's share of the work area (one atomic add of zero
+/// per `stride`) each round and waiting ~10 ms between rounds (`ws` 0: touch nothing).
+/// `args = [seconds, ws, stride, 0]`. Results: `[rounds, touches, 0]`.
+pub const OP_HOLD: u64 = 12;
+/// Ask the VMM whether to finish: the VMM writes the host clock in ms into `args[4]` and 1 into
+/// `args[5]` if finish was requested (consuming the request), else 0. Like [`HC_PROGRESS`]
+/// without progress figures.
+pub const HC_POLL: u64 = 9;
+
 /// `HC_DONE` status: the balloon step found no usable balloon device (none configured, or the
 /// driver could not initialise it).
 pub const STATUS_BALLOON_FAILED: u64 = 2;

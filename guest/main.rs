@@ -390,6 +390,26 @@ fn random(share: &Share, working_set: u64, accesses: u64, seed: u64) -> [u64; 3]
     [accesses, sum, 0]
 }
 
+/// `OP_HOLD`: touch the first `ws` bytes of the share each round until finish or `seconds`.
+fn hold(ch: &mut Channel, share: Share, seconds: u64, ws: u64, stride: u64) -> [u64; 3] {
+    let (mut rounds, mut touches) = (0u64, 0u64);
+    let part = share.prefix(ws);
+    let mut started = None;
+    loop {
+        let r = ch.call(HC_POLL, [0; 6]);
+        let t0 = *started.get_or_insert(r[4]);
+        if r[5] != 0 || (seconds != 0 && r[4].saturating_sub(t0) >= seconds * 1000) {
+            break;
+        }
+        if ws != 0 {
+            touches += touch(&part, stride, 1);
+        }
+        rounds += 1;
+        ch.call(HC_WAIT, [10_000, 0, 0, 0, 0, 0]);
+    }
+    [rounds, touches, 0]
+}
+
 fn run_op(op: &Op, info: &BootInfo, vcpu: u64) -> [u64; 3] {
     let work = Share::new(&info.work[..info.num_work as usize], info.num_vcpus, vcpu);
     let a = op.args;
@@ -448,6 +468,10 @@ extern "C" fn user_main(vcpu: u64, info: *const BootInfo) -> ! {
                     status = s;
                 }
                 r
+            }
+            OP_HOLD => {
+                let work = Share::new(&info.work[..info.num_work as usize], info.num_vcpus, vcpu);
+                hold(&mut ch, work, op.args[0], op.args[1], op.args[2])
             }
             _ => run_op(op, info, vcpu),
         };

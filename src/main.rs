@@ -26,12 +26,18 @@ enum Command {
     /// Host KSM: status, on, off, tune (prints what it changed).
     #[command(subcommand)]
     Ksm(cmd::ksm::KsmCmd),
+    /// Host swap: status, a zram device or a swap file, off (prints what it changed).
+    #[command(subcommand)]
+    Swap(cmd::swap::SwapCmd),
     /// Balloon of a running VM (needs `memvisor run --api-sock`).
     #[command(subcommand)]
     Balloon(cmd::client::BalloonCmd),
     /// State of a running VM: status, pause, resume, stop, finish-step (needs `--api-sock`).
     #[command(subcommand)]
     Vm(cmd::client::VmCmd),
+    /// Guest memory of a running VM and host swap: reclaim, resident limit, status.
+    #[command(subcommand)]
+    Memory(cmd::memory::MemoryCmd),
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
@@ -58,9 +64,11 @@ fn main() -> ExitCode {
         Command::Run(a) => cmd::run::cmd_run(a),
         Command::Hugepages(c) => cmd::hugepages::run(c),
         Command::Ksm(c) => cmd::ksm::run(c),
+        Command::Swap(c) => cmd::swap::run(c),
         Command::Balloon(c) => cmd::client::balloon(c),
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),
+        Command::Memory(c) => cmd::memory::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Balance(a) => cmd::balance::run(a),
     };

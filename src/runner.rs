@@ -100,6 +100,8 @@ pub struct Vmm {
     ram: Arc<GuestRam>,
     balloon: Option<BalloonHandle>,
     stats_timer: Option<StatsTimer>,
+    reclaimer: Arc<crate::control::reclaim::Reclaimer>,
+    limit_thread: Option<crate::control::reclaim::LimitThread>,
     linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
@@ -217,6 +219,22 @@ impl Vmm {
                 filters.get(ThreadKind::BalloonStats),
             )
         });
+        let tracker = Arc::new(crate::vmm::working_set::Tracker::new(
+            ram.clone(),
+            Some(vm.shared_fd()),
+        ));
+        let reclaimer = Arc::new(crate::control::reclaim::Reclaimer::new(
+            ram.clone(),
+            config.resident_limit(),
+            Some(tracker),
+        ));
+        let limit_thread =
+            (opts.api_sock.is_some() || config.resident_limit().is_some()).then(|| {
+                crate::control::reclaim::LimitThread::start(
+                    reclaimer.clone(),
+                    filters.get(ThreadKind::Api),
+                )
+            });
         let (cmd_tx, commands) = mpsc::channel();
         let api = match &opts.api_sock {
             Some(path) => {
@@ -228,6 +246,7 @@ impl Vmm {
                     commands: std::sync::Mutex::new(cmd_tx),
                     started,
                     walks: Default::default(),
+                    reclaimer: reclaimer.clone(),
                 });
                 let options = crate::control::api::ApiServerOptions {
                     seccomp: Some(filters.get(ThreadKind::Api)),
@@ -254,6 +273,8 @@ impl Vmm {
             kvm_stats,
             balloon,
             stats_timer,
+            reclaimer,
+            limit_thread,
             linux,
             config: config.clone(),
             ram,
@@ -284,6 +305,11 @@ impl Vmm {
     /// Guest memory (stays mapped after [`Vmm::wait`] until the `Vmm` is dropped).
     pub fn ram(&self) -> &Arc<GuestRam> {
         &self.ram
+    }
+
+    /// Reclaim to host swap and the standing resident limit of this VM.
+    pub fn reclaimer(&self) -> &Arc<crate::control::reclaim::Reclaimer> {
+        &self.reclaimer
     }
 
     /// Asks the built-in guest to end its current balloon step (the step polls for this
@@ -504,6 +530,7 @@ impl Drop for Vmm {
             h.stop();
         }
         self.stats_timer.take();
+        self.limit_thread.take();
     }
 }
 

@@ -418,7 +418,13 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
     assert!(mine.is_disjoint(&net_table_inodes(me, "unix")));
     drop(listener);
     let dir = TempDir::new("seccomp");
-    let mut kinds = vec!["main", "vcpu0", "api-accept", "balloon-stats"];
+    let mut kinds = vec![
+        "main",
+        "vcpu0",
+        "api-accept",
+        "api-reclaim",
+        "balloon-stats",
+    ];
     if uffd {
         kinds.push("uffd-handler");
     }
@@ -435,7 +441,7 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
             // Every thread has the setup filters of the main thread (the clone3 filter and the
             // deny-list: it was started during setup, or is the main thread) and its own: API
             // and main the clone3 filter and the allow-list, the others the allow-list.
-            let own = if matches!(*k, "main" | "api-accept") {
+            let own = if matches!(*k, "main" | "api-accept" | "api-reclaim") {
                 2
             } else {
                 1

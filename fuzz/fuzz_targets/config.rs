@@ -66,6 +66,11 @@ fn cli_text(step: &Step) -> String {
             seed,
         } => format!("balloon:data={data},seconds={seconds},seed={seed}"),
         Step::Grow { to, seed } => format!("grow:to={to},seed={seed}"),
+        Step::Hold {
+            seconds,
+            working_set,
+            stride,
+        } => format!("hold:seconds={seconds},ws={working_set},stride={stride}"),
     }
 }
 
@@ -213,6 +218,7 @@ fn typed(data: &[u8]) {
             prealloc: r.flag(),
             prealloc_threads: r.u64(2) as usize,
             mergeable: r.flag(),
+            resident_limit: r.flag().then(|| r.size()),
         });
     }
     if r.flag() {
@@ -230,7 +236,7 @@ fn typed(data: &[u8]) {
         c.workload.steps = (0..r.u8() % 20)
             .map(|_| {
                 let (a, b, s) = (r.size(), r.u64(8), r.u64(1));
-                match r.u8() % 11 {
+                match r.u8() % 12 {
                     0 => Step::Touch {
                         stride: a,
                         passes: b,
@@ -257,6 +263,11 @@ fn typed(data: &[u8]) {
                         data: a,
                         seconds: b,
                         seed: s,
+                    },
+                    10 => Step::Hold {
+                        seconds: b,
+                        working_set: a,
+                        stride: s,
                     },
                     _ => Step::Grow { to: a, seed: s },
                 }

@@ -344,6 +344,7 @@ pub fn populated_ram(size: u64, backing: Backing) -> Result<GuestRam, BenchError
         prealloc: true,
         prealloc_threads: 0,
         mergeable: false,
+        resident_limit: None,
     };
     Ok(GuestRam::new(std::slice::from_ref(&config))?)
 }

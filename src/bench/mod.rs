@@ -38,6 +38,7 @@ pub mod prealloc;
 pub mod qemu;
 pub mod startup;
 pub mod stats;
+pub mod swap;
 pub mod table;
 pub mod uffd_faults;
 

@@ -638,6 +638,7 @@ fn run_memvisor(
         prealloc: true,
         prealloc_threads: threads,
         mergeable: false,
+        resident_limit: None,
     };
     let (ram, wall) = host::timed(|| GuestRam::new(std::slice::from_ref(&config)));
     let ram = ram?;

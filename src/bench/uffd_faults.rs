@@ -348,6 +348,7 @@ fn run_memvisor(len: usize, image: Option<&Image>) -> Result<(f64, u64), BenchEr
         prealloc: false,
         prealloc_threads: 0,
         mergeable: false,
+        resident_limit: None,
     };
     let ram = GuestRam::new(std::slice::from_ref(&config))?;
     let region = &ram.regions()[0];

@@ -21,6 +21,9 @@ pub enum BenchCmd {
     /// Balloon return: PATCH /balloon on a running built-in guest until the host pages are
     /// gone, beside a raw madvise(MADV_DONTNEED) of the same amount.
     Balloon(BalloonArgs),
+    /// Swap: reclaim GiB/s vs a raw MADV_PAGEOUT, guest swap-in faults/s vs a host loop, the
+    /// working-set estimate's cost per GiB (root; sets up zram for the run without host swap).
+    Swap(SwapArgs),
     /// Hugepage comparison: the same built-in-guest workload on 4K, THP, hugetlbfs 2M and 1G,
     /// with and without prealloc.
     Hugepages(super::bench_hugepages::Args),
@@ -30,6 +33,19 @@ pub enum BenchCmd {
     /// /proc/self/pagemap (and /proc/kpageflags) reads of the same range (needs root for
     /// frame numbers and page kinds).
     Mappings(super::bench_memory_paths::MappingsArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SwapArgs {
+    /// Memory paged out and back per repetition (a multiple of 2M).
+    #[arg(long, default_value = "256M", value_parser = size)]
+    size: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -162,6 +178,13 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
                 reps: a.reps,
             };
             print(memvisor::bench::balloon::run(&opts, command_line()), a.json)
+        }
+        BenchCmd::Swap(a) => {
+            let opts = memvisor::bench::swap::SwapBenchOptions {
+                size: a.size,
+                reps: a.reps,
+            };
+            print(memvisor::bench::swap::run(&opts, command_line()), a.json)
         }
         BenchCmd::Hugepages(a) => super::bench_hugepages::run(a),
         BenchCmd::MemoryPaths(a) => super::bench_memory_paths::run(a),

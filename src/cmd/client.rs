@@ -12,7 +12,7 @@ use std::process::ExitCode;
 pub struct Sock {
     /// The API socket given to `memvisor run --api-sock`.
     #[arg(long, value_name = "PATH")]
-    api_sock: PathBuf,
+    pub(crate) api_sock: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,9 +110,25 @@ pub enum ReportCmd {
     },
 }
 
-fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
-    let (status, text) =
-        client::request(&sock.api_sock, method, path, body).map_err(|e| e.to_string())?;
+pub(crate) fn call(
+    sock: &Sock,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+) -> Result<String, String> {
+    call_with_timeout(sock, method, path, body, client::DEFAULT_TIMEOUT)
+}
+
+/// [`call`] for requests that may take long (reclaiming GiBs to swap).
+pub(crate) fn call_with_timeout(
+    sock: &Sock,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<String, String> {
+    let (status, text) = client::request_with_timeout(&sock.api_sock, method, path, body, timeout)
+        .map_err(|e| e.to_string())?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_str::<serde_json::Value>(&text)
             .ok()
@@ -123,7 +139,7 @@ fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<Str
     Ok(text)
 }
 
-fn print_json(text: &str) {
+pub(crate) fn print_json(text: &str) {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v).expect("serialises")),
         Err(_) => println!("{text}"),

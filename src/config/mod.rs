@@ -12,6 +12,26 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
+
+/// The environment variable naming the runtime directory (where running VMs register and
+/// `memvisor swap` records what it set up).
+pub const RUNTIME_DIR_ENV: &str = "MEMVISOR_RUNTIME_DIR";
+
+/// `$MEMVISOR_RUNTIME_DIR`, else `/run/memvisor` for root, else `$XDG_RUNTIME_DIR/memvisor`,
+/// else `/tmp/memvisor-<uid>`.
+pub fn default_runtime_dir() -> PathBuf {
+    if let Some(p) = std::env::var_os(RUNTIME_DIR_ENV).filter(|p| !p.is_empty()) {
+        return PathBuf::from(p);
+    }
+    let uid = nix::unistd::geteuid();
+    if uid.is_root() {
+        return PathBuf::from("/run/memvisor");
+    }
+    match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
+        Some(d) => PathBuf::from(d).join("memvisor"),
+        None => PathBuf::from(format!("/tmp/memvisor-{uid}")),
+    }
+}
 use workload::Workload;
 
 /// Configuration errors. Each names the region or flag, the option and the fix.
@@ -134,6 +154,11 @@ pub struct RegionConfig {
     /// Mark the region `MADV_MERGEABLE` for KSM.
     #[serde(default)]
     pub mergeable: bool,
+    /// `resident-limit=SIZE`: the VM's standing limit on resident guest RAM (all regions
+    /// together; give it on one region only): past it, memvisor pages the coldest guest memory
+    /// out to host swap (see `crate::control::reclaim`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resident_limit: Option<u64>,
 }
 
 impl RegionConfig {
@@ -148,6 +173,7 @@ impl RegionConfig {
             prealloc: false,
             prealloc_threads: 0,
             mergeable: false,
+            resident_limit: None,
         }
     }
 
@@ -194,6 +220,12 @@ impl RegionConfig {
             Some(t) => t
                 .parse()
                 .map_err(|_| err("prealloc-threads", format!("`{t}` is not a thread count")))?,
+        };
+        let resident_limit = match take("resident-limit") {
+            None => None,
+            Some(t) => Some(parse_size(&t).ok_or_else(|| {
+                err("resident-limit", format!("`{t}` is not a size (e.g. 256M)"))
+            })?),
         };
         let backend_name = take("backend").unwrap_or_else(|| "anon".into());
         let backend = match backend_name.as_str() {
@@ -260,6 +292,7 @@ impl RegionConfig {
             prealloc,
             prealloc_threads,
             mergeable,
+            resident_limit,
         };
         region.check(index)?;
         Ok(region)
@@ -389,6 +422,11 @@ impl Default for VmConfig {
 }
 
 impl VmConfig {
+    /// The standing limit on resident guest RAM (`resident-limit=` of a `--memory` region).
+    pub fn resident_limit(&self) -> Option<u64> {
+        self.memory.iter().find_map(|r| r.resident_limit)
+    }
+
     /// Total configured guest RAM (saturating: [`VmConfig::check`] refuses totals above
     /// [`MAX_GUEST_RAM_BYTES`]).
     pub fn ram_bytes(&self) -> u64 {
@@ -407,6 +445,29 @@ impl VmConfig {
         }
         for (i, r) in self.memory.iter().enumerate() {
             r.check(i)?;
+        }
+        let limits: Vec<u64> = self
+            .memory
+            .iter()
+            .filter_map(|r| r.resident_limit)
+            .collect();
+        match limits.as_slice() {
+            [] => {}
+            [l] if *l < 4 << 20 || *l > self.ram_bytes() => {
+                return Err(ConfigError::Invalid(format!(
+                    "resident-limit={} must lie between 4 MiB and the guest's RAM ({})",
+                    Size(*l),
+                    Size(self.ram_bytes())
+                )))
+            }
+            [_] => {}
+            _ => {
+                return Err(ConfigError::Invalid(
+                    "resident-limit is one limit for the whole VM: give it on one --memory \
+                     region only"
+                        .into(),
+                ))
+            }
         }
         if self.ram_bytes() > MAX_GUEST_RAM_BYTES {
             return Err(ConfigError::Invalid(format!(

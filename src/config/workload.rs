@@ -96,6 +96,18 @@ pub enum Step {
         /// Pattern seed.
         seed: u64,
     },
+    /// Hold still until finish is requested (`PUT /actions FinishBalloonStep`) or `seconds`
+    /// pass, touching only the first `working_set` bytes of each vCPU's share of the work area
+    /// (one word per `stride`) round after round: a guest whose working set is known, whose other
+    /// memory goes cold (see `abi::OP_HOLD`).
+    Hold {
+        /// Seconds to hold (0: until finish is requested).
+        seconds: u64,
+        /// Bytes kept in use (0: touch nothing).
+        working_set: u64,
+        /// Bytes between touches.
+        stride: u64,
+    },
     /// Grow the balloon step's data set to `to` bytes, deflating first on memory pressure when
     /// deflate-on-oom was negotiated (see `abi::OP_GROW`).
     Grow {
@@ -146,6 +158,11 @@ impl Step {
                 seed,
             } => (abi::OP_BALLOON, [data, seconds, seed, 0]),
             Step::Grow { to, seed } => (abi::OP_GROW, [to, seed, 0, 0]),
+            Step::Hold {
+                seconds,
+                working_set,
+                stride,
+            } => (abi::OP_HOLD, [seconds, working_set, stride, 0]),
         };
         Op { kind, args }
     }
@@ -228,6 +245,11 @@ impl Step {
                 to: get("to", 0, true)?,
                 seed: get("seed", 1, false)?,
             },
+            "hold" => Step::Hold {
+                seconds: get("seconds", 0, false)?,
+                working_set: get("ws", 0, true)?,
+                stride: get("stride", 4096, true)?,
+            },
             other => return Err(WorkloadError::UnknownOp(other.into())),
         };
         if let Some((k, _)) = kv.first() {
@@ -254,7 +276,9 @@ impl Step {
                 "give the size the data set should reach, e.g. to=900M",
             ));
         }
-        if let Step::Touch { stride, .. } | Step::Read { stride, .. } = *self {
+        if let Step::Touch { stride, .. } | Step::Read { stride, .. } | Step::Hold { stride, .. } =
+            *self
+        {
             if stride < 8 || stride % 8 != 0 {
                 return Err(bad("stride", "must be a multiple of 8 bytes"));
             }
@@ -289,6 +313,7 @@ pub fn kind_name(kind: u64) -> &'static str {
         abi::OP_SYNC => "sync",
         abi::OP_BALLOON => "balloon",
         abi::OP_GROW => "grow",
+        abi::OP_HOLD => "hold",
         _ => "unknown",
     }
 }

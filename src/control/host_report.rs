@@ -2,7 +2,7 @@
 //! the runtime directory is asked for its figures over its API socket, in parallel, and the
 //! answers are put together with the host's own ([`HostReport::build`]).
 
-use crate::report::overcommit::{HostMemory, HostReport, VmEntry, VmMemory};
+use crate::report::overcommit::{HostMemory, HostReport, HostSwap, VmEntry, VmMemory};
 use crate::report::registry::{EntryState, RegistryError, RuntimeDir};
 
 /// Reads the runtime directory and asks every live VM for its figures over its API socket.
@@ -38,13 +38,15 @@ pub fn collect(dir: &RuntimeDir) -> Result<HostReport, RegistryError> {
             .map(|h| h.join().expect("report thread"))
             .collect::<Vec<_>>()
     });
-    Ok(HostReport::build(
+    let mut report = HostReport::build(
         dir.path().to_path_buf(),
         HostMemory::read().unwrap_or_default(),
         hugepages::host_status().ok(),
         ksm::Ksm::system().counters().ok(),
         vms,
-    ))
+    );
+    report.swap = HostSwap::read();
+    Ok(report)
 }
 
 /// Asks the VM behind `sock` for its figures.

@@ -6,4 +6,5 @@
 pub mod api;
 pub mod balance;
 pub mod host_report;
+pub mod reclaim;
 pub mod vmm_api;

@@ -51,6 +51,8 @@ pub struct VmmApi {
     pub started: Instant,
     /// Page-map walks for the API, one at a time.
     pub walks: WalkGate,
+    /// Reclaim to host swap and the standing resident limit.
+    pub reclaimer: Arc<crate::control::reclaim::Reclaimer>,
 }
 
 /// One page-map walk at a time. A request for the memory figures that had to wait shares the
@@ -128,15 +130,16 @@ impl VmmApi {
                 "FinishBalloonStep is for the built-in guest's balloon step; a Linux guest has none (use Shutdown to stop it)",
             );
         }
-        let has_step = self
-            .config
-            .workload
-            .steps
-            .iter()
-            .any(|s| matches!(s, crate::config::workload::Step::Balloon { .. }));
+        let has_step = self.config.workload.steps.iter().any(|s| {
+            matches!(
+                s,
+                crate::config::workload::Step::Balloon { .. }
+                    | crate::config::workload::Step::Hold { .. }
+            )
+        });
         if !has_step {
             return ApiResponse::bad_request(
-                "this VM's workload has no balloon step to finish; start it with -w \"...;balloon:data=..,seconds=0\"",
+                "this VM's workload has no balloon step (nor hold step) to finish; start it with -w \"...;balloon:data=..,seconds=0\" or \"...;hold\"",
             );
         }
         if self.vm_state() == "Stopped" {
@@ -170,7 +173,13 @@ impl VmmApi {
     fn memory(&self, arrived: Instant) -> Arc<crate::report::overcommit::VmMemory> {
         self.walks.memory(arrived, || {
             let balloon = self.balloon.as_ref().map(BalloonHandle::figures);
-            crate::report::overcommit::VmMemory::read(&self.ram, balloon)
+            let mut m = crate::report::overcommit::VmMemory::read(&self.ram, balloon);
+            m.working_set_bytes = self
+                .reclaimer
+                .tracker()
+                .and_then(|t| t.peek())
+                .and_then(|w| w.working_set_bytes);
+            m
         })
     }
 
@@ -290,6 +299,33 @@ impl VmmApi {
                 let _ = writeln!(s, "{name} {v}");
             }
         }
+        if let Some(ws) = self.reclaimer.tracker().and_then(|t| t.peek()) {
+            let _ = writeln!(
+                s,
+                "# HELP memvisor_working_set_bytes Guest RAM used in the last window, by region and method (while tracking runs)."
+            );
+            let _ = writeln!(s, "# TYPE memvisor_working_set_bytes gauge");
+            for r in &ws.regions {
+                if let Some(b) = r.working_set_bytes {
+                    let _ = writeln!(
+                        s,
+                        "memvisor_working_set_bytes{{region=\"{}\",method=\"{}\"}} {b}",
+                        r.index, ws.method
+                    );
+                }
+            }
+        }
+        let st = self.reclaimer.status();
+        let _ = writeln!(s, "# HELP memvisor_major_faults_total Major page faults of the VMM process (swap-ins of guest pages among them).");
+        let _ = writeln!(s, "# TYPE memvisor_major_faults_total counter");
+        let _ = writeln!(s, "memvisor_major_faults_total {}", st.major_faults);
+        let _ = writeln!(s, "# HELP memvisor_reclaimed_bytes_total Guest RAM paged out to host swap by reclaim and the resident limit.");
+        let _ = writeln!(s, "# TYPE memvisor_reclaimed_bytes_total counter");
+        let _ = writeln!(
+            s,
+            "memvisor_reclaimed_bytes_total {}",
+            st.paged_out_bytes_total
+        );
         let _ = writeln!(
             s,
             "# HELP memvisor_page_map_walks_total Page-map walks done for API answers (one at a time; queued report requests share one)."
@@ -431,7 +467,7 @@ impl ApiHandler for VmmApi {
                             v.stats.exits().into_iter().map(|(r, n)| (r.name().to_string(), json!(n))).collect();
                         let assists: serde_json::Map<String, serde_json::Value> =
                             v.stats.assists().into_iter().map(|(k, n)| (k.name().to_string(), json!(n))).collect();
-                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total(), "assists": assists})
+                        json!({"id": v.id, "state": state_name(v.state()), "exits": exits, "total_exits": v.stats.total(), "assists": assists, "step": v.stats.step()})
                     })
                     .collect();
                 ApiResponse::ok_json(json!({
@@ -500,6 +536,24 @@ impl ApiHandler for VmmApi {
                 }
             }
             ApiRequest::GetMemoryReport => ApiResponse::ok_json(self.memory_report()),
+            ApiRequest::PutMemoryReclaim { target_resident_mib } => {
+                match self.reclaimer.reclaim_to(target_resident_mib.saturating_mul(1 << 20)) {
+                    Ok(out) => json_answer(&out),
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
+            ApiRequest::GetMemoryReclaim => json_answer(&self.reclaimer.status()),
+            ApiRequest::GetWorkingSet => match self.reclaimer.tracker() {
+                Some(t) => json_answer(&t.estimate()),
+                None => ApiResponse::error(500, "this VMM was built without a working-set tracker"),
+            },
+            ApiRequest::PatchMemory { resident_limit_mib } => {
+                let limit = (resident_limit_mib != 0).then(|| resident_limit_mib.saturating_mul(1 << 20));
+                match self.reclaimer.set_limit(limit) {
+                    Ok(()) => ApiResponse::NoContent,
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
+            }
             ApiRequest::GetMetrics => ApiResponse::Text {
                 status: 200,
                 content_type: PROMETHEUS_CONTENT_TYPE.into(),

@@ -256,6 +256,24 @@ impl HostMapping {
         vec.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE
     }
 
+    /// Host bytes resident in `[offset, offset+len)` (page aligned, inside the mapping).
+    pub fn resident_range(&self, offset: u64, len: u64) -> u64 {
+        assert!(offset % PAGE == 0 && offset + len <= self.len as u64);
+        let mut vec = vec![0u8; len.div_ceil(PAGE) as usize];
+        // SAFETY: the range lies inside this live mapping; `vec` has one byte per 4 KiB page.
+        let rc = unsafe {
+            libc::mincore(
+                self.addr.add(offset as usize).cast(),
+                len as usize,
+                vec.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return 0;
+        }
+        vec.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE
+    }
+
     /// Releases `[offset, offset+len)` of the mapping (4 KiB aligned, inside the mapping).
     /// Returns the bytes of host memory really released: for huge-page backings only whole
     /// huge pages can be released; 4 KiB pieces of a huge page are zeroed and remembered until

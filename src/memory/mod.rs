@@ -3,16 +3,19 @@
 //! Each configured region gets one host mapping, placed at one or more guest-physical extents
 //! (see [`layout`]). Everyone else sees guest RAM through what this module hands out: the
 //! `vm-memory` [`GuestMemoryMmap`] view (devices, loaders, hypercalls), [`GuestRam::slots`]
-//! (KVM memslots), [`GuestRam::discard`] (balloon) and [`GuestRam::regions`] (reports).
+//! (KVM memslots), [`GuestRam::discard`] (balloon), [`GuestRam::page_out_to`] (reclaim to host
+//! swap, [`reclaim`]) and [`GuestRam::regions`] (reports).
 
 mod checks;
 pub mod layout;
 mod mapping;
 mod pager;
+pub mod reclaim;
 
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
 pub use pager::{ExternalPager, Pager, PagerReport, HANDSHAKE_TIMEOUT};
+pub use reclaim::ReclaimOutcome;
 
 use crate::config::RegionConfig;
 use serde::Serialize;
@@ -83,6 +86,9 @@ pub enum MemoryError {
         /// Length.
         len: u64,
     },
+    /// Guest RAM cannot be paged out to host swap (no swap, only hugetlb regions).
+    #[error("cannot reclaim guest memory to host swap: {0}")]
+    Reclaim(String),
     /// Not supported yet for this backend.
     #[error("memory region {region}: backend {backend} is not available in this build: {reason}")]
     Unsupported {

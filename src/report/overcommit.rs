@@ -107,6 +107,13 @@ pub struct VmMemory {
     pub uffd_faults: u64,
     /// Whether host frame numbers were visible for the page-map figures.
     pub pfns_visible: bool,
+    /// Major page faults of the VMM process (swap-ins of guest pages are among them).
+    #[serde(default)]
+    pub major_faults: u64,
+    /// Guest RAM written in the last working-set window (`None` while nobody asked for the
+    /// estimate: see `crate::vmm::working_set`).
+    #[serde(default)]
+    pub working_set_bytes: Option<u64>,
     /// Regions.
     pub regions: Vec<RegionMemory>,
 }
@@ -202,6 +209,8 @@ impl VmMemory {
                 .sum::<Option<u64>>(),
             uffd_faults: regions.iter().filter_map(|r| r.uffd_faults).sum(),
             pfns_visible: map.is_some_and(|m| m.pfns_visible),
+            major_faults: major_faults(),
+            working_set_bytes: None,
             ksm,
             regions,
         }
@@ -235,6 +244,14 @@ impl VmMemory {
             sz(self.swapped_bytes),
             opt_sz(self.zero_page_bytes),
             self.uffd_faults
+        );
+        let _ = writeln!(
+            s,
+            "  working set {}, major faults (swap-ins among them) {}",
+            self.working_set_bytes
+                .map(sz)
+                .unwrap_or_else(|| "not tracked".into()),
+            self.major_faults
         );
         let k = &self.ksm;
         let _ = writeln!(
@@ -355,6 +372,42 @@ pub struct HostReport {
     pub overcommit_ratio: Option<f64>,
     /// configured / used.
     pub density: Option<f64>,
+    /// Working sets of the VMs that track one (`None` when none does).
+    #[serde(default)]
+    pub working_set_bytes: Option<u64>,
+    /// Swapped-out guest RAM of the VMs that answered.
+    #[serde(default)]
+    pub swapped_bytes: u64,
+    /// Host swap areas and zram devices (`None` when they cannot be read).
+    #[serde(default)]
+    pub swap: Option<HostSwap>,
+}
+
+/// Host swap in the host-wide report.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostSwap {
+    /// Active swap areas.
+    pub devices: Vec<crate::host::swap::SwapDevice>,
+    /// Configured zram devices, with their compression ratio.
+    pub zram: Vec<crate::host::swap::ZramDevice>,
+    /// `vm.swappiness`.
+    pub swappiness: u32,
+}
+
+impl HostSwap {
+    /// Reads `/proc/swaps`, the zram devices and `vm.swappiness`.
+    pub fn read() -> Option<HostSwap> {
+        use crate::host::swap;
+        Some(HostSwap {
+            devices: swap::active().ok()?,
+            zram: swap::zram_names()
+                .iter()
+                .filter_map(|n| swap::zram_device(n).ok())
+                .filter(|z| z.disksize_bytes > 0)
+                .collect(),
+            swappiness: swap::swappiness().ok()?,
+        })
+    }
 }
 
 impl HostReport {
@@ -390,6 +443,12 @@ impl HostReport {
             ksm_saved_bytes: saved,
             overcommit_ratio: ratio(configured, host.mem_total),
             density: ratio(configured, used),
+            working_set_bytes: live
+                .iter()
+                .filter_map(|m| m.working_set_bytes)
+                .reduce(|a, b| a + b),
+            swapped_bytes: live.iter().map(|m| m.swapped_bytes).sum(),
+            swap: None,
             host,
             hugepages,
             ksm,
@@ -415,6 +474,14 @@ impl HostReport {
                 let _ = writeln!(s, "  hugepages {p}");
             }
         }
+        if let Some(sw) = &self.swap {
+            for d in &sw.devices {
+                let _ = writeln!(s, "  swap {}", d.summary());
+            }
+            for z in &sw.zram {
+                let _ = writeln!(s, "  {}", z.summary());
+            }
+        }
         if let Some(k) = &self.ksm {
             let _ = writeln!(
                 s,
@@ -433,21 +500,31 @@ impl HostReport {
         );
         let _ = writeln!(
             s,
-            "  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  socket",
-            "pid", "configured", "resident", "used", "ballooned", "ksm saved", "density"
+            "  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>11}  {:>8}  socket",
+            "pid",
+            "configured",
+            "resident",
+            "used",
+            "ballooned",
+            "ksm saved",
+            "swapped",
+            "working set",
+            "density"
         );
         for v in &self.vms {
             match (&v.memory, &v.skipped) {
                 (Some(m), _) => {
                     let _ = writeln!(
                         s,
-                        "  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>8}  {}",
+                        "  {:>8}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>10}  {:>11}  {:>8}  {}",
                         v.pid,
                         sz(m.configured_bytes),
                         sz(m.resident_bytes),
                         sz(m.used_bytes),
                         sz(m.ballooned_bytes),
                         sz(m.ksm.saved_bytes),
+                        sz(m.swapped_bytes),
+                        m.working_set_bytes.map(sz).unwrap_or_else(|| "-".into()),
                         m.density()
                             .map(|d| format!("{d:.2}x"))
                             .unwrap_or_else(|| "-".into()),
@@ -468,12 +545,16 @@ impl HostReport {
         let f = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "-".into());
         let _ = writeln!(
             s,
-            "total: configured {}, resident {}, used {}, ballooned {}, KSM saved {}",
+            "total: configured {}, resident {}, used {}, ballooned {}, KSM saved {}, swapped {}, working set {}",
             sz(self.configured_bytes),
             sz(self.resident_bytes),
             sz(self.used_bytes),
             sz(self.ballooned_bytes),
-            sz(self.ksm_saved_bytes)
+            sz(self.ksm_saved_bytes),
+            sz(self.swapped_bytes),
+            self.working_set_bytes
+                .map(sz)
+                .unwrap_or_else(|| "not tracked".into())
         );
         let _ = writeln!(
             s,
@@ -483,6 +564,18 @@ impl HostReport {
         );
         s
     }
+}
+
+/// The VMM's major page faults so far (`/proc/self/stat` field 12), 0 when unreadable.
+pub fn major_faults() -> u64 {
+    std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 1..];
+            // After the name: field 3 is the first token; field 12 the 10th.
+            rest.split_whitespace().nth(9)?.parse().ok()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -517,6 +610,8 @@ mod tests {
             },
             uffd_faults: 0,
             pfns_visible: true,
+            major_faults: 0,
+            working_set_bytes: None,
             regions: Vec::new(),
         }
     }

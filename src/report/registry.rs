@@ -12,8 +12,7 @@ use std::fs;
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
-/// Environment variable that overrides the default runtime directory.
-pub const RUNTIME_DIR_ENV: &str = "MEMVISOR_RUNTIME_DIR";
+pub use crate::config::RUNTIME_DIR_ENV;
 
 /// Registry errors.
 #[derive(Debug, thiserror::Error)]
@@ -111,20 +110,9 @@ pub fn process_start_time(pid: u32) -> Option<u64> {
 }
 
 impl RuntimeDir {
-    /// `$MEMVISOR_RUNTIME_DIR`, else `/run/memvisor` for root, else
-    /// `$XDG_RUNTIME_DIR/memvisor`, else `/tmp/memvisor-<uid>`.
+    /// The default runtime directory ([`crate::config::default_runtime_dir`]).
     pub fn default_path() -> PathBuf {
-        if let Some(p) = std::env::var_os(RUNTIME_DIR_ENV).filter(|p| !p.is_empty()) {
-            return PathBuf::from(p);
-        }
-        let uid = nix::unistd::geteuid();
-        if uid.is_root() {
-            return PathBuf::from("/run/memvisor");
-        }
-        match std::env::var_os("XDG_RUNTIME_DIR").filter(|p| !p.is_empty()) {
-            Some(d) => PathBuf::from(d).join("memvisor"),
-            None => PathBuf::from(format!("/tmp/memvisor-{uid}")),
-        }
+        crate::config::default_runtime_dir()
     }
 
     /// The directory at `path` (created on first registration).

@@ -495,6 +495,10 @@ fn describe_op(o: &OpSummary, stride: u64, passes: u64) -> String {
             o.vcpus
         ),
         "sync" => format!("#{} sync point", o.index),
+        "hold" => format!(
+            "#{} hold: {} round(s) in {:.3} s on {} vCPU(s)",
+            o.index, o.amount, o.seconds, o.vcpus
+        ),
         "balloon" | "grow" => format!(
             "#{} {}: guest owns {} of data, {} mismatched words, in {:.3} s",
             o.index,

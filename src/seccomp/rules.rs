@@ -23,7 +23,10 @@
 //!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
 //!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
 //!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts
-//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`).
+//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`); reclaim to host swap through the memory module
+//!   (`madvise` `MADV_PAGEOUT`/`MADV_COLD`; also the `api-reclaim` thread of the resident
+//!   limit); the working-set estimate (`KVM_SET_USER_MEMORY_REGION` to turn on dirty logging of
+//!   the existing memslots, `KVM_GET_DIRTY_LOG`).
 //! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
 //!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
 //! - **balloon statistics**: the common set plus the balloon's interrupts.
@@ -76,6 +79,15 @@ pub const KVM_IRQ_LINE: u64 =
 /// `KVM_SIGNAL_MSI`.
 pub const KVM_SIGNAL_MSI: u64 =
     nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>());
+/// `KVM_SET_USER_MEMORY_REGION` (working-set tracking: dirty logging on the existing memslots).
+pub const KVM_SET_USER_MEMORY_REGION: u64 = nix::request_code_write!(
+    KVMIO,
+    0x46,
+    size_of::<kvm_bindings::kvm_userspace_memory_region>()
+);
+/// `KVM_GET_DIRTY_LOG` (working-set tracking: the pages the guest wrote).
+pub const KVM_GET_DIRTY_LOG: u64 =
+    nix::request_code_write!(KVMIO, 0x42, size_of::<kvm_bindings::kvm_dirty_log>());
 /// `PAGEMAP_SCAN` on `/proc/self/pagemap` (`struct pm_scan_arg`: 96 bytes; Linux 6.7+): where
 /// guest RAM is mapped by transparent huge pages, for the GPA→HPA and overcommit reports.
 pub const PAGEMAP_SCAN: u64 = nix::request_code_readwrite!(b'f', 16, 96);
@@ -283,6 +295,11 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             l.any(&[SYS_mincore]);
         }
         ThreadKind::Api => {
+            // Reclaim to host swap (`PUT /memory/reclaim`, the resident limit's `api-reclaim`
+            // thread): guest RAM only, through the memory module.
+            l.arg_in(SYS_madvise, 2, &[MADV_PAGEOUT as u64, MADV_COLD as u64]);
+            // The working-set estimate: KVM's dirty log of the memslots.
+            l.ioctls(&[KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG]);
             start_threads(&mut l);
             read_files(&mut l);
             interrupts(&mut l);

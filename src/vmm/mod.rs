@@ -11,3 +11,4 @@ pub mod cpuid;
 pub mod kvm_stats;
 pub mod vcpu;
 pub mod vm;
+pub mod working_set;

@@ -95,6 +95,8 @@ pub struct VcpuStats {
     pub finish_requested: AtomicBool,
     /// Emulation assists performed, by [`AssistKind`].
     assists: [AtomicU64; 2],
+    /// 1 + the index of the built-in guest's workload step this vCPU is in; 0 between steps.
+    step: AtomicU64,
 }
 
 /// The latest progress the guest's balloon driver reported (`HC_PROGRESS`).
@@ -115,6 +117,12 @@ pub struct GuestProgress {
 }
 
 impl VcpuStats {
+    /// The index of the built-in guest's workload step this vCPU is in (between its begin and
+    /// end hypercalls), if any.
+    pub fn step(&self) -> Option<u64> {
+        self.step.load(Ordering::Acquire).checked_sub(1)
+    }
+
     /// The latest guest progress.
     pub fn progress(&self) -> GuestProgress {
         let p = |i: usize| self.progress[i].load(Ordering::Acquire);
@@ -691,6 +699,7 @@ impl Runner {
                 Next::Continue
             }
             abi::HC_OP_BEGIN => {
+                self.stats.step.store(a[0] + 1, Ordering::Release);
                 let _ = self.events.send(VcpuEvent::OpBegin {
                     vcpu: self.id,
                     index: a[0] as usize,
@@ -699,6 +708,7 @@ impl Runner {
                 Next::Continue
             }
             abi::HC_OP_END => {
+                self.stats.step.store(0, Ordering::Release);
                 let _ = self.events.send(VcpuEvent::OpEnd {
                     vcpu: self.id,
                     index: a[0] as usize,
@@ -716,11 +726,13 @@ impl Runner {
                 }
                 Next::Continue
             }
-            abi::HC_PROGRESS => {
-                for (slot, v) in self.stats.progress.iter().zip(a) {
-                    slot.store(v, Ordering::Release);
+            abi::HC_PROGRESS | abi::HC_POLL => {
+                if hc.nr == abi::HC_PROGRESS {
+                    for (slot, v) in self.stats.progress.iter().zip(a) {
+                        slot.store(v, Ordering::Release);
+                    }
+                    self.stats.progress_updates.fetch_add(1, Ordering::AcqRel);
                 }
-                self.stats.progress_updates.fetch_add(1, Ordering::AcqRel);
                 let finish = self.stats.finish_requested.swap(false, Ordering::AcqRel);
                 let now = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
                     .map(|t| t.tv_sec() as u64 * 1000 + t.tv_nsec() as u64 / 1_000_000)

@@ -131,6 +131,20 @@ fn typed_answers_match_the_spec_and_the_spec_bites() {
         counters: balloon::BalloonCounters::default(),
     };
     ok("BalloonDevice", serde_json::to_value(&device).unwrap());
+    let outcome = memvisor::memory::ReclaimOutcome {
+        method: "pageout".into(),
+        order: "top-down".into(),
+        notes: vec!["region 1 ...".into()],
+        ..Default::default()
+    };
+    ok("ReclaimOutcome", serde_json::to_value(&outcome).unwrap());
+    let status = memvisor::control::reclaim::ReclaimStatus {
+        last: Some(outcome),
+        resident_limit_bytes: Some(1 << 30),
+        ..Default::default()
+    };
+    ok("ReclaimStatus", serde_json::to_value(&status).unwrap());
+    bad("ReclaimOutcome", json!({"method": "pageout"}));
 
     // What Firecracker clients must never see.
     let sizes = json!({"target_pages": 0, "actual_pages": 0, "target_mib": 0, "actual_mib": 0});
@@ -226,6 +240,53 @@ fn every_answer_of_running_vms_matches_the_spec() {
         c.expect(&cs, m, p, body, 400);
     }
     assert!(c.expect(&cs, "GET", "/memory/report", None, 200).json()["balloon"].is_null());
+    // Reclaim to host swap: at its whole RAM as the target there is nothing to do (with or
+    // without host swap); bad targets and limits are 400.
+    let r = c.expect(
+        &cs,
+        "PUT",
+        "/memory/reclaim",
+        Some(r#"{"target_resident_mib": 64}"#),
+        200,
+    );
+    assert_eq!(r.json()["method"], "none", "{}", r.body);
+    for bad in [
+        r#"{"target_resident_mib": 65}"#,
+        r#"{"target_resident_mib": -1}"#,
+        r#"{"target_resident_mib": "64M"}"#,
+    ] {
+        c.expect(&cs, "PUT", "/memory/reclaim", Some(bad), 400);
+    }
+    c.expect(
+        &cs,
+        "PATCH",
+        "/memory",
+        Some(r#"{"resident_limit_mib": 64}"#),
+        204,
+    );
+    let st = c.expect(&cs, "GET", "/memory/reclaim", None, 200).json();
+    assert_eq!(st["resident_limit_bytes"], 64 << 20, "{st}");
+    c.expect(
+        &cs,
+        "PATCH",
+        "/memory",
+        Some(r#"{"resident_limit_mib": 0}"#),
+        204,
+    );
+    c.expect(
+        &cs,
+        "PATCH",
+        "/memory",
+        Some(r#"{"resident_limit_mib": 65}"#),
+        400,
+    );
+    assert!(
+        c.expect(&cs, "GET", "/memory/reclaim", None, 200).json()["resident_limit_bytes"].is_null()
+    );
+    let ws = c
+        .expect(&cs, "GET", "/memory/working-set", None, 200)
+        .json();
+    assert_eq!(ws["tracking"], true, "{ws}");
     c.expect(
         &cs,
         "PUT",

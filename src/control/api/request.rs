@@ -49,6 +49,22 @@ pub enum ApiRequest {
     GetMemoryReport,
     /// `GET /metrics`: metrics in the Prometheus text format.
     GetMetrics,
+    /// `PUT /memory/reclaim` `{"target_resident_mib"}`: page guest memory out to host swap
+    /// until at most that much is resident.
+    PutMemoryReclaim {
+        /// Resident guest RAM to reach, in MiB.
+        target_resident_mib: u64,
+    },
+    /// `GET /memory/working-set`: the working-set estimate per region (starts tracking).
+    GetWorkingSet,
+    /// `GET /memory/reclaim`: the standing limit, reclaims done, bytes paged out, major faults.
+    GetMemoryReclaim,
+    /// `PATCH /memory` `{"resident_limit_mib"}`: the standing limit on resident guest RAM
+    /// (0 removes it).
+    PatchMemory {
+        /// The limit in MiB; 0: none.
+        resident_limit_mib: u64,
+    },
 }
 
 impl ApiRequest {
@@ -62,12 +78,17 @@ impl ApiRequest {
             | ApiRequest::GetBalloonDevice
             | ApiRequest::GetMemoryMappings { .. }
             | ApiRequest::GetMemoryReport
+            | ApiRequest::GetMemoryReclaim
             | ApiRequest::GetMetrics => true,
+            // It starts tracking, which the client asked for even if it has gone.
+            ApiRequest::GetWorkingSet => false,
             ApiRequest::PutVmState(_)
             | ApiRequest::PutAction(_)
             | ApiRequest::PutBalloon(_)
             | ApiRequest::PatchBalloon { .. }
-            | ApiRequest::PatchBalloonStats { .. } => false,
+            | ApiRequest::PatchBalloonStats { .. }
+            | ApiRequest::PutMemoryReclaim { .. }
+            | ApiRequest::PatchMemory { .. } => false,
         }
     }
 }
@@ -138,6 +159,20 @@ struct BalloonStatsUpdate {
     stats_polling_interval_s: u16,
 }
 
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReclaimBody {
+    target_resident_mib: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MemoryUpdate {
+    resident_limit_mib: u64,
+}
+
+const RECLAIM_SHAPE: &str = r#"{"target_resident_mib": <u64, at most the guest's RAM in MiB>}"#;
+const MEMORY_UPDATE_SHAPE: &str = r#"{"resident_limit_mib": <u64, 0 removes the limit>}"#;
 const VM_SHAPE: &str = r#"{"state": "Paused" | "Resumed"}"#;
 const ACTION_SHAPE: &str =
     r#"{"action_type": "SendCtrlAltDel" | "Shutdown" | "FinishBalloonStep"}"#;
@@ -152,7 +187,10 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/balloon", &["GET", "PUT", "PATCH"]),
     ("/balloon/statistics", &["GET", "PATCH"]),
     ("/balloon/device", &["GET"]),
+    ("/memory", &["PATCH"]),
     ("/memory/mappings", &["GET"]),
+    ("/memory/reclaim", &["GET", "PUT"]),
+    ("/memory/working-set", &["GET"]),
     ("/memory/report", &["GET"]),
     ("/metrics", &["GET"]),
 ];
@@ -220,6 +258,20 @@ pub fn parse_request(
         ("GET", "/memory/mappings") => mappings_query(query)?,
         ("GET", "/memory/report") => ApiRequest::GetMemoryReport,
         ("GET", "/metrics") => ApiRequest::GetMetrics,
+        ("PUT", "/memory/reclaim") => {
+            let b: ReclaimBody = json_body(method, path, body, RECLAIM_SHAPE)?;
+            ApiRequest::PutMemoryReclaim {
+                target_resident_mib: b.target_resident_mib,
+            }
+        }
+        ("GET", "/memory/reclaim") => ApiRequest::GetMemoryReclaim,
+        ("GET", "/memory/working-set") => ApiRequest::GetWorkingSet,
+        ("PATCH", "/memory") => {
+            let b: MemoryUpdate = json_body(method, path, body, MEMORY_UPDATE_SHAPE)?;
+            ApiRequest::PatchMemory {
+                resident_limit_mib: b.resident_limit_mib,
+            }
+        }
         _ => {
             return Err(ApiResponse::error(
                 405,

@@ -138,11 +138,47 @@ fn every_endpoint_maps_to_its_request() {
         ("GET", "/metrics", "", ApiRequest::GetMetrics),
         ("GET", "/balloon/", "", ApiRequest::GetBalloon),
         ("GET", "/metrics?ignored=1", "", ApiRequest::GetMetrics),
+        (
+            "PUT",
+            "/memory/reclaim",
+            r#"{"target_resident_mib": 256}"#,
+            ApiRequest::PutMemoryReclaim {
+                target_resident_mib: 256,
+            },
+        ),
+        ("GET", "/memory/reclaim", "", ApiRequest::GetMemoryReclaim),
+        ("GET", "/memory/working-set", "", ApiRequest::GetWorkingSet),
+        (
+            "PATCH",
+            "/memory",
+            r#"{"resident_limit_mib": 0}"#,
+            ApiRequest::PatchMemory {
+                resident_limit_mib: 0,
+            },
+        ),
     ];
     for (method, target, body, want) in cases {
         let got = parse_request(method, target, body.as_bytes());
         assert_eq!(got.as_ref(), Ok(want), "{method} {target} {body}");
     }
+}
+
+#[test]
+fn reclaim_targets_must_be_unsigned_numbers() {
+    for body in [
+        r#"{"target_resident_mib": -1}"#,
+        r#"{"target_resident_mib": "256M"}"#,
+        r#"{"target_resident_mib": 1.5}"#,
+        r#"{}"#,
+        r#"{"target_resident_mib": 1, "x": 2}"#,
+    ] {
+        let (status, msg) = parse_err("PUT", "/memory/reclaim", body);
+        assert_eq!(status, 400, "{body}: {msg}");
+        assert!(msg.contains("target_resident_mib"), "{body}: {msg}");
+    }
+    let (status, msg) = parse_err("PATCH", "/memory", r#"{"resident_limit_mib": -3}"#);
+    assert_eq!(status, 400, "{msg}");
+    assert!(msg.contains("0 removes the limit"), "{msg}");
 }
 
 #[test]
@@ -152,7 +188,8 @@ fn unknown_path_is_404_listing_the_endpoints() {
         (
             404,
             "no API endpoint /nope; the endpoints are /vm, /actions, /balloon, \
-             /balloon/statistics, /balloon/device, /memory/mappings, /memory/report, /metrics"
+             /balloon/statistics, /balloon/device, /memory, /memory/mappings, /memory/reclaim, \
+             /memory/working-set, /memory/report, /metrics"
                 .to_string()
         )
     );
