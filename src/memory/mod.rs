@@ -3,16 +3,22 @@
 //! Each configured region gets one host mapping, placed at one or more guest-physical extents
 //! (see [`layout`]). Everyone else sees guest RAM through what this module hands out: the
 //! `vm-memory` [`GuestMemoryMmap`] view (devices, loaders, hypercalls), [`GuestRam::slots`]
-//! (KVM memslots), [`GuestRam::discard`] (balloon) and [`GuestRam::regions`] (reports).
+//! (KVM memslots), [`GuestRam::discard`] (balloon) and [`GuestRam::regions`] (reports). The
+//! in-VMM swap ([`vmm_swap`]: [`GuestRam::swap_out`], [`GuestRam::swap_in`]) writes guest
+//! RAM to a file and serves it back through userfaultfd.
 
 mod checks;
 pub mod layout;
 mod mapping;
 mod pager;
+mod swap_file;
+pub mod vmm_swap;
 
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
 pub use pager::{ExternalPager, Pager, PagerReport, HANDSHAKE_TIMEOUT};
+pub use swap_file::SwapFile;
+pub use vmm_swap::{SwapError, SwapInReport, SwapOutReport, SwapOutRequest, VmmSwapStatus};
 
 use crate::config::RegionConfig;
 use serde::Serialize;
@@ -204,6 +210,10 @@ pub struct GuestRam {
     /// Memslots in guest-physical order; fixed once the regions are mapped.
     slots: Vec<Slot>,
     mem: GuestMemoryMmap,
+    /// The in-VMM swap's state.
+    swap: std::sync::Mutex<vmm_swap::SwapSlot>,
+    /// Run first on the in-VMM swap's page-server thread (its seccomp filter).
+    swap_thread_start: Option<uffd::ThreadStart>,
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -239,6 +249,7 @@ impl GuestRam {
     /// As [`GuestRam::new`], with progress reporting and a start hook for page-server threads.
     pub fn new_with(configs: &[RegionConfig], opts: RamOptions<'_>) -> Result<Self, MemoryError> {
         let progress = opts.progress;
+        let swap_thread_start = opts.pager_thread_start.clone();
         checks::check(configs)?;
         let aligns: Vec<(u64, u64)> = configs
             .iter()
@@ -337,6 +348,8 @@ impl GuestRam {
             regions,
             slots,
             mem,
+            swap: Default::default(),
+            swap_thread_start,
         })
     }
 
@@ -416,14 +429,20 @@ impl GuestRam {
             requested: len,
             released: 0,
         };
+        let mut pieces = Vec::new();
         for r in &self.regions {
             for e in &r.extents {
                 let lo = gpa.max(e.gpa);
                 let hi = (gpa + len).min(e.end());
                 if lo < hi {
-                    outcome.released += r.map.discard(r.index, e.offset + (lo - e.gpa), hi - lo)?;
+                    pieces.push((r.index, e.offset + (lo - e.gpa), hi - lo));
                 }
             }
+        }
+        // Swapped-out memory: its file space is freed first, so a fault meanwhile reads zeros.
+        self.swap_discard(&pieces);
+        for &(index, offset, len) in &pieces {
+            outcome.released += self.regions[index].map.discard(index, offset, len)?;
         }
         Ok(outcome)
     }
