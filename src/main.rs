@@ -32,6 +32,9 @@ enum Command {
     /// State of a running VM: status, pause, resume, stop, finish-step (needs `--api-sock`).
     #[command(subcommand)]
     Vm(cmd::client::VmCmd),
+    /// Guest memory of a running VM: the in-VMM swap (swap-out, swap-in; needs `--api-sock`).
+    #[command(subcommand)]
+    Memory(cmd::memory::MemoryCmd),
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
@@ -61,6 +64,7 @@ fn main() -> ExitCode {
         Command::Balloon(c) => cmd::client::balloon(c),
         Command::Vm(c) => cmd::client::vm(c),
         Command::Report(c) => cmd::client::report(c),
+        Command::Memory(c) => cmd::memory::run(c),
         Command::Bench(c) => cmd::bench::run(c),
         Command::Balance(a) => cmd::balance::run(a),
     };

@@ -447,6 +447,7 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
         commands: Mutex::new(std::sync::mpsc::channel().0),
         started: std::time::Instant::now(),
         walks: Default::default(),
+        swap: None,
     };
     let gen = d.common(cc::CONFIG_GENERATION, 1);
     assert_eq!(

@@ -12,7 +12,7 @@ use std::process::ExitCode;
 pub struct Sock {
     /// The API socket given to `memvisor run --api-sock`.
     #[arg(long, value_name = "PATH")]
-    api_sock: PathBuf,
+    pub api_sock: PathBuf,
 }
 
 #[derive(Subcommand, Debug)]
@@ -110,7 +110,7 @@ pub enum ReportCmd {
     },
 }
 
-fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+pub fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
     let (status, text) =
         client::request(&sock.api_sock, method, path, body).map_err(|e| e.to_string())?;
     if !(200..300).contains(&status) {
@@ -123,7 +123,7 @@ fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<Str
     Ok(text)
 }
 
-fn print_json(text: &str) {
+pub fn print_json(text: &str) {
     match serde_json::from_str::<serde_json::Value>(text) {
         Ok(v) => println!("{}", serde_json::to_string_pretty(&v).expect("serialises")),
         Err(_) => println!("{text}"),

@@ -7,4 +7,5 @@ pub mod bench_memory_paths;
 pub mod client;
 pub mod hugepages;
 pub mod ksm;
+pub mod memory;
 pub mod run;

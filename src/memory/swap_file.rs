@@ -204,13 +204,21 @@ impl SwapFile {
         self.file.metadata().map(|m| m.blocks() * 512).unwrap_or(0)
     }
 
-    /// Frees all of its space and removes it.
+    /// Frees all of its space and removes it (dropping it removes it too).
     pub fn remove(self) {
         if let Err(e) = self.file.set_len(0) {
             log::warn!("vmm-swap: truncating {}: {e}", self.path.display());
         }
-        if let Err(e) = std::fs::remove_file(&self.path) {
-            log::warn!("vmm-swap: removing {}: {e}", self.path.display());
+    }
+}
+
+impl Drop for SwapFile {
+    /// The file means nothing without this VM: it goes with it.
+    fn drop(&mut self) {
+        match std::fs::remove_file(&self.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("vmm-swap: removing {}: {e}", self.path.display()),
         }
     }
 }

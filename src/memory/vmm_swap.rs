@@ -467,14 +467,9 @@ impl GuestRam {
         } = state;
         let stats = handler.stop();
         let path = file.path().to_path_buf();
-        match Arc::try_unwrap(file) {
-            Ok(f) => f.remove(),
-            Err(f) => {
-                // A discard still holds it for a moment: the unlink is enough.
-                if let Err(e) = std::fs::remove_file(f.path()) {
-                    log::warn!("vmm-swap: removing {}: {e}", f.path().display());
-                }
-            }
+        // A discard may hold it for a moment: then it goes when that one lets go.
+        if let Ok(f) = Arc::try_unwrap(file) {
+            f.remove();
         }
         let mut slot = self.swap_slot();
         slot.state = SlotState::Off;

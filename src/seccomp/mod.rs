@@ -85,6 +85,9 @@ pub enum ThreadKind {
     Uffd,
     /// `balloon-stats`: asks the guest for fresh balloon statistics.
     BalloonStats,
+    /// `vmm-swap`: the in-VMM swap (writes guest memory to a swap file, starts the
+    /// userfaultfd handler that serves it back).
+    VmmSwap,
     /// The main thread of `memvisor run` once the VM runs: the event loop and the report.
     Main,
     /// `prealloc<N>`: populate guest memory before the guest runs.
@@ -99,11 +102,12 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Uffd,
         ThreadKind::BalloonStats,
+        ThreadKind::VmmSwap,
         ThreadKind::Main,
         ThreadKind::Prealloc,
         ThreadKind::Setup,
@@ -117,6 +121,7 @@ impl ThreadKind {
             ThreadKind::Api => "API",
             ThreadKind::Uffd => "userfaultfd handler",
             ThreadKind::BalloonStats => "balloon statistics",
+            ThreadKind::VmmSwap => "in-VMM swap",
             ThreadKind::Main => "main",
             ThreadKind::Prealloc => "prealloc",
             ThreadKind::Setup => "setup",
