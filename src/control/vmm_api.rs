@@ -191,6 +191,9 @@ impl VmmApi {
             file: body.file,
             cold_only: body.cold_only,
         };
+        if let Err(e) = self.ram.swap_precheck(&req) {
+            return swap_error(e);
+        }
         let paused = state == "Running";
         if paused {
             if let err @ ApiResponse::Error { .. } = self.command(VmCommand::Pause) {

@@ -278,6 +278,26 @@ impl GuestRam {
     /// The caller must make sure nothing writes guest memory while this runs (vCPUs paused,
     /// devices quiet): a page written after it was copied would lose that write.
     pub fn swap_out(&self, req: &SwapOutRequest) -> Result<SwapOutReport, SwapError> {
+        self.swap_precheck(req)?;
+        self.swap_begin("swap-out", false)?;
+        let result = self.swap_out_locked(req);
+        let mut slot = self.swap_slot();
+        match result {
+            Ok((state, report)) => {
+                slot.state = SlotState::On(state);
+                slot.swap_outs += 1;
+                Ok(report)
+            }
+            Err(e) => {
+                slot.state = SlotState::Off;
+                Err(e)
+            }
+        }
+    }
+
+    /// What refuses a swap-out before anything is done (and before the caller pauses the
+    /// guest for it): `cold_only`, a uffd region, a swap-out already in place or running.
+    pub fn swap_precheck(&self, req: &SwapOutRequest) -> Result<(), SwapError> {
         if req.cold_only {
             return Err(SwapError::ColdOnlyUnavailable);
         }
@@ -292,19 +312,12 @@ impl GuestRam {
                 });
             }
         }
-        self.swap_begin("swap-out", false)?;
-        let result = self.swap_out_locked(req);
-        let mut slot = self.swap_slot();
-        match result {
-            Ok((state, report)) => {
-                slot.state = SlotState::On(state);
-                slot.swap_outs += 1;
-                Ok(report)
-            }
-            Err(e) => {
-                slot.state = SlotState::Off;
-                Err(e)
-            }
+        match &self.swap_slot().state {
+            SlotState::Off => Ok(()),
+            SlotState::Busy(w) => Err(SwapError::Busy(w)),
+            SlotState::On(s) => Err(SwapError::AlreadySwappedOut {
+                path: s.file.path().to_path_buf(),
+            }),
         }
     }
 
