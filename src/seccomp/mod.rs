@@ -182,6 +182,10 @@ impl ThreadFilter {
                     let clone3 = rules::clone3_enosys();
                     programs.push(compile(kind, clone3, SeccompAction::Allow, enosys)?);
                 }
+                if let Some(opens) = rules::open_eacces(kind) {
+                    let eacces = SeccompAction::Errno(libc::EACCES as u32);
+                    programs.push(compile(kind, opens, SeccompAction::Allow, eacces)?);
+                }
                 programs.push(match (rules::allowed(kind), deny::denied(kind)) {
                     (Some(allowed), _) => compile(kind, allowed, default, SeccompAction::Allow)?,
                     (None, Some(denied)) => compile(kind, denied, SeccompAction::Allow, default)?,

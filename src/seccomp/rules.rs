@@ -24,8 +24,9 @@
 //!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
 //!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts
 //!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`).
-//! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
-//!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
+//! - **uffd handler**: `poll`, `read` (fault events, the stop and fill eventfds), `pread64`
+//!   (the source image or swap file), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`;
+//!   `openat` fails with `EACCES` ([`open_eacces`]).
 //! - **balloon statistics**: the common set plus the balloon's interrupts.
 //! - **in-VMM swap** (`vmm-swap`, [`crate::control::vmm_swap`]): creating, writing, syncing,
 //!   punching, evicting and removing the swap file at the path the API request names
@@ -120,6 +121,16 @@ pub fn starts_threads(kind: ThreadKind) -> bool {
 /// with `ENOSYS` (everything else is left to the allow-list).
 pub fn clone3_enosys() -> BTreeMap<i64, Vec<SeccompRule>> {
     BTreeMap::from([(libc::SYS_clone3, vec![])])
+}
+
+/// The filter installed before the allow-list of threads that must never open a file but
+/// run code that tries (`openat` fails with `EACCES`; the allow-list allows it only so that
+/// this filter decides, as for `clone3`). The C library's allocator reads
+/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's heap, on whatever
+/// thread that happens, and goes on without it when the open fails: the `uffd-handler`
+/// thread, whose fills free large queues, met that.
+pub fn open_eacces(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
+    (kind == ThreadKind::Uffd).then(|| BTreeMap::from([(libc::SYS_openat, vec![])]))
 }
 
 /// An allow-list under construction: a call allowed outright, or when one of its rules
@@ -319,6 +330,8 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
         }
         ThreadKind::Uffd => {
             l.any(&[SYS_poll, SYS_ppoll, SYS_read, SYS_pread64]);
+            // Always EACCES ([`open_eacces`]).
+            l.any(&[SYS_openat]);
             l.ioctls(&[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE]);
         }
         ThreadKind::BalloonStats => interrupts(&mut l),
