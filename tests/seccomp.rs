@@ -48,12 +48,15 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             println!("socket returned {fd}");
         }),
-        Some("open") => {
-            on_filtered_thread("balloon-stats", ThreadKind::BalloonStats, SeccompMode::On, || {
+        Some("open") => on_filtered_thread(
+            "balloon-stats",
+            ThreadKind::BalloonStats,
+            SeccompMode::On,
+            || {
                 let r = std::fs::File::open("/etc/hostname");
                 println!("open returned {r:?}");
-            })
-        }
+            },
+        ),
         Some("open-eacces") => {
             // The uffd handler may not open files either, but the call fails instead of
             // trapping (the C library's allocator tries one on that thread).
@@ -115,7 +118,8 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
     let out = child(t, "open-eacces");
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        String::from_utf8_lossy(&out.stdout).contains(&format!("open failed: Some({})", libc::EACCES)),
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("open failed: Some({})", libc::EACCES)),
         "{}",
         text(&out)
     );

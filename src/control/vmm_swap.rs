@@ -32,7 +32,9 @@ impl std::fmt::Debug for SwapWorker {
 
 /// The worker thread is gone (it could not install its filter, or it panicked).
 fn gone() -> SwapError {
-    SwapError::Busy("vmm-swap thread that ended (see the log); restart the VM to use the in-VMM swap")
+    SwapError::Busy(
+        "vmm-swap thread that ended (see the log); restart the VM to use the in-VMM swap",
+    )
 }
 
 impl SwapWorker {
@@ -93,10 +95,7 @@ fn serve(ram: &Weak<GuestRam>, jobs: Receiver<Job>) {
 
 impl Drop for SwapWorker {
     fn drop(&mut self) {
-        self.jobs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .take();
+        self.jobs.lock().unwrap_or_else(|e| e.into_inner()).take();
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }

@@ -174,9 +174,8 @@ impl SwapFile {
     pub fn sync_and_evict(&self) -> io::Result<()> {
         self.file.sync_data()?;
         // SAFETY: advice on our own descriptor; no memory is involved.
-        let rc = unsafe {
-            libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED)
-        };
+        let rc =
+            unsafe { libc::posix_fadvise(self.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED) };
         if rc != 0 {
             log::debug!(
                 "vmm-swap: posix_fadvise(DONTNEED) on {}: {}",

@@ -246,7 +246,11 @@ impl GuestRam {
     }
 
     /// Marks the slot busy with `what` if it is off.
-    fn swap_begin(&self, what: &'static str, want_on: bool) -> Result<Option<SwappedOut>, SwapError> {
+    fn swap_begin(
+        &self,
+        what: &'static str,
+        want_on: bool,
+    ) -> Result<Option<SwappedOut>, SwapError> {
         let mut slot = self.swap_slot();
         match (&slot.state, want_on) {
             (SlotState::Busy(w), _) => Err(SwapError::Busy(w)),
@@ -258,10 +262,12 @@ impl GuestRam {
                 slot.state = SlotState::Busy(what);
                 Ok(None)
             }
-            (SlotState::On(_), true) => match std::mem::replace(&mut slot.state, SlotState::Busy(what)) {
-                SlotState::On(s) => Ok(Some(s)),
-                _ => unreachable!("matched On above"),
-            },
+            (SlotState::On(_), true) => {
+                match std::mem::replace(&mut slot.state, SlotState::Busy(what)) {
+                    SlotState::On(s) => Ok(Some(s)),
+                    _ => unreachable!("matched On above"),
+                }
+            }
         }
     }
 

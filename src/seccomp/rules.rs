@@ -36,7 +36,8 @@
 //!   userfaultfd (`userfaultfd`, or `/dev/userfaultfd` with `USERFAULTFD_IOC_NEW`; `UFFDIO_API`,
 //!   `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER`) and its eventfds, and starting the handler thread,
 //!   which inherits this list and narrows it to its own (so this list holds the handler's
-//!   `poll` and `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` too).
+//!   `poll` and `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` too, and `seccomp` with
+//!   `prctl(PR_SET_NO_NEW_PRIVS)` for installing its filter).
 //! - **prealloc** (the threads that populate guest memory before it runs): `madvise`
 //!   `MADV_POPULATE_WRITE`; `memvisor run`'s progress bar on a terminal (`ioctl` `TCGETS`,
 //!   `TIOCGWINSZ`).
@@ -359,6 +360,10 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             ]);
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
             l.arg_in(SYS_fallocate, 1, &[punch]);
+            // The handler thread installs its own, narrower filter (a filter can only take
+            // away: `seccomp` and `no_new_privs` give nothing).
+            l.any(&[SYS_seccomp]);
+            l.arg_in(SYS_prctl, 0, &[PR_SET_NO_NEW_PRIVS as u64]);
             l.ioctls(&[
                 USERFAULTFD_IOC_NEW,
                 UFFDIO_API,

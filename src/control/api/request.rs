@@ -166,7 +166,8 @@ const ACTION_SHAPE: &str =
 const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>, "free_page_hinting": <bool, optional>, "free_page_reporting": <bool, optional>}"#;
 const BALLOON_UPDATE_SHAPE: &str = r#"{"amount_mib": <u32>}"#;
 const STATS_UPDATE_SHAPE: &str = r#"{"stats_polling_interval_s": <u16>}"#;
-const SWAP_OUT_SHAPE: &str = r#"{"file": "<absolute path of a new file>", "cold_only": <bool, optional>}"#;
+const SWAP_OUT_SHAPE: &str =
+    r#"{"file": "<absolute path of a new file>", "cold_only": <bool, optional>}"#;
 
 /// Every endpoint with the methods it accepts.
 pub const ENDPOINTS: &[(&str, &[&str])] = &[
