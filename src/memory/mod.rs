@@ -206,12 +206,13 @@ pub struct DiscardOutcome {
 
 /// All guest RAM of one VM.
 pub struct GuestRam {
+    /// The in-VMM swap's state. First: dropped (its handler stopped, the regions unregistered,
+    /// the file removed) before the regions are unmapped.
+    swap: std::sync::Mutex<vmm_swap::SwapSlot>,
     regions: Vec<RamRegion>,
     /// Memslots in guest-physical order; fixed once the regions are mapped.
     slots: Vec<Slot>,
     mem: GuestMemoryMmap,
-    /// The in-VMM swap's state.
-    swap: std::sync::Mutex<vmm_swap::SwapSlot>,
     /// Run first on the in-VMM swap's page-server thread (its seccomp filter).
     swap_thread_start: Option<uffd::ThreadStart>,
 }
