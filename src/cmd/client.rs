@@ -111,8 +111,19 @@ pub enum ReportCmd {
 }
 
 pub fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
-    let (status, text) =
-        client::request(&sock.api_sock, method, path, body).map_err(|e| e.to_string())?;
+    call_with_timeout(sock, method, path, body, client::DEFAULT_TIMEOUT)
+}
+
+/// [`call`] for requests that may take long (an answer waits for the work).
+pub fn call_with_timeout(
+    sock: &Sock,
+    method: &str,
+    path: &str,
+    body: Option<&str>,
+    timeout: std::time::Duration,
+) -> Result<String, String> {
+    let (status, text) = client::request_with_timeout(&sock.api_sock, method, path, body, timeout)
+        .map_err(|e| e.to_string())?;
     if !(200..300).contains(&status) {
         let msg = serde_json::from_str::<serde_json::Value>(&text)
             .ok()

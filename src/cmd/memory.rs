@@ -1,7 +1,7 @@
 //! `memvisor memory ...`: guest memory of a running VM (`memvisor run --api-sock`): the
 //! in-VMM swap (`swap-out`, `swap-in`).
 
-use super::client::{call, print_json, Sock};
+use super::client::{call_with_timeout, print_json, Sock};
 use clap::Subcommand;
 use memvisor::config::Size;
 use std::path::PathBuf;
@@ -35,6 +35,14 @@ pub enum MemoryCmd {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// A swap-out writes (and a swap-in reads) all of guest RAM before answering; the VMM gives a
+/// swap-in 600 s.
+const TIMEOUT: std::time::Duration = std::time::Duration::from_secs(660);
+
+fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<String, String> {
+    call_with_timeout(sock, method, path, body, TIMEOUT)
 }
 
 fn field(v: &serde_json::Value, name: &str) -> u64 {
