@@ -45,6 +45,17 @@ fn call(sock: &Sock, method: &str, path: &str, body: Option<&str>) -> Result<Str
     call_with_timeout(sock, method, path, body, TIMEOUT)
 }
 
+/// Prints the answer as JSON (`None`), or parses it for a line of text.
+fn answer(text: &str, json: bool) -> Result<Option<serde_json::Value>, String> {
+    if json {
+        print_json(text);
+        return Ok(None);
+    }
+    serde_json::from_str(text)
+        .map(Some)
+        .map_err(|e| format!("unexpected answer: {e}"))
+}
+
 fn field(v: &serde_json::Value, name: &str) -> u64 {
     v[name].as_u64().unwrap_or(0)
 }
@@ -62,11 +73,7 @@ pub fn run(cmd: MemoryCmd) -> Result<ExitCode, String> {
                 .map_err(|e| format!("--file {}: {e}", file.display()))?;
             let body = serde_json::json!({ "file": file, "cold_only": cold_only }).to_string();
             let text = call(&sock, "PUT", "/memory/swap-out", Some(&body))?;
-            if json {
-                print_json(&text);
-            } else {
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
+            if let Some(v) = answer(&text, json)? {
                 println!(
                     "swapped out {} to {} in {:.2} s: resident {} -> {}, the file takes {} on disk",
                     Size(field(&v, "bytes_written")),
@@ -80,11 +87,7 @@ pub fn run(cmd: MemoryCmd) -> Result<ExitCode, String> {
         }
         MemoryCmd::SwapIn { sock, json } => {
             let text = call(&sock, "PUT", "/memory/swap-in", None)?;
-            if json {
-                print_json(&text);
-            } else {
-                let v: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| format!("unexpected answer: {e}"))?;
+            if let Some(v) = answer(&text, json)? {
                 println!(
                     "swapped in: {} read back in {:.2} s ({} faults served while swapped out); resident {} -> {}; {} removed",
                     Size(field(&v, "bytes_read")),

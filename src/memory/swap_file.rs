@@ -111,31 +111,12 @@ impl SwapFile {
     /// # Safety
     /// `src..src+len` must be readable memory that stays mapped during the call.
     pub unsafe fn write_from(&self, src: *const u8, len: usize, offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(IO_CHUNK);
+        let fd = self.file.as_raw_fd();
+        whole(len, io::ErrorKind::WriteZero, |done, n| {
             // SAFETY: the caller guarantees `src..src+len` is readable; the kernel only reads
             // it. Guest memory is read without forming a Rust reference to it.
-            let rc = unsafe {
-                libc::pwrite(
-                    self.file.as_raw_fd(),
-                    src.add(done).cast(),
-                    n,
-                    (offset + done as u64) as libc::off_t,
-                )
-            };
-            match rc {
-                n if n > 0 => done += n as usize,
-                0 => return Err(io::Error::from(io::ErrorKind::WriteZero)),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
+            unsafe { libc::pwrite(fd, src.add(done).cast(), n, at(offset, done)) }
+        })
     }
 
     /// Reads `len` bytes at file offset `offset` into memory at `dst` (holes read as zeros).
@@ -143,30 +124,11 @@ impl SwapFile {
     /// # Safety
     /// `dst..dst+len` must be writable memory that stays mapped during the call.
     pub unsafe fn read_into(&self, dst: *mut u8, len: usize, offset: u64) -> io::Result<()> {
-        let mut done = 0;
-        while done < len {
-            let n = (len - done).min(IO_CHUNK);
+        let fd = self.file.as_raw_fd();
+        whole(len, io::ErrorKind::UnexpectedEof, |done, n| {
             // SAFETY: the caller guarantees `dst..dst+len` is writable.
-            let rc = unsafe {
-                libc::pread(
-                    self.file.as_raw_fd(),
-                    dst.add(done).cast(),
-                    n,
-                    (offset + done as u64) as libc::off_t,
-                )
-            };
-            match rc {
-                n if n > 0 => done += n as usize,
-                0 => return Err(io::Error::from(io::ErrorKind::UnexpectedEof)),
-                _ => {
-                    let e = io::Error::last_os_error();
-                    if e.kind() != io::ErrorKind::Interrupted {
-                        return Err(e);
-                    }
-                }
-            }
-        }
-        Ok(())
+            unsafe { libc::pread(fd, dst.add(done).cast(), n, at(offset, done)) }
+        })
     }
 
     /// Makes what was written durable (`fdatasync`), then drops it from the page cache, so
@@ -209,6 +171,34 @@ impl SwapFile {
             log::warn!("vmm-swap: truncating {}: {e}", self.path.display());
         }
     }
+}
+
+/// File offset `offset + done`.
+fn at(offset: u64, done: usize) -> libc::off_t {
+    (offset + done as u64) as libc::off_t
+}
+
+/// Runs `io(done, n)` (a `pread`/`pwrite` of `n` bytes at `done` into the transfer) until `len`
+/// bytes went through, at most [`IO_CHUNK`] at a time; retries `EINTR`; a 0 is `zero`.
+fn whole(
+    len: usize,
+    zero: io::ErrorKind,
+    mut io: impl FnMut(usize, usize) -> isize,
+) -> io::Result<()> {
+    let mut done = 0;
+    while done < len {
+        match io(done, (len - done).min(IO_CHUNK)) {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from(zero)),
+            _ => {
+                let e = io::Error::last_os_error();
+                if e.kind() != io::ErrorKind::Interrupted {
+                    return Err(e);
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 impl Drop for SwapFile {

@@ -157,22 +157,16 @@ pub(crate) fn spawn(
     config: HandlerConfig,
     thread_start: Option<ThreadStart>,
 ) -> Result<UffdHandler, UffdError> {
-    let stop = Arc::new(
-        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|errno| {
-            UffdError::Sys {
+    let eventfd = || {
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(Arc::new)
+            .map_err(|errno| UffdError::Sys {
                 what: "eventfd",
                 errno,
-            }
-        })?,
-    );
-    let fill = Arc::new(
-        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|errno| {
-            UffdError::Sys {
-                what: "eventfd",
-                errno,
-            }
-        })?,
-    );
+            })
+    };
+    let stop = eventfd()?;
+    let fill = eventfd()?;
     let (filled_tx, filled) = std::sync::mpsc::channel();
     let uffd = Arc::new(uffd);
     let stats = Arc::new(SharedStats::default());
