@@ -639,7 +639,12 @@ mod tests {
             notes: vec![],
         };
         let text = report.to_text();
-        for label in ["zero", "file (cold)", "file (warm)"] {
+        for label in [
+            "zero",
+            "file (cold)",
+            "file (warm)",
+            "in-VMM swap file (cold)",
+        ] {
             assert!(text.contains(label), "{text}");
         }
         assert!(text.contains("100.0 / 200.0 / 300.0"), "{text}");
@@ -652,12 +657,13 @@ mod tests {
             .iter()
             .map(|r| r["source"].as_str().unwrap())
             .collect();
-        assert_eq!(sources, vec!["zero", "file-cold", "file-warm"]);
+        assert_eq!(sources, vec!["zero", "file-cold", "file-warm", "vmm-swap"]);
     }
 
     #[test]
     fn options_and_pattern() {
         assert_eq!("file-cold".parse(), Ok(FaultSource::FileCold));
+        assert_eq!("vmm-swap".parse(), Ok(FaultSource::VmmSwap));
         assert!("x".parse::<FaultSource>().is_err());
         let o = UffdOptions {
             size: 1 << 20,
