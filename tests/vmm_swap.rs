@@ -182,6 +182,12 @@ fn bad_swap_requests_are_refused_and_change_nothing() {
             "/dev/shm is not tmpfs here: the in-memory filesystem case",
         ),
     }
+    // A filesystem without room for the pages: refused before anything is written.
+    let full = dir.path().join("full");
+    let e = memvisor::memory::SwapFile::create(&full, 1 << 20, u64::MAX / 2).unwrap_err();
+    assert!(matches!(e, SwapError::NoSpace { .. }), "{e}");
+    assert!(e.to_string().contains("nothing was swapped out"), "{e}");
+    assert!(!full.exists(), "nothing left behind");
     assert_eq!(ram.swap_status().state, "off");
     assert_eq!(
         ram.memory().read_obj::<u64>(GuestAddress(0x1000)).unwrap(),
