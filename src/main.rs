@@ -35,7 +35,8 @@ enum Command {
     /// State of a running VM: status, pause, resume, stop, finish-step (needs `--api-sock`).
     #[command(subcommand)]
     Vm(cmd::client::VmCmd),
-    /// Guest memory of a running VM and host swap: reclaim, resident limit, status.
+    /// Guest memory of a running VM and host swap: reclaim, resident limit, status, the in-VMM
+    /// swap (swap-out, swap-in).
     #[command(subcommand)]
     Memory(cmd::memory::MemoryCmd),
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.

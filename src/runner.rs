@@ -238,6 +238,12 @@ impl Vmm {
         let (cmd_tx, commands) = mpsc::channel();
         let api = match &opts.api_sock {
             Some(path) => {
+                let swap = crate::control::vmm_swap::SwapWorker::start(
+                    Arc::downgrade(&ram),
+                    filters.get(ThreadKind::VmmSwap),
+                )
+                .map_err(|e| log::warn!("no in-VMM swap (no vmm-swap thread): {e}"))
+                .ok();
                 let handler = Arc::new(VmmApi {
                     config: config.clone(),
                     ram: ram.clone(),
@@ -247,6 +253,7 @@ impl Vmm {
                     started,
                     walks: Default::default(),
                     reclaimer: reclaimer.clone(),
+                    swap,
                 });
                 let options = crate::control::api::ApiServerOptions {
                     seccomp: Some(filters.get(ThreadKind::Api)),

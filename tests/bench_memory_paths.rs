@@ -79,6 +79,7 @@ fn memory_paths_small() {
         "userfaultfd faults, zero",
         "userfaultfd faults, file (cold)",
         "userfaultfd faults, file (warm)",
+        "userfaultfd faults, in-VMM swap file (cold)",
         "GPA->HPA map, anon 4K (thp=off)",
         "GPA->HPA map, anon default",
         "GPA->HPA map, anon THP (thp=on)",

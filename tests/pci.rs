@@ -452,6 +452,7 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
             None,
             None,
         )),
+        swap: None,
     };
     let gen = d.common(cc::CONFIG_GENERATION, 1);
     assert_eq!(

@@ -48,10 +48,21 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             println!("socket returned {fd}");
         }),
-        Some("open") => {
-            on_filtered_thread("uffd-handler", ThreadKind::Uffd, SeccompMode::On, || {
+        Some("open") => on_filtered_thread(
+            "balloon-stats",
+            ThreadKind::BalloonStats,
+            SeccompMode::On,
+            || {
                 let r = std::fs::File::open("/etc/hostname");
                 println!("open returned {r:?}");
+            },
+        ),
+        Some("open-eacces") => {
+            // The uffd handler may not open files either, but the call fails instead of
+            // trapping (the C library's allocator tries one on that thread).
+            on_filtered_thread("uffd-handler", ThreadKind::Uffd, SeccompMode::On, || {
+                let r = std::fs::File::open("/etc/hostname");
+                println!("open failed: {:?}", r.err().and_then(|e| e.raw_os_error()));
             })
         }
         Some("fork") => on_filtered_thread("memvisor", ThreadKind::Setup, SeccompMode::On, || {
@@ -75,8 +86,8 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
         ("socket", "vcpu7", "vCPU", "socket (41)"),
         (
             "open",
-            "uffd-handler",
-            "userfaultfd handler",
+            "balloon-stats",
+            "balloon statistics",
             "openat (257)",
         ),
         ("fork", "memvisor", "setup", "clone (56)"),
@@ -104,6 +115,14 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
             assert!(err.contains(&want), "{case}: no `{want}` in:\n{err}");
         }
     }
+    let out = child(t, "open-eacces");
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains(&format!("open failed: Some({})", libc::EACCES)),
+        "{}",
+        text(&out)
+    );
     // The same socket call as a vCPU thread's arguments show it: AF_INET, SOCK_STREAM.
     let out = child(t, "socket");
     assert!(
@@ -424,6 +443,7 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
         "api-accept",
         "api-reclaim",
         "balloon-stats",
+        "vmm-swap",
     ];
     if uffd {
         kinds.push("uffd-handler");
@@ -440,8 +460,12 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
             );
             // Every thread has the setup filters of the main thread (the clone3 filter and the
             // deny-list: it was started during setup, or is the main thread) and its own: API
-            // and main the clone3 filter and the allow-list, the others the allow-list.
-            let own = if matches!(*k, "main" | "api-accept" | "api-reclaim") {
+            // main, the API threads and vmm-swap the clone3 filter and the allow-list, the uffd handler the
+            // openat-EACCES filter and the allow-list, the others the allow-list.
+            let own = if matches!(
+                *k,
+                "main" | "api-accept" | "api-reclaim" | "vmm-swap" | "uffd-handler"
+            ) {
                 2
             } else {
                 1

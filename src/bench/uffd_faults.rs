@@ -5,8 +5,11 @@
 //!
 //! A host thread reads one byte of every 4 KiB page of the region, in order; each read faults
 //! once and waits for the server. Sources: zero pages, and a file image written beforehand that
-//! is made cold (`fsync` + `posix_fadvise(DONTNEED)`) or warm (read once) before each run. Per
-//! repetition and source, memvisor and the loop alternate (AB, BA, ...).
+//! is made cold (`fsync` + `posix_fadvise(DONTNEED)`) or warm (read once) before each run; and
+//! the in-VMM swap (`vmm-swap`): an anonymous region holding the image's bytes is swapped out
+//! with `GuestRam::swap_out` (which leaves its file cold) and faulted back from its swap file,
+//! beside the minimal loop serving the cold image. Per repetition and source, memvisor and the
+//! loop alternate (AB, BA, ...).
 
 use super::host;
 use super::minimal_uffd::MinimalUffd;
@@ -37,14 +40,17 @@ pub enum FaultSource {
     FileCold,
     /// A file image in the page cache.
     FileWarm,
+    /// The in-VMM swap: pages swapped out to a swap file (cold) and faulted back.
+    VmmSwap,
 }
 
 impl FaultSource {
     /// Every source, in table order.
-    pub const ALL: [FaultSource; 3] = [
+    pub const ALL: [FaultSource; 4] = [
         FaultSource::Zero,
         FaultSource::FileCold,
         FaultSource::FileWarm,
+        FaultSource::VmmSwap,
     ];
 
     /// Name in tables.
@@ -53,6 +59,7 @@ impl FaultSource {
             FaultSource::Zero => "zero",
             FaultSource::FileCold => "file (cold)",
             FaultSource::FileWarm => "file (warm)",
+            FaultSource::VmmSwap => "in-VMM swap file (cold)",
         }
     }
 
@@ -61,6 +68,7 @@ impl FaultSource {
             FaultSource::Zero => "zero",
             FaultSource::FileCold => "file-cold",
             FaultSource::FileWarm => "file-warm",
+            FaultSource::VmmSwap => "vmm-swap",
         }
     }
 }
@@ -72,7 +80,10 @@ impl FromStr for FaultSource {
             "zero" => Ok(FaultSource::Zero),
             "file-cold" | "cold" => Ok(FaultSource::FileCold),
             "file-warm" | "warm" => Ok(FaultSource::FileWarm),
-            _ => Err(format!("`{s}`: write zero, file-cold or file-warm")),
+            "vmm-swap" => Ok(FaultSource::VmmSwap),
+            _ => Err(format!(
+                "`{s}`: write zero, file-cold, file-warm or vmm-swap"
+            )),
         }
     }
 }
@@ -125,7 +136,7 @@ impl UffdOptions {
         if self.sources.is_empty() {
             return Err(BenchError::Option {
                 option: "--sources",
-                reason: "give at least one of zero, file-cold, file-warm".into(),
+                reason: "give at least one of zero, file-cold, file-warm, vmm-swap".into(),
             });
         }
         Ok(())
@@ -336,6 +347,54 @@ unsafe fn verify(what: &str, addr: usize, len: usize, from_file: bool) -> Result
     Ok(())
 }
 
+/// Writes the image's bytes into `[addr, addr+len)`.
+///
+/// # Safety
+/// `[addr, addr+len)` must be a live writable mapping nobody else uses meanwhile.
+unsafe fn fill_like_image(addr: usize, len: usize) {
+    for (i, off) in (0..len).step_by(PAGE).enumerate() {
+        // SAFETY: one page inside the caller's mapping.
+        unsafe {
+            std::ptr::write_bytes((addr + off) as *mut u8, i as u8 | 1, PAGE);
+            ((addr + off) as *mut u64).write(pattern(i));
+        }
+    }
+}
+
+/// One memvisor run through the in-VMM swap: an anonymous region filled like the image,
+/// swapped out to a file in `dir` (untimed), then faulted back. Pages/s and faults counted.
+fn run_vmm_swap(len: usize, dir: &Path) -> Result<(f64, u64), BenchError> {
+    let mut config = RegionConfig::anon(len as u64);
+    config.backend = Backend::Anon {
+        shared: false,
+        thp: Some(false),
+    };
+    let ram = GuestRam::new(std::slice::from_ref(&config))?;
+    let addr = ram.regions()[0].host_addr() as usize;
+    // SAFETY: the region's mapping lives as long as `ram`; nothing else uses it.
+    unsafe { fill_like_image(addr, len) };
+    let file = dir.join(format!(
+        "memvisor-bench-vmm-swap-{}.swap",
+        std::process::id()
+    ));
+    let request = crate::memory::SwapOutRequest {
+        file,
+        cold_only: false,
+    };
+    ram.swap_out(&request).map_err(|e| BenchError::Check {
+        what: "in-VMM swap-out".into(),
+        detail: e.to_string(),
+    })?;
+    // SAFETY: as above.
+    let elapsed = unsafe { touch_pages(addr, len) };
+    // SAFETY: as above; every page was just faulted in.
+    unsafe { verify("in-VMM swap", addr, len, true)? };
+    let faults = ram.swap_status().faults;
+    // Dropping guest RAM stops the handler and removes the swap file.
+    drop(ram);
+    Ok(((len / PAGE) as f64 / elapsed.as_secs_f64(), faults))
+}
+
 /// One memvisor run: pages/s and the faults the handler counted.
 fn run_memvisor(len: usize, image: Option<&Image>) -> Result<(f64, u64), BenchError> {
     let config = RegionConfig {
@@ -417,6 +476,12 @@ pub fn run(
             Size(opts.size),
             dir.display()
         ),
+        "vmm-swap: GuestRam::new of one anonymous region (thp=off) filled with the image's \
+         bytes, GuestRam::swap_out to a file in the image directory (untimed: write, fdatasync, \
+         posix_fadvise(DONTNEED), MADV_DONTNEED, userfaultfd registration), then touched as \
+         above, each fault served by the uffd crate's handler from the swap file; the minimal \
+         loop serves the cold image"
+            .to_string(),
         "one untimed warm-up run of each per source, then memvisor and the minimal loop \
          alternate (AB, BA, ...); every run maps fresh memory; \
          contents are checked after each run; mv/minimal is the ratio of medians"
@@ -431,11 +496,15 @@ pub fn run(
         cached: Option<f64>,
     }
     let mut acc: Vec<Acc> = opts.sources.iter().map(|_| Acc::default()).collect();
+    let run_mv = |source: FaultSource, img: Option<&Image>| match source {
+        FaultSource::VmmSwap => run_vmm_swap(len, &dir),
+        _ => run_memvisor(len, img),
+    };
     for source in &opts.sources {
         let img = (*source != FaultSource::Zero)
             .then_some(image.as_ref())
             .flatten();
-        run_memvisor(len, img)?;
+        run_mv(*source, img)?;
         run_minimal(len, img)?;
     }
     for rep in 0..opts.reps {
@@ -448,14 +517,14 @@ pub fn run(
             for step in 0..2 {
                 if let Some(i) = img {
                     match source {
-                        FaultSource::FileCold => i.make_cold()?,
+                        FaultSource::FileCold | FaultSource::VmmSwap => i.make_cold()?,
                         _ => i.make_warm()?,
                     }
                     let c = i.cached_fraction()?;
                     a.cached = Some(a.cached.map_or(c, |old: f64| old.max(c)));
                 }
                 if (step == 0) == (rep % 2 == 0) {
-                    let (rate, faults) = run_memvisor(len, img)?;
+                    let (rate, faults) = run_mv(*source, img)?;
                     a.mv.push(rate);
                     a.mv_faults = faults;
                 } else {
@@ -504,7 +573,9 @@ pub fn run(
                 r.minimal_faults
             ));
         }
-        if r.source == FaultSource::FileCold && r.cached_before_run.is_some_and(|c| c > 0.05) {
+        if matches!(r.source, FaultSource::FileCold | FaultSource::VmmSwap)
+            && r.cached_before_run.is_some_and(|c| c > 0.05)
+        {
             notes.push(format!(
                 "file (cold): up to {:.0}% of the image stayed in the page cache after \
                  posix_fadvise(DONTNEED) (is {} on tmpfs?); the run was partly warm",
@@ -569,7 +640,12 @@ mod tests {
             notes: vec![],
         };
         let text = report.to_text();
-        for label in ["zero", "file (cold)", "file (warm)"] {
+        for label in [
+            "zero",
+            "file (cold)",
+            "file (warm)",
+            "in-VMM swap file (cold)",
+        ] {
             assert!(text.contains(label), "{text}");
         }
         assert!(text.contains("100.0 / 200.0 / 300.0"), "{text}");
@@ -582,12 +658,13 @@ mod tests {
             .iter()
             .map(|r| r["source"].as_str().unwrap())
             .collect();
-        assert_eq!(sources, vec!["zero", "file-cold", "file-warm"]);
+        assert_eq!(sources, vec!["zero", "file-cold", "file-warm", "vmm-swap"]);
     }
 
     #[test]
     fn options_and_pattern() {
         assert_eq!("file-cold".parse(), Ok(FaultSource::FileCold));
+        assert_eq!("vmm-swap".parse(), Ok(FaultSource::VmmSwap));
         assert!("x".parse::<FaultSource>().is_err());
         let o = UffdOptions {
             size: 1 << 20,

@@ -112,11 +112,12 @@ pub struct UffdArgs {
     /// Repetitions of each run.
     #[arg(long, default_value_t = 3)]
     reps: usize,
-    /// Sources: zero, file-cold, file-warm.
+    /// Sources: zero, file-cold, file-warm, vmm-swap (pages faulted back from the in-VMM
+    /// swap's file after `GuestRam::swap_out`, beside the minimal loop on the cold image).
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "zero,file-cold,file-warm"
+        default_value = "zero,file-cold,file-warm,vmm-swap"
     )]
     sources: Vec<FaultSource>,
     /// Directory for the file image (default: the temp dir; not tmpfs if it is to be cold).

@@ -1,6 +1,7 @@
 //! Control of running VMs: the HTTP API a VM serves on its socket ([`api`]), the VMM's answers
 //! to it ([`vmm_api`]), and what works across every VM on the host through that API: the
-//! balloon controller ([`balance`]). Above the reports it serves, below the runner that starts
+//! balloon controller ([`balance`]); the thread that carries out the in-VMM swap for the API
+//! ([`vmm_swap`]). Above the reports it serves, below the runner that starts
 //! it.
 
 pub mod api;
@@ -8,3 +9,4 @@ pub mod balance;
 pub mod host_report;
 pub mod reclaim;
 pub mod vmm_api;
+pub mod vmm_swap;

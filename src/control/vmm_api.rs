@@ -53,6 +53,8 @@ pub struct VmmApi {
     pub walks: WalkGate,
     /// Reclaim to host swap and the standing resident limit.
     pub reclaimer: Arc<crate::control::reclaim::Reclaimer>,
+    /// The thread that carries out the in-VMM swap (`None`: `PUT /memory/swap-*` refused).
+    pub swap: Option<crate::control::vmm_swap::SwapWorker>,
 }
 
 /// One page-map walk at a time. A request for the memory figures that had to wait shares the
@@ -164,9 +166,56 @@ impl VmmApi {
         }
     }
 
-    /// The per-VM overcommit figures ([`crate::report::overcommit::VmMemory`]).
+    /// The per-VM overcommit figures ([`crate::report::overcommit::VmMemory`]) and the
+    /// in-VMM swap's state (`vmm_swap`).
     pub fn memory_report(&self) -> serde_json::Value {
-        serde_json::to_value(&*self.memory(Instant::now())).expect("serialises")
+        let mut v = serde_json::to_value(&*self.memory(Instant::now())).expect("serialises");
+        if let Some(o) = v.as_object_mut() {
+            o.insert(
+                "vmm_swap".into(),
+                serde_json::to_value(self.ram.swap_status()).expect("serialises"),
+            );
+        }
+        v
+    }
+
+    /// `PUT /memory/swap-out`: pauses a running guest (the guest must not write memory while
+    /// it is copied), holds the balloon device (its statistics timer writes guest memory),
+    /// has the `vmm-swap` thread swap out, and resumes the guest.
+    fn swap_out(&self, body: crate::control::api::SwapOutBody) -> ApiResponse {
+        let Some(worker) = &self.swap else {
+            return ApiResponse::bad_request(NO_SWAP_WORKER);
+        };
+        let state = self.vm_state();
+        if state == "Stopped" {
+            return ApiResponse::bad_request("the VM has already stopped");
+        }
+        let req = crate::memory::SwapOutRequest {
+            file: body.file,
+            cold_only: body.cold_only,
+        };
+        if let Err(e) = self.ram.swap_precheck(&req) {
+            return swap_error(e);
+        }
+        let paused = state == "Running";
+        if paused {
+            if let err @ ApiResponse::Error { .. } = self.command(VmCommand::Pause) {
+                return err;
+            }
+        }
+        let result = match &self.balloon {
+            Some(b) => b.with_device(|_| (worker.swap_out(req), false)),
+            None => worker.swap_out(req),
+        };
+        if paused {
+            if let ApiResponse::Error { fault_message, .. } = self.command(VmCommand::Resume) {
+                log::error!("vmm-swap: resuming the guest after the swap-out: {fault_message}");
+            }
+        }
+        match result {
+            Ok(r) => json_answer(&r),
+            Err(e) => swap_error(e),
+        }
     }
 
     /// The memory figures through the walk gate.
@@ -326,6 +375,7 @@ impl VmmApi {
             "memvisor_reclaimed_bytes_total {}",
             st.paged_out_bytes_total
         );
+        vmm_swap_metrics(&mut s, &self.ram.swap_status());
         let _ = writeln!(
             s,
             "# HELP memvisor_page_map_walks_total Page-map walks done for API answers (one at a time; queued report requests share one)."
@@ -365,6 +415,60 @@ impl VmmApi {
     }
 }
 
+/// The in-VMM swap's figures: gauges of what is in the file now, counters of what it did.
+fn vmm_swap_metrics(s: &mut String, st: &crate::memory::VmmSwapStatus) {
+    let on = st.state == "swapped_out";
+    let families: [(&str, &str, &str, f64); 7] = [
+        (
+            "memvisor_vmm_swap_swapped_out",
+            "gauge",
+            "1 while guest memory is swapped out to the in-VMM swap file.",
+            on as u8 as f64,
+        ),
+        (
+            "memvisor_vmm_swap_file_bytes",
+            "gauge",
+            "Guest memory only in the in-VMM swap file (not faulted back, not discarded).",
+            st.bytes_in_file as f64,
+        ),
+        (
+            "memvisor_vmm_swap_file_allocated_bytes",
+            "gauge",
+            "Disk space the in-VMM swap file takes.",
+            st.file_allocated_bytes as f64,
+        ),
+        (
+            "memvisor_vmm_swap_faults",
+            "gauge",
+            "Page faults served from the in-VMM swap file since the current swap-out.",
+            st.faults as f64,
+        ),
+        (
+            "memvisor_vmm_swap_out_seconds",
+            "gauge",
+            "Seconds the current swap-out took.",
+            st.swap_out_seconds,
+        ),
+        (
+            "memvisor_vmm_swap_outs_total",
+            "counter",
+            "Swap-outs to the in-VMM swap file.",
+            st.swap_outs as f64,
+        ),
+        (
+            "memvisor_vmm_swap_ins_total",
+            "counter",
+            "Swap-ins from the in-VMM swap file.",
+            st.swap_ins as f64,
+        ),
+    ];
+    for (name, kind, help, v) in families {
+        let _ = writeln!(s, "# HELP {name} {help}");
+        let _ = writeln!(s, "# TYPE {name} {kind}");
+        let _ = writeln!(s, "{name} {v}");
+    }
+}
+
 /// The balloon device's counters as one family, a series per counter (the field names of
 /// [`balloon::BalloonCounters`]: the work done, and each kind of guest input the device refused,
 /// named by its cause, e.g. `indirect_not_negotiated`, `looping_chains`).
@@ -379,6 +483,19 @@ fn balloon_counter_metrics(s: &mut String, counters: &balloon::BalloonCounters) 
     for (counter, v) in fields.as_object().into_iter().flatten() {
         let _ = writeln!(s, "{name}{{counter=\"{counter}\"}} {v}");
     }
+}
+
+const NO_SWAP_WORKER: &str =
+    "this VMM runs no in-VMM swap thread (a VM started through the library without it); use GuestRam::swap_out";
+
+/// 500 for what went wrong inside the VMM, 400 for everything the caller can fix.
+fn swap_error(e: crate::memory::SwapError) -> ApiResponse {
+    use crate::memory::SwapError;
+    let status = match e {
+        SwapError::Uffd(_) | SwapError::Memory(_) => 500,
+        _ => 400,
+    };
+    ApiResponse::error(status, e.to_string())
 }
 
 const NO_BALLOON: &str =
@@ -554,6 +671,14 @@ impl ApiHandler for VmmApi {
                     Err(e) => ApiResponse::bad_request(e.to_string()),
                 }
             }
+            ApiRequest::PutSwapOut(body) => self.swap_out(body),
+            ApiRequest::PutSwapIn => match &self.swap {
+                None => ApiResponse::bad_request(NO_SWAP_WORKER),
+                Some(w) => match w.swap_in() {
+                    Ok(r) => json_answer(&r),
+                    Err(e) => swap_error(e),
+                },
+            },
             ApiRequest::GetMetrics => ApiResponse::Text {
                 status: 200,
                 content_type: PROMETHEUS_CONTENT_TYPE.into(),

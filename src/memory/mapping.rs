@@ -274,6 +274,23 @@ impl HostMapping {
         vec.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE
     }
 
+    /// Which host pages (of [`HostMapping::page_size`]) are backed now (`mincore`: for
+    /// shared and hugetlbfs memory, in the file's page cache), one entry per page.
+    pub fn present_pages(&self) -> Vec<bool> {
+        let pages = self.len.div_ceil(PAGE as usize);
+        let mut vec = vec![0u8; pages];
+        // SAFETY: the range is this live mapping; `vec` has one byte per 4 KiB page.
+        let rc = unsafe { libc::mincore(self.addr.cast(), self.len, vec.as_mut_ptr()) };
+        let per = (self.page_size / PAGE) as usize;
+        if rc != 0 {
+            // Unknown: count every page as present, so nothing is left out of a copy.
+            return vec![true; pages.div_ceil(per)];
+        }
+        vec.chunks(per)
+            .map(|c| c.iter().any(|b| b & 1 != 0))
+            .collect()
+    }
+
     /// Releases `[offset, offset+len)` of the mapping (4 KiB aligned, inside the mapping).
     /// Returns the bytes of host memory really released: for huge-page backings only whole
     /// huge pages can be released; 4 KiB pieces of a huge page are zeroed and remembered until
@@ -370,7 +387,9 @@ impl HostMapping {
             .sum()
     }
 
-    fn release(&self, index: usize, offset: u64, len: u64) -> Result<(), MemoryError> {
+    /// Gives the host memory of `[offset, offset+len)` back: a hole punched in the backing
+    /// file (memfd, hugetlbfs), then `MADV_DONTNEED`. Whole host pages only.
+    pub(super) fn release(&self, index: usize, offset: u64, len: u64) -> Result<(), MemoryError> {
         if let Some(fd) = &self.fd {
             // Shared memory stays in the file (page cache) after MADV_DONTNEED; the hole punch
             // is what gives it back.

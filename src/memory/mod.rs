@@ -4,18 +4,24 @@
 //! (see [`layout`]). Everyone else sees guest RAM through what this module hands out: the
 //! `vm-memory` [`GuestMemoryMmap`] view (devices, loaders, hypercalls), [`GuestRam::slots`]
 //! (KVM memslots), [`GuestRam::discard`] (balloon), [`GuestRam::page_out_to`] (reclaim to host
-//! swap, [`reclaim`]) and [`GuestRam::regions`] (reports).
+//! swap, [`reclaim`]) and [`GuestRam::regions`] (reports). The in-VMM swap ([`vmm_swap`]:
+//! [`GuestRam::swap_out`], [`GuestRam::swap_in`]) writes guest RAM to a file and serves it back
+//! through userfaultfd.
 
 mod checks;
 pub mod layout;
 mod mapping;
 mod pager;
 pub mod reclaim;
+mod swap_file;
+pub mod vmm_swap;
 
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
 pub use pager::{ExternalPager, Pager, PagerReport, HANDSHAKE_TIMEOUT};
 pub use reclaim::ReclaimOutcome;
+pub use swap_file::SwapFile;
+pub use vmm_swap::{SwapError, SwapInReport, SwapOutReport, SwapOutRequest, VmmSwapStatus};
 
 use crate::config::RegionConfig;
 use serde::Serialize;
@@ -206,10 +212,15 @@ pub struct DiscardOutcome {
 
 /// All guest RAM of one VM.
 pub struct GuestRam {
+    /// The in-VMM swap's state. First: dropped (its handler stopped, the regions unregistered,
+    /// the file removed) before the regions are unmapped.
+    swap: std::sync::Mutex<vmm_swap::SwapSlot>,
     regions: Vec<RamRegion>,
     /// Memslots in guest-physical order; fixed once the regions are mapped.
     slots: Vec<Slot>,
     mem: GuestMemoryMmap,
+    /// Run first on the in-VMM swap's page-server thread (its seccomp filter).
+    swap_thread_start: Option<uffd::ThreadStart>,
 }
 
 impl std::fmt::Debug for GuestRam {
@@ -245,6 +256,7 @@ impl GuestRam {
     /// As [`GuestRam::new`], with progress reporting and a start hook for page-server threads.
     pub fn new_with(configs: &[RegionConfig], opts: RamOptions<'_>) -> Result<Self, MemoryError> {
         let progress = opts.progress;
+        let swap_thread_start = opts.pager_thread_start.clone();
         checks::check(configs)?;
         let aligns: Vec<(u64, u64)> = configs
             .iter()
@@ -343,6 +355,8 @@ impl GuestRam {
             regions,
             slots,
             mem,
+            swap: Default::default(),
+            swap_thread_start,
         })
     }
 
@@ -422,14 +436,20 @@ impl GuestRam {
             requested: len,
             released: 0,
         };
+        let mut pieces = Vec::new();
         for r in &self.regions {
             for e in &r.extents {
                 let lo = gpa.max(e.gpa);
                 let hi = (gpa + len).min(e.end());
                 if lo < hi {
-                    outcome.released += r.map.discard(r.index, e.offset + (lo - e.gpa), hi - lo)?;
+                    pieces.push((r.index, e.offset + (lo - e.gpa), hi - lo));
                 }
             }
+        }
+        // Swapped-out memory: its file space is freed first, so a fault meanwhile reads zeros.
+        self.swap_discard(&pieces);
+        for &(index, offset, len) in &pieces {
+            outcome.released += self.regions[index].map.discard(index, offset, len)?;
         }
         Ok(outcome)
     }

@@ -85,6 +85,9 @@ pub enum ThreadKind {
     Uffd,
     /// `balloon-stats`: asks the guest for fresh balloon statistics.
     BalloonStats,
+    /// `vmm-swap`: the in-VMM swap (writes guest memory to a swap file, starts the
+    /// userfaultfd handler that serves it back).
+    VmmSwap,
     /// The main thread of `memvisor run` once the VM runs: the event loop and the report.
     Main,
     /// `prealloc<N>`: populate guest memory before the guest runs.
@@ -99,11 +102,12 @@ pub enum ThreadKind {
 
 impl ThreadKind {
     /// Every kind.
-    pub const ALL: [ThreadKind; 8] = [
+    pub const ALL: [ThreadKind; 9] = [
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Uffd,
         ThreadKind::BalloonStats,
+        ThreadKind::VmmSwap,
         ThreadKind::Main,
         ThreadKind::Prealloc,
         ThreadKind::Setup,
@@ -117,6 +121,7 @@ impl ThreadKind {
             ThreadKind::Api => "API",
             ThreadKind::Uffd => "userfaultfd handler",
             ThreadKind::BalloonStats => "balloon statistics",
+            ThreadKind::VmmSwap => "in-VMM swap",
             ThreadKind::Main => "main",
             ThreadKind::Prealloc => "prealloc",
             ThreadKind::Setup => "setup",
@@ -176,6 +181,10 @@ impl ThreadFilter {
                     let enosys = SeccompAction::Errno(libc::ENOSYS as u32);
                     let clone3 = rules::clone3_enosys();
                     programs.push(compile(kind, clone3, SeccompAction::Allow, enosys)?);
+                }
+                if let Some(opens) = rules::open_eacces(kind) {
+                    let eacces = SeccompAction::Errno(libc::EACCES as u32);
+                    programs.push(compile(kind, opens, SeccompAction::Allow, eacces)?);
                 }
                 programs.push(match (rules::allowed(kind), deny::denied(kind)) {
                     (Some(allowed), _) => compile(kind, allowed, default, SeccompAction::Allow)?,

@@ -27,9 +27,20 @@
 //!   (`madvise` `MADV_PAGEOUT`/`MADV_COLD`; also the `api-reclaim` thread of the resident
 //!   limit); the working-set estimate (`KVM_SET_USER_MEMORY_REGION` to turn on dirty logging of
 //!   the existing memslots, `KVM_GET_DIRTY_LOG`).
-//! - **uffd handler**: `poll`, `read` (fault events, the stop eventfd), `pread64` (the source
-//!   image), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`.
+//! - **uffd handler**: `poll`, `read` (fault events, the stop and fill eventfds), `pread64`
+//!   (the source image or swap file), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`;
+//!   `openat` fails with `EACCES` ([`open_eacces`]).
 //! - **balloon statistics**: the common set plus the balloon's interrupts.
+//! - **in-VMM swap** (`vmm-swap`, [`crate::control::vmm_swap`]): creating, writing, syncing,
+//!   punching, evicting and removing the swap file at the path the API request names
+//!   (`openat`, `pwrite64`, `pread64`, `fdatasync`, `fadvise64`, `fallocate(PUNCH_HOLE)`,
+//!   `ftruncate`, `fstatfs`, `unlink`), finding backed pages (`mincore`), dropping them
+//!   (`madvise(MADV_DONTNEED)`, `fallocate(PUNCH_HOLE)` on memfd/hugetlbfs), creating a
+//!   userfaultfd (`userfaultfd`, or `/dev/userfaultfd` with `USERFAULTFD_IOC_NEW`; `UFFDIO_API`,
+//!   `UFFDIO_REGISTER`, `UFFDIO_UNREGISTER`) and its eventfds, and starting the handler thread,
+//!   which inherits this list and narrows it to its own (so this list holds the handler's
+//!   `poll` and `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE` too, and `seccomp` with
+//!   `prctl(PR_SET_NO_NEW_PRIVS)` for installing its filter).
 //! - **prealloc** (the threads that populate guest memory before it runs): `madvise`
 //!   `MADV_POPULATE_WRITE`; `memvisor run`'s progress bar on a terminal (`ioctl` `TCGETS`,
 //!   `TIOCGWINSZ`).
@@ -91,6 +102,12 @@ pub const KVM_GET_DIRTY_LOG: u64 =
 /// `PAGEMAP_SCAN` on `/proc/self/pagemap` (`struct pm_scan_arg`: 96 bytes; Linux 6.7+): where
 /// guest RAM is mapped by transparent huge pages, for the GPA→HPA and overcommit reports.
 pub const PAGEMAP_SCAN: u64 = nix::request_code_readwrite!(b'f', 16, 96);
+/// `USERFAULTFD_IOC_NEW` on `/dev/userfaultfd`.
+pub const USERFAULTFD_IOC_NEW: u64 = nix::request_code_none!(UFFDIO, 0x00);
+/// `UFFDIO_REGISTER` (`struct uffdio_register`: 32 bytes).
+pub const UFFDIO_REGISTER: u64 = nix::request_code_readwrite!(UFFDIO, 0x00, 32);
+/// `UFFDIO_API` (`struct uffdio_api`: 24 bytes).
+pub const UFFDIO_API: u64 = nix::request_code_readwrite!(UFFDIO, 0x3F, 24);
 /// `UFFDIO_UNREGISTER` (`struct uffdio_range`: 16 bytes).
 pub const UFFDIO_UNREGISTER: u64 = nix::request_code_read!(UFFDIO, 0x01, 16);
 /// `UFFDIO_WAKE` (`struct uffdio_range`).
@@ -105,7 +122,11 @@ pub const UFFDIO_ZEROPAGE: u64 = nix::request_code_readwrite!(UFFDIO, 0x04, 32);
 pub fn starts_threads(kind: ThreadKind) -> bool {
     matches!(
         kind,
-        ThreadKind::Api | ThreadKind::Main | ThreadKind::Setup | ThreadKind::VcpuHook
+        ThreadKind::Api
+            | ThreadKind::Main
+            | ThreadKind::Setup
+            | ThreadKind::VcpuHook
+            | ThreadKind::VmmSwap
     )
 }
 
@@ -113,6 +134,16 @@ pub fn starts_threads(kind: ThreadKind) -> bool {
 /// with `ENOSYS` (everything else is left to the allow-list).
 pub fn clone3_enosys() -> BTreeMap<i64, Vec<SeccompRule>> {
     BTreeMap::from([(libc::SYS_clone3, vec![])])
+}
+
+/// The filter installed before the allow-list of threads that must never open a file but
+/// run code that tries (`openat` fails with `EACCES`; the allow-list allows it only so that
+/// this filter decides, as for `clone3`). The C library's allocator reads
+/// `/proc/sys/vm/overcommit_memory` the first time it shrinks a thread's heap, on whatever
+/// thread that happens, and goes on without it when the open fails: the `uffd-handler`
+/// thread, whose fills free large queues, met that.
+pub fn open_eacces(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
+    (kind == ThreadKind::Uffd).then(|| BTreeMap::from([(libc::SYS_openat, vec![])]))
 }
 
 /// An allow-list under construction: a call allowed outright, or when one of its rules
@@ -317,9 +348,50 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
         }
         ThreadKind::Uffd => {
             l.any(&[SYS_poll, SYS_ppoll, SYS_read, SYS_pread64]);
+            // Always EACCES ([`open_eacces`]).
+            l.any(&[SYS_openat]);
             l.ioctls(&[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE]);
         }
         ThreadKind::BalloonStats => interrupts(&mut l),
+        ThreadKind::VmmSwap => {
+            start_threads(&mut l);
+            // The swap file (at the path the request names) and the uffd source reopened.
+            l.any(&[
+                SYS_openat,
+                SYS_pwrite64,
+                SYS_pread64,
+                SYS_read,
+                SYS_fdatasync,
+                SYS_fadvise64,
+                SYS_ftruncate,
+                SYS_fstatfs,
+                SYS_fstat,
+                SYS_statx,
+                SYS_newfstatat,
+                SYS_unlink,
+                SYS_mincore,
+                SYS_eventfd2,
+                SYS_userfaultfd,
+                SYS_poll,
+                SYS_ppoll,
+            ]);
+            let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
+            l.arg_in(SYS_fallocate, 1, &[punch]);
+            // The handler thread installs its own, narrower filter (a filter can only take
+            // away: `seccomp` and `no_new_privs` give nothing).
+            l.any(&[SYS_seccomp]);
+            l.arg_in(SYS_prctl, 0, &[PR_SET_NO_NEW_PRIVS as u64]);
+            l.ioctls(&[
+                USERFAULTFD_IOC_NEW,
+                UFFDIO_API,
+                UFFDIO_REGISTER,
+                UFFDIO_UNREGISTER,
+                // The handler thread's, inherited.
+                UFFDIO_COPY,
+                UFFDIO_ZEROPAGE,
+                UFFDIO_WAKE,
+            ]);
+        }
         ThreadKind::Main => {
             read_files(&mut l);
             interrupts(&mut l);
@@ -359,6 +431,9 @@ mod tests {
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
         assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
+        assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);
+        assert_eq!(UFFDIO_REGISTER, 0xc020_aa00);
+        assert_eq!(UFFDIO_API, 0xc018_aa3f);
         assert_eq!(UFFDIO_WAKE, 0x8010_aa02);
         assert_eq!(UFFDIO_COPY, 0xc028_aa03);
         assert_eq!(UFFDIO_ZEROPAGE, 0xc020_aa04);

@@ -307,6 +307,24 @@ fn every_answer_of_running_vms_matches_the_spec() {
     let dev = c.expect(&b, "GET", "/balloon/device", None, 200).json();
     assert!(dev.get("stats_received_at_unix_s").is_none(), "{dev}");
     c.expect(&b, "GET", "/memory/mappings", None, 200);
+    // The in-VMM swap: out, its state in the report and metrics, refusals, in.
+    let swap = tmp.path().join("b.swap");
+    let body = json!({ "file": swap }).to_string();
+    c.expect(&b, "PUT", "/memory/swap-out", Some(&body), 200);
+    let r = c.expect(&b, "GET", "/memory/report", None, 200).json();
+    assert_eq!(r["vmm_swap"]["state"], "swapped_out", "{r}");
+    c.expect(&b, "GET", "/metrics", None, 200);
+    c.expect(&b, "PUT", "/memory/swap-out", Some(&body), 400);
+    c.expect(
+        &b,
+        "PUT",
+        "/memory/swap-out",
+        Some(r#"{"file": "x.swap"}"#),
+        400,
+    );
+    c.expect(&b, "PUT", "/memory/swap-in", None, 200);
+    c.expect(&b, "PUT", "/memory/swap-in", Some("{}"), 400);
+    c.expect(&b, "PUT", "/memory/swap-in", Some(r#"{"now": 1}"#), 400);
     c.expect(
         &b,
         "PUT",

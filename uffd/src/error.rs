@@ -128,6 +128,21 @@ pub enum UffdError {
     #[error("the uffd-handler thread could not start: {0}")]
     ThreadStart(String),
 
+    /// A fill did not complete in time.
+    #[error(
+        "the uffd-handler thread did not bring every page back within {:.0} s; the pages it \
+         served stay in place: try again (a slow disk or a busy host)",
+        waited.as_secs_f64()
+    )]
+    FillTimeout {
+        /// How long the caller waited.
+        waited: std::time::Duration,
+    },
+
+    /// The handler thread is not running any more (it stopped on an error, logged).
+    #[error("the uffd-handler thread has stopped (see the log for its error); stop the guest")]
+    HandlerStopped,
+
     /// The handler thread panicked.
     #[error("the uffd-handler thread panicked; faulting threads may be blocked, so stop the guest (see the log for the panic message)")]
     HandlerPanicked,

@@ -17,6 +17,8 @@ pub type ThreadStart = Arc<dyn Fn() -> Result<(), String> + Send + Sync>;
 pub struct UffdHandler {
     uffd: Option<Arc<Uffd>>,
     stop: Arc<EventFd>,
+    fill: Arc<EventFd>,
+    filled: std::sync::Mutex<std::sync::mpsc::Receiver<()>>,
     thread: Option<JoinHandle<Result<(), UffdError>>>,
     stats: Arc<SharedStats>,
     regions: Vec<RegionSpec>,
@@ -35,6 +37,37 @@ impl UffdHandler {
     /// Cheap snapshot of the counters.
     pub fn stats(&self) -> UffdStats {
         self.stats.snapshot()
+    }
+
+    /// Serves every page whose source bytes were not used yet (for a swap source: every page
+    /// still only in the swap file), on the handler thread between the faults it serves, and
+    /// waits until that is done or `timeout` has passed. Pages the guest has discarded since
+    /// are left alone. Returns [`UffdError::FillTimeout`] when it took longer, and the
+    /// handler's error if it stopped.
+    pub fn fill_all(&self, timeout: std::time::Duration) -> Result<(), UffdError> {
+        let filled = self.filled.lock().unwrap_or_else(|e| e.into_inner());
+        // Forget completions of earlier fills that timed out.
+        while filled.try_recv().is_ok() {}
+        self.fill.write(1).map_err(|errno| UffdError::Sys {
+            what: "writing the fill eventfd",
+            errno,
+        })?;
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            match filled.recv_timeout(std::time::Duration::from_millis(100)) {
+                Ok(()) => return Ok(()),
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(UffdError::HandlerPanicked)
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            }
+            if !self.is_running() {
+                return Err(UffdError::HandlerStopped);
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(UffdError::FillTimeout { waited: timeout });
+            }
+        }
     }
 
     /// The registered regions.
@@ -124,19 +157,24 @@ pub(crate) fn spawn(
     config: HandlerConfig,
     thread_start: Option<ThreadStart>,
 ) -> Result<UffdHandler, UffdError> {
-    let stop = Arc::new(
-        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK).map_err(|errno| {
-            UffdError::Sys {
+    let eventfd = || {
+        EventFd::from_flags(EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
+            .map(Arc::new)
+            .map_err(|errno| UffdError::Sys {
                 what: "eventfd",
                 errno,
-            }
-        })?,
-    );
+            })
+    };
+    let stop = eventfd()?;
+    let fill = eventfd()?;
+    let (filled_tx, filled) = std::sync::mpsc::channel();
     let uffd = Arc::new(uffd);
     let stats = Arc::new(SharedStats::default());
     let server = Server::new(
         uffd.clone(),
         stop.clone(),
+        fill.clone(),
+        filled_tx,
         stats.clone(),
         &regions,
         &ioctls,
@@ -164,6 +202,8 @@ pub(crate) fn spawn(
     Ok(UffdHandler {
         uffd: Some(uffd),
         stop,
+        fill,
+        filled: std::sync::Mutex::new(filled),
         thread: Some(thread),
         stats,
         regions,

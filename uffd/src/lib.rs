@@ -68,6 +68,16 @@ pub enum PageSource {
         /// Path of the image.
         path: PathBuf,
     },
+    /// A swap file the VMM wrote guest pages to before dropping them (in-VMM swap): only the
+    /// pages marked in `in_file` are read from it, every other page is a zero page from the
+    /// start. [`UffdHandler::fill_all`] brings every page still in the file back.
+    Swap {
+        /// Path of the swap file.
+        path: PathBuf,
+        /// Per region (in the order given to [`start`]), one bit per page (bit `p % 64` of
+        /// word `p / 64`): the page's bytes are in the file at `source_offset + p * page_size`.
+        in_file: Vec<Vec<u64>>,
+    },
 }
 
 /// Configuration of the in-process handler.

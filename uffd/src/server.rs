@@ -27,6 +27,10 @@ const EVENT_BATCH: usize = 64;
 const QUICK_RETRIES: u32 = 64;
 /// Poll timeout (ms) after those, while faults wait for the address space to stop changing.
 const RETRY_MS: u8 = 1;
+/// Blocks a fill ([`crate::UffdHandler::fill_all`]) serves between two looks at new faults.
+const FILL_BATCH: usize = 4;
+/// The block a fill serves at once (at least the region's fetch unit): a power of two.
+const FILL_UNIT: usize = 1 << 20;
 
 struct Source {
     file: File,
@@ -49,12 +53,21 @@ impl ServedRegion {
         self.stale[page / 64] & (1 << (page % 64)) != 0
     }
 
-    /// Marks the pages overlapping region offsets `start..end`.
-    fn mark(&mut self, start: usize, end: usize) {
+    /// Marks the pages overlapping region offsets `start..end`; returns the bytes of those
+    /// that had source bytes not used yet (unmarked, and inside a source of `src_len` bytes).
+    fn mark(&mut self, start: usize, end: usize, src_len: u64) -> u64 {
         let page_size = self.spec.page_size;
+        let mut fresh = 0;
         for page in start / page_size..end.div_ceil(page_size) {
-            self.stale[page / 64] |= 1 << (page % 64);
+            let bit = 1 << (page % 64);
+            if self.stale[page / 64] & bit == 0
+                && self.spec.source_offset + ((page * page_size) as u64) < src_len
+            {
+                fresh += 1;
+            }
+            self.stale[page / 64] |= bit;
         }
+        fresh * page_size as u64
     }
 
     fn contains(&self, addr: usize) -> bool {
@@ -81,6 +94,10 @@ enum Served {
 pub(crate) struct Server {
     uffd: Arc<Uffd>,
     stop: Arc<EventFd>,
+    /// Asks for a fill: every page with unused source bytes is served.
+    fill: Arc<EventFd>,
+    /// Told when a fill is complete.
+    filled: std::sync::mpsc::Sender<()>,
     stats: Arc<SharedStats>,
     regions: Vec<ServedRegion>,
     source: Option<Source>,
@@ -92,9 +109,12 @@ pub(crate) struct Server {
 
 impl Server {
     /// Opens the source and prepares per-region state and buffers.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         uffd: Arc<Uffd>,
         stop: Arc<EventFd>,
+        fill: Arc<EventFd>,
+        filled: std::sync::mpsc::Sender<()>,
         stats: Arc<SharedStats>,
         regions: &[RegionSpec],
         ioctls: &[IoctlFlags],
@@ -102,7 +122,7 @@ impl Server {
     ) -> Result<Server, UffdError> {
         let source = match &config.source {
             PageSource::Zero => None,
-            PageSource::File { path } => {
+            PageSource::File { path } | PageSource::Swap { path, .. } => {
                 let open_err = |source| UffdError::OpenSource {
                     path: path.clone(),
                     source,
@@ -116,7 +136,7 @@ impl Server {
                 })
             }
         };
-        let regions: Vec<ServedRegion> = regions
+        let mut regions: Vec<ServedRegion> = regions
             .iter()
             .zip(ioctls)
             .map(|(spec, flags)| ServedRegion {
@@ -126,9 +146,38 @@ impl Server {
                 stale: vec![0; (spec.len / spec.page_size).div_ceil(64)],
             })
             .collect();
+        if let PageSource::Swap { in_file, .. } = &config.source {
+            // A page that is not in the swap file never reads from it: stale from the start.
+            for (index, r) in regions.iter_mut().enumerate() {
+                let bits = in_file.get(index).ok_or_else(|| UffdError::InvalidRegion {
+                    index,
+                    reason: "the swap source has no in-file bitmap for it".into(),
+                })?;
+                for (word, stale) in r.stale.iter_mut().enumerate() {
+                    *stale = !bits.get(word).copied().unwrap_or(0);
+                }
+            }
+        }
+        let source_bytes: u64 = match &source {
+            None => 0,
+            Some(src) => regions
+                .iter()
+                .map(|r| {
+                    let pages = r.spec.len / r.spec.page_size;
+                    (0..pages)
+                        .filter(|&p| {
+                            !r.is_stale(p)
+                                && r.spec.source_offset + ((p * r.spec.page_size) as u64) < src.len
+                        })
+                        .count() as u64
+                        * r.spec.page_size as u64
+                })
+                .sum(),
+        };
+        stats.set_source_bytes_left(source_bytes);
         let max_unit = regions.iter().map(|r| r.unit).max().unwrap_or(0);
         let src_buf = if source.is_some() {
-            vec![0; max_unit]
+            vec![0; max_unit.max(FILL_UNIT)]
         } else {
             Vec::new()
         };
@@ -140,6 +189,8 @@ impl Server {
         Ok(Server {
             uffd,
             stop,
+            fill,
+            filled,
             stats,
             regions,
             source,
@@ -160,12 +211,18 @@ impl Server {
     fn serve_until_stopped(&mut self) -> Result<(), UffdError> {
         let mut events = EventBuffer::new(EVENT_BATCH);
         let mut pending: VecDeque<Pending> = VecDeque::new();
+        let mut prefetch: VecDeque<usize> = VecDeque::new();
+        let mut filling = false;
         let mut retries = 0u32;
         loop {
             // Faults refused with EAGAIN wait for the pending remove event to be read and for
             // the discarding thread to finish: retry at once a few times (yielding the CPU to
-            // that thread), then back off for a millisecond.
-            let timeout = if pending.is_empty() {
+            // that thread), then back off for a millisecond. A fill in progress polls without
+            // waiting between its batches.
+            let timeout = if pending.is_empty() && !prefetch.is_empty() {
+                retries = 0;
+                PollTimeout::ZERO
+            } else if pending.is_empty() {
                 retries = 0;
                 PollTimeout::NONE
             } else {
@@ -177,10 +234,11 @@ impl Server {
                     PollTimeout::ZERO
                 }
             };
-            let (stop_ready, uffd_ready) = {
+            let (stop_ready, uffd_ready, fill_ready) = {
                 let mut fds = [
                     PollFd::new(self.stop.as_fd(), PollFlags::POLLIN),
                     PollFd::new(self.uffd.as_fd(), PollFlags::POLLIN),
+                    PollFd::new(self.fill.as_fd(), PollFlags::POLLIN),
                 ];
                 match poll(&mut fds, timeout) {
                     Ok(_) => {}
@@ -193,7 +251,7 @@ impl Server {
                     }
                 }
                 let ready = |fd: &PollFd| fd.revents().is_some_and(|r| !r.is_empty());
-                (ready(&fds[0]), ready(&fds[1]))
+                (ready(&fds[0]), ready(&fds[1]), ready(&fds[2]))
             };
             if stop_ready {
                 return Ok(());
@@ -201,16 +259,59 @@ impl Server {
             if uffd_ready {
                 self.read_events(&mut events, &mut pending)?;
             }
+            if fill_ready {
+                // Drain the eventfd's counter; several requests are one fill.
+                let _ = self.fill.read();
+                filling = true;
+                prefetch.extend(self.blocks_from_source());
+            }
             for _ in 0..pending.len() {
                 let Some(fault) = pending.pop_front() else {
                     break;
                 };
-                match self.serve(fault.addr)? {
+                match self.serve(fault.addr, false)? {
                     Served::Done => self.stats.add_latency(fault.since.elapsed()),
                     Served::Again => pending.push_back(fault),
                 }
             }
+            // A fill goes on in batches between looks at new faults, which come first.
+            for _ in 0..FILL_BATCH.min(prefetch.len()) {
+                let Some(addr) = prefetch.pop_front() else {
+                    break;
+                };
+                if let Served::Again = self.serve(addr, true)? {
+                    prefetch.push_back(addr);
+                    break;
+                }
+            }
+            if filling && prefetch.is_empty() {
+                filling = false;
+                let _ = self.filled.send(());
+            }
         }
+    }
+
+    /// The start address of every fetch block holding a page whose source bytes were not
+    /// used yet, in address order.
+    fn blocks_from_source(&self) -> Vec<usize> {
+        let mut blocks = Vec::new();
+        if self.source.is_none() {
+            return blocks;
+        }
+        for (index, r) in self.regions.iter().enumerate() {
+            let mut block = 0;
+            while block < r.spec.len {
+                let end = (block + r.unit.max(FILL_UNIT)).min(r.spec.len);
+                if (block..end)
+                    .step_by(r.spec.page_size)
+                    .any(|off| self.comes_from_source(index, off))
+                {
+                    blocks.push(r.spec.host_addr + block);
+                }
+                block = end;
+            }
+        }
+        blocks
     }
 
     /// Drains the userfaultfd: records removals at once (before serving any fault read in the
@@ -257,12 +358,14 @@ impl Server {
 
     fn record_remove(&mut self, start: usize, end: usize) {
         let mut bytes = 0;
+        let src_len = self.source.as_ref().map_or(0, |s| s.len);
         for r in &mut self.regions {
             let base = r.spec.host_addr;
             let lo = start.max(base);
             let hi = end.min(base + r.spec.len);
             if lo < hi {
-                r.mark(lo - base, hi - base);
+                let fresh = r.mark(lo - base, hi - base, src_len);
+                self.stats.sub_source_bytes_left(fresh);
                 bytes += (hi - lo) as u64;
             }
         }
@@ -270,8 +373,9 @@ impl Server {
         self.stats.add_remove(bytes);
     }
 
-    /// Serves the fetch block containing `addr`, then wakes the threads waiting on it.
-    fn serve(&mut self, addr: usize) -> Result<Served, UffdError> {
+    /// Serves the fetch block containing `addr`, then wakes the threads waiting on it. With
+    /// `only_source` (a fill, not a fault), pages without unused source bytes are left alone.
+    fn serve(&mut self, addr: usize, only_source: bool) -> Result<Served, UffdError> {
         let fd = self.uffd.as_raw_fd();
         let Some(index) = self.regions.iter().position(|r| r.contains(addr)) else {
             log::warn!("uffd: fault at {addr:#x} outside every registered region");
@@ -279,8 +383,14 @@ impl Server {
         };
         let region = &self.regions[index];
         let (base, page) = (region.spec.host_addr, region.spec.page_size);
-        let block = (addr - base) & !(region.unit - 1);
-        let block_end = (block + region.unit).min(region.spec.len);
+        // A fill reads larger blocks than a fault: fewer system calls per byte.
+        let unit = if only_source {
+            region.unit.max(FILL_UNIT)
+        } else {
+            region.unit
+        };
+        let block = (addr - base) & !(unit - 1);
+        let block_end = (block + unit).min(region.spec.len);
         let from_source: Vec<bool> = (block..block_end)
             .step_by(page)
             .map(|off| self.comes_from_source(index, off))
@@ -299,6 +409,10 @@ impl Server {
             let kind = from_source[i];
             let run = from_source[i..].iter().take_while(|&&s| s == kind).count();
             let (start, len) = (block + i * page, run * page);
+            if only_source && !kind {
+                i += run;
+                continue;
+            }
             match self.install(index, start, len, kind, i * page)? {
                 Some(Served::Again) => return Ok(Served::Again),
                 Some(Served::Done) => return Ok(Served::Done), // range gone: nothing to wake
@@ -370,6 +484,7 @@ impl Server {
         buf_off: usize,
     ) -> Result<Option<Served>, UffdError> {
         let fd = self.uffd.as_raw_fd();
+        let src_len = self.source.as_ref().map_or(0, |s| s.len);
         let region = &mut self.regions[index];
         let (base, page) = (region.spec.host_addr, region.spec.page_size);
         let use_zeropage = !from_source && region.zeropage;
@@ -396,7 +511,8 @@ impl Server {
                 Install::Done => rest,
                 Install::Partial(n) => n,
                 Install::Failed(Errno::EEXIST) => {
-                    region.mark(start + done, start + done + page);
+                    let fresh = region.mark(start + done, start + done + page, src_len);
+                    self.stats.sub_source_bytes_left(fresh);
                     done += page;
                     continue;
                 }
@@ -418,7 +534,8 @@ impl Server {
                     })
                 }
             };
-            region.mark(start + done, start + done + installed);
+            let fresh = region.mark(start + done, start + done + installed, src_len);
+            self.stats.sub_source_bytes_left(fresh);
             self.stats
                 .add_served((installed / page) as u64, installed as u64, !from_source);
             done += installed;

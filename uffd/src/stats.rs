@@ -116,6 +116,10 @@ pub struct UffdStats {
     pub remove_events: u64,
     /// Bytes covered by those events (clipped to the registered regions).
     pub removed_bytes: u64,
+    /// Bytes of pages whose source bytes have not been used yet (neither served nor
+    /// discarded): for a swap source, what is still only in the swap file.
+    #[serde(default)]
+    pub source_bytes_left: u64,
     /// Fault-service latencies.
     pub latency: LatencyHistogram,
 }
@@ -129,6 +133,7 @@ pub(crate) struct SharedStats {
     bytes_served: AtomicU64,
     remove_events: AtomicU64,
     removed_bytes: AtomicU64,
+    source_bytes_left: AtomicU64,
     buckets: [AtomicU64; BUCKETS],
     count: AtomicU64,
     sum_ns: AtomicU64,
@@ -155,6 +160,16 @@ impl SharedStats {
         self.removed_bytes.fetch_add(bytes, Ordering::Relaxed);
     }
 
+    pub(crate) fn set_source_bytes_left(&self, bytes: u64) {
+        self.source_bytes_left.store(bytes, Ordering::Relaxed);
+    }
+
+    pub(crate) fn sub_source_bytes_left(&self, bytes: u64) {
+        if bytes > 0 {
+            self.source_bytes_left.fetch_sub(bytes, Ordering::Relaxed);
+        }
+    }
+
     pub(crate) fn add_latency(&self, latency: Duration) {
         let ns = u64::try_from(latency.as_nanos()).unwrap_or(u64::MAX);
         self.buckets[bucket_index(ns)].fetch_add(1, Ordering::Relaxed);
@@ -174,6 +189,7 @@ impl SharedStats {
             copied_pages,
             remove_events: self.remove_events.load(Ordering::Relaxed),
             removed_bytes: self.removed_bytes.load(Ordering::Relaxed),
+            source_bytes_left: self.source_bytes_left.load(Ordering::Relaxed),
             latency: LatencyHistogram {
                 buckets_us: self
                     .buckets

@@ -22,7 +22,8 @@ pub mod server;
 
 pub use balloon::{BalloonDeviceInfo, BalloonStatistics, Transport};
 pub use request::{
-    allowed_methods, parse_request, ActionType, ApiRequest, BalloonConfig, VmState, ENDPOINTS,
+    allowed_methods, parse_request, ActionType, ApiRequest, BalloonConfig, SwapOutBody, VmState,
+    ENDPOINTS,
 };
 pub use server::{ApiServer, ApiServerOptions};
 

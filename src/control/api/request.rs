@@ -65,6 +65,22 @@ pub enum ApiRequest {
         /// The limit in MiB; 0: none.
         resident_limit_mib: u64,
     },
+    /// `PUT /memory/swap-out {"file", "cold_only"}`: the in-VMM swap writes guest memory to
+    /// a new file and drops it from host RAM.
+    PutSwapOut(SwapOutBody),
+    /// `PUT /memory/swap-in`: the in-VMM swap brings everything back.
+    PutSwapIn,
+}
+
+/// The body of `PUT /memory/swap-out`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SwapOutBody {
+    /// The swap file to create (an absolute path; it must not exist).
+    pub file: std::path::PathBuf,
+    /// Only memory the guest has not used lately (not available yet: refused).
+    #[serde(default)]
+    pub cold_only: bool,
 }
 
 impl ApiRequest {
@@ -88,7 +104,9 @@ impl ApiRequest {
             | ApiRequest::PatchBalloon { .. }
             | ApiRequest::PatchBalloonStats { .. }
             | ApiRequest::PutMemoryReclaim { .. }
-            | ApiRequest::PatchMemory { .. } => false,
+            | ApiRequest::PatchMemory { .. }
+            | ApiRequest::PutSwapOut(_)
+            | ApiRequest::PutSwapIn => false,
         }
     }
 }
@@ -155,6 +173,10 @@ struct BalloonUpdate {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
+struct EmptyBody {}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
 struct BalloonStatsUpdate {
     stats_polling_interval_s: u16,
 }
@@ -179,6 +201,8 @@ const ACTION_SHAPE: &str =
 const BALLOON_SHAPE: &str = r#"{"amount_mib": <u32>, "deflate_on_oom": <bool>, "stats_polling_interval_s": <u16, optional, default 0>, "free_page_hinting": <bool, optional>, "free_page_reporting": <bool, optional>}"#;
 const BALLOON_UPDATE_SHAPE: &str = r#"{"amount_mib": <u32>}"#;
 const STATS_UPDATE_SHAPE: &str = r#"{"stats_polling_interval_s": <u16>}"#;
+const SWAP_OUT_SHAPE: &str =
+    r#"{"file": "<absolute path of a new file>", "cold_only": <bool, optional>}"#;
 
 /// Every endpoint with the methods it accepts.
 pub const ENDPOINTS: &[(&str, &[&str])] = &[
@@ -193,6 +217,8 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/memory/working-set", &["GET"]),
     ("/memory/report", &["GET"]),
     ("/metrics", &["GET"]),
+    ("/memory/swap-out", &["PUT"]),
+    ("/memory/swap-in", &["PUT"]),
 ];
 
 /// The methods `path` (without query) accepts, or `None` if there is no such endpoint.
@@ -271,6 +297,23 @@ pub fn parse_request(
             ApiRequest::PatchMemory {
                 resident_limit_mib: b.resident_limit_mib,
             }
+        }
+        ("PUT", "/memory/swap-out") => {
+            let b: SwapOutBody = json_body(method, path, body, SWAP_OUT_SHAPE)?;
+            if !b.file.is_absolute() {
+                return Err(ApiResponse::bad_request(format!(
+                    "PUT /memory/swap-out: file `{}` must be an absolute path (the VMM's working directory is not yours)",
+                    b.file.display()
+                )));
+            }
+            ApiRequest::PutSwapOut(b)
+        }
+        ("PUT", "/memory/swap-in") => {
+            // No body, or an empty object.
+            if !body.iter().all(u8::is_ascii_whitespace) {
+                json_body::<EmptyBody>(method, path, body, "no body, or {}")?;
+            }
+            ApiRequest::PutSwapIn
         }
         _ => {
             return Err(ApiResponse::error(

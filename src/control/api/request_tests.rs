@@ -189,12 +189,58 @@ fn unknown_path_is_404_listing_the_endpoints() {
             404,
             "no API endpoint /nope; the endpoints are /vm, /actions, /balloon, \
              /balloon/statistics, /balloon/device, /memory, /memory/mappings, /memory/reclaim, \
-             /memory/working-set, /memory/report, /metrics"
+             /memory/working-set, /memory/report, /metrics, /memory/swap-out, /memory/swap-in"
                 .to_string()
         )
     );
     assert_eq!(parse_err("GET", "/", "").0, 404);
     assert_eq!(parse_err("GET", "/vm/extra", "").0, 404);
+}
+
+#[test]
+fn swap_requests_parse_and_bad_ones_are_400() {
+    assert_eq!(
+        parse_request("PUT", "/memory/swap-out", br#"{"file": "/var/tmp/a.swap"}"#).unwrap(),
+        ApiRequest::PutSwapOut(SwapOutBody {
+            file: "/var/tmp/a.swap".into(),
+            cold_only: false
+        })
+    );
+    assert_eq!(
+        parse_request(
+            "PUT",
+            "/memory/swap-out",
+            br#"{"file": "/a", "cold_only": true}"#
+        )
+        .unwrap(),
+        ApiRequest::PutSwapOut(SwapOutBody {
+            file: "/a".into(),
+            cold_only: true
+        })
+    );
+    for body in [
+        "",
+        "{}",
+        r#"{"file": "rel.swap"}"#,
+        r#"{"file": 5}"#,
+        r#"{"file": "/a", "x": 1}"#,
+    ] {
+        assert_eq!(parse_err("PUT", "/memory/swap-out", body).0, 400, "{body}");
+    }
+    assert!(parse_err("PUT", "/memory/swap-out", r#"{"file": "rel"}"#)
+        .1
+        .contains("absolute path"));
+    assert_eq!(
+        parse_request("PUT", "/memory/swap-in", b"").unwrap(),
+        ApiRequest::PutSwapIn
+    );
+    assert_eq!(
+        parse_request("PUT", "/memory/swap-in", b" {} ").unwrap(),
+        ApiRequest::PutSwapIn
+    );
+    assert_eq!(parse_err("PUT", "/memory/swap-in", r#"{"a": 1}"#).0, 400);
+    assert_eq!(parse_err("GET", "/memory/swap-in", "").0, 405);
+    assert!(!ApiRequest::PutSwapIn.is_read_only());
 }
 
 #[test]
