@@ -137,6 +137,38 @@ impl BalloonHandle {
         self.with_device(|d| (d.figures(), false))
     }
 
+    /// The link to the device event thread, once attached.
+    pub fn link(&self) -> Option<&Arc<super::events::DeviceLink>> {
+        match self {
+            BalloonHandle::Mmio(t) => t.link(),
+            BalloonHandle::Pci(t) => t.link(),
+        }
+    }
+
+    /// As [`BalloonHandle::with_device`], run on the device event thread when there is one
+    /// (a command from the API), so that the change is ordered with the device's own work and
+    /// the thread sees it at once (e.g. a new statistics interval re-arms its timer).
+    pub fn command<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BalloonDevice) -> (R, bool) + Send + 'static,
+    ) -> Result<R, super::events::DeviceThreadGone> {
+        match self.link() {
+            Some(link) => {
+                let this = self.clone();
+                link.run(move || this.with_device(f))
+            }
+            None => Ok(self.with_device(f)),
+        }
+    }
+
+    /// The device event thread saw queue `queue`'s eventfd.
+    pub fn process_event(&self, queue: u16, ram: &GuestRam) {
+        match self {
+            BalloonHandle::Mmio(t) => t.process_event(queue, ram.memory()),
+            BalloonHandle::Pci(t) => t.process_event(queue),
+        }
+    }
+
     /// Which transport: "virtio-mmio" or "virtio-pci".
     pub fn transport(&self) -> &'static str {
         match self {
