@@ -14,6 +14,21 @@ pub struct RamBackend {
     ram: Arc<GuestRam>,
     /// Bytes the host really got back (whole huge pages only on hugetlb).
     pub released: AtomicU64,
+    timing: std::sync::Mutex<DiscardTiming>,
+}
+
+/// How long the device spent in discard calls (for `memvisor bench balloon`'s account of where
+/// the time goes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardTiming {
+    /// Discard calls made (one per merged range).
+    pub calls: u64,
+    /// Time spent inside them.
+    pub busy: std::time::Duration,
+    /// When the first of them started.
+    pub first_start: Option<std::time::Instant>,
+    /// When the last of them ended.
+    pub last_end: Option<std::time::Instant>,
 }
 
 impl MemoryBackend for RamBackend {
@@ -22,7 +37,17 @@ impl MemoryBackend for RamBackend {
     }
 
     fn discard(&self, gpa: u64, len: u64) -> Result<u64, String> {
-        let out = self.ram.discard(gpa, len).map_err(|e| e.to_string())?;
+        let t0 = std::time::Instant::now();
+        let out = self.ram.discard(gpa, len).map_err(|e| e.to_string());
+        let t1 = std::time::Instant::now();
+        {
+            let mut t = self.timing.lock().unwrap();
+            t.calls += 1;
+            t.busy += t1 - t0;
+            t.first_start.get_or_insert(t0);
+            t.last_end = Some(t1);
+        }
+        let out = out?;
         self.released.fetch_add(out.released, Ordering::Relaxed);
         Ok(out.released)
     }
@@ -47,6 +72,7 @@ impl BalloonDevice {
             backend: RamBackend {
                 ram,
                 released: AtomicU64::new(0),
+                timing: Default::default(),
             },
         }
     }
@@ -54,6 +80,11 @@ impl BalloonDevice {
     /// Bytes returned to the host so far.
     pub fn released_bytes(&self) -> u64 {
         self.backend.released.load(Ordering::Relaxed)
+    }
+
+    /// The discard timing since the last call (and starts a new account).
+    pub fn take_discard_timing(&self) -> DiscardTiming {
+        std::mem::take(&mut *self.backend.timing.lock().unwrap())
     }
 
     /// Target and actual size, for the overcommit report.
