@@ -135,7 +135,7 @@ impl VirtioDevice for BalloonDevice {
 }
 
 /// The balloon behind whichever transport the VM uses: virtio-mmio for the built-in guest,
-/// virtio-pci for Linux guests. The API and the statistics timer use it the same way.
+/// virtio-pci for Linux guests. The API and the device event thread use it the same way.
 #[derive(Clone)]
 pub enum BalloonHandle {
     /// virtio-mmio.
