@@ -11,11 +11,14 @@
 //!
 //! Driver: virtio-mmio v2 with features `VERSION_1`, and `STATS_VQ` and `DEFLATE_ON_OOM` when
 //! offered. Queues live in the driver area (`abi::DRIVER_AREA_GPA`): inflate (0), deflate (1),
-//! stats (2). Inflate/deflate buffers are arrays of up to 256 PFNs; a whole batch (up to 256
-//! buffers, 256 MiB) is posted and then announced with one `QueueNotify`, the driver waits for
-//! the used ring (sleeping in `HC_WAIT`, never spinning on registers) and then writes `actual`.
-//! Between events the driver sleeps in `HC_WAIT` (100 ms): about four VM exits per idle
-//! iteration (wait, interrupt ack, progress and at most one config read).
+//! stats (2). Inflate/deflate buffers are arrays of up to 256 PFNs; they are posted half a
+//! queue (128 buffers, 128 MiB) at a time, each half announced with one `QueueNotify` (an
+//! ioeventfd in the VMM: no exit), and while the device works on one half the driver posts the
+//! next; it waits for returned buffers in the used ring (sleeping in `HC_WAIT`, never spinning
+//! on registers) and writes `actual` as they come back.
+//! Between events the driver sleeps in `HC_WAIT` (100 ms): about a dozen VM exits per idle
+//! iteration (wait, interrupt ack, progress, at most one config read, and a zero-timeout wait
+//! after each 8 MiB slice of the rolling verification, so a new target is seen within a slice).
 
 use crate::abi::*;
 use crate::virtio::{
@@ -48,8 +51,11 @@ const USED_WAIT_US: u64 = 10_000;
 const USED_WAIT_TRIES: u32 = 500;
 /// Re-read the target at least every this many idle iterations even without a config interrupt.
 const TARGET_REREAD_EVERY: u64 = 10;
-/// Data verified per idle iteration.
+/// Data verified per idle iteration, in slices: between slices the driver looks (one
+/// zero-timeout `HC_WAIT`) whether the device raised an interrupt, so a new target is acted on
+/// within one slice instead of a whole chunk.
 const VERIFY_CHUNK_PAGES: u64 = (64 << 20) / PAGE;
+const VERIFY_SLICE_PAGES: u64 = (8 << 20) / PAGE;
 
 const Q_INFLATE: u64 = 0;
 const Q_DEFLATE: u64 = 1;
@@ -72,6 +78,8 @@ struct Driver {
     broken: bool,
     /// A config interrupt was acknowledged while waiting for buffers (re-read the target).
     config_seen: bool,
+    /// Pages in each slot of the PFN queue being used (inflate or deflate, one at a time).
+    slot_pages: [u16; PFN_QUEUE_SIZE as usize],
 }
 
 /// The work area as numbered pages.
@@ -277,6 +285,7 @@ impl Driver {
             stats,
             broken: false,
             config_seen: false,
+            slot_pages: [0; PFN_QUEUE_SIZE as usize],
         })
     }
 
@@ -299,17 +308,21 @@ fn wait_event(ch: &mut Channel, d: &mut Driver, us: u64) -> u32 {
     bits
 }
 
-/// Waits until the device has returned every buffer of the PFN queue `which`.
-fn wait_used(ch: &mut Channel, d: &mut Driver, which: u64) -> bool {
+/// Waits until at most `limit` buffers of the PFN queue `which` are still with the device;
+/// returns the pages of the buffers that came back (their counts are in `slot_pages`).
+fn wait_used(ch: &mut Channel, d: &mut Driver, which: u64, limit: u16) -> Option<u64> {
+    let mut returned = 0;
     for _ in 0..USED_WAIT_TRIES {
         let q = if which == Q_INFLATE {
             &mut d.inflate
         } else {
             &mut d.deflate
         };
-        while q.take_used().is_some() {}
-        if q.in_flight() == 0 {
-            return true;
+        while let Some(slot) = q.take_used() {
+            returned += u64::from(d.slot_pages[usize::from(slot) % d.slot_pages.len()]);
+        }
+        if q.in_flight() <= limit {
+            return Some(returned);
         }
         wait_event(ch, d, USED_WAIT_US);
     }
@@ -317,7 +330,7 @@ fn wait_used(ch: &mut Channel, d: &mut Driver, which: u64) -> bool {
     ch.log(
         "balloon: the device did not return inflate/deflate buffers; leaving the balloon as it is",
     );
-    false
+    None
 }
 
 impl State {
@@ -331,9 +344,15 @@ impl State {
             .is_some_and(|d| !d.broken && d.features & F_DEFLATE_ON_OOM != 0)
     }
 
-    /// Moves `n` pages into (`inflate`) or out of the balloon, telling the device in batches.
+    /// Moves `n` pages into (`inflate`) or out of the balloon, telling the device in batches
+    /// of half a queue: while the device works on one half (its discards run on the VMM's
+    /// device thread, not on this vCPU), the driver fills and posts the next, so the device
+    /// always has work queued. `actual` follows what the device has returned.
     fn move_pages(&mut self, ch: &mut Channel, mut n: u64, inflate: bool) {
-        while n > 0 {
+        let which = if inflate { Q_INFLATE } else { Q_DEFLATE };
+        // Pages posted and not yet returned.
+        let mut in_flight_pages = 0u64;
+        loop {
             let Some(d) = self.driver.as_mut() else {
                 return;
             };
@@ -345,8 +364,9 @@ impl State {
             } else {
                 &mut d.deflate
             };
-            let mut slot = 0;
-            while n > 0 && slot < q.size() {
+            let half = (q.size() / 2).max(1);
+            let mut posted = 0;
+            while n > 0 && posted < half && q.in_flight() < q.size() {
                 let k = n.min(PFNS_PER_BUFFER);
                 let bottom = self.pool.pages - self.held;
                 let first = if inflate { bottom - k } else { bottom };
@@ -354,6 +374,7 @@ impl State {
                     // The data set gives up its tail.
                     self.data = first;
                 }
+                let slot = q.next_slot();
                 let buf = q.buffer(slot) as *mut u32;
                 for i in 0..k {
                     let pfn = (self.pool.gpa(first + i) / PAGE) as u32;
@@ -361,20 +382,40 @@ impl State {
                     unsafe { core::ptr::write_volatile(buf.add(i as usize), pfn) };
                 }
                 q.post(slot, (4 * k) as u32);
+                d.slot_pages[usize::from(slot) % d.slot_pages.len()] = k as u16;
                 if inflate {
                     self.held += k;
                 } else {
                     self.held -= k;
                 }
+                in_flight_pages += k;
                 n -= k;
-                slot += 1;
+                posted += 1;
             }
-            d.mmio.notify(q.index);
-            let which = if inflate { Q_INFLATE } else { Q_DEFLATE };
-            if !wait_used(ch, d, which) {
+            if posted > 0 {
+                d.mmio.notify(q.index);
+            }
+            let (size, in_flight) = (q.size(), q.in_flight());
+            if n > 0 && in_flight < size {
+                // Room for the next half right away.
+                continue;
+            }
+            // Wait for a half to come back (all of it at the end; returns at once when the
+            // device was quicker), then tell the device what it has.
+            let limit = if n > 0 { size - half } else { 0 };
+            let Some(back) = wait_used(ch, d, which, limit) else {
                 return;
+            };
+            in_flight_pages -= back.min(in_flight_pages);
+            let actual = if inflate {
+                self.held - in_flight_pages
+            } else {
+                self.held + in_flight_pages
+            };
+            d.mmio.config_write(CFG_ACTUAL, actual as u32);
+            if n == 0 && in_flight_pages == 0 {
+                break;
             }
-            d.mmio.config_write(CFG_ACTUAL, self.held as u32);
         }
         if self.cursor >= self.data {
             self.cursor = 0;
@@ -421,14 +462,24 @@ impl State {
         self.verified += bytes;
     }
 
-    /// Verifies the next chunk of the data set.
-    fn verify_chunk(&mut self) {
+    /// Verifies the next chunk of the data set, slice by slice; stops early when the device
+    /// raised an interrupt meanwhile (returns true then).
+    fn verify_chunk(&mut self, ch: &mut Channel) -> bool {
         if self.cursor >= self.data {
             self.cursor = 0;
         }
-        let end = self.data.min(self.cursor + VERIFY_CHUNK_PAGES);
-        self.verify(self.cursor, end);
-        self.cursor = end;
+        let stop = self.data.min(self.cursor + VERIFY_CHUNK_PAGES);
+        while self.cursor < stop {
+            let end = stop.min(self.cursor + VERIFY_SLICE_PAGES);
+            self.verify(self.cursor, end);
+            self.cursor = end;
+            if let Some(d) = self.driver.as_mut() {
+                if wait_event(ch, d, 0) != 0 {
+                    return true;
+                }
+            }
+        }
+        false
     }
 
     /// Answers a statistics request: refills and re-posts the buffer the device returned.
@@ -535,16 +586,20 @@ pub fn run_balloon(ch: &mut Channel, info: &BootInfo, args: [u64; 4]) -> ([u64; 
     st.adjust(ch, target);
     let (started, mut finish) = st.progress(ch);
     let mut iteration = 0u64;
+    // The verification saw (and acknowledged) an interrupt: act on it without waiting.
+    let mut interrupted = false;
     while !finish {
         iteration += 1;
         let Some(d) = st.driver.as_mut() else { break };
-        wait_event(ch, d, IDLE_WAIT_US);
+        if !interrupted {
+            wait_event(ch, d, IDLE_WAIT_US);
+        }
         if !d.broken && (d.config_seen || iteration % TARGET_REREAD_EVERY == 0) {
             let target = d.target();
             st.adjust(ch, target);
         }
         st.serve_stats();
-        st.verify_chunk();
+        interrupted = st.verify_chunk(ch);
         let (now, f) = st.progress(ch);
         finish = f || (seconds != 0 && now.saturating_sub(started) >= seconds * 1000);
     }

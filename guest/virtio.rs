@@ -238,6 +238,12 @@ impl Virtq {
         i
     }
 
+    /// The slot the next [`Virtq::post`] should use so that slots are reused in the order the
+    /// device returns them (it returns buffers in the order they were made available).
+    pub fn next_slot(&self) -> u16 {
+        self.avail_idx % self.size
+    }
+
     /// Buffers posted and not yet returned by the device.
     pub fn in_flight(&self) -> u16 {
         self.avail_idx.wrapping_sub(self.used_idx())

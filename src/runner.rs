@@ -6,6 +6,8 @@ use crate::config::{ConfigError, VmConfig};
 use crate::control::api::ApiServer;
 use crate::control::vmm_api::{CommandMsg, VmCommand, VmmApi};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
+use crate::devices::event_thread::DeviceThread;
+use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
 use crate::vmm::boot;
@@ -47,6 +49,9 @@ pub enum VmmError {
     /// The API socket.
     #[error("control API: {0}")]
     Api(crate::control::api::ApiError),
+    /// The device event thread.
+    #[error(transparent)]
+    Devices(#[from] crate::devices::event_thread::DeviceThreadError),
     /// Thread creation.
     #[error("starting vCPU {vcpu} thread: {source}")]
     Thread {
@@ -99,9 +104,9 @@ pub struct Vmm {
     vm: Vm,
     ram: Arc<GuestRam>,
     balloon: Option<BalloonHandle>,
-    stats_timer: Option<StatsTimer>,
     reclaimer: Arc<crate::control::reclaim::Reclaimer>,
     limit_thread: Option<crate::control::reclaim::LimitThread>,
+    devices: Option<DeviceThread>,
     linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
@@ -186,6 +191,16 @@ impl Vmm {
             .map_err(|e| log::debug!("no KVM statistics: {e}"))
             .ok()
             .map(Arc::new);
+        // Queue notifications become ioeventfds before any vCPU runs.
+        let devices = match &balloon {
+            Some(b) => Some(start_devices(
+                &vm,
+                b,
+                &ram,
+                filters.get(ThreadKind::Devices),
+            )?),
+            None => None,
+        };
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
@@ -212,13 +227,6 @@ impl Vmm {
             .map_err(|source| VmmError::Thread { vcpu: id, source })?;
             handles.push(h);
         }
-        let stats_timer = balloon.as_ref().map(|b| {
-            StatsTimer::start(
-                b.clone(),
-                ram.clone(),
-                filters.get(ThreadKind::BalloonStats),
-            )
-        });
         let tracker = Arc::new(crate::vmm::working_set::Tracker::new(
             ram.clone(),
             Some(vm.shared_fd()),
@@ -279,9 +287,9 @@ impl Vmm {
             registration,
             kvm_stats,
             balloon,
-            stats_timer,
             reclaimer,
             limit_thread,
+            devices,
             linux,
             config: config.clone(),
             ram,
@@ -536,60 +544,43 @@ impl Drop for Vmm {
         for h in self.handles.iter_mut() {
             h.stop();
         }
-        self.stats_timer.take();
         self.limit_thread.take();
+        self.devices.take();
     }
 }
 
-/// Returns the balloon's held statistics buffer to the driver every polling interval
-/// (`Balloon::trigger_stats_update`), so the guest posts fresh statistics. Reads the interval
-/// from the device each time, so a changed interval takes effect; 0 pauses it.
-struct StatsTimer {
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl StatsTimer {
-    fn start(dev: BalloonHandle, ram: Arc<GuestRam>, filter: ThreadFilter) -> StatsTimer {
-        let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        let thread = std::thread::Builder::new()
-            .name("balloon-stats".into())
-            .spawn(move || {
-                if !filter.apply_or_log() {
-                    return;
+/// Attaches the balloon's transport to a new device link (its queue notifications as
+/// ioeventfds) and starts the device event thread on it.
+fn start_devices(
+    vm: &Vm,
+    balloon: &BalloonHandle,
+    ram: &Arc<GuestRam>,
+    filter: ThreadFilter,
+) -> Result<DeviceThread, VmmError> {
+    use crate::devices::event_thread::DeviceThreadError::Descriptors;
+    use crate::devices::events::{DeviceLink, IoeventRegistrar};
+    let queues = balloon.with_device(|d| (d.queue_max_sizes().len(), false));
+    let link = Arc::new(DeviceLink::new(queues).map_err(Descriptors)?);
+    let kvm = crate::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).map_err(Descriptors)?;
+    match balloon {
+        BalloonHandle::Mmio(t) => {
+            let at = t.base() + crate::devices::virtio_mmio::QUEUE_NOTIFY_OFFSET;
+            for q in 0..queues {
+                let fd = link.queue_fd(q).expect("q < queues");
+                if let Err(e) = kvm.register(fd, at, Some(q as u32)) {
+                    log::warn!("balloon queue {q}: no ioeventfd ({e}); its notifications are forwarded from the vCPU");
                 }
-                let mut last = Instant::now();
-                while !flag.load(Ordering::Acquire) {
-                    std::thread::park_timeout(Duration::from_millis(100));
-                    let interval = dev.with_device(|d| (d.model.stats_polling_interval(), false));
-                    if interval == 0 || last.elapsed() < Duration::from_secs(interval.into()) {
-                        continue;
-                    }
-                    last = Instant::now();
-                    dev.with_device_used(|d| match d.model.trigger_stats_update(ram.memory()) {
-                        Ok(returned) => ((), d.model.queue_layout().stats.filter(|_| returned)),
-                        Err(e) => {
-                            log::warn!("balloon: statistics request failed: {e}");
-                            ((), None)
-                        }
-                    });
-                }
-            })
-            .map_err(|e| log::warn!("balloon: no statistics timer thread: {e}"))
-            .ok();
-        StatsTimer { stop, thread }
-    }
-}
-
-impl Drop for StatsTimer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Release);
-        if let Some(t) = self.thread.take() {
-            t.thread().unpark();
-            let _ = t.join();
+            }
+            t.attach(link.clone());
         }
+        BalloonHandle::Pci(t) => t.attach(link.clone(), kvm),
     }
+    Ok(DeviceThread::start(
+        balloon.clone(),
+        link,
+        ram.clone(),
+        filter,
+    )?)
 }
 
 /// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.

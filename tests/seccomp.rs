@@ -17,6 +17,7 @@ use memvisor::config::RegionConfig;
 use memvisor::memory::GuestRam;
 use memvisor::seccomp::{SeccompMode, ThreadFilter, ThreadKind};
 use std::collections::{BTreeMap, BTreeSet};
+use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -48,15 +49,10 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
             let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
             println!("socket returned {fd}");
         }),
-        Some("open") => on_filtered_thread(
-            "balloon-stats",
-            ThreadKind::BalloonStats,
-            SeccompMode::On,
-            || {
-                let r = std::fs::File::open("/etc/hostname");
-                println!("open returned {r:?}");
-            },
-        ),
+        Some("open") => on_filtered_thread("devices", ThreadKind::Devices, SeccompMode::On, || {
+            let r = std::fs::File::open("/etc/hostname");
+            println!("open returned {r:?}");
+        }),
         Some("open-eacces") => {
             // The uffd handler may not open files either, but the call fails instead of
             // trapping (the C library's allocator tries one on that thread).
@@ -84,12 +80,7 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
     }
     for (case, thread, kind, call) in [
         ("socket", "vcpu7", "vCPU", "socket (41)"),
-        (
-            "open",
-            "balloon-stats",
-            "balloon statistics",
-            "openat (257)",
-        ),
+        ("open", "devices", "device event thread", "openat (257)"),
         ("fork", "memvisor", "setup", "clone (56)"),
     ] {
         let out = child(t, case);
@@ -201,26 +192,59 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
     let t = "the_work_of_each_thread_kind_passes_its_filter";
     match case().as_deref() {
         Some("vcpu") => {
-            // Guest memory and eventfds are made before vCPU threads start.
+            // Eventfds and the VM are made before vCPU threads start.
             let ram = test_ram();
+            let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
+            let kvm = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
             let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
-            // An irqfd is written by the vCPU thread and read by KVM (here: by this thread).
-            let irqfd = evt.try_clone().unwrap();
+            // A notification forwarded to the device thread is written by the vCPU thread
+            // (and read here); a guest moving a virtio-pci BAR moves its ioeventfds.
+            let fwd = evt.try_clone().unwrap();
             on_filtered_thread("vcpu0", ThreadKind::Vcpu, SeccompMode::On, move || {
-                vcpu_work(&ram);
-                irqfd.write(1).unwrap();
+                use memvisor::devices::events::IoeventRegistrar;
+                fwd.write(1).unwrap();
+                kvm.register(&fwd, 0xe000_3000, None).unwrap();
+                kvm.unregister(&fwd, 0xe000_3000, None).unwrap();
             });
             assert_eq!(evt.read().unwrap(), 1);
             std::process::exit(0);
         }
+        Some("devices") => {
+            // The device thread's epoll set and descriptors are made before it is filtered.
+            let ram = test_ram();
+            let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+            let epoll = vmm_sys_util::epoll::Epoll::new().unwrap();
+            let ev = vmm_sys_util::epoll::EpollEvent::new(vmm_sys_util::epoll::EventSet::IN, 1);
+            epoll
+                .ctl(
+                    vmm_sys_util::epoll::ControlOperation::Add,
+                    evt.as_raw_fd(),
+                    ev,
+                )
+                .unwrap();
+            let mut timer = vmm_sys_util::timerfd::TimerFd::new().unwrap();
+            evt.write(1).unwrap();
+            on_filtered_thread("devices", ThreadKind::Devices, SeccompMode::On, move || {
+                let mut ready = [vmm_sys_util::epoll::EpollEvent::default(); 4];
+                assert_eq!(epoll.wait(1000, &mut ready).unwrap(), 1);
+                assert_eq!(evt.read().unwrap(), 1);
+                timer
+                    .reset(Duration::from_millis(1), Some(Duration::from_secs(1)))
+                    .unwrap();
+                assert!(timer.wait().unwrap() >= 1);
+                // The balloon's discards and reclaims.
+                device_work(&ram);
+            });
+            std::process::exit(0);
+        }
         Some("irq") => {
-            // The balloon's virtio-pci interrupts, from vCPU, API and statistics threads.
+            // The balloon's virtio-pci interrupts, from vCPU, API and device threads.
             let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
             let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
             vm.fd().create_irq_chip().unwrap();
             let _vcpu = vm.create_vcpu(0).unwrap();
             let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
-            for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::BalloonStats] {
+            for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::Devices] {
                 let filter = ThreadFilter::new(SeccompMode::On, kind).unwrap();
                 let irq = irq.clone();
                 std::thread::spawn(move || {
@@ -278,7 +302,7 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
     if !kvm_or_skip(t) {
         return;
     }
-    for case in ["vcpu", "irq", "api", "setup"] {
+    for case in ["vcpu", "devices", "irq", "api", "setup"] {
         let out = child(t, case);
         assert!(
             out.status.success(),
@@ -298,9 +322,9 @@ fn test_ram() -> GuestRam {
     .unwrap()
 }
 
-/// Balloon work on a vCPU thread: guest memory written, discarded (madvise; fallocate for
+/// Balloon work on the device thread: guest memory written, discarded (madvise; fallocate for
 /// memfd), residency read (mincore), reclaimed with populate (MADV_POPULATE_WRITE).
-fn vcpu_work(ram: &GuestRam) {
+fn device_work(ram: &GuestRam) {
     use vm_memory::{Bytes, GuestAddress};
     let mem = ram.memory();
     let all = ram.size();
@@ -442,7 +466,7 @@ fn memvisor_run_filters_every_thread_unless_off_and_has_no_network_sockets() {
         "vcpu0",
         "api-accept",
         "api-reclaim",
-        "balloon-stats",
+        "devices",
         "vmm-swap",
     ];
     if uffd {

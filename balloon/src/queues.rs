@@ -18,7 +18,9 @@ use crate::chain::{read_payload, walk_chain, ChainError, ChainLimits, DescTable}
 use crate::device::{guest_warn, Balloon};
 use crate::error::BalloonError;
 use crate::features::QueueKind;
-use crate::ranges::{check_byte_range, compact_pfns, split_ram, RangeRejection};
+use crate::ranges::{
+    check_byte_range, compact_pfns, merge_adjacent, split_ram, PfnRange, RangeRejection,
+};
 use crate::stats::{parse_stats, STAT_ENTRY_SIZE};
 
 /// Maximum PFNs in one inflate/deflate descriptor (Linux sends at most 256 per buffer).
@@ -31,6 +33,13 @@ pub const MAX_STATS_CHAIN_DESCRIPTORS: usize = 4;
 pub const MAX_STATS_DESCRIPTOR_LEN: u32 = 256 * STAT_ENTRY_SIZE as u32;
 /// Maximum descriptors in one free page reporting chain (Linux sends at most 32).
 pub const MAX_REPORTING_CHAIN_DESCRIPTORS: usize = 64;
+
+/// The inflate/deflate chains of one `process_queue` call: their RAM ranges and heads.
+#[derive(Default)]
+struct PfnBatch {
+    ranges: Vec<PfnRange>,
+    heads: Vec<u16>,
+}
 
 const PFN_LIMITS: ChainLimits = ChainLimits {
     max_descriptors: MAX_PFN_CHAIN_DESCRIPTORS,
@@ -79,6 +88,33 @@ impl Balloon {
             index,
             count: layout.count(),
         })?;
+        // Inflate/deflate: the RAM ranges of every chain of this call and their heads; the
+        // backend is called once per merged range, then the buffers are returned.
+        let mut batch = PfnBatch::default();
+        let walked = self.walk_available(index, kind, mem, backend, &mut batch);
+        let mut used = *walked.as_ref().unwrap_or(&false);
+        if !batch.heads.is_empty() {
+            self.flush_pfn_batch(kind, batch.ranges, backend);
+            for h in batch.heads {
+                self.add_used(index, mem, h)?;
+                used = true;
+            }
+        }
+        walked?;
+        Ok(used)
+    }
+
+    /// The chains available on queue `index` (at most a queue size of them): PFN chains are
+    /// checked and their RAM ranges collected into `batch`; the other kinds are handled and
+    /// returned at once. Returns whether the used ring changed.
+    fn walk_available<M: GuestMemory>(
+        &mut self,
+        index: u16,
+        kind: QueueKind,
+        mem: &M,
+        backend: &dyn MemoryBackend,
+        batch: &mut PfnBatch,
+    ) -> Result<bool, BalloonError> {
         let qi = usize::from(index);
         let size = self.queues[qi].size();
         let table = DescTable {
@@ -116,8 +152,9 @@ impl Balloon {
             // The chain is walked from the table (`chain` would follow indirect tables).
             let to_return = match kind {
                 QueueKind::Inflate | QueueKind::Deflate => {
-                    self.handle_pfn_chain(kind, index, table, head, mem, backend);
-                    Some(head)
+                    self.handle_pfn_chain(kind, index, head, mem, backend, &mut batch.ranges);
+                    batch.heads.push(head);
+                    None
                 }
                 QueueKind::Stats => self.handle_stats_chain(index, table, head, mem),
                 QueueKind::Reporting => {
@@ -131,6 +168,25 @@ impl Balloon {
             }
         }
         Ok(used)
+    }
+
+    /// Discards (inflate) or reclaims (deflate) the ranges a batch of chains named, one backend
+    /// call per run of consecutive RAM frames ([`merge_adjacent`]).
+    fn flush_pfn_batch(
+        &mut self,
+        kind: QueueKind,
+        batch: Vec<PfnRange>,
+        backend: &dyn MemoryBackend,
+    ) {
+        for r in merge_adjacent(batch, backend) {
+            let (gpa, len) = (r.gpa(), r.len_bytes());
+            if kind == QueueKind::Inflate {
+                self.discard(backend, gpa, len);
+            } else if let Err(e) = backend.reclaim(gpa, len) {
+                self.counters.backend_errors += 1;
+                guest_warn!(self, "balloon: reclaim [{gpa:#x}, +{len:#x}) failed: {e}");
+            }
+        }
     }
 
     /// Called by the VMM's timer every polling interval: returns the held stats buffer to the
@@ -186,11 +242,16 @@ impl Balloon {
         &mut self,
         kind: QueueKind,
         index: u16,
-        table: DescTable,
         head: u16,
         mem: &M,
         backend: &dyn MemoryBackend,
+        batch: &mut Vec<PfnRange>,
     ) {
+        let q = &self.queues[usize::from(index)];
+        let table = DescTable {
+            addr: q.desc_table(),
+            size: q.size(),
+        };
         let payload = match walk_chain(mem, table, head, &PFN_LIMITS)
             .and_then(|descs| read_payload(mem, &descs))
         {
@@ -219,17 +280,12 @@ impl Balloon {
             );
         }
         for r in split.ram {
-            let (gpa, len) = (r.gpa(), r.len_bytes());
             if kind == QueueKind::Inflate {
                 self.counters.inflated_pages += r.pages;
-                self.discard(backend, gpa, len);
             } else {
                 self.counters.deflated_pages += r.pages;
-                if let Err(e) = backend.reclaim(gpa, len) {
-                    self.counters.backend_errors += 1;
-                    guest_warn!(self, "balloon: reclaim [{gpa:#x}, +{len:#x}) failed: {e}");
-                }
             }
+            batch.push(r);
         }
     }
 

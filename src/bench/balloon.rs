@@ -156,12 +156,14 @@ pub fn run(
     )?;
     let mut ours = Vec::new();
     let mut raw = Vec::new();
+    let mut parts: Vec<RoundParts> = Vec::new();
     for _ in 0..opts.reps.max(1) {
         let before = resident();
         let released = |dev: &crate::devices::balloon::BalloonHandle| {
             dev.with_device(|d| (d.released_bytes(), false))
         };
         let released_before = released(&dev);
+        dev.with_device(|d| (d.take_discard_timing(), false));
         let t = Instant::now();
         let (status, body) = client::request(
             &sock,
@@ -185,9 +187,12 @@ pub fn run(
             released(&dev) - released_before >= opts.size
         })
         .and_then(|_| {
-            let secs = t.elapsed().as_secs_f64();
+            let done = Instant::now();
+            let secs = (done - t).as_secs_f64();
+            let timing = dev.with_device(|d| (d.take_discard_timing(), false));
             if resident() <= len - opts.size {
                 ours.push(secs);
+                parts.push(RoundParts::of(t, done, &timing));
                 Ok(())
             } else {
                 Err(BenchError::Check {
@@ -208,7 +213,8 @@ pub fn run(
         raw.push(raw_madvise(opts.size)?);
         // Deflate and let the guest refill before the next round.
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
-        wait("deflate and refill", Duration::from_secs(120), || {
+        // The refill faults every page in again (~20 s per GiB on a busy nested host).
+        wait("deflate and refill", Duration::from_secs(600), || {
             dev.with_device(|d| (d.model.actual_pages(), false)) == 0
                 && resident() >= len - (1 << 20)
         })?;
@@ -235,9 +241,11 @@ pub fn run(
         ratio_to_raw: None,
     };
     ours_row.ratio_to_raw = median_ratio(ours_row.gib_per_s.as_ref(), raw_row.gib_per_s.as_ref());
+    // Issue 17: at least 0.8x at 1 GiB and 0.5x at 256 MiB (smaller amounts leave fixed
+    // costs, the guest waking up and the API, a larger share).
     let target = Target::judge(
         "balloon return / raw madvise",
-        0.5,
+        if opts.size >= 1 << 30 { 0.8 } else { 0.5 },
         &[(format!("{} MiB anon 4K", mib), ours_row.ratio_to_raw)],
     );
     Ok(BenchReport {
@@ -251,6 +259,49 @@ pub fn run(
         ],
         rows: vec![ours_row, raw_row],
         targets: vec![target],
-        notes: vec![],
+        notes: RoundParts::notes(&parts),
     })
+}
+
+/// Where one balloon round's time went, from the device's discard timing.
+struct RoundParts {
+    /// PATCH sent until the first discard started: the API, the guest waking up and posting
+    /// its first buffers, the device thread waking up and walking them.
+    reaction: f64,
+    /// Time inside discard calls.
+    discard: f64,
+    /// Between the first discard's start and the last one's end, outside discard calls: the
+    /// device waiting for (or walking) the guest's next buffers.
+    gaps: f64,
+    /// Last discard's end until the benchmark saw the bytes released (its 200 µs polling).
+    tail: f64,
+    calls: u64,
+}
+
+impl RoundParts {
+    fn of(sent: Instant, done: Instant, t: &crate::devices::balloon::DiscardTiming) -> RoundParts {
+        let (first, last) = (t.first_start.unwrap_or(sent), t.last_end.unwrap_or(done));
+        RoundParts {
+            reaction: first.saturating_duration_since(sent).as_secs_f64(),
+            discard: t.busy.as_secs_f64(),
+            gaps: (last.saturating_duration_since(first).saturating_sub(t.busy)).as_secs_f64(),
+            tail: done.saturating_duration_since(last).as_secs_f64(),
+            calls: t.calls,
+        }
+    }
+
+    fn notes(parts: &[RoundParts]) -> Vec<String> {
+        let med = |f: &dyn Fn(&RoundParts) -> f64| {
+            let v: Vec<f64> = parts.iter().map(f).collect();
+            Summary::of(&v).map_or(0.0, |s| s.median) * 1000.0
+        };
+        let calls: Vec<u64> = parts.iter().map(|p| p.calls).collect();
+        vec![format!(
+            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1}, between discards {:.1}, last discard to seen {:.1}; discard calls per round {calls:?} (one per merged range)",
+            med(&|p| p.reaction),
+            med(&|p| p.discard),
+            med(&|p| p.gaps),
+            med(&|p| p.tail),
+        )]
+    }
 }

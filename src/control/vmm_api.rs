@@ -611,8 +611,10 @@ impl ApiHandler for VmmApi {
                         self.ram.size() >> 20
                     ));
                 }
-                b.with_device(|d| ((), d.model.set_target_mib(amount_mib)));
-                ApiResponse::NoContent
+                match b.command(move |d| ((), d.model.set_target_mib(amount_mib))) {
+                    Ok(()) => ApiResponse::NoContent,
+                    Err(e) => ApiResponse::bad_request(e.to_string()),
+                }
             }
             ApiRequest::GetBalloon => match &self.balloon {
                 Some(b) => json_answer(&balloon_config(b)),
@@ -635,8 +637,9 @@ impl ApiHandler for VmmApi {
                 let Some(b) = &self.balloon else {
                     return ApiResponse::bad_request(NO_BALLOON);
                 };
-                match b.with_device(|d| (d.model.set_stats_polling_interval(stats_polling_interval_s), false)) {
-                    Ok(()) => ApiResponse::NoContent,
+                match b.command(move |d| (d.model.set_stats_polling_interval(stats_polling_interval_s), false)) {
+                    Ok(Ok(())) => ApiResponse::NoContent,
+                    Ok(Err(e)) => ApiResponse::bad_request(e.to_string()),
                     Err(e) => ApiResponse::bad_request(e.to_string()),
                 }
             }

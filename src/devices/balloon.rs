@@ -24,6 +24,21 @@ pub struct RamBackend {
     ram: Arc<GuestRam>,
     /// Bytes the host really got back (whole huge pages only on hugetlb).
     pub released: AtomicU64,
+    timing: std::sync::Mutex<DiscardTiming>,
+}
+
+/// How long the device spent in discard calls (for `memvisor bench balloon`'s account of where
+/// the time goes).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DiscardTiming {
+    /// Discard calls made (one per merged range).
+    pub calls: u64,
+    /// Time spent inside them.
+    pub busy: std::time::Duration,
+    /// When the first of them started.
+    pub first_start: Option<std::time::Instant>,
+    /// When the last of them ended.
+    pub last_end: Option<std::time::Instant>,
 }
 
 impl MemoryBackend for RamBackend {
@@ -32,7 +47,17 @@ impl MemoryBackend for RamBackend {
     }
 
     fn discard(&self, gpa: u64, len: u64) -> Result<u64, String> {
-        let out = self.ram.discard(gpa, len).map_err(|e| e.to_string())?;
+        let t0 = std::time::Instant::now();
+        let out = self.ram.discard(gpa, len).map_err(|e| e.to_string());
+        let t1 = std::time::Instant::now();
+        {
+            let mut t = self.timing.lock().unwrap();
+            t.calls += 1;
+            t.busy += t1 - t0;
+            t.first_start.get_or_insert(t0);
+            t.last_end = Some(t1);
+        }
+        let out = out?;
         self.released.fetch_add(out.released, Ordering::Relaxed);
         Ok(out.released)
     }
@@ -57,6 +82,7 @@ impl BalloonDevice {
             backend: RamBackend {
                 ram,
                 released: AtomicU64::new(0),
+                timing: Default::default(),
             },
         }
     }
@@ -64,6 +90,11 @@ impl BalloonDevice {
     /// Bytes returned to the host so far.
     pub fn released_bytes(&self) -> u64 {
         self.backend.released.load(Ordering::Relaxed)
+    }
+
+    /// The discard timing since the last call (and starts a new account).
+    pub fn take_discard_timing(&self) -> DiscardTiming {
+        std::mem::take(&mut *self.backend.timing.lock().unwrap())
     }
 
     /// Target and actual size, for the overcommit report.
@@ -114,7 +145,7 @@ impl VirtioDevice for BalloonDevice {
 }
 
 /// The balloon behind whichever transport the VM uses: virtio-mmio for the built-in guest,
-/// virtio-pci for Linux guests. The API and the statistics timer use it the same way.
+/// virtio-pci for Linux guests. The API and the device event thread use it the same way.
 #[derive(Clone)]
 pub enum BalloonHandle {
     /// virtio-mmio.
@@ -145,6 +176,38 @@ impl BalloonHandle {
     /// Target and actual size, for the overcommit report.
     pub fn figures(&self) -> BalloonFigures {
         self.with_device(|d| (d.figures(), false))
+    }
+
+    /// The link to the device event thread, once attached.
+    pub fn link(&self) -> Option<&Arc<super::events::DeviceLink>> {
+        match self {
+            BalloonHandle::Mmio(t) => t.link(),
+            BalloonHandle::Pci(t) => t.link(),
+        }
+    }
+
+    /// As [`BalloonHandle::with_device`], run on the device event thread when there is one
+    /// (a command from the API), so that the change is ordered with the device's own work and
+    /// the thread sees it at once (e.g. a new statistics interval re-arms its timer).
+    pub fn command<R: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut BalloonDevice) -> (R, bool) + Send + 'static,
+    ) -> Result<R, super::events::DeviceThreadGone> {
+        match self.link() {
+            Some(link) => {
+                let this = self.clone();
+                link.run(move || this.with_device(f))
+            }
+            None => Ok(self.with_device(f)),
+        }
+    }
+
+    /// The device event thread saw queue `queue`'s eventfd.
+    pub fn process_event(&self, queue: u16, ram: &GuestRam) {
+        match self {
+            BalloonHandle::Mmio(t) => t.process_event(queue, ram.memory()),
+            BalloonHandle::Pci(t) => t.process_event(queue),
+        }
     }
 
     /// Which transport: "virtio-mmio" or "virtio-pci".

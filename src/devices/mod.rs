@@ -1,6 +1,10 @@
-//! Devices and the bus that routes port-I/O and MMIO exits to them.
+//! Devices and the bus that routes port-I/O and MMIO exits to them; the device event thread
+//! ([`event_thread`]) that processes their queues, timers and commands off the vCPU threads,
+//! and the eventfd link between it and the transports ([`events`]).
 
 pub mod balloon;
+pub mod event_thread;
+pub mod events;
 pub mod pci;
 pub mod virtio;
 pub mod virtio_mmio;

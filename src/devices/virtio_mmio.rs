@@ -3,15 +3,19 @@
 //!
 //! Status, features and queue configuration follow the rules shared with virtio-pci in
 //! [`super::virtio_transport`]; register offsets are virtio-bindings' `VIRTIO_MMIO_*`.
-//! Queue notifications are handled synchronously on the vCPU thread that wrote `QueueNotify`.
-//! Interrupt status is kept for drivers that poll it; [`MmioTransport::wait_event`] lets a
+//! Queue notifications are processed on the device event thread once a
+//! [`DeviceLink`] is attached: KVM signals the queue's eventfd for a `QueueNotify` write (an
+//! ioeventfd with the queue index as data match), so the write never leaves the kernel; what
+//! still arrives here as an exit is forwarded to the same eventfd. Without a link (a transport
+//! tested alone) queues are processed inline. Interrupt status is kept for drivers that poll it; [`MmioTransport::wait_event`] lets a
 //! polling driver block (through the wait hypercall) until the status becomes non-zero.
 
+use super::events::DeviceLink;
 use super::virtio::VirtioDevice;
 use super::virtio_transport::{
     process_notify, Half, InterruptStatus, Notified, RingPart, StatusChange, TransportCore,
 };
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 use virtio_bindings::virtio_mmio::*;
 use virtio_queue::QueueT;
@@ -32,7 +36,11 @@ pub struct MmioTransport<D: VirtioDevice> {
     device: Mutex<D>,
     state: Mutex<TransportCore>,
     interrupt: InterruptStatus,
+    link: OnceLock<Arc<DeviceLink>>,
 }
+
+/// Offset of the `QueueNotify` register (what an ioeventfd watches).
+pub const QUEUE_NOTIFY_OFFSET: u64 = VIRTIO_MMIO_QUEUE_NOTIFY as u64;
 
 impl<D: VirtioDevice> MmioTransport<D> {
     /// Wraps `device` at guest-physical `base`.
@@ -42,7 +50,34 @@ impl<D: VirtioDevice> MmioTransport<D> {
             state: Mutex::new(TransportCore::new(&device.queue_max_sizes())),
             device: Mutex::new(device),
             interrupt: InterruptStatus::default(),
+            link: OnceLock::new(),
         }
+    }
+
+    /// Hands queue processing to the device event thread behind `link` (see the module doc).
+    /// The caller registers the link's queue eventfds as ioeventfds at
+    /// `base + QUEUE_NOTIFY_OFFSET`, data match the queue index. Only the first call counts.
+    pub fn attach(&self, link: Arc<DeviceLink>) {
+        let _ = self.link.set(link);
+    }
+
+    /// The attached device link, if any.
+    pub fn link(&self) -> Option<&Arc<DeviceLink>> {
+        self.link.get()
+    }
+
+    /// The event thread saw queue `queue`'s eventfd: processes it if the device is active
+    /// (a notification before DRIVER_OK is counted and dropped; activation signals every
+    /// enabled queue again).
+    pub fn process_event(&self, queue: u16, mem: &GuestMemoryMmap) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.activated {
+                st.bad_accesses += 1;
+                return;
+            }
+        }
+        self.process(queue, mem);
     }
 
     /// Guest-physical base of the window.
@@ -182,7 +217,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
                         // `TransportCore::ready_queues`).
                         let ready = self.state.lock().unwrap().ready_queues();
                         for q in ready {
-                            self.process(q, mem);
+                            match self.link.get() {
+                                Some(link) => link.signal_queue(q),
+                                None => self.process(q, mem),
+                            }
                         }
                     }
                     StatusChange::Stored => {}
@@ -195,6 +233,10 @@ impl<D: VirtioDevice> MmioTransport<D> {
     /// A queue notification; before DRIVER_OK counted and dropped (activation processes every
     /// enabled queue).
     fn notify(&self, queue: u16, mem: &GuestMemoryMmap) {
+        if let Some(link) = self.link.get() {
+            link.forward_notification(queue);
+            return;
+        }
         {
             let mut st = self.state.lock().unwrap();
             if !st.activated {

@@ -2,7 +2,7 @@
 //!
 //! Every thread of a running VM installs the filter of its kind on itself once its setup is done
 //! ([`ThreadFilter::apply`]): vCPU threads, the API accept and connection threads, the
-//! userfaultfd handler, the balloon statistics timer, the prealloc threads (at their start) and
+//! userfaultfd handler, the device event thread, the prealloc threads (at their start) and
 //! (in `memvisor run`) the main thread once the VM runs. Filters are per thread: a test harness
 //! that starts VMs in-process keeps its own threads unfiltered. The allow-lists live in
 //! [`rules`]. Two kinds do work no allow-list can foresee and get a deny-list instead
@@ -77,17 +77,18 @@ impl fmt::Display for SeccompMode {
 /// The kinds of VMM threads, each with its own allow-list (see [`rules`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum ThreadKind {
-    /// `vcpu<N>`: `KVM_RUN`, the devices behind port-I/O and MMIO exits, balloon discards.
+    /// `vcpu<N>`: `KVM_RUN`, the device registers behind port-I/O and MMIO exits.
     Vcpu,
     /// `api-accept` and the `api-conn` threads it starts: the control API.
     Api,
     /// `uffd-handler`: serves userfaultfd page faults.
     Uffd,
-    /// `balloon-stats`: asks the guest for fresh balloon statistics.
-    BalloonStats,
     /// `vmm-swap`: the in-VMM swap (writes guest memory to a swap file, starts the
     /// userfaultfd handler that serves it back).
     VmmSwap,
+    /// `devices`: the device event thread (queue notifications, balloon discards, interrupts,
+    /// the statistics timer, API commands).
+    Devices,
     /// The main thread of `memvisor run` once the VM runs: the event loop and the report.
     Main,
     /// `prealloc<N>`: populate guest memory before the guest runs.
@@ -106,8 +107,8 @@ impl ThreadKind {
         ThreadKind::Vcpu,
         ThreadKind::Api,
         ThreadKind::Uffd,
-        ThreadKind::BalloonStats,
         ThreadKind::VmmSwap,
+        ThreadKind::Devices,
         ThreadKind::Main,
         ThreadKind::Prealloc,
         ThreadKind::Setup,
@@ -120,8 +121,8 @@ impl ThreadKind {
             ThreadKind::Vcpu => "vCPU",
             ThreadKind::Api => "API",
             ThreadKind::Uffd => "userfaultfd handler",
-            ThreadKind::BalloonStats => "balloon statistics",
             ThreadKind::VmmSwap => "in-VMM swap",
+            ThreadKind::Devices => "device event thread",
             ThreadKind::Main => "main",
             ThreadKind::Prealloc => "prealloc",
             ThreadKind::Setup => "setup",

@@ -13,9 +13,14 @@
 //! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure); the emulation assists
 //!   of hosts without VMX/SVM (`KVM_GET_SREGS`, `KVM_SET_REGS`, `KVM_GET_FPU`,
 //!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
-//!   `KVM_SIGNAL_MSI` (virtio-pci interrupts); the balloon's discards through the memory module
-//!   (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`,
-//!   `mincore`); eventfd writes (irqfds) are plain `write`s.
+//!   `KVM_SIGNAL_MSI` (virtio-pci register writes that unmask a pending vector or clear the
+//!   ISR); `KVM_IOEVENTFD` (a guest moving a virtio-pci BAR moves its notification
+//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards: queue
+//!   processing runs on the device thread.
+//! - **devices** (the device event thread): `epoll_wait`/`epoll_pwait`, `read` of its
+//!   eventfds and timerfd, `timerfd_settime`; the balloon's discards and reclaims through the
+//!   memory module (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`,
+//!   `fallocate(PUNCH_HOLE|KEEP_SIZE)`, `mincore`); the balloon's interrupts.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
@@ -30,7 +35,6 @@
 //! - **uffd handler**: `poll`, `read` (fault events, the stop and fill eventfds), `pread64`
 //!   (the source image or swap file), `ioctl` `UFFDIO_COPY`/`UFFDIO_ZEROPAGE`/`UFFDIO_WAKE`;
 //!   `openat` fails with `EACCES` ([`open_eacces`]).
-//! - **balloon statistics**: the common set plus the balloon's interrupts.
 //! - **in-VMM swap** (`vmm-swap`, [`crate::control::vmm_swap`]): creating, writing, syncing,
 //!   punching, evicting and removing the swap file at the path the API request names
 //!   (`openat`, `pwrite64`, `pread64`, `fdatasync`, `fadvise64`, `fallocate(PUNCH_HOLE)`,
@@ -99,6 +103,9 @@ pub const KVM_SET_USER_MEMORY_REGION: u64 = nix::request_code_write!(
 /// `KVM_GET_DIRTY_LOG` (working-set tracking: the pages the guest wrote).
 pub const KVM_GET_DIRTY_LOG: u64 =
     nix::request_code_write!(KVMIO, 0x42, size_of::<kvm_bindings::kvm_dirty_log>());
+/// `KVM_IOEVENTFD`.
+pub const KVM_IOEVENTFD: u64 =
+    nix::request_code_write!(KVMIO, 0x79, size_of::<kvm_bindings::kvm_ioeventfd>());
 /// `PAGEMAP_SCAN` on `/proc/self/pagemap` (`struct pm_scan_arg`: 96 bytes; Linux 6.7+): where
 /// guest RAM is mapped by transparent huge pages, for the GPA→HPA and overcommit reports.
 pub const PAGEMAP_SCAN: u64 = nix::request_code_readwrite!(b'f', 16, 96);
@@ -320,10 +327,15 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
                 KVM_SET_VCPU_EVENTS,
             ]);
             interrupts(&mut l);
+            l.ioctls(&[KVM_IOEVENTFD]);
+        }
+        ThreadKind::Devices => {
+            interrupts(&mut l);
+            l.any(&[SYS_epoll_wait, SYS_epoll_pwait, SYS_read, SYS_mincore]);
+            l.any(&[SYS_timerfd_settime]);
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
             l.arg_in(SYS_fallocate, 1, &[punch]);
-            l.any(&[SYS_mincore]);
         }
         ThreadKind::Api => {
             // Reclaim to host swap (`PUT /memory/reclaim`, the resident limit's `api-reclaim`
@@ -352,7 +364,6 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             l.any(&[SYS_openat]);
             l.ioctls(&[UFFDIO_COPY, UFFDIO_ZEROPAGE, UFFDIO_WAKE]);
         }
-        ThreadKind::BalloonStats => interrupts(&mut l),
         ThreadKind::VmmSwap => {
             start_threads(&mut l);
             // The swap file (at the path the request names) and the uffd source reopened.
@@ -429,6 +440,7 @@ mod tests {
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
         assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
         assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);
         assert_eq!(USERFAULTFD_IOC_NEW, 0xaa00);

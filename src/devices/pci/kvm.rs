@@ -1,15 +1,19 @@
 //! Interrupt delivery for PCI functions through KVM's in-kernel irqchip: MSI messages with
-//! `KVM_SIGNAL_MSI`, INTx levels with `KVM_IRQ_LINE` on a GSI (an IOAPIC input).
+//! `KVM_SIGNAL_MSI`, INTx levels with `KVM_IRQ_LINE` on a GSI (an IOAPIC input); and the
+//! registration of queue notification addresses as ioeventfds (`KVM_IOEVENTFD`) for every
+//! virtio transport.
 //!
 //! Both need the VM to have an in-kernel irqchip (`KVM_CREATE_IRQCHIP`); without it the ioctls
 //! fail and the failures are counted by the MSI-X table ([`super::MsixCounters::failed`]).
 
 use super::msix::{IntxLine, MsiSink};
+use crate::devices::events::IoeventRegistrar;
 use kvm_bindings::kvm_msi;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use vmm_sys_util::eventfd::EventFd;
 
 /// MSI and INTx delivery into one KVM VM. Holds its own duplicate of the VM descriptor, so it
 /// can live in the device bus independently of the `Vm` that created it.
@@ -61,6 +65,26 @@ impl MsiSink for KvmIrq {
         // software-disabled): a delivered message as far as the device is concerned. No vCPU
         // with the destination APIC id gives EPERM, which the MSI-X table counts as failed.
         self.vm.signal_msi(msi).map(|_| ()).map_err(kvm_err)
+    }
+}
+
+impl IoeventRegistrar for KvmIrq {
+    fn register(&self, fd: &EventFd, addr: u64, datamatch: Option<u32>) -> io::Result<()> {
+        let at = IoEventAddress::Mmio(addr);
+        match datamatch {
+            Some(v) => self.vm.register_ioevent(fd, &at, v),
+            None => self.vm.register_ioevent(fd, &at, NoDatamatch),
+        }
+        .map_err(kvm_err)
+    }
+
+    fn unregister(&self, fd: &EventFd, addr: u64, datamatch: Option<u32>) -> io::Result<()> {
+        let at = IoEventAddress::Mmio(addr);
+        match datamatch {
+            Some(v) => self.vm.unregister_ioevent(fd, &at, v),
+            None => self.vm.unregister_ioevent(fd, &at, NoDatamatch),
+        }
+        .map_err(kvm_err)
     }
 }
 

@@ -59,7 +59,7 @@
 //!     ram.clone(),
 //!     PciIrq { msi: irq.clone(), intx: Some(irq.intx(10)), intx_line: 10 },
 //! )?;
-//! let balloon = BalloonHandle::Pci(dev); // for the API and the statistics timer
+//! let balloon = BalloonHandle::Pci(dev); // for the API and the device event thread
 //! let bus: std::sync::Arc<dyn memvisor::devices::Bus> = std::sync::Arc::new(pci);
 //! # Ok(()) }
 //! ```

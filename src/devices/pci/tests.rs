@@ -9,7 +9,9 @@ use super::*;
 use crate::config::RegionConfig;
 use crate::devices::balloon::BalloonDevice;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::sync::Mutex;
+use vmm_sys_util::eventfd::EventFd;
 
 const MIB: u64 = 1 << 20;
 
@@ -431,6 +433,81 @@ fn memory_space_enable_gates_bar_decoding() {
     cfg_write(b, s, COMMAND, 2, 0);
     assert!(!mmio_write(b, new + common::DEVICE_STATUS, 1, 1));
     assert_eq!(f.dev.device_status(), 0, "writes while disabled go nowhere");
+}
+
+/// Records ioeventfd registrations: `(registered, address, eventfd)`.
+#[derive(Default)]
+struct Ioevents(Mutex<Vec<(bool, u64, i32)>>);
+
+impl crate::devices::events::IoeventRegistrar for Ioevents {
+    fn register(&self, fd: &EventFd, addr: u64, dm: Option<u32>) -> io::Result<()> {
+        assert_eq!(dm, None, "virtio-pci notifications match any value");
+        self.0.lock().unwrap().push((true, addr, fd.as_raw_fd()));
+        Ok(())
+    }
+    fn unregister(&self, fd: &EventFd, addr: u64, dm: Option<u32>) -> io::Result<()> {
+        assert_eq!(dm, None);
+        self.0.lock().unwrap().push((false, addr, fd.as_raw_fd()));
+        Ok(())
+    }
+}
+
+impl Ioevents {
+    fn taken(&self) -> Vec<(bool, u64, i32)> {
+        std::mem::take(&mut *self.0.lock().unwrap())
+    }
+}
+
+/// A driver that moves the BAR (with memory decoding off, as Linux does, and with it on) gets
+/// its queues' notification ioeventfds moved along; a notification that still arrives as an
+/// exit is handed to the queue's eventfd, not processed on the vCPU.
+#[test]
+fn notify_ioeventfds_follow_the_bar() {
+    use crate::devices::events::DeviceLink;
+    let f = fixture();
+    let (b, s) = (&f.bus, f.slot);
+    let link = Arc::new(DeviceLink::new(3).unwrap());
+    let fds: Vec<i32> = (0..3)
+        .map(|q| link.queue_fd(q).unwrap().as_raw_fd())
+        .collect();
+    let reg = Arc::new(Ioevents::default());
+    f.dev.attach(link.clone(), reg.clone());
+    let notify = |base: u64, q: usize| base + virtio_pci::NOTIFY_OFFSET + 4 * q as u64;
+    let at = |registered: bool, base: u64| -> Vec<(bool, u64, i32)> {
+        (0..3)
+            .map(|q| (registered, notify(base, q), fds[q]))
+            .collect()
+    };
+    assert_eq!(
+        reg.taken(),
+        [],
+        "memory space is off after reset: nothing decodes"
+    );
+    assert_eq!(f.dev.ioevent_base(), None);
+    let old = f.dev.bar_address();
+    cfg_write(b, s, COMMAND, 2, u32::from(COMMAND_MEMORY));
+    assert_eq!(reg.taken(), at(true, old));
+    assert_eq!(f.dev.ioevent_base(), Some(old));
+    // Linux's way: decoding off, new address, decoding on.
+    let new = 0xE010_0000u64;
+    cfg_write(b, s, COMMAND, 2, 0);
+    assert_eq!(reg.taken(), at(false, old));
+    cfg_write(b, s, BAR0, 4, new as u32);
+    assert_eq!(reg.taken(), [], "BAR written while not decoding");
+    cfg_write(b, s, COMMAND, 2, u32::from(COMMAND_MEMORY));
+    assert_eq!(reg.taken(), at(true, new));
+    // Moved while decoding: the old addresses go before the new ones come.
+    let newer = 0xE020_0000u64;
+    cfg_write(b, s, BAR0, 4, newer as u32);
+    let mut expect = at(false, new);
+    expect.extend(at(true, newer));
+    assert_eq!(reg.taken(), expect);
+    assert_eq!(f.dev.ioevent_base(), Some(newer));
+    // An exit on the notification address (e.g. KVM refused the ioeventfd) is forwarded.
+    assert!(mmio_write(b, notify(newer, 1), 2, 1));
+    assert_eq!(link.queue_fd(1).unwrap().read().unwrap(), 1);
+    assert_eq!(link.forwarded_notifications(), 1);
+    assert_eq!(f.dev.notifies(), 0, "not processed on the vCPU");
 }
 
 struct Cap {

@@ -15,8 +15,12 @@
 //! | `0x5000` | MSI-X pending bit array | MSI-X |
 //!
 //! A `VIRTIO_PCI_CAP_PCI_CFG` capability (`cfg_type` 5) gives access to the BAR through
-//! configuration space. Queue notifications are processed synchronously on the vCPU thread
-//! that wrote them. Interrupts go out as MSI-X messages when the driver enabled MSI-X (and
+//! configuration space. Queue notifications are processed on the device event thread once a
+//! [`DeviceLink`] is attached: each queue's notification address is an ioeventfd
+//! (`KVM_IOEVENTFD`, any width and value) on that queue's eventfd, registered at the BAR's
+//! current address while memory decoding is enabled and moved when the guest reprograms the BAR
+//! or the command register; what still arrives as an exit is forwarded to the same eventfd.
+//! Without a link (the transport tested alone) queues are processed inline. Interrupts go out as MSI-X messages when the driver enabled MSI-X (and
 //! mapped a vector), otherwise through the ISR and the INTx line. The status/feature/queue
 //! rules are those shared with virtio-mmio ([`crate::devices::virtio_transport`]); accesses of
 //! the wrong width, to read-only fields or to nothing are ignored and counted
@@ -28,6 +32,7 @@ use super::config::{
 };
 use super::msix::{IntxLine, Msix, MsixCounters, CONTROL_ENABLE, CONTROL_FUNCTION_MASK};
 use super::{MsiSink, PciError, PciFunction};
+use crate::devices::events::{DeviceLink, IoeventRegistrar};
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio_transport::{
     process_notify, Half, InterruptStatus, Notified, RingPart, StatusChange, TransportCore,
@@ -35,7 +40,7 @@ use crate::devices::virtio_transport::{
 };
 use crate::memory::GuestRam;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use virtio_queue::QueueT;
 
 /// PCI vendor ID of virtio devices.
@@ -187,6 +192,18 @@ pub struct VirtioPciDevice<D: VirtioDevice> {
     ram: Arc<GuestRam>,
     notifies: AtomicU64,
     bad: AtomicU64,
+    link: OnceLock<Arc<DeviceLink>>,
+    ioevents: Mutex<Ioevents>,
+}
+
+/// Where the queues' ioeventfds are registered now.
+#[derive(Default)]
+struct Ioevents {
+    registrar: Option<Arc<dyn IoeventRegistrar>>,
+    /// The BAR address the notification addresses were registered at.
+    at: Option<u64>,
+    /// Registrations that failed (those notifications arrive as exits and are forwarded).
+    failed: u64,
 }
 
 fn cap_body(cfg_type: u8, offset: u64, length: u64, extra: &[u8]) -> Vec<u8> {
@@ -307,7 +324,93 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             ram,
             notifies: AtomicU64::new(0),
             bad: AtomicU64::new(0),
+            link: OnceLock::new(),
+            ioevents: Mutex::new(Ioevents::default()),
         })
+    }
+
+    /// Hands queue processing to the device event thread behind `link` (see the module doc);
+    /// the queues' notification addresses are registered with `registrar` now and follow the
+    /// BAR from then on. Only the first call counts.
+    pub fn attach(&self, link: Arc<DeviceLink>, registrar: Arc<dyn IoeventRegistrar>) {
+        if self.link.set(link).is_ok() {
+            self.ioevents.lock().unwrap().registrar = Some(registrar);
+            self.sync_ioevents();
+        }
+    }
+
+    /// The attached device link, if any.
+    pub fn link(&self) -> Option<&Arc<DeviceLink>> {
+        self.link.get()
+    }
+
+    /// The BAR address the notification ioeventfds are registered at now (`None`: not
+    /// registered, e.g. memory decoding is off).
+    pub fn ioevent_base(&self) -> Option<u64> {
+        self.ioevents.lock().unwrap().at
+    }
+
+    /// Moves the notification ioeventfds to where the BAR decodes now.
+    fn sync_ioevents(&self) {
+        let Some(link) = self.link.get() else { return };
+        let want = {
+            let cfg = self.cfg.lock().unwrap();
+            let base = cfg.bar_address(BAR_INDEX);
+            // Decoded only with memory space on, and a BAR above the first page (a BAR being
+            // sized or not yet programmed reads as its size mask or 0).
+            base.filter(|&b| {
+                cfg.command() & super::config::COMMAND_MEMORY != 0
+                    && b >= 0x1000
+                    && b.checked_add(BAR_SIZE).is_some()
+            })
+        };
+        let mut io = self.ioevents.lock().unwrap();
+        if io.at == want {
+            return;
+        }
+        let Some(reg) = io.registrar.clone() else {
+            return;
+        };
+        let addr = |base: u64, q: usize| {
+            base + NOTIFY_OFFSET + q as u64 * u64::from(NOTIFY_OFF_MULTIPLIER)
+        };
+        let queues = link.queue_count().min(usize::from(self.num_queues));
+        if let Some(old) = io.at.take() {
+            for q in 0..queues {
+                let fd = link.queue_fd(q).expect("q < queue_count");
+                if let Err(e) = reg.unregister(fd, addr(old, q), None) {
+                    log::warn!(
+                        "virtio-pci: queue {q}: removing the ioeventfd at {:#x}: {e}",
+                        addr(old, q)
+                    );
+                }
+            }
+        }
+        if let Some(new) = want {
+            for q in 0..queues {
+                let fd = link.queue_fd(q).expect("q < queue_count");
+                if let Err(e) = reg.register(fd, addr(new, q), None) {
+                    io.failed += 1;
+                    log::warn!("virtio-pci: queue {q}: no ioeventfd at {:#x} ({e}); its notifications are forwarded from the vCPU", addr(new, q));
+                }
+            }
+            io.at = Some(new);
+        }
+    }
+
+    /// The event thread saw queue `queue`'s eventfd: processes it if the device is active (a
+    /// notification before DRIVER_OK is counted and dropped; activation signals every enabled
+    /// queue again).
+    pub fn process_event(&self, queue: u16) {
+        {
+            let mut st = self.state.lock().unwrap();
+            if !st.core.activated {
+                st.core.bad_accesses += 1;
+                return;
+            }
+        }
+        self.notifies.fetch_add(1, Ordering::Relaxed);
+        self.process(queue);
     }
 
     /// Where this function's capabilities are in configuration space.
@@ -531,7 +634,10 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
                         let ready = st.core.ready_queues();
                         drop(st);
                         for q in ready {
-                            self.process(q);
+                            match self.link.get() {
+                                Some(link) => link.signal_queue(q),
+                                None => self.process(q),
+                            }
                         }
                     }
                     StatusChange::Stored => {}
@@ -581,6 +687,12 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         let ok = off % u64::from(NOTIFY_OFF_MULTIPLIER) == 0
             && matches!(data.len(), 2 | 4)
             && queue < u64::from(self.num_queues);
+        if ok {
+            if let Some(link) = self.link.get() {
+                link.forward_notification(queue as u16);
+                return;
+            }
+        }
         {
             let mut st = self.state.lock().unwrap();
             if !ok || !st.core.activated {
@@ -682,6 +794,7 @@ impl<D: VirtioDevice> PciFunction for VirtioPciDevice<D> {
         if let Some(c) = control {
             self.msix.set_control(c);
         }
+        self.sync_ioevents();
         self.update_intx();
         if let Some((off, buf, len)) = cfg_write {
             self.bar_write(BAR_INDEX, off, &buf[..len]);
