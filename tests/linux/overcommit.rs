@@ -383,6 +383,12 @@ fn balance_part(h: &mut TestGuest, hs: &Path, k: &mut TestGuest, ks: &Path, rt: 
         avail_kb / 1024 + 8 >= headroom,
         "H was pressed below its {headroom} MiB headroom: MemAvailable {avail_kb} kB\n{log}"
     );
+    // ... and took what H could spare.
+    assert!(
+        h_mib + 8 >= (ah / MIB).saturating_sub(headroom),
+        "the controller stopped early: H's balloon at {h_mib} MiB, {} MiB above the headroom\n{log}",
+        (ah / MIB).saturating_sub(headroom)
+    );
     for g in [h, k] {
         g.send("verify");
         let v = g.expect("verified ", Duration::from_secs(60));
