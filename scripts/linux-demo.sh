@@ -31,9 +31,13 @@ fi
 
 tmp=$(mktemp -d)
 pid=
+# Keeps the script's own exit status: under `set -e` the status of waiting for the killed VMM
+# (130/143) would otherwise become it, and a successful demo exited 130.
 cleanup() {
-  [[ -n "$pid" ]] && kill "$pid" 2>/dev/null && wait "$pid" 2>/dev/null
+  local rc=$?
+  if [[ -n "$pid" ]] && kill "$pid" 2>/dev/null; then wait "$pid" 2>/dev/null || true; fi
   rm -rf "$tmp"
+  exit "$rc"
 }
 trap cleanup EXIT
 mkfifo "$tmp/in"
