@@ -65,13 +65,18 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
     let names = thread_names(pid);
     // The main thread keeps the process's name; API connection threads come and go. KVM adds
     // its own kernel worker to the process of every VM (`kvm-nx-lpage-recovery`, shown
-    // truncated): not a memvisor thread.
+    // truncated): not a memvisor thread. The API has two workers beside its socket threads:
+    // `api-reclaim` (reclaim requests and the resident limit) and `vmm-swap` (the in-VMM swap,
+    // started with the VM because a thread inherits its starter's seccomp filter, and the API
+    // threads may not create files or userfaultfds).
     let allowed = [
         "memvisor",
         "vcpu0",
         "devices",
         "api-accept",
         "api-conn",
+        "api-reclaim",
+        "vmm-swap",
         "kvm-nx-lpage-re",
     ];
     let unexpected: Vec<_> = names
@@ -79,7 +84,14 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
         .filter(|n| !allowed.contains(&n.as_str()))
         .collect();
     assert!(unexpected.is_empty(), "threads {unexpected:?} in {names:?}");
-    for n in ["memvisor", "vcpu0", "devices", "api-accept"] {
+    for n in [
+        "memvisor",
+        "vcpu0",
+        "devices",
+        "api-accept",
+        "api-reclaim",
+        "vmm-swap",
+    ] {
         assert_eq!(names.get(n), Some(&1), "one thread {n}: {names:?}");
     }
     let out = vm.interrupt(Duration::from_secs(30));
