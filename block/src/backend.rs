@@ -19,7 +19,8 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
 use nix::errno::Errno;
-use nix::fcntl::{fallocate, FallocateFlags, Flock, FlockArg};
+use nix::fcntl::{fallocate, FallocateFlags, FlockArg};
+use std::os::fd::AsRawFd;
 
 use crate::SECTOR_SIZE;
 
@@ -109,7 +110,7 @@ pub enum ImageError {
 /// A raw image file.
 #[derive(Debug)]
 pub struct RawImage {
-    file: Flock<File>,
+    file: File,
     path: PathBuf,
     size: u64,
     direct: bool,
@@ -175,7 +176,12 @@ impl RawImage {
         } else {
             FlockArg::LockExclusiveNonblock
         };
-        let file = Flock::lock(file, arg).map_err(|(_, e)| {
+        // The lock lives as long as the descriptor and goes with its `close`: nix's `Flock`
+        // guard would `flock(LOCK_UN)` on drop, a call the seccomp filter of the thread that
+        // drops a VM (memvisor run's main thread) does not allow and that `close` makes
+        // unnecessary.
+        #[allow(deprecated)]
+        nix::fcntl::flock(file.as_raw_fd(), arg).map_err(|e| {
             if e == Errno::EWOULDBLOCK {
                 ImageError::Locked {
                     path: path.into(),
@@ -207,7 +213,7 @@ impl RawImage {
     fn falloc(&self, flags: FallocateFlags, offset: u64, len: u64) -> Result<(), Errno> {
         // Offsets and lengths are inside the image (the device checked), which is a file
         // whose size fits `off_t`.
-        fallocate(&*self.file, flags, offset as i64, len as i64)
+        fallocate(&self.file, flags, offset as i64, len as i64)
     }
 }
 

@@ -36,6 +36,28 @@ pub fn avail_features(read_only: bool) -> u64 {
     }
 }
 
+/// Names of the feature bits this device knows (as the virtio specification spells them).
+const FEATURE_NAMES: &[(u32, &str)] = &[
+    (VIRTIO_BLK_F_SEG_MAX, "SEG_MAX"),
+    (VIRTIO_BLK_F_RO, "RO"),
+    (VIRTIO_BLK_F_BLK_SIZE, "BLK_SIZE"),
+    (VIRTIO_BLK_F_FLUSH, "FLUSH"),
+    (VIRTIO_BLK_F_DISCARD, "DISCARD"),
+    (VIRTIO_BLK_F_WRITE_ZEROES, "WRITE_ZEROES"),
+    (VIRTIO_F_VERSION_1, "VERSION_1"),
+];
+
+/// The names of the bits set in `features` (`bit N` for bits without a name here).
+pub fn feature_names(features: u64) -> Vec<String> {
+    (0..64)
+        .filter(|bit| features & feature_mask(*bit) != 0)
+        .map(|bit| match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
+            Some((_, name)) => (*name).to_string(),
+            None => format!("bit {bit}"),
+        })
+        .collect()
+}
+
 /// Size of the configuration space the device exposes: `struct virtio_blk_config` up to and
 /// including `write_zeroes_may_unmap` and its padding (the secure-erase fields are not offered).
 pub const CONFIG_SPACE_SIZE: u64 = 60;

@@ -1,9 +1,10 @@
 //! Control of running VMs: the HTTP API a VM serves on its socket ([`api`]), the VMM's answers
-//! to it ([`vmm_api`]), and what works across every VM on the host through that API: the
+//! to it ([`vmm_api`]; what it tells about devices: [`disks`]), and what works across every VM on the host through that API: the
 //! balloon controller ([`balance`]). Above the reports it serves, below the runner that starts
 //! it.
 
 pub mod api;
 pub mod balance;
+pub mod disks;
 pub mod host_report;
 pub mod vmm_api;

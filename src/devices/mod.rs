@@ -1,6 +1,7 @@
 //! Devices and the bus that routes port-I/O and MMIO exits to them.
 
 pub mod balloon;
+pub mod block;
 pub mod pci;
 pub mod virtio;
 pub mod virtio_mmio;

@@ -15,7 +15,9 @@
 //!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
 //!   `KVM_SIGNAL_MSI` (virtio-pci interrupts); the balloon's discards through the memory module
 //!   (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`, `fallocate(PUNCH_HOLE|KEEP_SIZE)`,
-//!   `mincore`); eventfd writes (irqfds) are plain `write`s.
+//!   `mincore`); the disks' image I/O (`pread64`, `pwrite64`, `fdatasync`,
+//!   `fallocate(PUNCH_HOLE|KEEP_SIZE)` and `fallocate(ZERO_RANGE|KEEP_SIZE)`); eventfd writes
+//!   (irqfds) are plain `write`s.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
@@ -279,8 +281,11 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             interrupts(&mut l);
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
-            l.arg_in(SYS_fallocate, 1, &[punch]);
-            l.any(&[SYS_mincore]);
+            // Disks (`crate::devices::block`): image I/O, flushes, discards (a punched hole)
+            // and write-zeroes (`ZERO_RANGE`) on the image file.
+            let zero = (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE) as u64;
+            l.arg_in(SYS_fallocate, 1, &[punch, zero]);
+            l.any(&[SYS_mincore, SYS_pread64, SYS_pwrite64, SYS_fdatasync]);
         }
         ThreadKind::Api => {
             start_threads(&mut l);
