@@ -1052,3 +1052,6 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
     let out = g.vm.interrupt(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
 }
+
+#[path = "linux/disk.rs"]
+mod disk;
