@@ -169,6 +169,58 @@ write("balloon_queues", "raw-memory-chain",
       + write_mem(0x20100, struct.pack("<IIII", 1, 2, 3, 33))
       + desc(0, 3, 0x20100, 16, 0, 0) + push_avail(0, 3) + notify(0))
 
+# ---------------------------------------------------------------- block_requests
+# Header: flags u8 (bit 0 read-only, bit 1 4 KiB blocks, bit 2 failing I/O, bit 3 no hole
+# punching), queue size log2 u8, acked features u32 + u8 (bits 32..39); then actions.
+def blk_header(flags=0, size_log2=8, features=(1 << 9) | (1 << 13) | (1 << 14), hi=1):
+    return struct.pack("<BBIB", flags, size_log2, features, hi)
+
+
+def blk_request(kind, sector, out=b"", in_len=0, split=0, status_len=1):
+    return struct.pack("<BIQBHHBB", 3, kind, sector, 0, len(out), in_len, split, status_len) + out
+
+
+def blk_desc(index, addr, length, flags, nxt):
+    return struct.pack("<BHIIHH", 1, index, addr, length, flags, nxt)
+
+
+def blk_avail(head):
+    return struct.pack("<BH", 2, head)
+
+
+BLK_NOTIFY = b"\x04"
+
+
+def discard_seg(sector, sectors, flags=0):
+    return struct.pack("<QII", sector, sectors, flags)
+
+
+write("block_requests", "read-write-flush-id",
+      blk_header() + blk_request(0, 3, in_len=1024) + blk_request(1, 10, b"\x42" * 512)
+      + blk_request(4, 0) + blk_request(8, 0, in_len=20, split=7) + BLK_NOTIFY)
+write("block_requests", "discard-write-zeroes",
+      blk_header() + blk_request(11, 0, discard_seg(8, 16) + discard_seg(64, 8))
+      + blk_request(13, 0, discard_seg(100, 4, 1)) + blk_request(13, 0, discard_seg(0, 1, 2))
+      + BLK_NOTIFY)
+write("block_requests", "read-only",
+      blk_header(flags=1, features=1 << 5) + blk_request(1, 0, b"\x01" * 512)
+      + blk_request(11, 0, discard_seg(0, 8)) + blk_request(0, 0, in_len=512) + BLK_NOTIFY)
+write("block_requests", "direct-4k-blocks",
+      blk_header(flags=2) + blk_request(0, 8, in_len=4096) + blk_request(0, 1, in_len=512)
+      + BLK_NOTIFY)
+write("block_requests", "failing-host",
+      blk_header(flags=4 | 8) + blk_request(0, 0, in_len=512) + blk_request(11, 0, discard_seg(0, 8))
+      + BLK_NOTIFY)
+write("block_requests", "out-of-range-and-bad-lengths",
+      blk_header() + blk_request(0, 127, in_len=1024) + blk_request(1, 0, b"\x00" * 100)
+      + blk_request(0, 0, in_len=512, status_len=0) + blk_request(99, 0) + BLK_NOTIFY)
+# A loop (0 -> 1 -> 0), an indirect descriptor, a next past the table.
+write("block_requests", "broken-chains",
+      blk_header(size_log2=4) + blk_desc(0, 0x20000, 16, 1, 1) + blk_desc(1, 0x20100, 1, 3, 0)
+      + blk_avail(0) + blk_desc(2, 0x20200, 48, 4, 0) + blk_avail(2)
+      + blk_desc(3, 0x20000, 16, 1, 200) + blk_avail(3) + BLK_NOTIFY)
+
+
 # ---------------------------------------------------------------- api_request
 def http(method, target, body=None, extra=""):
     s = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}"
@@ -243,6 +295,9 @@ write("config", "command-line", "\x03vcpus 2\nmemory size=512M,prealloc=on\n"
       "memory 1G,backend=memfd\nballoon amount_mib=64,deflate_on_oom=on\n"
       "workload touch:stride=2M,passes=3;fill:seed=7\nworkload random:ws=64M,accesses=10K\n"
       "pin 0=0,1=1")
+write("config", "command-line-disks", "\x03kernel /boot/vmlinux\nmemory 256M\n"
+      "disk path=/images/a.raw\ndisk path=b.img,readonly=on,id=data-1,direct=on\n"
+      "disk path=c.img,id=vda")
 for i, region in enumerate(config["memory"]):
     write("config", f"json-region-{region['backend']}", "\x04" + json.dumps(region))
 # Mode 5 (typed): vcpus 2, two regions (anon 512M; memfd 2M huge pages, 64M), a balloon.

@@ -6,6 +6,7 @@ use crate::config::{ConfigError, VmConfig};
 use crate::control::api::ApiServer;
 use crate::control::vmm_api::{CommandMsg, VmCommand, VmmApi};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
+use crate::devices::block::{BlockDevice, BlockHandle};
 use crate::devices::event_thread::DeviceThread;
 use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio_mmio::MmioTransport;
@@ -52,6 +53,9 @@ pub enum VmmError {
     /// The device event thread.
     #[error(transparent)]
     Devices(#[from] crate::devices::event_thread::DeviceThreadError),
+    /// A `--disk` that cannot be attached.
+    #[error(transparent)]
+    Disk(#[from] crate::devices::block::DiskError),
     /// Thread creation.
     #[error("starting vCPU {vcpu} thread: {source}")]
     Thread {
@@ -107,6 +111,7 @@ pub struct Vmm {
     reclaimer: Arc<crate::control::reclaim::Reclaimer>,
     limit_thread: Option<crate::control::reclaim::LimitThread>,
     devices: Option<DeviceThread>,
+    disks: Vec<BlockHandle>,
     linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
@@ -130,6 +135,13 @@ impl Vmm {
         let progress = opts.progress;
         let t0 = Instant::now();
         config.check()?;
+        // Disk images are opened and locked before guest memory is mapped: a missing or
+        // locked image stops the start at once.
+        let disks = config
+            .disks
+            .iter()
+            .map(BlockDevice::open)
+            .collect::<Result<Vec<_>, _>>()?;
         let filters = crate::seccomp::VmFilters::new(opts.seccomp)?;
         let ram = Arc::new(GuestRam::new_with(
             &config.memory,
@@ -147,7 +159,7 @@ impl Vmm {
         };
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
-        let (bus, linux, balloon): (Arc<dyn Bus>, _, _) = match &config.linux {
+        let (bus, linux, balloon, disks): (Arc<dyn Bus>, _, _, _) = match &config.linux {
             None => {
                 let balloon_mmio = config.balloon.clone().map(|opts| {
                     Arc::new(MmioTransport::new(
@@ -170,15 +182,17 @@ impl Vmm {
                     Arc::new(VmBus::new(ram.clone(), balloon_mmio.clone())),
                     None,
                     balloon_mmio.map(BalloonHandle::Mmio),
+                    Vec::new(),
                 )
             }
             Some(lc) => {
-                let (machine, balloon) =
-                    linux_machine(&vm, &ram, lc, config.vcpus, config.balloon.clone())?;
+                let (machine, balloon, disks) =
+                    linux_machine(&vm, &ram, lc, config.vcpus, config.balloon.clone(), disks)?;
                 for id in 0..config.vcpus {
                     fds.push(machine.create_vcpu(&vm, id)?);
                 }
-                (machine.bus.clone() as Arc<dyn Bus>, Some(machine), balloon)
+                let bus = machine.bus.clone() as Arc<dyn Bus>;
+                (bus, Some(machine), balloon, disks)
             }
         };
         let kind = if linux.is_some() {
@@ -256,6 +270,7 @@ impl Vmm {
                     config: config.clone(),
                     ram: ram.clone(),
                     balloon: balloon.clone(),
+                    disks: disks.clone(),
                     vcpus: handles.iter().map(|h| h.status()).collect(),
                     commands: std::sync::Mutex::new(cmd_tx),
                     started,
@@ -290,6 +305,7 @@ impl Vmm {
             reclaimer,
             limit_thread,
             devices,
+            disks,
             linux,
             config: config.clone(),
             ram,
@@ -304,6 +320,11 @@ impl Vmm {
     /// The balloon device, if configured.
     pub fn balloon(&self) -> Option<&BalloonHandle> {
         self.balloon.as_ref()
+    }
+
+    /// The disks (`--disk`), in order.
+    pub fn disks(&self) -> &[BlockHandle] {
+        &self.disks
     }
 
     /// A Linux guest's serial console.
@@ -586,16 +607,20 @@ fn start_devices(
 /// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.
 const PCI_INTX_GSI: u32 = 10;
 
-/// The irqchip, devices and loaded kernel of a Linux guest. The balloon is a modern virtio-pci
-/// function on a PCI bus (conf1 ports, BARs in the PCI window) described to the guest as an
-/// ACPI host bridge, its interrupts MSI-X through KVM.
+/// The irqchip, devices and loaded kernel of a Linux guest. The balloon and the disks are
+/// modern virtio-pci functions on a PCI bus (conf1 ports, BARs in the PCI window; the balloon
+/// first, then the disks in `--disk` order, so Linux names them vda, vdb, ...) described to the
+/// guest as an ACPI host bridge, their interrupts MSI-X through KVM (INTA# of all of them is
+/// one shared line).
 fn linux_machine(
     vm: &Vm,
     ram: &Arc<GuestRam>,
     lc: &crate::linux::LinuxConfig,
     vcpus: u32,
     balloon: Option<balloon::BalloonOptions>,
-) -> Result<(crate::linux::LinuxMachine, Option<BalloonHandle>), VmmError> {
+    disks: Vec<BlockDevice>,
+) -> Result<LinuxDevices, VmmError> {
+    use crate::devices::pci::shared_intx::SharedIntx;
     use crate::devices::pci::{
         KvmIrq, PciBus, PciIrq, PCI_MMIO_WINDOW_SIZE, PCI_MMIO_WINDOW_START,
     };
@@ -603,35 +628,59 @@ fn linux_machine(
     let irq = crate::linux::irq::IrqChip::create(vm.shared_fd()).map_err(LinuxError::from)?;
     let mut devices = crate::linux::Devices::default();
     let mut handle = None;
-    if let Some(opts) = balloon {
-        let pci_err =
-            |e: String| LinuxError::Device(format!("the balloon's virtio-pci function: {e}"));
-        let kvm_irq = KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err(e.to_string()))?;
+    let mut disk_handles = Vec::new();
+    if balloon.is_some() || !disks.is_empty() {
+        let pci_err = |what: &str, e: String| {
+            LinuxError::Device(format!("{what}'s virtio-pci function: {e}"))
+        };
+        let kvm_irq =
+            KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err("the PCI bus", e.to_string()))?;
+        let intx = SharedIntx::new(kvm_irq.intx(PCI_INTX_GSI));
+        let irq_for = |function: usize| PciIrq {
+            msi: kvm_irq.clone(),
+            intx: Some(intx.pin(function as u32)),
+            intx_line: PCI_INTX_GSI as u8,
+        };
         let mut pci = PciBus::new();
-        let (dev, slot) = pci
-            .add_virtio(
-                BalloonDevice::new(opts, ram.clone()),
-                ram.clone(),
-                PciIrq {
-                    msi: kvm_irq.clone(),
-                    intx: Some(kvm_irq.intx(PCI_INTX_GSI)),
-                    intx_line: PCI_INTX_GSI as u8,
-                },
-            )
-            .map_err(|e| pci_err(e.to_string()))?;
+        let mut slots = Vec::new();
+        if let Some(opts) = balloon {
+            let (dev, slot) = pci
+                .add_virtio(
+                    BalloonDevice::new(opts, ram.clone()),
+                    ram.clone(),
+                    irq_for(slots.len()),
+                )
+                .map_err(|e| pci_err("the balloon", e.to_string()))?;
+            slots.push(slot);
+            handle = Some(BalloonHandle::Pci(dev));
+        }
+        for disk in disks {
+            let what = format!("disk {}", disk.config.id);
+            let (dev, slot) = pci
+                .add_virtio(disk, ram.clone(), irq_for(slots.len()))
+                .map_err(|e| pci_err(&what, e.to_string()))?;
+            slots.push(slot);
+            disk_handles.push(dev);
+        }
         devices.buses.push(Arc::new(pci));
         devices.dsdt_aml = crate::linux::acpi::pci_host_bridge_aml(
             PCI_MMIO_WINDOW_START as u32,
             PCI_MMIO_WINDOW_SIZE as u32,
-            &[slot],
+            &slots,
             PCI_INTX_GSI,
         );
-        handle = Some(BalloonHandle::Pci(dev));
     }
     let machine =
         crate::linux::LinuxMachine::setup(ram, lc, vcpus, vm.host().hardware, irq, devices)?;
-    Ok((machine, handle))
+    Ok((machine, handle, disk_handles))
 }
+
+/// A Linux guest's machine, its balloon and its disks.
+type LinuxDevices = (
+    crate::linux::LinuxMachine,
+    Option<BalloonHandle>,
+    Vec<BlockHandle>,
+);
 
 fn stop_all(handles: &mut [VcpuHandle]) {
     for h in handles.iter() {

@@ -344,38 +344,10 @@ fn bzimage_and_vmlinux_are_loaded_per_the_boot_protocol() {
     assert_eq!(u32_at(&zp, 0x21c) as usize, initrd.len());
 }
 
-/// A minimal ELF "kernel": `code` loaded at and entered at 2 MiB.
-fn tiny_kernel(code: &[u8]) -> Vec<u8> {
-    const LOAD: u64 = 0x20_0000;
-    let mut f = vec![0u8; 0x1000];
-    f[0..4].copy_from_slice(b"\x7fELF");
-    f[4] = 2; // 64-bit
-    f[5] = 1; // little endian
-    f[6] = 1; // version
-    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
-    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
-    f[20..24].copy_from_slice(&1u32.to_le_bytes());
-    f[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
-    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
-    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
-    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
-    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
-    let ph = 64;
-    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
-    f[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
-    f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
-    f[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes()); // p_vaddr
-    f[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes()); // p_paddr
-    f[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    f[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
-    f.extend_from_slice(code);
-    f
-}
-
 fn run_tiny(code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
     let tmp = TempDir::new("linux-tiny");
     let kernel = tmp.path().join("tiny.elf");
-    std::fs::write(&kernel, tiny_kernel(code)).unwrap();
+    std::fs::write(&kernel, common::tiny_kernel(code)).unwrap();
     let console = tmp.path().join("console.txt");
     let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
         .arg("run")
@@ -1085,3 +1057,6 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
     let out = g.vm.interrupt(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
 }
+
+#[path = "linux/disk.rs"]
+mod disk;

@@ -443,6 +443,7 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
         config: VmConfig::default(),
         ram: vm.ram.clone(),
         balloon: Some(handle.clone()),
+        disks: Vec::new(),
         vcpus: Vec::new(),
         commands: Mutex::new(std::sync::mpsc::channel().0),
         started: std::time::Instant::now(),

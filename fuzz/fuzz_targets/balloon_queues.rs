@@ -30,7 +30,10 @@ use balloon::features::{
 use balloon::stats::encode_stats;
 use balloon::{Balloon, BalloonOptions, MemoryBackend};
 use libfuzzer_sys::fuzz_target;
+#[path = "reader.rs"]
+mod reader;
 use memvisor::devices::virtio_transport::copy_queue;
+use reader::Reader;
 use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
@@ -110,56 +113,14 @@ impl MemoryBackend for Recorder {
     }
 }
 
-/// Reads little-endian fields; past the end everything reads as zero.
-struct Reader<'a>(&'a [u8]);
-
-impl Reader<'_> {
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        let n = n.min(self.0.len());
-        let (a, b) = self.0.split_at(n);
-        self.0 = b;
-        a.to_vec()
-    }
-    fn array<const N: usize>(&mut self) -> [u8; N] {
-        let mut out = [0u8; N];
-        let b = self.bytes(N);
-        out[..b.len()].copy_from_slice(&b);
-        out
-    }
-    fn u8(&mut self) -> u8 {
-        self.array::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.array())
-    }
-    fn u32(&mut self) -> u32 {
-        u32::from_le_bytes(self.array())
-    }
-    fn u64(&mut self) -> u64 {
-        u64::from_le_bytes(self.array())
-    }
-    /// A guest-physical address: a u32, except that values from 0xffff_0000 map to the top of
-    /// the 64-bit space (to reach overflow checks).
-    fn addr(&mut self) -> u64 {
-        let v = self.u32();
-        if v >= 0xffff_0000 {
-            u64::MAX - u64::from(0xffff_ffff - v)
-        } else {
-            u64::from(v)
-        }
-    }
-    /// A PFN: a u16 below 0x8000 is taken modulo 128 (pages 0..128 cover both regions, the gap
-    /// and what lies past them); otherwise a raw u32 follows.
-    fn pfn(&mut self) -> u32 {
-        let v = self.u16();
-        if v & 0x8000 == 0 {
-            u32::from(v & 0x7f)
-        } else {
-            self.u32()
-        }
-    }
-    fn is_empty(&self) -> bool {
-        self.0.is_empty()
+/// A PFN: a u16 below 0x8000 is taken modulo 128 (pages 0..128 cover both regions, the gap
+/// and what lies past them); otherwise a raw u32 follows.
+fn pfn(r: &mut Reader) -> u32 {
+    let v = r.u16();
+    if v & 0x8000 == 0 {
+        u32::from(v & 0x7f)
+    } else {
+        r.u32()
     }
 }
 
@@ -238,7 +199,7 @@ impl Harness {
         };
         let mut table = Vec::new();
         for i in 0..n {
-            let pfn = r.pfn();
+            let pfn = pfn(r);
             let at = self.buf(&pfn.to_le_bytes());
             let flags = if i + 1 < n { 1 } else { 0 };
             table.extend(raw_desc(at, 4, flags, u16::from(i) + 1));
@@ -510,7 +471,7 @@ impl Harness {
             }
             8 => {
                 let (q, shape, n) = (r.u8(), r.u8(), r.u16() % 1100);
-                let pfns: Vec<u8> = (0..n).flat_map(|_| r.pfn().to_le_bytes()).collect();
+                let pfns: Vec<u8> = (0..n).flat_map(|_| pfn(r).to_le_bytes()).collect();
                 let addr = self.buf(&pfns);
                 let pieces = u64::from(shape % 3) + 1;
                 let flags = if shape & 0x4 != 0 { 2 } else { 0 }; // VRING_DESC_F_WRITE

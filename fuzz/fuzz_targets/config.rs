@@ -5,8 +5,9 @@
 //! - 0: `--memory` region specs, one per line (`RegionConfig::parse`);
 //! - 1: a `--balloon` spec (`parse_balloon`);
 //! - 2: the JSON `--config` file (`VmConfig` through serde, then `VmConfig::check`);
-//! - 3: a command line, one flag per line (`memory SPEC`, `balloon SPEC`, `workload SPEC`,
-//!   `pin SPEC`, `vcpus N`), combined the way `memvisor run` does and checked;
+//! - 3: a command line, one flag per line (`memory SPEC`, `balloon SPEC`, `disk SPEC`,
+//!   `kernel PATH`, `workload SPEC`, `pin SPEC`, `vcpus N`), combined the way `memvisor run`
+//!   does and checked (a `--disk` the parser accepts checks again and round-trips);
 //! - 4: one region of the JSON file (`{"size": .., "backend": .., ..}`), in the default
 //!   configuration, so that mutations reach the region rules faster than through a whole file;
 //! - 5: a `VmConfig` built field by field from the bytes (any value the JSON file can hold,
@@ -21,6 +22,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
+use memvisor::config::disk::DiskConfig;
 use memvisor::config::workload::{Step, Workload};
 use memvisor::config::{parse_balloon, parse_pin, Backend, ConfigError, RegionConfig, VmConfig};
 
@@ -299,6 +301,20 @@ fn command_line(text: &str) -> Result<(), ConfigError> {
         match flag {
             "memory" => memory.push(region(memory.len(), value)?),
             "balloon" => c.balloon = Some(parse_balloon(value)?),
+            "disk" => {
+                let d = DiskConfig::parse(c.disks.len(), value)?;
+                assert_eq!(roundtrip(&d), d, "disk JSON round trip");
+                d.check(c.disks.len()).expect("a parsed disk checks");
+                c.disks.push(d);
+            }
+            "kernel" => {
+                c.linux = Some(memvisor::config::linux::LinuxConfig {
+                    kernel: value.into(),
+                    initrd: None,
+                    cmdline: None,
+                    console: None,
+                })
+            }
             "workload" => workload.push(value),
             "pin" => c.pin = parse_pin(value)?,
             "vcpus" => c.vcpus = value.parse().unwrap_or(0),

@@ -14,6 +14,7 @@
 //! - [`uffd_faults`]: `memvisor bench uffd`, with [`minimal_uffd`], the bare userfaultfd loop it
 //!   compares against;
 //! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise;
+//! - [`disk`]: `memvisor bench disk`, the virtio-blk device's requests vs raw file I/O;
 //! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads;
 //! - [`startup`]: VMM start to first guest instruction and RSS beyond guest RAM, beside QEMU;
 //! - [`memory_paths`]: `memvisor bench memory-paths`, all of the above at modest sizes in one
@@ -28,6 +29,7 @@
 
 pub mod balloon;
 pub mod chart;
+pub mod disk;
 pub mod host;
 pub mod hugepages;
 pub mod machine;

@@ -33,6 +33,29 @@ pub enum BenchCmd {
     /// /proc/self/pagemap (and /proc/kpageflags) reads of the same range (needs root for
     /// frame numbers and page kinds).
     Mappings(super::bench_memory_paths::MappingsArgs),
+    /// Disk requests: the virtio-blk device (as --disk uses it) processing Linux-shaped
+    /// requests over a raw image, beside raw pread/pwrite of the same offsets: sequential
+    /// 128K MiB/s and random 4K IOPS, reads and writes.
+    Disk(DiskArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct DiskArgs {
+    /// Image size (multiple of 1M).
+    #[arg(long, default_value = "256M", value_parser = size)]
+    size: u64,
+    /// Repetitions of each workload.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Directory for the image (default: the temp dir).
+    #[arg(long, value_name = "DIR")]
+    dir: Option<PathBuf>,
+    /// O_DIRECT on both sides (the page cache bypassed).
+    #[arg(long)]
+    direct: bool,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -189,6 +212,15 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
         }
         BenchCmd::Hugepages(a) => super::bench_hugepages::run(a),
         BenchCmd::MemoryPaths(a) => super::bench_memory_paths::run(a),
+        BenchCmd::Disk(a) => {
+            let opts = memvisor::bench::disk::DiskBenchOptions {
+                size: a.size,
+                reps: a.reps,
+                dir: a.dir,
+                direct: a.direct,
+            };
+            print(memvisor::bench::disk::run(&opts, &progress), a.json)
+        }
         BenchCmd::Mappings(a) => {
             let opts = memvisor::bench::mappings::MappingsOptions {
                 size: a.size,

@@ -40,6 +40,11 @@ pub struct RunArgs {
     /// amount_mib=N,deflate_on_oom=on|off,stats_polling_interval_s=N[,free_page_reporting=on].
     #[arg(long, value_name = "OPTIONS")]
     balloon: Option<String>,
+    /// A virtio-blk disk for a Linux guest (virtio-pci), repeatable: path=IMAGE (a raw image
+    /// file)[,readonly=on][,id=NAME (default vda, vdb, ...; the serial the guest reads)]
+    /// [,direct=on (O_DIRECT: no host page cache; the guest sees 4 KiB blocks)].
+    #[arg(long = "disk", value_name = "OPTIONS")]
+    disk: Vec<String>,
     /// Serve the control API (HTTP/1.1, JSON) on this Unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -124,6 +129,14 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
     }
     if let Some(b) = &a.balloon {
         c.balloon = Some(memvisor::config::parse_balloon(b)?);
+    }
+    if !a.disk.is_empty() {
+        c.disks = a
+            .disk
+            .iter()
+            .enumerate()
+            .map(|(i, d)| memvisor::config::disk::DiskConfig::parse(i, d))
+            .collect::<Result<_, _>>()?;
     }
     c.check()?;
     Ok(c)

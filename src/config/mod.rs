@@ -5,6 +5,7 @@
 //! rules that need no host state. Checks against the host (is the hugepage pool large enough,
 //! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
 
+pub mod disk;
 pub mod linux;
 pub mod workload;
 
@@ -50,6 +51,16 @@ pub enum ConfigError {
     Region {
         /// Region index (order of `--memory` flags).
         region: usize,
+        /// The option.
+        option: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// An option of a `--disk` that is wrong.
+    #[error("disk {disk}: option `{option}`: {reason}")]
+    Disk {
+        /// Disk index (order of `--disk` flags).
+        disk: usize,
         /// The option.
         option: String,
         /// What is wrong and what to write instead.
@@ -405,6 +416,9 @@ pub struct VmConfig {
     /// Boot this Linux kernel instead of the built-in guest (the workload is then unused).
     #[serde(default)]
     pub linux: Option<linux::LinuxConfig>,
+    /// virtio-blk disks (Linux guests), in `--disk` order.
+    #[serde(default)]
+    pub disks: Vec<disk::DiskConfig>,
 }
 
 impl Default for VmConfig {
@@ -417,6 +431,7 @@ impl Default for VmConfig {
             triple_fault: false,
             balloon: None,
             linux: None,
+            disks: Vec::new(),
         }
     }
 }
@@ -507,6 +522,7 @@ impl VmConfig {
                 )));
             }
         }
+        disk::check_disks(&self.disks, self.linux.is_some())?;
         self.workload.check()?;
         Ok(())
     }

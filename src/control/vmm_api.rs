@@ -43,6 +43,8 @@ pub struct VmmApi {
     pub ram: Arc<GuestRam>,
     /// The balloon, if configured.
     pub balloon: Option<BalloonHandle>,
+    /// The disks, in `--disk` order.
+    pub disks: Vec<crate::devices::block::BlockHandle>,
     /// vCPU states and counters.
     pub vcpus: Vec<VcpuStatus>,
     /// Channel to the event loop.
@@ -411,7 +413,16 @@ impl VmmApi {
             let _ = writeln!(s, "memvisor_balloon_released_bytes_total {rel}");
             balloon_counter_metrics(&mut s, &counters);
         }
+        crate::control::disks::disk_metrics(&mut s, &self.disk_infos());
         s
+    }
+
+    /// The disks' figures, in `--disk` order.
+    fn disk_infos(&self) -> Vec<crate::devices::block::DiskInfo> {
+        self.disks
+            .iter()
+            .map(crate::devices::block::disk_info)
+            .collect()
     }
 }
 
@@ -596,6 +607,7 @@ impl ApiHandler for VmmApi {
                     "uptime_s": self.started.elapsed().as_secs_f64(),
                     "config": self.config,
                     "vcpus": vcpus,
+                    "devices": crate::control::disks::device_list(self.balloon.as_ref(), &self.disk_infos()),
                 }))
             }
             ApiRequest::PutVmState(VmState::Paused) => self.command(VmCommand::Pause),

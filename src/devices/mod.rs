@@ -3,6 +3,7 @@
 //! and the eventfd link between it and the transports ([`events`]).
 
 pub mod balloon;
+pub mod block;
 pub mod event_thread;
 pub mod events;
 pub mod pci;

@@ -15,8 +15,11 @@
 //!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
 //!   `KVM_SIGNAL_MSI` (virtio-pci register writes that unmask a pending vector or clear the
 //!   ISR); `KVM_IOEVENTFD` (a guest moving a virtio-pci BAR moves its notification
-//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards: queue
-//!   processing runs on the device thread.
+//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards: the
+//!   balloon's queues are processed on the device thread. The disks' queues are still processed
+//!   on the vCPU that notified (`crate::devices::block` is not on the device thread yet): their
+//!   image I/O (`pread64`, `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` and
+//!   `fallocate(ZERO_RANGE|KEEP_SIZE)`).
 //! - **devices** (the device event thread): `epoll_wait`/`epoll_pwait`, `read` of its
 //!   eventfds and timerfd, `timerfd_settime`; the balloon's discards and reclaims through the
 //!   memory module (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`,
@@ -328,6 +331,12 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             ]);
             interrupts(&mut l);
             l.ioctls(&[KVM_IOEVENTFD]);
+            // Disks (`crate::devices::block`, processed on the vCPU that notified): image I/O,
+            // flushes, discards (a punched hole) and write-zeroes (`ZERO_RANGE`).
+            let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
+            let zero = (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE) as u64;
+            l.arg_in(SYS_fallocate, 1, &[punch, zero]);
+            l.any(&[SYS_pread64, SYS_pwrite64, SYS_fdatasync]);
         }
         ThreadKind::Devices => {
             interrupts(&mut l);

@@ -172,6 +172,98 @@ fn typed_answers_match_the_spec_and_the_spec_bites() {
     let mut d = serde_json::to_value(&device).unwrap();
     d["counters"]["new_counter"] = json!(0);
     bad("BalloonDevice", d);
+
+    // A disk: every counter the block crate has is in the document, and no other.
+    let disk = memvisor::devices::block::DiskInfo {
+        id: "vda".into(),
+        path: "/images/a.raw".into(),
+        read_only: false,
+        direct: false,
+        capacity_bytes: 1 << 20,
+        block_size: 512,
+        activated: true,
+        features_offered: block::features::feature_names(block::features::avail_features(false)),
+        features_acked: vec![],
+        counters: block::BlockCounters::default(),
+    };
+    ok("DiskInfo", serde_json::to_value(&disk).unwrap());
+    let mut d = serde_json::to_value(&disk).unwrap();
+    d["counters"]["new_counter"] = json!(0);
+    bad("DiskInfo", d);
+}
+
+/// A Linux VM (a tiny "kernel" that only halts: the API does not need a booted guest) with a
+/// balloon and two disks: `GET /vm` lists the three devices and `/metrics` has the disks'
+/// series, both as the document says.
+#[test]
+fn a_linux_vm_with_disks_matches_the_spec() {
+    if !kvm_or_skip("a_linux_vm_with_disks_matches_the_spec") {
+        return;
+    }
+    let c = Checker::new();
+    let tmp = TempDir::new("api-spec-disks");
+    let kernel = tmp.path().join("halt.elf");
+    std::fs::write(&kernel, common::tiny_kernel(&[0xf4, 0xeb, 0xfd])).unwrap(); // hlt; jmp hlt
+    let (a, b) = (tmp.path().join("a.img"), tmp.path().join("b.img"));
+    std::fs::write(&a, vec![0u8; 1 << 20]).unwrap();
+    std::fs::write(&b, vec![0u8; 64 << 10]).unwrap();
+    let disk_a = format!("path={}", a.display());
+    let disk_b = format!("path={},readonly=on,id=ro-data", b.display());
+    let (mut vm, sock) = start(
+        tmp.path(),
+        "disks",
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--balloon",
+            "amount_mib=0",
+            "--disk",
+            &disk_a,
+            "--disk",
+            &disk_b,
+        ],
+    );
+    wait_until("the API socket", Duration::from_secs(20), || sock.exists());
+    let v = c.expect(&sock, "GET", "/vm", None, 200).json();
+    let devices = v["devices"].as_array().unwrap();
+    let kinds: Vec<(&str, &str)> = devices
+        .iter()
+        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            ("virtio-balloon", "balloon"),
+            ("virtio-blk", "vda"),
+            ("virtio-blk", "ro-data")
+        ]
+    );
+    assert_eq!(devices[1]["disk"]["capacity_bytes"], 1 << 20);
+    assert_eq!(devices[2]["disk"]["read_only"], true);
+    assert!(devices[2]["disk"]["features_offered"]
+        .as_array()
+        .unwrap()
+        .contains(&json!("RO")));
+    assert_eq!(v["config"]["disks"][1]["id"], "ro-data");
+    let m = c.expect(&sock, "GET", "/metrics", None, 200);
+    for line in [
+        "memvisor_disk_requests_total{disk=\"vda\",op=\"read\"} 0",
+        "memvisor_disk_bytes_total{disk=\"ro-data\",op=\"write\"} 0",
+        "memvisor_disk_errors_total{disk=\"vda\",status=\"ioerr\"} 0",
+        "memvisor_disk_device_events_total{disk=\"ro-data\",counter=\"write_to_read_only\"} 0",
+    ] {
+        assert!(m.body.lines().any(|l| l == line), "{line} in\n{}", m.body);
+    }
+    c.expect(
+        &sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "Shutdown"}"#),
+        204,
+    );
+    assert_eq!(wait_exit(&mut vm).code(), Some(130));
 }
 
 #[test]

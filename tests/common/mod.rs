@@ -558,3 +558,31 @@ pub fn thread_seccomp(pid: u32) -> std::collections::BTreeMap<String, (u32, u32)
     }
     out
 }
+
+/// A minimal ELF "kernel": `code` loaded at and entered at 2 MiB.
+pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
+    const LOAD: u64 = 0x20_0000;
+    let mut f = vec![0u8; 0x1000];
+    f[0..4].copy_from_slice(b"\x7fELF");
+    f[4] = 2; // 64-bit
+    f[5] = 1; // little endian
+    f[6] = 1; // version
+    f[16..18].copy_from_slice(&2u16.to_le_bytes()); // ET_EXEC
+    f[18..20].copy_from_slice(&62u16.to_le_bytes()); // x86-64
+    f[20..24].copy_from_slice(&1u32.to_le_bytes());
+    f[24..32].copy_from_slice(&LOAD.to_le_bytes()); // e_entry
+    f[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    f[52..54].copy_from_slice(&64u16.to_le_bytes()); // e_ehsize
+    f[54..56].copy_from_slice(&56u16.to_le_bytes()); // e_phentsize
+    f[56..58].copy_from_slice(&1u16.to_le_bytes()); // e_phnum
+    let ph = 64;
+    f[ph..ph + 4].copy_from_slice(&1u32.to_le_bytes()); // PT_LOAD
+    f[ph + 4..ph + 8].copy_from_slice(&5u32.to_le_bytes()); // R+X
+    f[ph + 8..ph + 16].copy_from_slice(&0x1000u64.to_le_bytes()); // p_offset
+    f[ph + 16..ph + 24].copy_from_slice(&LOAD.to_le_bytes()); // p_vaddr
+    f[ph + 24..ph + 32].copy_from_slice(&LOAD.to_le_bytes()); // p_paddr
+    f[ph + 32..ph + 40].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f[ph + 40..ph + 48].copy_from_slice(&(code.len() as u64).to_le_bytes());
+    f.extend_from_slice(code);
+    f
+}

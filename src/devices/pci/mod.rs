@@ -67,6 +67,7 @@
 pub mod config;
 mod kvm;
 pub mod msix;
+pub mod shared_intx;
 pub mod virtio_pci;
 
 pub use kvm::KvmIrq;
