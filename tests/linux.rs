@@ -23,12 +23,17 @@
 //!   statistics, inflate/deflate with host residency and the guest's MemTotal following.
 //!   `test_kernel_free_page_reporting_and_deflate_on_oom` boots it once more, beside it, for
 //!   free page reporting and deflate-on-oom.
+//! - `test_kernel_hugetlbfs_ksm_and_balance` (`tests/linux/overcommit.rs`) boots two more test
+//!   guests beside them: one on hugetlbfs whose balloon returns whole huge pages to the pool,
+//!   one mergeable whose identical pages KSM merges, then `memvisor balance` over both.
 //!
 //! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
 //! test builds them itself when they are missing, and prints a skip line naming what is missing
 //! only when they cannot be built here.
 
 mod common;
+#[path = "linux/overcommit.rs"]
+mod overcommit;
 
 use common::{kvm_or_skip, skip, Running, TempDir};
 use memvisor::config::RegionConfig;

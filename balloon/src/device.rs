@@ -58,6 +58,8 @@ pub struct Balloon {
     pub(crate) latest_stats: Option<BalloonStats>,
     /// When the device received [`Balloon::latest_stats`].
     pub(crate) stats_received_at: Option<SystemTime>,
+    /// `actual` (pages) when the device received [`Balloon::latest_stats`].
+    pub(crate) actual_at_stats: Option<u32>,
     pub(crate) counters: BalloonCounters,
     /// Config reads are `&self`, so their rejections are counted atomically.
     pub(crate) config_bad_reads: AtomicU64,
@@ -78,6 +80,7 @@ impl Balloon {
             stats_desc: None,
             latest_stats: None,
             stats_received_at: None,
+            actual_at_stats: None,
             counters: BalloonCounters::default(),
             config_bad_reads: AtomicU64::new(0),
             log_limiter: Mutex::new(LogLimiter::new(DEFAULT_WARNINGS_PER_SEC)),
@@ -236,6 +239,7 @@ impl Balloon {
         self.stats_desc = None;
         self.latest_stats = None;
         self.stats_received_at = None;
+        self.actual_at_stats = None;
         self.config.actual = 0;
     }
 
@@ -318,6 +322,14 @@ impl Balloon {
     /// since activation).
     pub fn stats_received_at(&self) -> Option<SystemTime> {
         self.stats_received_at
+    }
+
+    /// The balloon's `actual` (4 KiB pages) when [`Balloon::latest_stats`] arrived: the guest's
+    /// figures describe its memory with that much in the balloon, so what the balloon took or
+    /// gave since (`actual` now minus this) is not in them yet. `None` before the first
+    /// statistics since activation.
+    pub fn actual_pages_at_stats(&self) -> Option<u32> {
+        self.actual_at_stats
     }
 
     /// A snapshot of the counters.

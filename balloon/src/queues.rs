@@ -331,6 +331,7 @@ impl Balloon {
                 }
                 self.latest_stats = Some(parsed.stats);
                 self.stats_received_at = Some(SystemTime::now());
+                self.actual_at_stats = Some(self.config.actual);
             }
             Err(e) => self.chain_rejected(index, e),
         }

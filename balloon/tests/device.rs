@@ -202,6 +202,7 @@ fn reset_clears_driver_state_but_keeps_target_and_counters() {
     assert_eq!(dev.actual_pages(), 0);
     assert_eq!(dev.latest_stats(), None);
     assert_eq!(dev.stats_received_at(), None);
+    assert_eq!(dev.actual_pages_at_stats(), None);
     assert!(!dev.holds_stats_buffer());
     assert!(dev.queues().is_empty());
     assert_eq!(dev.queue_layout().count(), 2);

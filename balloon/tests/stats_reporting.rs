@@ -55,6 +55,8 @@ fn stats_buffer_is_held_parsed_and_returned_on_trigger() {
     );
     let at = dev.stats_received_at().unwrap();
     assert!(at >= before && at <= SystemTime::now());
+    // The balloon's size when they arrived (nothing in it yet).
+    assert_eq!(dev.actual_pages_at_stats(), Some(0));
     let c = dev.counters();
     assert_eq!((c.stats_updates, c.stats_unknown_tags), (1, 1));
 
@@ -67,13 +69,22 @@ fn stats_buffer_is_held_parsed_and_returned_on_trigger() {
     assert!(!dev.trigger_stats_update(&mem).unwrap());
     assert_eq!(drv[2].used_idx(), 1);
 
-    // The driver refills and re-posts; the new values replace the old ones.
+    // The driver refills and re-posts; the new values replace the old ones, and the device
+    // records the balloon's size at that moment (the guest's figures include what it holds).
+    dev.write_config(4, &300u32.to_le_bytes());
     let buf = encode_stats(&[(4, 900)]);
     let a = drv[2].buf(&buf);
     drv[2].add_chain(&[(a, buf.len() as u32, 0)]);
     assert!(!dev.process_queue(sq, &mem, &be).unwrap());
     let s = dev.latest_stats().unwrap();
     assert_eq!((s.free_memory, s.total_memory), (Some(900), None));
+    assert_eq!(dev.actual_pages_at_stats(), Some(300));
+    dev.write_config(4, &500u32.to_le_bytes());
+    assert_eq!(
+        dev.actual_pages_at_stats(),
+        Some(300),
+        "until fresh statistics arrive"
+    );
     let c = dev.counters();
     assert_eq!((c.stats_updates, c.stats_requests), (2, 1));
     assert!(be.calls().is_empty());

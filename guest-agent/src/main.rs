@@ -6,6 +6,7 @@
 //! |---|---|
 //! | `meminfo` | `meminfo MemTotal: N MemFree: N MemAvailable: N` (kB, from `/proc/meminfo`) |
 //! | `fill MIB` | a new allocation of MIB MiB, every word written with a pattern: `filled MIB held H` |
+//! | `fill MIB same` | the same, but every 4 KiB page holds the same bytes (for KSM): `filled MIB held H` |
 //! | `verify` | every allocation read back: `verified BYTES mismatches N` |
 //! | `free` | every allocation returned to the guest kernel (`munmap`): `freed MIB` |
 //! | `balloon` | what the guest's virtio devices show: `balloon DEVICE driver D features F` |
@@ -19,14 +20,24 @@
 
 use std::io::{self, BufRead, Write};
 
-/// One allocation: its pattern seed and its words.
+/// One allocation: its pattern seed, how often the pattern repeats (in words) and its words.
 struct Block {
     seed: u64,
+    period: usize,
     words: Vec<u64>,
 }
 
+/// 8-byte words per 4 KiB page: a block filled `same` repeats its pattern every page.
+const PAGE_WORDS: usize = 512;
+
 fn pattern(seed: u64, i: usize) -> u64 {
     (seed << 48) ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)
+}
+
+impl Block {
+    fn expected(&self, i: usize) -> u64 {
+        pattern(self.seed, i % self.period)
+    }
 }
 
 fn say(line: &str) {
@@ -70,12 +81,19 @@ fn balloon() {
     }
 }
 
-fn fill(blocks: &mut Vec<Block>, mib: usize) {
+/// A new allocation of `mib` MiB written with its pattern; with `same_pages` every page holds
+/// the same bytes.
+fn fill(blocks: &mut Vec<Block>, mib: usize, same_pages: bool) {
     let seed = blocks.len() as u64 + 1;
+    let period = if same_pages { PAGE_WORDS } else { usize::MAX };
     let n = mib << 17; // 8-byte words per MiB: 2^17.
     let mut words = Vec::with_capacity(n);
-    words.extend((0..n).map(|i| pattern(seed, i)));
-    blocks.push(Block { seed, words });
+    words.extend((0..n).map(|i| pattern(seed, i % period)));
+    blocks.push(Block {
+        seed,
+        period,
+        words,
+    });
     let held: usize = blocks.iter().map(|b| b.words.len() >> 17).sum();
     say(&format!("filled {mib} held {held}"));
 }
@@ -89,7 +107,7 @@ fn verify(blocks: &[Block]) -> (u64, u64) {
             .words
             .iter()
             .enumerate()
-            .filter(|(i, w)| **w != pattern(b.seed, *i))
+            .filter(|(i, w)| **w != b.expected(*i))
             .count() as u64;
         bytes += 8 * b.words.len() as u64;
     }
@@ -109,10 +127,15 @@ fn main() {
         let (cmd, arg) = line.trim().split_once(' ').unwrap_or((line.trim(), ""));
         match cmd {
             "meminfo" => say(&meminfo()),
-            "fill" => match arg.trim().parse::<usize>() {
-                Ok(mib) if mib > 0 => fill(&mut blocks, mib),
-                _ => say(&format!("bad fill size `{arg}`: give MiB")),
-            },
+            "fill" => {
+                let (size, how) = arg.trim().split_once(' ').unwrap_or((arg.trim(), ""));
+                match (size.parse::<usize>(), how.trim()) {
+                    (Ok(mib), how @ ("" | "same")) if mib > 0 => {
+                        fill(&mut blocks, mib, how == "same")
+                    }
+                    _ => say(&format!("bad fill `{arg}`: give MiB, optionally `same`")),
+                }
+            }
             "verify" => {
                 let (bytes, bad) = verify(&blocks);
                 say(&format!("verified {bytes} mismatches {bad}"));
@@ -157,12 +180,29 @@ mod tests {
     #[test]
     fn fill_verifies_and_a_changed_word_is_found() {
         let mut blocks = Vec::new();
-        fill(&mut blocks, 1);
-        fill(&mut blocks, 2);
+        fill(&mut blocks, 1, false);
+        fill(&mut blocks, 2, false);
         assert_eq!(verify(&blocks), (3 << 20, 0));
         blocks[1].words[12345] ^= 1;
         assert_eq!(verify(&blocks), (3 << 20, 1));
-        // Each block has its own pattern.
+        // Each block has its own pattern, and no two of its pages are alike.
         assert_ne!(blocks[0].words[7], blocks[1].words[7]);
+        assert_ne!(
+            blocks[0].words[..PAGE_WORDS],
+            blocks[0].words[PAGE_WORDS..][..PAGE_WORDS]
+        );
+    }
+
+    #[test]
+    fn same_fill_repeats_one_nonzero_page() {
+        let mut blocks = Vec::new();
+        fill(&mut blocks, 1, true);
+        let w = &blocks[0].words;
+        let first = &w[..PAGE_WORDS];
+        assert!(w.chunks_exact(PAGE_WORDS).all(|p| p == first));
+        assert!(first.iter().any(|x| *x != 0), "not the zero page");
+        assert_eq!(verify(&blocks), (1 << 20, 0));
+        blocks[0].words[PAGE_WORDS * 3 + 5] ^= 1;
+        assert_eq!(verify(&blocks), (1 << 20, 1));
     }
 }

@@ -16,7 +16,9 @@
 //!    release_margin / 2`: it subtracts what responsive guests still owe (target above actual),
 //!    then inflates guests **with the most free memory first**, each by at most `max_step`,
 //!    never below the guest's `guest_floor` of RAM and never into its last `headroom` of free
-//!    memory.
+//!    memory. A guest's free memory is its statistics' figure corrected for what its balloon
+//!    moved since they arrived and still owes ([`GuestSample::free_after_balloon`]): the
+//!    statistics lag the balloon.
 //! 3. When `MemAvailable` is above `min_host_free + release_margin` (and no PSI pressure) the
 //!    controller **gives back to the guests that need it**: those whose free memory (from fresh
 //!    statistics) has fallen below their `headroom`, the least free first, each by at most
@@ -97,8 +99,25 @@ pub struct GuestSample {
     pub actual: u64,
     /// The guest's free memory from its latest statistics (available, else free).
     pub free: Option<u64>,
+    /// Balloon actual when those statistics arrived (`None`: unknown, taken as `actual`).
+    #[serde(default)]
+    pub actual_at_stats: Option<u64>,
     /// Age of those statistics in seconds.
     pub stats_age: Option<f64>,
+}
+
+impl GuestSample {
+    /// The guest's free memory once its balloon has reached its target, as far as the controller
+    /// can tell: the statistics' figure, minus what the balloon took since they were sent (plus
+    /// what it gave back), minus what it still owes (target above actual), which also comes
+    /// out of free memory. Statistics lag the balloon (they arrive every polling interval, and
+    /// the driver moves pages in between), so without this a controller that inflates keeps
+    /// seeing memory the balloon already took and presses the guest into its data.
+    pub fn free_after_balloon(&self) -> Option<u64> {
+        let free = self.free?;
+        let at_stats = self.actual_at_stats.unwrap_or(self.actual);
+        Some((free + at_stats).saturating_sub(self.target.max(self.actual)))
+    }
 }
 
 /// One tick's input.
@@ -280,12 +299,12 @@ impl Controller {
                 .iter()
                 .filter(|g| usable(g, &self.tracks))
                 .collect();
-            order.sort_by_key(|g| std::cmp::Reverse(g.free.unwrap_or(0)));
+            order.sort_by_key(|g| std::cmp::Reverse(g.free_after_balloon().unwrap_or(0)));
             for g in order {
                 if deficit == 0 {
                     break;
                 }
-                let free = g.free.unwrap_or(0);
+                let free = g.free_after_balloon().unwrap_or(0);
                 let spare_free = free.saturating_sub(p.headroom);
                 let above_floor = g
                     .configured
@@ -306,8 +325,9 @@ impl Controller {
                     from: g.target,
                     to: g.target + take,
                     reason: format!(
-                        "{why}; it has {} MiB free, the most of the guests left",
-                        free / MIB
+                        "{why}; it has {} MiB free (with its balloon at {} MiB), the most of the guests left",
+                        free / MIB,
+                        g.target.max(g.actual) / MIB
                     ),
                 });
             }
@@ -330,9 +350,9 @@ impl Controller {
                 .guests
                 .iter()
                 .filter(|g| g.target > 0 && usable(g, &self.tracks))
-                .filter(|g| g.free.is_some_and(|f| f < p.headroom))
+                .filter(|g| g.free_after_balloon().is_some_and(|f| f < p.headroom))
                 .collect();
-            order.sort_by_key(|g| g.free.unwrap_or(0));
+            order.sort_by_key(|g| g.free_after_balloon().unwrap_or(0));
             for g in order {
                 if surplus < MIB {
                     break;
@@ -350,7 +370,7 @@ impl Controller {
                         "host MemAvailable {} MiB is above {} MiB; it has {} MiB free, under its {} MiB headroom, the least of the guests short of memory",
                         avail / MIB,
                         (p.min_host_free + p.release_margin) / MIB,
-                        g.free.unwrap_or(0) / MIB,
+                        g.free_after_balloon().unwrap_or(0) / MIB,
                         p.headroom / MIB
                     ),
                 });
@@ -400,6 +420,7 @@ pub fn sample_guest(
         .map_err(|e| format!("GET /balloon/device: unexpected answer: {e}"))?;
     let target = u64::from(device.target_pages) * 4096;
     let actual = u64::from(device.actual_pages) * 4096;
+    let actual_at_stats = device.actual_pages_at_stats.map(|p| u64::from(p) * 4096);
     let stats_age = device.stats_age_s(now);
     // Firecracker's statistics (400 when the balloon polls none).
     let mut free = None;
@@ -415,6 +436,7 @@ pub fn sample_guest(
         target,
         actual,
         free,
+        actual_at_stats,
         stats_age,
     }))
 }
@@ -487,6 +509,8 @@ mod tests {
             target,
             actual,
             free: Some(free),
+            // Statistics sent with the balloon where it is now.
+            actual_at_stats: Some(actual),
             stats_age: Some(1.0),
         }
     }
@@ -568,6 +592,82 @@ mod tests {
         g.free = Some(G);
         let d = c.decide(&sample(1.0, G, vec![g]));
         assert_eq!(targets(&d), vec![("a".into(), 10)]);
+    }
+
+    #[test]
+    fn free_memory_counts_what_the_balloon_moved_since_the_statistics() {
+        let mut c = Controller::new(Policy::default());
+        // The guest reported 300 MiB free with an empty balloon; the balloon has taken 100 MiB
+        // since. It has 200 MiB free, so 136 MiB can go (64 MiB headroom), not 236.
+        let mut g = guest("a", 100 * MIB, 100 * MIB, 300 * MIB);
+        g.actual_at_stats = Some(0);
+        assert_eq!(g.free_after_balloon(), Some(200 * MIB));
+        let d = c.decide(&sample(0.0, G, vec![g.clone()]));
+        assert_eq!(targets(&d), vec![("a".into(), 236)]);
+        assert!(d[0].to_string().contains("200 MiB free"), "{}", d[0]);
+        // What it still owes comes out of its free memory too: target 200, 50 given so far.
+        g.target = 200 * MIB;
+        g.actual = 50 * MIB;
+        assert_eq!(g.free_after_balloon(), Some(100 * MIB));
+        let d = c.decide(&sample(1.0, G, vec![g.clone()]));
+        assert_eq!(targets(&d), vec![("a".into(), 236)]);
+        // Deflated since: the pages it got back are free again (target 0, actual 20 of 50).
+        g.target = 0;
+        g.actual = 20 * MIB;
+        g.actual_at_stats = Some(50 * MIB);
+        assert_eq!(g.free_after_balloon(), Some(330 * MIB));
+        // Without the balloon's size at the statistics (older records), actual is assumed.
+        g.actual_at_stats = None;
+        assert_eq!(g.free_after_balloon(), Some(300 * MIB));
+    }
+
+    /// A guest whose balloon moves 16 MiB per tick and whose statistics are one tick old, under
+    /// a host that stays short (its memory was never resident, so ballooning does not raise
+    /// `MemAvailable`): the controller takes until the guest is at its headroom, not beyond.
+    /// Taking `free - headroom` from the lagging statistics alone pressed it into its data.
+    #[test]
+    fn lagging_statistics_do_not_press_a_guest_into_its_data() {
+        let p = Policy {
+            max_step: 32 * MIB,
+            ..Policy::default()
+        };
+        let mut c = Controller::new(p.clone());
+        let used = 212 * MIB; // the guest's own data; 300 MiB free with an empty balloon
+        let configured = 512 * MIB;
+        let (mut target, mut actual) = (0u64, 0u64);
+        let mut stats = (configured - used, 0u64); // (free, actual when sent)
+        let mut lowest_free = u64::MAX;
+        for tick in 0..60 {
+            let g = GuestSample {
+                name: "a".into(),
+                configured,
+                target,
+                actual,
+                free: Some(stats.0),
+                actual_at_stats: Some(stats.1),
+                stats_age: Some(1.0),
+            };
+            for d in c.decide(&sample(tick as f64, G, vec![g])) {
+                if let Decision::SetTarget { to, .. } = d {
+                    target = to;
+                }
+            }
+            // The statistics the guest sends now describe the balloon before this tick's move.
+            stats = (configured - used - actual, actual);
+            actual = if target > actual {
+                (actual + 16 * MIB).min(target)
+            } else {
+                target
+            };
+            lowest_free = lowest_free.min(configured - used - actual);
+        }
+        assert_eq!(actual, target, "the balloon settled");
+        assert_eq!(
+            lowest_free,
+            p.headroom,
+            "the guest keeps exactly its headroom (balloon {} MiB)",
+            target / MIB
+        );
     }
 
     #[test]

@@ -566,6 +566,10 @@ fn balloon_device(b: &BalloonHandle) -> BalloonDeviceInfo {
             actual_mib: m.actual_mib(),
             released_bytes: d.released_bytes(),
             stats_received_at_unix_s: m.stats_received_at().map(unix_s),
+            actual_pages_at_stats: m.actual_pages_at_stats(),
+            actual_mib_at_stats: m
+                .actual_pages_at_stats()
+                .map(|p| p / balloon::PAGES_PER_MIB),
             counters: m.counters(),
         };
         (info, false)

@@ -128,6 +128,8 @@ fn typed_answers_match_the_spec_and_the_spec_bites() {
         actual_mib: 0,
         released_bytes: 4096,
         stats_received_at_unix_s: Some(1.5),
+        actual_pages_at_stats: Some(256),
+        actual_mib_at_stats: Some(1),
         counters: balloon::BalloonCounters::default(),
     };
     ok("BalloonDevice", serde_json::to_value(&device).unwrap());
@@ -306,6 +308,7 @@ fn every_answer_of_running_vms_matches_the_spec() {
     assert!(st.body.contains("disabled"), "{}", st.body);
     let dev = c.expect(&b, "GET", "/balloon/device", None, 200).json();
     assert!(dev.get("stats_received_at_unix_s").is_none(), "{dev}");
+    assert!(dev.get("actual_pages_at_stats").is_none(), "{dev}");
     c.expect(&b, "GET", "/memory/mappings", None, 200);
     // The in-VMM swap: out, its state in the report and metrics, refusals, in.
     let swap = tmp.path().join("b.swap");
@@ -379,6 +382,7 @@ fn every_answer_of_running_vms_matches_the_spec() {
         "{dev}"
     );
     assert!(dev["stats_received_at_unix_s"].is_f64(), "{dev}");
+    assert!(dev["actual_pages_at_stats"].is_u64(), "{dev}");
 
     // Refusals, each with an Error body.
     c.expect(

@@ -65,6 +65,14 @@ pub struct BalloonDeviceInfo {
     /// the first statistics since activation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stats_received_at_unix_s: Option<f64>,
+    /// Pages the balloon held when those statistics arrived: the guest's figures (its free
+    /// memory) do not yet show what the balloon took or gave since (`actual_pages` minus this).
+    /// Absent before the first statistics since activation.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_pages_at_stats: Option<u32>,
+    /// The same in MiB (rounded down).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actual_mib_at_stats: Option<u32>,
     /// What the device did and which malformed guest input it rejected.
     pub counters: BalloonCounters,
 }
@@ -124,14 +132,19 @@ mod tests {
             actual_mib: 0,
             released_bytes: 0,
             stats_received_at_unix_s: None,
+            actual_pages_at_stats: None,
+            actual_mib_at_stats: None,
             counters: BalloonCounters::default(),
         };
         let v = serde_json::to_value(&d).unwrap();
         assert_eq!(v["transport"], "virtio-pci");
         assert!(v.get("stats_received_at_unix_s").is_none(), "{v}");
+        assert!(v.get("actual_pages_at_stats").is_none(), "{v}");
         let now = std::time::UNIX_EPOCH + std::time::Duration::from_secs(100);
         assert_eq!(d.stats_age_s(now), None);
         d.stats_received_at_unix_s = Some(98.5);
+        d.actual_pages_at_stats = Some(512);
+        d.actual_mib_at_stats = Some(2);
         assert_eq!(d.stats_age_s(now), Some(1.5));
         d.stats_received_at_unix_s = Some(101.0);
         assert_eq!(d.stats_age_s(now), Some(0.0));
