@@ -286,7 +286,7 @@ fn balance_part(h: &mut TestGuest, hs: &Path, k: &mut TestGuest, ks: &Path, rt: 
     );
     // Between the two: H can give some, K nothing.
     let headroom = (ah + ak) / 2 / MIB;
-    let host = memvisor::overcommit::HostMemory::read()
+    let host = memvisor::report::overcommit::HostMemory::read()
         .unwrap()
         .mem_available;
     // The host is short whatever other processes do meanwhile (ballooning H, on hugetlb pages,
