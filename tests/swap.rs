@@ -13,7 +13,6 @@ use common::*;
 use memvisor::host::swap;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -254,79 +253,6 @@ fn swap_cli_sets_up_refuses_and_undoes_zram_and_swap_files() {
     assert!(!state.exists());
     let out = run_ok(&["swap", "off", "--state-file", st]);
     assert!(out.contains("memvisor set up no swap"), "{out}");
-}
-
-fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (status, text) = memvisor::control::api::client::request_with_timeout(
-        sock,
-        method,
-        path,
-        body,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn step(sock: &Path) -> Option<u64> {
-    api(sock, "GET", "/vm", None).1["vcpus"][0]["step"].as_u64()
-}
-
-/// Waits until the built-in guest runs workload step `index`.
-fn wait_for_step(sock: &Path, index: u64) {
-    wait_every(
-        &format!("the guest's step #{index}"),
-        Duration::from_secs(300),
-        Duration::from_millis(100),
-        || step(sock) == Some(index),
-    );
-}
-
-fn start_vm(sock: &Path, report: &Path, memory: &str, workload: &str) -> ChildVm {
-    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(["run", "-m", memory, "--api-sock"])
-        .arg(sock)
-        .args(["-w", workload, "--report-file"])
-        .arg(report)
-        .arg("--runtime-dir")
-        .arg(sock.parent().unwrap().join("runtime"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let vm = ChildVm {
-        child: Some(child),
-        sock: sock.to_path_buf(),
-    };
-    wait_until("the API socket", Duration::from_secs(30), || sock.exists());
-    vm
-}
-
-fn finish(sock: &Path) {
-    let (s, v) = api(
-        sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "FinishBalloonStep"}"#),
-    );
-    assert_eq!(s, 204, "{v}");
-}
-
-/// The finished run's JSON report: verify steps' mismatched words and bytes checked.
-fn verified(vm: &mut ChildVm, report: &Path) -> (u64, u64) {
-    let status = vm.child.as_mut().unwrap().wait().unwrap();
-    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-    assert!(status.success(), "{status}: {}", r["outcome"]);
-    let ops = r["ops"]
-        .as_array()
-        .or_else(|| r["workload"].as_array())
-        .unwrap_or_else(|| panic!("no ops in {r}"));
-    let v: Vec<&Value> = ops.iter().filter(|o| o["name"] == "verify").collect();
-    assert!(!v.is_empty(), "{r}");
-    (
-        v.iter().map(|o| o["mismatches"].as_u64().unwrap()).sum(),
-        v.iter().map(|o| o["amount"].as_u64().unwrap()).sum(),
-    )
 }
 
 #[test]
