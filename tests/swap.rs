@@ -494,18 +494,7 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
         "{o}"
     );
     // The 128 MiB in use stayed resident.
-    let (_, m) = api(
-        &sock,
-        "GET",
-        "/memory/mappings?gpa=0x1000000&len=0x8000000",
-        None,
-    );
-    let present: u64 = m["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["totals"]["present"].as_u64().unwrap())
-        .sum();
+    let (present, m) = present_bytes(&sock, 16 << 20, 128 << 20);
     assert!(
         present >= 124 << 20,
         "only {present} of the working set stayed: {m}"

@@ -16,7 +16,10 @@
 
 mod common;
 
-use common::{finish, start_vm, verified, wait_every, wait_for_step, wait_until, ChildVm, TempDir};
+use common::{
+    finish, present_bytes, start_vm, verified, wait_every, wait_for_step, wait_until, ChildVm,
+    TempDir,
+};
 use common::{kvm_or_skip, memvisor, proc_status_kib, root_or_skip, text, uffd_or_skip};
 use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
@@ -586,18 +589,7 @@ fn cold_only_swap_out_keeps_the_working_set_resident() {
     let before = out["resident_before_bytes"].as_u64().unwrap();
     let after = out["resident_after_bytes"].as_u64().unwrap();
     assert!(before - after >= 300 * MIB, "{out}");
-    let (_, m) = api(
-        &sock,
-        "GET",
-        "/memory/mappings?gpa=0x1000000&len=0x8000000",
-        None,
-    );
-    let present: u64 = m["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["totals"]["present"].as_u64().unwrap())
-        .sum();
+    let (present, m) = present_bytes(&sock, 16 << 20, 128 << 20);
     assert!(
         present >= 124 * MIB,
         "only {present} bytes of the working set stayed: {m}"

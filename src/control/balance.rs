@@ -132,6 +132,21 @@ fn yes() -> bool {
 }
 
 impl GuestSample {
+    /// A guest without a balloon (only the swap lever can take from it).
+    pub fn without_balloon(name: String, configured: u64, resident: Option<u64>) -> Self {
+        GuestSample {
+            name,
+            configured,
+            target: 0,
+            actual: 0,
+            free: None,
+            actual_at_stats: None,
+            stats_age: None,
+            balloon: false,
+            resident,
+        }
+    }
+
     /// The guest's free memory once its balloon has reached its target, as far as the controller
     /// can tell: the statistics' figure, minus what the balloon took since they were sent (plus
     /// what it gave back), minus what it still owes (target above actual), which also comes
@@ -539,17 +554,11 @@ pub fn sample_guest(
     let (status, body) = request_with_timeout(sock, "GET", "/balloon/device", None, timeout)
         .map_err(|e| e.to_string())?;
     if status == 400 && body.contains("no balloon") {
-        return Ok(GuestSample {
-            name: sock.display().to_string(),
+        return Ok(GuestSample::without_balloon(
+            sock.display().to_string(),
             configured,
-            target: 0,
-            actual: 0,
-            free: None,
-            actual_at_stats: None,
-            stats_age: None,
-            balloon: false,
             resident,
-        });
+        ));
     }
     if status != 200 {
         return Err(format!("GET /balloon/device answered {status}: {body}"));
@@ -672,16 +681,7 @@ mod tests {
 
     /// A guest without a balloon, `resident` bytes of its RAM resident.
     fn no_balloon(name: &str, resident: u64) -> GuestSample {
-        GuestSample {
-            target: 0,
-            actual: 0,
-            free: None,
-            actual_at_stats: None,
-            stats_age: None,
-            balloon: false,
-            resident: Some(resident),
-            ..guest(name, 0, 0, 0)
-        }
+        GuestSample::without_balloon(name.into(), 4 * G, Some(resident))
     }
 
     /// `(guest, to MiB, reason)` of the reclaim decisions.

@@ -637,3 +637,17 @@ pub fn verified(vm: &mut ChildVm, report: &Path) -> (u64, u64) {
         v.iter().map(|o| o["amount"].as_u64().unwrap()).sum(),
     )
 }
+
+/// Bytes of guest-physical `[gpa, gpa + len)` present in host RAM (`GET /memory/mappings`),
+/// and the answer.
+pub fn present_bytes(sock: &Path, gpa: u64, len: u64) -> (u64, serde_json::Value) {
+    let path = format!("/memory/mappings?gpa={gpa:#x}&len={len:#x}");
+    let (_, m) = api(sock, "GET", &path, None);
+    let present = m["regions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}: {m}"))
+        .iter()
+        .map(|r| r["totals"]["present"].as_u64().unwrap())
+        .sum();
+    (present, m)
+}
