@@ -1,6 +1,7 @@
 //! Swap as an overcommit method: `memvisor swap` (zram, swap files, off), per-VM reclaim to host
-//! swap (`PUT /memory/reclaim`, `memvisor memory reclaim`), the standing resident limit, and
-//! what bad input gets.
+//! swap (`PUT /memory/reclaim`, `memvisor memory reclaim`), the standing resident limit, the
+//! controller's swap lever (`memvisor balance` reclaiming a balloon-less guest), and what bad
+//! input gets.
 //!
 //! Swap is host-global and other tests run meanwhile: every test that switches swap on holds
 //! [`SWAP_LOCK`] and a [`HostSwapGuard`], which switches off every area that appeared, resets
@@ -526,4 +527,81 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
     finish(&sock);
     let (bad, _) = verified(&mut vm, &report);
     assert_eq!(bad, 0, "mismatched words");
+}
+
+#[test]
+fn balance_reclaims_a_balloonless_guest_to_host_swap_only_with_the_lever_on() {
+    let test = "balance_reclaims_a_balloonless_guest_to_host_swap_only_with_the_lever_on";
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, true, "swap-balance") else {
+        return;
+    };
+    let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
+    let sock = tmp.path().join("vm.sock");
+    let report = tmp.path().join("report.json");
+    let rt = tmp.path().join("runtime");
+    let record = tmp.path().join("balance.jsonl");
+    // A 1 GiB guest without a balloon: #0 fill, #1 hold, #2 verify.
+    let mut vm = start_vm(&sock, &report, "1G", "fill;hold;verify");
+    wait_for_step(&sock, 1);
+    // A floor far above what the host has: the controller is short by gigabytes, and the
+    // balloon-less guest is all it could take from.
+    let avail = memvisor::report::overcommit::HostMemory::read()
+        .unwrap()
+        .mem_available;
+    let floor = format!("{}M", (avail >> 20) + 4096);
+    let balance = |extra: &[&str]| {
+        let mut args = vec!["balance", "--once", "--runtime-dir"];
+        args.push(rt.to_str().unwrap());
+        args.extend_from_slice(&["--min-host-free", &floor, "--record"]);
+        args.push(record.to_str().unwrap());
+        args.extend_from_slice(extra);
+        run_ok(&args)
+    };
+    let reclaims = || api(&sock, "GET", "/memory/reclaim", None).1["reclaims"].as_u64();
+    if swap::active().unwrap().is_empty() {
+        let out = balance(&[]);
+        assert!(out.contains("host swap is off"), "{out}");
+        assert_eq!(reclaims(), Some(0), "nothing reclaimed without host swap");
+    }
+    run_ok(&[
+        "swap",
+        "zram",
+        "2G",
+        "--device",
+        &format!("/dev/{zram}"),
+        "--state-file",
+        state.to_str().unwrap(),
+    ]);
+    let out = balance(&["--no-swap"]);
+    assert!(out.contains("the swap lever is off (--no-swap)"), "{out}");
+    assert_eq!(reclaims(), Some(0), "nothing reclaimed with --no-swap");
+
+    let before = api(&sock, "GET", "/memory/reclaim", None).1["resident_bytes"]
+        .as_u64()
+        .unwrap();
+    let out = balance(&[]);
+    println!("{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("reclaim ") && l.contains("to host swap"))
+        .unwrap_or_else(|| panic!("no reclaim decision: {out}"));
+    assert!(
+        line.contains("no balloon") && line.contains("swap lever"),
+        "{line}"
+    );
+    assert!(!line.contains("FAILED"), "{line}");
+    let st = api(&sock, "GET", "/memory/reclaim", None).1;
+    assert_eq!(st["reclaims"], 1, "{st}");
+    // One step of the default --max-step (256M) paged out.
+    let after = st["resident_bytes"].as_u64().unwrap();
+    assert!(before - after >= 200 << 20, "{before} -> {after}: {st}");
+    let rec = std::fs::read_to_string(&record).unwrap();
+    assert!(rec.contains(r#""kind":"reclaim""#), "{rec}");
+
+    // The guest verifies every byte, some of them faulted back in from zram.
+    finish(&sock);
+    let (bad, bytes) = verified(&mut vm, &report);
+    assert_eq!(bad, 0, "mismatched words");
+    assert!(bytes >= 768 << 20, "{bytes}");
 }
