@@ -139,6 +139,19 @@ fn reclaim_cli(ok: bool, sock: &Path, to_and_flags: &[&str]) -> String {
     }
 }
 
+/// `memvisor swap zram 2G` on `/dev/ZRAM`, recorded in `state` (the test's guard undoes it).
+fn zram_2g(zram: &str, state: &Path) {
+    run_ok(&[
+        "swap",
+        "zram",
+        "2G",
+        "--device",
+        &format!("/dev/{zram}"),
+        "--state-file",
+        state.to_str().unwrap(),
+    ]);
+}
+
 fn run_ok(args: &[&str]) -> String {
     let o = memvisor(args);
     assert!(o.status.success(), "memvisor {args:?}: {}", text(&o));
@@ -264,7 +277,6 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
         return;
     };
     let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
-    let st = state.to_str().unwrap();
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     // 1 GiB guest; its 1008 MiB work area is filled with the pattern, verified after reclaim.
@@ -289,15 +301,7 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
         assert_eq!(s, 400, "{bad}: {v}");
     }
 
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        st,
-    ]);
+    zram_2g(&zram, &state);
     let rss_before = proc_status_kib(pid, "VmRSS:").unwrap() << 10;
     let (_, before) = api(&sock, "GET", "/memory/reclaim", None);
     let out = reclaim_cli(true, &sock, &["256M", "--json"]);
@@ -351,15 +355,7 @@ fn resident_limit_keeps_a_growing_guest_under_it() {
         return;
     };
     let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    zram_2g(&zram, &state);
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     let limit: u64 = 384 << 20;
@@ -473,15 +469,7 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
         "estimate {est} vs {want}: {ws}"
     );
 
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    zram_2g(&zram, &state);
     let (_, o) = api(
         &sock,
         "PUT",
@@ -564,15 +552,7 @@ fn balance_reclaims_a_balloonless_guest_to_host_swap_only_with_the_lever_on() {
         assert!(out.contains("host swap is off"), "{out}");
         assert_eq!(reclaims(), Some(0), "nothing reclaimed without host swap");
     }
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    zram_2g(&zram, &state);
     let out = balance(&["--no-swap"]);
     assert!(out.contains("the swap lever is off (--no-swap)"), "{out}");
     assert_eq!(reclaims(), Some(0), "nothing reclaimed with --no-swap");
