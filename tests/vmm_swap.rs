@@ -3,8 +3,9 @@
 //! no host swap involved.
 //!
 //! - guest RAM alone (no VM): anonymous and memfd regions read back byte for byte through
-//!   faults, a discard frees file space and reads zeros, swap-in brings the rest back; bad
-//!   requests are refused and change nothing;
+//!   faults, a discard frees file space and reads zeros, swap-in brings the rest back; a
+//!   request for some guest-physical ranges (what `cold_only` sends) writes only their whole
+//!   pages and leaves the rest resident; bad requests are refused and change nothing;
 //! - the built-in guest (library, sync points): ~1 GiB swapped out, host RSS drops, the guest
 //!   verifies every byte through uffd faults, swap-in;
 //! - the same on hugetlbfs (2 MiB pages, a scratch pool): huge pages go back to the pool;
@@ -95,7 +96,7 @@ fn guest_ram_swaps_out_reads_back_through_faults_and_swaps_in() {
     assert_eq!(st.state, "swapped_out");
     assert_eq!(st.bytes_in_file, 96 * MIB);
 
-    // Refused, nothing changed: a second swap-out, --cold-only, a file in memory.
+    // Refused, nothing changed: a second swap-out.
     assert!(matches!(
         ram.swap_out(&request(&dir.path().join("other"))),
         Err(SwapError::AlreadySwappedOut { .. })
@@ -143,6 +144,45 @@ fn guest_ram_swaps_out_reads_back_through_faults_and_swaps_in() {
     assert!(file.exists());
     drop(ram);
     assert!(!file.exists(), "the swap file goes with the VM");
+}
+
+#[test]
+fn only_the_requested_ranges_are_swapped_out_and_the_rest_stays_resident() {
+    let t = "only_the_requested_ranges_are_swapped_out_and_the_rest_stays_resident";
+    if !uffd_or_skip(t) {
+        return;
+    }
+    let dir = TempDir::new("vmm-swap-only");
+    let file = dir.path().join("ram.swap");
+    // Two regions (GPA 0-16 MiB and 16-32 MiB), all written.
+    let ram = GuestRam::new(&[
+        RegionConfig::parse(0, "size=16M").unwrap(),
+        RegionConfig::parse(1, "size=16M,shared=on").unwrap(),
+    ])
+    .unwrap();
+    let mem = ram.memory();
+    let data = pattern(32 << 20, 3);
+    mem.write_slice(&data, GuestAddress(0)).unwrap();
+    // 4-10 MiB of region 0, and 14-18 MiB across the boundary: 10 MiB in all. A range end
+    // inside a page leaves that page out.
+    let req = SwapOutRequest {
+        file: file.clone(),
+        only: Some(vec![(4 * MIB, 6 * MIB), (14 * MIB, 4 * MIB + 100)]),
+    };
+    let out = ram.swap_out(&req).unwrap();
+    assert_eq!(out.bytes_written, 10 * MIB, "{out:?}");
+    let left = out.resident_after_bytes;
+    assert!(
+        left >= 22 * MIB && left <= out.resident_before_bytes - 10 * MIB,
+        "the other 22 MiB stay resident: {out:?}"
+    );
+    // Every byte reads back, the swapped-out ones through faults.
+    let mut back = vec![0u8; 32 << 20];
+    mem.read_slice(&mut back, GuestAddress(0)).unwrap();
+    assert!(back == data, "data differs after the swap-out");
+    assert_eq!(ram.swap_status().faulted_in_bytes, 10 * MIB);
+    ram.swap_in().unwrap();
+    assert!(!file.exists());
 }
 
 #[test]
