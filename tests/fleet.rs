@@ -144,7 +144,8 @@ fn overcommitted_fleet_keeps_every_byte() {
             .arg("--min-host-free")
             .arg(format!("{}M", floor / M))
             .args(["--release-margin", "512M", "--interval", "1"])
-            .args(["--psi-limit", "0", "--max-step"])
+            // The balloons only: host swap another test switches on must not change the run.
+            .args(["--no-swap", "--psi-limit", "0", "--max-step"])
             .arg(format!("{step}M"))
             .arg("--record")
             .arg(&record)

@@ -1,6 +1,7 @@
 //! Swap as an overcommit method: `memvisor swap` (zram, swap files, off), per-VM reclaim to host
-//! swap (`PUT /memory/reclaim`, `memvisor memory reclaim`), the standing resident limit, and
-//! what bad input gets.
+//! swap (`PUT /memory/reclaim`, `memvisor memory reclaim`), the standing resident limit, the
+//! controller's swap lever (`memvisor balance` reclaiming a balloon-less guest), and what bad
+//! input gets.
 //!
 //! Swap is host-global and other tests run meanwhile: every test that switches swap on holds
 //! [`SWAP_LOCK`] and a [`HostSwapGuard`], which switches off every area that appeared, resets
@@ -13,7 +14,6 @@ use common::*;
 use memvisor::host::swap;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -139,6 +139,19 @@ fn reclaim_cli(ok: bool, sock: &Path, to_and_flags: &[&str]) -> String {
     }
 }
 
+/// `memvisor swap zram 2G` on `/dev/ZRAM`, recorded in `state` (the test's guard undoes it).
+fn zram_2g(zram: &str, state: &Path) {
+    run_ok(&[
+        "swap",
+        "zram",
+        "2G",
+        "--device",
+        &format!("/dev/{zram}"),
+        "--state-file",
+        state.to_str().unwrap(),
+    ]);
+}
+
 fn run_ok(args: &[&str]) -> String {
     let o = memvisor(args);
     assert!(o.status.success(), "memvisor {args:?}: {}", text(&o));
@@ -256,79 +269,6 @@ fn swap_cli_sets_up_refuses_and_undoes_zram_and_swap_files() {
     assert!(out.contains("memvisor set up no swap"), "{out}");
 }
 
-fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
-    let (status, text) = memvisor::control::api::client::request_with_timeout(
-        sock,
-        method,
-        path,
-        body,
-        Duration::from_secs(300),
-    )
-    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
-fn step(sock: &Path) -> Option<u64> {
-    api(sock, "GET", "/vm", None).1["vcpus"][0]["step"].as_u64()
-}
-
-/// Waits until the built-in guest runs workload step `index`.
-fn wait_for_step(sock: &Path, index: u64) {
-    wait_every(
-        &format!("the guest's step #{index}"),
-        Duration::from_secs(300),
-        Duration::from_millis(100),
-        || step(sock) == Some(index),
-    );
-}
-
-fn start_vm(sock: &Path, report: &Path, memory: &str, workload: &str) -> ChildVm {
-    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(["run", "-m", memory, "--api-sock"])
-        .arg(sock)
-        .args(["-w", workload, "--report-file"])
-        .arg(report)
-        .arg("--runtime-dir")
-        .arg(sock.parent().unwrap().join("runtime"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let vm = ChildVm {
-        child: Some(child),
-        sock: sock.to_path_buf(),
-    };
-    wait_until("the API socket", Duration::from_secs(30), || sock.exists());
-    vm
-}
-
-fn finish(sock: &Path) {
-    let (s, v) = api(
-        sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "FinishBalloonStep"}"#),
-    );
-    assert_eq!(s, 204, "{v}");
-}
-
-/// The finished run's JSON report: verify steps' mismatched words and bytes checked.
-fn verified(vm: &mut ChildVm, report: &Path) -> (u64, u64) {
-    let status = vm.child.as_mut().unwrap().wait().unwrap();
-    let r: Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
-    assert!(status.success(), "{status}: {}", r["outcome"]);
-    let ops = r["ops"]
-        .as_array()
-        .or_else(|| r["workload"].as_array())
-        .unwrap_or_else(|| panic!("no ops in {r}"));
-    let v: Vec<&Value> = ops.iter().filter(|o| o["name"] == "verify").collect();
-    assert!(!v.is_empty(), "{r}");
-    (
-        v.iter().map(|o| o["mismatches"].as_u64().unwrap()).sum(),
-        v.iter().map(|o| o["amount"].as_u64().unwrap()).sum(),
-    )
-}
-
 #[test]
 fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
     let test = "reclaim_to_zram_drops_rss_and_every_byte_comes_back";
@@ -337,7 +277,6 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
         return;
     };
     let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
-    let st = state.to_str().unwrap();
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     // 1 GiB guest; its 1008 MiB work area is filled with the pattern, verified after reclaim.
@@ -362,15 +301,7 @@ fn reclaim_to_zram_drops_rss_and_every_byte_comes_back() {
         assert_eq!(s, 400, "{bad}: {v}");
     }
 
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        st,
-    ]);
+    zram_2g(&zram, &state);
     let rss_before = proc_status_kib(pid, "VmRSS:").unwrap() << 10;
     let (_, before) = api(&sock, "GET", "/memory/reclaim", None);
     let out = reclaim_cli(true, &sock, &["256M", "--json"]);
@@ -424,15 +355,7 @@ fn resident_limit_keeps_a_growing_guest_under_it() {
         return;
     };
     let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    zram_2g(&zram, &state);
     let sock = tmp.path().join("vm.sock");
     let report = tmp.path().join("report.json");
     let limit: u64 = 384 << 20;
@@ -546,15 +469,7 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
         "estimate {est} vs {want}: {ws}"
     );
 
-    run_ok(&[
-        "swap",
-        "zram",
-        "2G",
-        "--device",
-        &format!("/dev/{zram}"),
-        "--state-file",
-        state.to_str().unwrap(),
-    ]);
+    zram_2g(&zram, &state);
     let (_, o) = api(
         &sock,
         "PUT",
@@ -568,18 +483,7 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
         "{o}"
     );
     // The 128 MiB in use stayed resident.
-    let (_, m) = api(
-        &sock,
-        "GET",
-        "/memory/mappings?gpa=0x1000000&len=0x8000000",
-        None,
-    );
-    let present: u64 = m["regions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|r| r["totals"]["present"].as_u64().unwrap())
-        .sum();
+    let (present, m) = present_bytes(&sock, 16 << 20, 128 << 20);
     assert!(
         present >= 124 << 20,
         "only {present} of the working set stayed: {m}"
@@ -611,4 +515,73 @@ fn working_set_of_a_guest_touching_128m_and_reclaim_leaves_it() {
     finish(&sock);
     let (bad, _) = verified(&mut vm, &report);
     assert_eq!(bad, 0, "mismatched words");
+}
+
+#[test]
+fn balance_reclaims_a_balloonless_guest_to_host_swap_only_with_the_lever_on() {
+    let test = "balance_reclaims_a_balloonless_guest_to_host_swap_only_with_the_lever_on";
+    // Held to the end of the test: the guard restores host swap, then the lock goes.
+    let Some(t) = swap_test(test, true, "swap-balance") else {
+        return;
+    };
+    let (zram, tmp, state) = (t.zram.clone(), &t.tmp, t.state.clone());
+    let sock = tmp.path().join("vm.sock");
+    let report = tmp.path().join("report.json");
+    let rt = tmp.path().join("runtime");
+    let record = tmp.path().join("balance.jsonl");
+    // A 1 GiB guest without a balloon: #0 fill, #1 hold, #2 verify.
+    let mut vm = start_vm(&sock, &report, "1G", "fill;hold;verify");
+    wait_for_step(&sock, 1);
+    // A floor far above what the host has: the controller is short by gigabytes, and the
+    // balloon-less guest is all it could take from.
+    let avail = memvisor::report::overcommit::HostMemory::read()
+        .unwrap()
+        .mem_available;
+    let floor = format!("{}M", (avail >> 20) + 4096);
+    let balance = |extra: &[&str]| {
+        let mut args = vec!["balance", "--once", "--runtime-dir"];
+        args.push(rt.to_str().unwrap());
+        args.extend_from_slice(&["--min-host-free", &floor, "--record"]);
+        args.push(record.to_str().unwrap());
+        args.extend_from_slice(extra);
+        run_ok(&args)
+    };
+    let reclaims = || api(&sock, "GET", "/memory/reclaim", None).1["reclaims"].as_u64();
+    if swap::active().unwrap().is_empty() {
+        let out = balance(&[]);
+        assert!(out.contains("host swap is off"), "{out}");
+        assert_eq!(reclaims(), Some(0), "nothing reclaimed without host swap");
+    }
+    zram_2g(&zram, &state);
+    let out = balance(&["--no-swap"]);
+    assert!(out.contains("the swap lever is off (--no-swap)"), "{out}");
+    assert_eq!(reclaims(), Some(0), "nothing reclaimed with --no-swap");
+
+    let before = api(&sock, "GET", "/memory/reclaim", None).1["resident_bytes"]
+        .as_u64()
+        .unwrap();
+    let out = balance(&[]);
+    println!("{out}");
+    let line = out
+        .lines()
+        .find(|l| l.contains("reclaim ") && l.contains("to host swap"))
+        .unwrap_or_else(|| panic!("no reclaim decision: {out}"));
+    assert!(
+        line.contains("no balloon") && line.contains("swap lever"),
+        "{line}"
+    );
+    assert!(!line.contains("FAILED"), "{line}");
+    let st = api(&sock, "GET", "/memory/reclaim", None).1;
+    assert_eq!(st["reclaims"], 1, "{st}");
+    // One step of the default --max-step (256M) paged out.
+    let after = st["resident_bytes"].as_u64().unwrap();
+    assert!(before - after >= 200 << 20, "{before} -> {after}: {st}");
+    let rec = std::fs::read_to_string(&record).unwrap();
+    assert!(rec.contains(r#""kind":"reclaim""#), "{rec}");
+
+    // The guest verifies every byte, some of them faulted back in from zram.
+    finish(&sock);
+    let (bad, bytes) = verified(&mut vm, &report);
+    assert_eq!(bad, 0, "mismatched words");
+    assert!(bytes >= 768 << 20, "{bytes}");
 }

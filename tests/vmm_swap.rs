@@ -3,19 +3,25 @@
 //! no host swap involved.
 //!
 //! - guest RAM alone (no VM): anonymous and memfd regions read back byte for byte through
-//!   faults, a discard frees file space and reads zeros, swap-in brings the rest back; bad
-//!   requests are refused and change nothing;
+//!   faults, a discard frees file space and reads zeros, swap-in brings the rest back; a
+//!   request for some guest-physical ranges (what `cold_only` sends) writes only their whole
+//!   pages and leaves the rest resident; bad requests are refused and change nothing;
 //! - the built-in guest (library, sync points): ~1 GiB swapped out, host RSS drops, the guest
 //!   verifies every byte through uffd faults, swap-in;
 //! - the same on hugetlbfs (2 MiB pages, a scratch pool): huge pages go back to the pool;
 //! - `memvisor run` through the CLI and API: 768 MiB of a 1 GiB guest's data swapped out, the
 //!   VMM's RSS drops, a balloon inflate frees the ballooned pages' blocks in the file, swap-in,
-//!   and the guest verifies all its data (0 mismatches), every thread under its seccomp filter.
+//!   and the guest verifies all its data (0 mismatches), every thread under its seccomp filter;
+//! - `cold_only`: a guest writing 128 MiB of its 496 MiB round after round keeps those
+//!   resident while the rest goes to the file, and verifies all of it (0 mismatches).
 
 mod common;
 
+use common::{
+    finish, present_bytes, start_vm, verified, wait_every, wait_for_step, wait_until, ChildVm,
+    TempDir,
+};
 use common::{kvm_or_skip, memvisor, proc_status_kib, root_or_skip, text, uffd_or_skip};
-use common::{wait_until, ChildVm, TempDir};
 use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::memory::{GuestRam, SwapError, SwapOutRequest};
@@ -43,7 +49,7 @@ fn resident(ram: &GuestRam) -> u64 {
 fn request(file: &Path) -> SwapOutRequest {
     SwapOutRequest {
         file: file.to_path_buf(),
-        cold_only: false,
+        only: None,
     }
 }
 
@@ -90,7 +96,7 @@ fn guest_ram_swaps_out_reads_back_through_faults_and_swaps_in() {
     assert_eq!(st.state, "swapped_out");
     assert_eq!(st.bytes_in_file, 96 * MIB);
 
-    // Refused, nothing changed: a second swap-out, --cold-only, a file in memory.
+    // Refused, nothing changed: a second swap-out.
     assert!(matches!(
         ram.swap_out(&request(&dir.path().join("other"))),
         Err(SwapError::AlreadySwappedOut { .. })
@@ -141,6 +147,45 @@ fn guest_ram_swaps_out_reads_back_through_faults_and_swaps_in() {
 }
 
 #[test]
+fn only_the_requested_ranges_are_swapped_out_and_the_rest_stays_resident() {
+    let t = "only_the_requested_ranges_are_swapped_out_and_the_rest_stays_resident";
+    if !uffd_or_skip(t) {
+        return;
+    }
+    let dir = TempDir::new("vmm-swap-only");
+    let file = dir.path().join("ram.swap");
+    // Two regions (GPA 0-16 MiB and 16-32 MiB), all written.
+    let ram = GuestRam::new(&[
+        RegionConfig::parse(0, "size=16M").unwrap(),
+        RegionConfig::parse(1, "size=16M,shared=on").unwrap(),
+    ])
+    .unwrap();
+    let mem = ram.memory();
+    let data = pattern(32 << 20, 3);
+    mem.write_slice(&data, GuestAddress(0)).unwrap();
+    // 4-10 MiB of region 0, and 14-18 MiB across the boundary: 10 MiB in all. A range end
+    // inside a page leaves that page out.
+    let req = SwapOutRequest {
+        file: file.clone(),
+        only: Some(vec![(4 * MIB, 6 * MIB), (14 * MIB, 4 * MIB + 100)]),
+    };
+    let out = ram.swap_out(&req).unwrap();
+    assert_eq!(out.bytes_written, 10 * MIB, "{out:?}");
+    let left = out.resident_after_bytes;
+    assert!(
+        left >= 22 * MIB && left <= out.resident_before_bytes - 10 * MIB,
+        "the other 22 MiB stay resident: {out:?}"
+    );
+    // Every byte reads back, the swapped-out ones through faults.
+    let mut back = vec![0u8; 32 << 20];
+    mem.read_slice(&mut back, GuestAddress(0)).unwrap();
+    assert!(back == data, "data differs after the swap-out");
+    assert_eq!(ram.swap_status().faulted_in_bytes, 10 * MIB);
+    ram.swap_in().unwrap();
+    assert!(!file.exists());
+}
+
+#[test]
 fn bad_swap_requests_are_refused_and_change_nothing() {
     let t = "bad_swap_requests_are_refused_and_change_nothing";
     if !uffd_or_skip(t) {
@@ -151,13 +196,6 @@ fn bad_swap_requests_are_refused_and_change_nothing() {
     ram.memory()
         .write_obj(0x1234u64, GuestAddress(0x1000))
         .unwrap();
-    let cold = SwapOutRequest {
-        file: dir.path().join("cold"),
-        cold_only: true,
-    };
-    let e = ram.swap_out(&cold).unwrap_err();
-    assert!(matches!(e, SwapError::ColdOnlyUnavailable), "{e}");
-    assert!(e.to_string().contains("without --cold-only"), "{e}");
     let exists = dir.path().join("exists");
     std::fs::write(&exists, b"mine").unwrap();
     let e = ram.swap_out(&request(&exists)).unwrap_err();
@@ -541,4 +579,64 @@ fn memvisor_run_swaps_out_768m_through_the_cli_and_the_balloon_frees_file_space(
     assert_eq!(op["name"], "balloon", "{report}");
     assert_eq!(op["results"][1], 0, "mismatches: {op}");
     assert!(op["results"][0].as_u64().unwrap() >= 480 * MIB, "{op}");
+}
+
+#[test]
+fn cold_only_swap_out_keeps_the_working_set_resident() {
+    let t = "cold_only_swap_out_keeps_the_working_set_resident";
+    if !kvm_or_skip(t) || !uffd_or_skip(t) {
+        return;
+    }
+    let dir = TempDir::new("vmm-swap-cold");
+    let sock = dir.path().join("api.sock");
+    let report = dir.path().join("report.json");
+    let file = dir.path().join("cold.swap");
+    // Steps: #0 fill (the 496 MiB work area), #1 hold writing its first 128 MiB (GPA
+    // 16-144 MiB) round after round, #2 verify.
+    let mut vm = start_vm(&sock, &report, "512M", "fill;hold:ws=128M;verify");
+    wait_for_step(&sock, 1);
+    let body = serde_json::json!({ "file": file, "cold_only": true }).to_string();
+    // No estimate yet: refused, tracking starts, the answer says when to retry.
+    let (st, b) = api(&sock, "PUT", "/memory/swap-out", Some(&body));
+    assert_eq!(st, 400, "{b}");
+    let msg = b["fault_message"].as_str().unwrap().to_string();
+    if msg.contains("this VM has none") {
+        common::skip(t, format!("no working-set estimate here: {msg}"));
+        return;
+    }
+    assert!(
+        msg.contains("tracking has started") && msg.contains("retry"),
+        "{msg}"
+    );
+    assert!(!file.exists(), "nothing was written");
+    let mut out = serde_json::Value::Null;
+    wait_every(
+        "the first working-set window",
+        Duration::from_secs(60),
+        Duration::from_millis(500),
+        || {
+            let (st, b) = api(&sock, "PUT", "/memory/swap-out", Some(&body));
+            out = b;
+            st == 200
+        },
+    );
+    println!("{t}: {out}");
+    let written = out["bytes_written"].as_u64().unwrap();
+    // Most of the 368 MiB outside the working set went out; the 128 MiB in it did not
+    // (at most 512 MiB are backed, at least 124 of them stay).
+    assert!(written >= 300 * MIB, "{out}");
+    assert!(written <= (512 - 124) * MIB, "{out}");
+    let before = out["resident_before_bytes"].as_u64().unwrap();
+    let after = out["resident_after_bytes"].as_u64().unwrap();
+    assert!(before - after >= 300 * MIB, "{out}");
+    let (present, m) = present_bytes(&sock, 16 << 20, 128 << 20);
+    assert!(
+        present >= 124 * MIB,
+        "only {present} bytes of the working set stayed: {m}"
+    );
+    // The guest verifies all 496 MiB, the cold part through uffd faults.
+    finish(&sock);
+    let (bad, bytes) = verified(&mut vm, &report);
+    assert_eq!(bad, 0, "mismatched words");
+    assert!(bytes >= 480 * MIB, "{bytes}");
 }

@@ -377,10 +377,7 @@ fn run_vmm_swap(len: usize, dir: &Path) -> Result<(f64, u64), BenchError> {
         "memvisor-bench-vmm-swap-{}.swap",
         std::process::id()
     ));
-    let request = crate::memory::SwapOutRequest {
-        file,
-        cold_only: false,
-    };
+    let request = crate::memory::SwapOutRequest { file, only: None };
     ram.swap_out(&request).map_err(|e| BenchError::Check {
         what: "in-VMM swap-out".into(),
         detail: e.to_string(),

@@ -1,4 +1,5 @@
-//! `memvisor balance`: the balloon controller's loop (policy in `memvisor::control::balance`).
+//! `memvisor balance`: the memory controller's loop (balloons, then the swap lever; policy in
+//! `memvisor::control::balance`).
 
 use clap::Args;
 use memvisor::config::parse_size;
@@ -42,7 +43,12 @@ pub struct BalanceArgs {
     /// Seconds without balloon movement after which a guest is unresponsive.
     #[arg(long, default_value_t = 15.0)]
     unresponsive_after: f64,
-    /// Print what it would do without changing any balloon.
+    /// Do not use the swap lever: never reclaim guest memory to host swap (by default, when
+    /// the balloons leave memory missing and host swap is active, the coldest memory of the
+    /// guests they could not take from is reclaimed to it).
+    #[arg(long)]
+    no_swap: bool,
+    /// Print what it would do without changing any balloon or reclaiming anything.
     #[arg(long)]
     dry_run: bool,
     /// Decide once and exit.
@@ -71,6 +77,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         psi_limit: (a.psi_limit > 0.0).then_some(a.psi_limit),
         stale_after: (a.interval * 5.0).max(10.0),
         unresponsive_after: a.unresponsive_after,
+        swap: !a.no_swap,
     };
     if a.interval.is_nan() || a.interval <= 0.0 {
         return Err("--interval must be more than 0 seconds".into());
@@ -91,7 +98,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     eprintln!(
-        "memvisor balance: {} VMs in {}, floor {} MiB free, {}",
+        "memvisor balance: {} VMs in {}, floor {} MiB free, swap lever {}, {}",
         if a.dry_run {
             "watching (dry run)"
         } else {
@@ -99,6 +106,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         },
         dir.path().display(),
         policy.min_host_free >> 20,
+        if policy.swap { "on" } else { "off" },
         if a.once { "once" } else { "every interval" }
     );
     let mut c = Controller::new(policy);
@@ -126,10 +134,11 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         }
         if decisions.iter().all(|d| matches!(d, Decision::Note { .. })) && a.once {
             println!(
-                "[{:7.1}s] no change: host MemAvailable {} MiB, {} guest(s) with a balloon",
+                "[{:7.1}s] no change: host MemAvailable {} MiB, {} guest(s), {} with a balloon",
                 sample.t,
                 sample.host.mem_available >> 20,
-                sample.guests.len()
+                sample.guests.len(),
+                sample.guests.iter().filter(|g| g.balloon).count()
             );
         }
         if a.once

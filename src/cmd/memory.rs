@@ -49,8 +49,9 @@ pub enum MemoryCmd {
         /// The swap file to create (must not exist; on a disk filesystem that can punch holes).
         #[arg(long, value_name = "PATH")]
         file: PathBuf,
-        /// Only memory the guest has not used lately (needs the working-set estimate, which
-        /// memvisor does not have yet: refused).
+        /// Only memory outside the working set (nothing written to it in the last window of
+        /// the working-set estimate); the working set stays resident. Refused, with tracking
+        /// started, until the first window (2 s) has ended: retry then.
         #[arg(long)]
         cold_only: bool,
         /// Print the answer as JSON.

@@ -28,8 +28,17 @@
 //!    deflating everyone whenever the host looks free undoes the controller's work in seconds
 //!    (it did, in the full-size fleet run, before this rule).
 //! 4. Between the two, it holds (hysteresis), so targets do not oscillate.
+//! 5. **The swap lever**: when, under pressure, the balloons leave memory missing (a guest has
+//!    no balloon, is unresponsive, has no fresh statistics, or is at its floor or headroom),
+//!    and host swap is active ([`HostSample::swap_active`]) and the lever is on
+//!    ([`Policy::swap`]), the controller reclaims the coldest memory of those guests to host
+//!    swap (`PUT /memory/reclaim`, [`Decision::Reclaim`]): the largest resident first, each by
+//!    at most `max_step`, never below `guest_floor` resident. The balloon comes first because
+//!    a guest gives what it does not need, while reclaimed memory the guest touches again
+//!    costs a host major fault; KSM is passive and not a lever. Without host swap the
+//!    shortfall note says how to set it up.
 //!
-//! Every change and every refusal is a [`Decision`] with its reason.
+//! Every change and every refusal is a [`Decision`] with its reason, which names the lever.
 
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -58,6 +67,8 @@ pub struct Policy {
     /// A guest whose balloon has not moved towards its target for this long (seconds) is
     /// unresponsive.
     pub unresponsive_after: f64,
+    /// Whether the swap lever may reclaim guest memory to host swap (`--no-swap`: off).
+    pub swap: bool,
 }
 
 impl Default for Policy {
@@ -71,6 +82,7 @@ impl Default for Policy {
             psi_limit: Some(10.0),
             stale_after: 10.0,
             unresponsive_after: 15.0,
+            swap: true,
         }
     }
 }
@@ -84,6 +96,9 @@ pub struct HostSample {
     pub mem_total: u64,
     /// `/proc/pressure/memory` `some avg10`, when the kernel has PSI.
     pub psi_some_avg10: Option<f64>,
+    /// Whether host swap is active (`/proc/swaps` lists a device): the swap lever needs it.
+    #[serde(default)]
+    pub swap_active: bool,
 }
 
 /// One guest at one instant.
@@ -104,9 +119,34 @@ pub struct GuestSample {
     pub actual_at_stats: Option<u64>,
     /// Age of those statistics in seconds.
     pub stats_age: Option<f64>,
+    /// Whether the guest has a balloon (without one, only the swap lever can take from it).
+    #[serde(default = "yes")]
+    pub balloon: bool,
+    /// Resident guest RAM (`GET /memory/reclaim`), when known: what the swap lever can take.
+    #[serde(default)]
+    pub resident: Option<u64>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl GuestSample {
+    /// A guest without a balloon (only the swap lever can take from it).
+    pub fn without_balloon(name: String, configured: u64, resident: Option<u64>) -> Self {
+        GuestSample {
+            name,
+            configured,
+            target: 0,
+            actual: 0,
+            free: None,
+            actual_at_stats: None,
+            stats_age: None,
+            balloon: false,
+            resident,
+        }
+    }
+
     /// The guest's free memory once its balloon has reached its target, as far as the controller
     /// can tell: the statistics' figure, minus what the balloon took since they were sent (plus
     /// what it gave back), minus what it still owes (target above actual), which also comes
@@ -146,6 +186,17 @@ pub enum Decision {
         /// Why.
         reason: String,
     },
+    /// Reclaim the guest's coldest memory to host swap (`PUT /memory/reclaim`): the swap lever.
+    Reclaim {
+        /// The guest.
+        guest: String,
+        /// Resident guest RAM before.
+        from: u64,
+        /// Resident guest RAM to reclaim to.
+        to: u64,
+        /// Why.
+        reason: String,
+    },
     /// A guest was noticed (unresponsive, back, stale, ...) without a change.
     Note {
         /// The guest.
@@ -172,6 +223,17 @@ impl fmt::Display for Decision {
                     to / MIB
                 )
             }
+            Decision::Reclaim {
+                guest,
+                from,
+                to,
+                reason,
+            } => write!(
+                f,
+                "reclaim {guest}: resident {} -> {} MiB to host swap ({reason})",
+                from / MIB,
+                to / MIB
+            ),
             Decision::Note { guest, reason } => write!(f, "{guest}: {reason}"),
         }
     }
@@ -220,8 +282,8 @@ impl Controller {
         let mut out = Vec::new();
         self.tracks
             .retain(|name, _| s.guests.iter().any(|g| &g.name == name));
-        // 1. Responsiveness and freshness.
-        for g in &s.guests {
+        // 1. Responsiveness and freshness (of balloons: a guest without one has none to watch).
+        for g in s.guests.iter().filter(|g| g.balloon) {
             let tr = self.tracks.entry(g.name.clone()).or_insert(Track {
                 actual: g.actual,
                 since: s.t,
@@ -263,9 +325,10 @@ impl Controller {
             }
         }
         let usable = |g: &GuestSample, tracks: &HashMap<String, Track>| {
-            tracks
-                .get(&g.name)
-                .is_some_and(|t| !t.unresponsive && !t.stale)
+            g.balloon
+                && tracks
+                    .get(&g.name)
+                    .is_some_and(|t| !t.unresponsive && !t.stale)
         };
         let avail = s.host.mem_available;
         let psi_pressure =
@@ -300,6 +363,7 @@ impl Controller {
                 .filter(|g| usable(g, &self.tracks))
                 .collect();
             order.sort_by_key(|g| std::cmp::Reverse(g.free_after_balloon().unwrap_or(0)));
+            let mut ballooned: Vec<&str> = Vec::new();
             for g in order {
                 if deficit == 0 {
                     break;
@@ -320,6 +384,7 @@ impl Controller {
                     continue;
                 }
                 deficit = deficit.saturating_sub(take);
+                ballooned.push(&g.name);
                 out.push(Decision::SetTarget {
                     guest: g.name.clone(),
                     from: g.target,
@@ -331,12 +396,24 @@ impl Controller {
                     ),
                 });
             }
+            // 5. The swap lever, for what the balloons leave missing.
+            if deficit > 0 && p.swap && s.host.swap_active {
+                deficit = self.reclaim(s, deficit, &ballooned, &why, &mut out);
+            }
             // Said once when it starts, not every tick.
             if deficit > 0 && !self.short {
+                let swap = if !p.swap {
+                    "; the swap lever is off (--no-swap)"
+                } else if !s.host.swap_active {
+                    "; host swap is off, so nothing is reclaimed to it (set it up with memvisor \
+                     swap zram SIZE to let the controller reclaim cold guest memory)"
+                } else {
+                    ""
+                };
                 out.push(Decision::Note {
                     guest: "*".into(),
                     reason: format!(
-                        "{} MiB still missing: every guest is at its floor, headroom or unresponsive",
+                        "{} MiB still missing: every guest is at its floor, headroom or unresponsive{swap}",
                         deficit.div_ceil(MIB)
                     ),
                 });
@@ -383,6 +460,65 @@ impl Controller {
     }
 }
 
+impl Controller {
+    /// The swap lever: reclaims guests the balloon did not take from this tick, the largest
+    /// resident first; answers what is still missing.
+    fn reclaim(
+        &self,
+        s: &Sample,
+        mut deficit: u64,
+        ballooned: &[&str],
+        why: &str,
+        out: &mut Vec<Decision>,
+    ) -> u64 {
+        let p = &self.policy;
+        let mut order: Vec<(&GuestSample, u64)> = s
+            .guests
+            .iter()
+            .filter(|g| !ballooned.contains(&g.name.as_str()))
+            .filter_map(|g| Some((g, g.resident?)))
+            .collect();
+        order.sort_by_key(|(_, r)| std::cmp::Reverse(*r));
+        for (g, resident) in order {
+            if deficit == 0 {
+                break;
+            }
+            let take = mib_down(
+                resident
+                    .saturating_sub(p.guest_floor)
+                    .min(p.max_step)
+                    .min(deficit.next_multiple_of(MIB)),
+            );
+            if take == 0 {
+                continue;
+            }
+            deficit = deficit.saturating_sub(take);
+            let balloon = if !g.balloon {
+                "it has no balloon".to_string()
+            } else if self.is_unresponsive(&g.name) {
+                "its balloon is unresponsive".to_string()
+            } else if self.tracks.get(&g.name).is_some_and(|t| t.stale) {
+                "its free memory is unknown (no fresh statistics)".to_string()
+            } else {
+                format!(
+                    "its balloon can give no more ({} MiB free, at its floor or headroom)",
+                    g.free_after_balloon().unwrap_or(0) / MIB
+                )
+            };
+            out.push(Decision::Reclaim {
+                guest: g.name.clone(),
+                from: resident,
+                to: resident - take,
+                reason: format!(
+                    "{why}; {balloon}: swap lever, its coldest memory to host swap, the largest \
+                     resident of the guests left"
+                ),
+            });
+        }
+        deficit
+    }
+}
+
 /// Reads `/proc/pressure/memory` `some avg10`.
 pub fn read_psi() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
@@ -399,19 +535,30 @@ pub fn parse_psi(text: &str) -> Option<f64> {
         .ok()
 }
 
-/// Samples one guest through its API socket: `None` when it has no balloon.
+/// Samples one guest through its API socket: its balloon (if any) and resident guest RAM.
 pub fn sample_guest(
     sock: &std::path::Path,
     configured: u64,
     now: std::time::SystemTime,
-) -> Result<Option<GuestSample>, String> {
+) -> Result<GuestSample, String> {
     use crate::control::api::client::request_with_timeout;
     let timeout = std::time::Duration::from_secs(3);
+    // Resident guest RAM: what the swap lever could take.
+    let resident = match request_with_timeout(sock, "GET", "/memory/reclaim", None, timeout) {
+        Ok((200, body)) => serde_json::from_str::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["resident_bytes"].as_u64()),
+        _ => None,
+    };
     // memvisor's own view of the balloon: sizes, and when the guest's statistics arrived.
     let (status, body) = request_with_timeout(sock, "GET", "/balloon/device", None, timeout)
         .map_err(|e| e.to_string())?;
     if status == 400 && body.contains("no balloon") {
-        return Ok(None);
+        return Ok(GuestSample::without_balloon(
+            sock.display().to_string(),
+            configured,
+            resident,
+        ));
     }
     if status != 200 {
         return Err(format!("GET /balloon/device answered {status}: {body}"));
@@ -430,7 +577,7 @@ pub fn sample_guest(
             free = s.guest.available_memory.or(s.guest.free_memory);
         }
     }
-    Ok(Some(GuestSample {
+    Ok(GuestSample {
         name: sock.display().to_string(),
         configured,
         target,
@@ -438,10 +585,12 @@ pub fn sample_guest(
         free,
         actual_at_stats,
         stats_age,
-    }))
+        balloon: true,
+        resident,
+    })
 }
 
-/// Samples the host and every live registered VM with a balloon; notes for the ones skipped.
+/// Samples the host and every live registered VM; notes for the ones skipped.
 pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec<String>) {
     let mut notes = Vec::new();
     let host = crate::report::overcommit::HostMemory::read().unwrap_or_default();
@@ -455,8 +604,7 @@ pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec
                     continue;
                 }
                 match sample_guest(&r.api_sock, r.configured_bytes, now) {
-                    Ok(Some(g)) => guests.push(g),
-                    Ok(None) => {}
+                    Ok(g) => guests.push(g),
                     Err(why) => notes.push(format!("{}: skipped: {why}", r.api_sock.display())),
                 }
             }
@@ -470,6 +618,7 @@ pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec
                 mem_available: host.mem_available,
                 mem_total: host.mem_total,
                 psi_some_avg10: read_psi(),
+                swap_active: crate::host::swap::active().is_ok_and(|d| !d.is_empty()),
             },
             guests,
         },
@@ -477,21 +626,34 @@ pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec
     )
 }
 
-/// Applies a decision through the guest's API.
+/// Applies a decision through the guest's API: `PATCH /balloon` for a target, `PUT
+/// /memory/reclaim` (waited for: it returns when the memory is paged out) for a reclaim.
 pub fn apply(d: &Decision) -> Result<(), String> {
-    let Decision::SetTarget { guest, to, .. } = d else {
-        return Ok(());
+    let (guest, method, path, body) = match d {
+        Decision::SetTarget { guest, to, .. } => (
+            guest,
+            "PATCH",
+            "/balloon",
+            format!("{{\"amount_mib\": {}}}", to / MIB),
+        ),
+        Decision::Reclaim { guest, to, .. } => (
+            guest,
+            "PUT",
+            "/memory/reclaim",
+            format!("{{\"target_resident_mib\": {}}}", to / MIB),
+        ),
+        Decision::Note { .. } => return Ok(()),
     };
-    let body = format!("{{\"amount_mib\": {}}}", to / MIB);
-    let (status, text) = crate::control::api::client::request(
+    let (status, text) = crate::control::api::client::request_with_timeout(
         std::path::Path::new(guest),
-        "PATCH",
-        "/balloon",
+        method,
+        path,
         Some(&body),
+        std::time::Duration::from_secs(120),
     )
     .map_err(|e| e.to_string())?;
     if status / 100 != 2 {
-        return Err(format!("PATCH /balloon answered {status}: {text}"));
+        return Err(format!("{method} {path} answered {status}: {text}"));
     }
     Ok(())
 }
@@ -512,7 +674,26 @@ mod tests {
             // Statistics sent with the balloon where it is now.
             actual_at_stats: Some(actual),
             stats_age: Some(1.0),
+            balloon: true,
+            resident: None,
         }
+    }
+
+    /// A guest without a balloon, `resident` bytes of its RAM resident.
+    fn no_balloon(name: &str, resident: u64) -> GuestSample {
+        GuestSample::without_balloon(name.into(), 4 * G, Some(resident))
+    }
+
+    /// `(guest, to MiB, reason)` of the reclaim decisions.
+    fn reclaims(d: &[Decision]) -> Vec<(String, u64, String)> {
+        d.iter()
+            .filter_map(|d| match d {
+                Decision::Reclaim { guest, to, .. } => {
+                    Some((guest.clone(), *to / MIB, d.to_string()))
+                }
+                _ => None,
+            })
+            .collect()
     }
 
     fn sample(t: f64, avail: u64, guests: Vec<GuestSample>) -> Sample {
@@ -522,9 +703,15 @@ mod tests {
                 mem_available: avail,
                 mem_total: 24 * G,
                 psi_some_avg10: Some(0.0),
+                swap_active: false,
             },
             guests,
         }
+    }
+
+    fn with_swap(mut s: Sample) -> Sample {
+        s.host.swap_active = true;
+        s
     }
 
     fn targets(d: &[Decision]) -> Vec<(String, u64)> {
@@ -646,6 +833,8 @@ mod tests {
                 free: Some(stats.0),
                 actual_at_stats: Some(stats.1),
                 stats_age: Some(1.0),
+                balloon: true,
+                resident: None,
             };
             for d in c.decide(&sample(tick as f64, G, vec![g])) {
                 if let Decision::SetTarget { to, .. } = d {
@@ -754,6 +943,132 @@ mod tests {
         let d = c.decide(&s);
         assert_eq!(targets(&d), vec![("a".into(), 256)]);
         assert!(d.iter().any(|d| d.to_string().contains("PSI")));
+    }
+
+    #[test]
+    fn balloon_first_then_the_swap_lever_for_a_balloonless_guest() {
+        let mut c = Controller::new(Policy {
+            max_step: G,
+            ..Policy::default()
+        });
+        // 612 MiB missing (MemAvailable 1948 MiB, aim 2560): b's balloon covers it, nothing
+        // is reclaimed.
+        let d = c.decide(&with_swap(sample(
+            0.0,
+            1948 * MIB,
+            vec![guest("b", 0, 0, 3 * G), no_balloon("n", 2 * G)],
+        )));
+        assert_eq!(targets(&d), vec![("b".into(), 612)]);
+        assert!(reclaims(&d).is_empty(), "{d:?}");
+        assert!(
+            !d.iter().any(|d| d.to_string().contains("n:")),
+            "a guest without a balloon has no statistics to note: {d:?}"
+        );
+        // 1 GiB missing, b can give 300 MiB (364 free, 64 headroom): the balloon first, then
+        // the other 724 MiB from n's coldest memory to host swap.
+        let d = c.decide(&with_swap(sample(
+            1.0,
+            3 * G / 2,
+            vec![guest("b", 0, 0, 364 * MIB), no_balloon("n", 2 * G)],
+        )));
+        assert_eq!(targets(&d), vec![("b".into(), 300)]);
+        let r = reclaims(&d);
+        assert_eq!(r.len(), 1, "{d:?}");
+        assert_eq!((r[0].0.as_str(), r[0].1), ("n", 2048 - 724));
+        assert!(
+            r[0].2.contains("no balloon") && r[0].2.contains("swap lever"),
+            "{}",
+            r[0].2
+        );
+        let balloon_at = d
+            .iter()
+            .position(|d| matches!(d, Decision::SetTarget { .. }));
+        let reclaim_at = d.iter().position(|d| matches!(d, Decision::Reclaim { .. }));
+        assert!(balloon_at < reclaim_at, "the balloon is asked first: {d:?}");
+        assert!(
+            d.iter().any(|d| d.to_string().contains("inflate b")),
+            "the balloon decision names its lever: {d:?}"
+        );
+    }
+
+    #[test]
+    fn no_reclaim_without_host_swap_or_with_the_lever_off() {
+        let guests = || vec![no_balloon("n", 2 * G)];
+        let mut c = Controller::new(Policy::default());
+        let d = c.decide(&sample(0.0, G, guests()));
+        assert!(reclaims(&d).is_empty(), "{d:?}");
+        let note = d.iter().map(|d| d.to_string()).collect::<String>();
+        assert!(note.contains("host swap is off"), "{note}");
+        assert!(note.contains("memvisor swap zram"), "{note}");
+        let mut c = Controller::new(Policy {
+            swap: false,
+            ..Policy::default()
+        });
+        let d = c.decide(&with_swap(sample(0.0, G, guests())));
+        assert!(reclaims(&d).is_empty(), "{d:?}");
+        assert!(
+            d.iter().any(|d| d.to_string().contains("--no-swap")),
+            "{d:?}"
+        );
+        // Unknown resident size: nothing to reclaim to.
+        let mut c = Controller::new(Policy::default());
+        let mut n = no_balloon("n", 0);
+        n.resident = None;
+        assert!(reclaims(&c.decide(&with_swap(sample(0.0, G, vec![n])))).is_empty());
+    }
+
+    #[test]
+    fn the_swap_lever_takes_guests_at_their_headroom_or_unresponsive_never_below_the_floor() {
+        let p = Policy::default();
+        let mut c = Controller::new(p.clone());
+        // At its headroom (60 MiB free): the balloon can give nothing, reclaim takes 256 MiB of
+        // its 1 GiB resident; a balloon-less guest 40 MiB above the floor gives just those.
+        let mut full = guest("full", 0, 0, 60 * MIB);
+        full.resident = Some(G);
+        let d = c.decide(&with_swap(sample(
+            0.0,
+            G,
+            vec![full, no_balloon("small", p.guest_floor + 40 * MIB)],
+        )));
+        assert!(targets(&d).is_empty(), "{d:?}");
+        let r = reclaims(&d);
+        assert_eq!(
+            r.iter().map(|r| (r.0.as_str(), r.1)).collect::<Vec<_>>(),
+            vec![("full", 768), ("small", 256)],
+            "largest resident first; never below the 256 MiB floor"
+        );
+        assert!(r[0].2.contains("can give no more"), "{}", r[0].2);
+        // A stuck balloon: unresponsive after 15 s, then reclaimed instead.
+        let mut c = Controller::new(p);
+        let stuck = |t| {
+            let mut g = guest("stuck", G, 0, 3 * G);
+            g.resident = Some(2 * G);
+            with_swap(sample(t, 3 * G / 2, vec![g]))
+        };
+        assert!(reclaims(&c.decide(&stuck(0.0))).is_empty(), "it owes 1 GiB");
+        let r = reclaims(&c.decide(&stuck(16.0)));
+        assert_eq!(r.len(), 1);
+        assert!(r[0].2.contains("unresponsive"), "{}", r[0].2);
+    }
+
+    #[test]
+    fn reclaims_are_recorded_and_old_records_replay() {
+        let d = Decision::Reclaim {
+            guest: "n".into(),
+            from: 2 * G,
+            to: G,
+            reason: "r".into(),
+        };
+        let v = serde_json::to_value(&d).unwrap();
+        assert_eq!(v["kind"], "reclaim", "{v}");
+        assert_eq!(v["to"], G, "{v}");
+        // A record from before the swap lever: a guest with a balloon, no host swap.
+        let old = r#"{"t":0,"host":{"mem_available":1,"mem_total":2,"psi_some_avg10":null},
+            "guests":[{"name":"a","configured":1,"target":0,"actual":0,"free":null,
+            "stats_age":null}]}"#;
+        let s: Sample = serde_json::from_str(old).unwrap();
+        assert!(s.guests[0].balloon && s.guests[0].resident.is_none());
+        assert!(!s.host.swap_active);
     }
 
     #[test]

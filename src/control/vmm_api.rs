@@ -192,9 +192,17 @@ impl VmmApi {
         if state == "Stopped" {
             return ApiResponse::bad_request("the VM has already stopped");
         }
+        let only = if body.cold_only {
+            match self.cold_ranges() {
+                Ok(r) => Some(r),
+                Err(e) => return swap_error(e),
+            }
+        } else {
+            None
+        };
         let req = crate::memory::SwapOutRequest {
             file: body.file,
-            cold_only: body.cold_only,
+            only,
         };
         if let Err(e) = self.ram.swap_precheck(&req) {
             return swap_error(e);
@@ -218,6 +226,28 @@ impl VmmApi {
             Ok(r) => json_answer(&r),
             Err(e) => swap_error(e),
         }
+    }
+
+    /// What `cold_only` swaps out: the guest-physical chunks outside the working set, by the
+    /// same estimate that orders reclaim ([`crate::vmm::working_set::Tracker::cold_chunks`]).
+    /// Before the first window ends, tracking is started and the answer says when to retry.
+    fn cold_ranges(&self) -> Result<Vec<(u64, u64)>, crate::memory::SwapError> {
+        use crate::memory::SwapError;
+        let Some(t) = self.reclaimer.tracker() else {
+            return Err(SwapError::NoEstimate(
+                "this VMM was built without a working-set tracker".into(),
+            ));
+        };
+        if let Some(cold) = t.cold_chunks() {
+            return Ok(cold);
+        }
+        let ws = t.estimate();
+        if ws.method == "none" {
+            return Err(SwapError::NoEstimate(ws.notes.join("; ")));
+        }
+        Err(SwapError::NoEstimateYet {
+            window_seconds: ws.window_seconds,
+        })
     }
 
     /// The memory figures through the walk gate.

@@ -188,6 +188,30 @@ impl RamRegion {
             .find(|e| gpa >= e.gpa && gpa < e.end())
             .map(|e| e.offset + (gpa - e.gpa))
     }
+
+    /// The offsets in this region's mapping of the guest-physical `(start, len)` ranges that
+    /// fall inside it: sorted, merged `(offset, len)` ranges.
+    pub fn offsets_of(&self, ranges: &[(u64, u64)]) -> Vec<(u64, u64)> {
+        let mut out: Vec<(u64, u64)> = Vec::new();
+        for e in &self.extents {
+            for &(g, l) in ranges {
+                let lo = g.max(e.gpa);
+                let hi = (g + l).min(e.end());
+                if lo < hi {
+                    out.push((e.offset + (lo - e.gpa), hi - lo));
+                }
+            }
+        }
+        out.sort_unstable();
+        let mut merged: Vec<(u64, u64)> = Vec::with_capacity(out.len());
+        for (o, l) in out {
+            match merged.last_mut() {
+                Some((mo, ml)) if *mo + *ml >= o => *ml = (*ml).max(o + l - *mo),
+                _ => merged.push((o, l)),
+            }
+        }
+        merged
+    }
 }
 
 /// A KVM memslot's worth of guest RAM.

@@ -24,8 +24,10 @@
 //! told by `UFFD_EVENT_REMOVE`, serves those pages as zeros from then on.
 //!
 //! Regions served through userfaultfd already (`backend=uffd`) cannot be registered again:
-//! a VM with one is refused. `cold_only` (swap out only memory the guest has not used lately)
-//! needs a working-set estimate memvisor does not have yet and is refused with that reason.
+//! a VM with one is refused. A request may name the guest-physical ranges to take
+//! ([`SwapOutRequest::only`]): `cold_only` passes those outside the working set
+//! ([`crate::vmm::working_set`], through the control layer); backed pages elsewhere stay
+//! resident and are never faulted on.
 
 use super::swap_file::SwapFile;
 use super::{GuestRam, MemoryError};
@@ -53,9 +55,15 @@ pub enum SwapError {
     /// Another swap-out or swap-in is running.
     #[error("a {0} is running; wait for it to finish")]
     Busy(&'static str),
-    /// `cold_only` needs a working-set estimate.
-    #[error("--cold-only needs the working-set estimate (issue 18), which memvisor does not have yet; swap out all guest memory (without --cold-only)")]
-    ColdOnlyUnavailable,
+    /// `cold_only` before the first working-set window ended.
+    #[error("--cold-only needs the working-set estimate, which is not ready yet: tracking has started now and the first estimate is ready after one window ({window_seconds} s); retry then, or swap out all guest memory (without --cold-only)")]
+    NoEstimateYet {
+        /// Length of a window, seconds.
+        window_seconds: f64,
+    },
+    /// `cold_only` where no working-set estimate can be made.
+    #[error("--cold-only needs a working-set estimate, and this VM has none ({0}); swap out all guest memory (without --cold-only)")]
+    NoEstimate(String),
     /// A region is served through userfaultfd already.
     #[error("memory region {region} is a backend=uffd region {how}: a range can be registered with one userfaultfd only, so this VM cannot use the in-VMM swap; start it with anonymous, memfd or hugetlbfs memory")]
     UffdRegion {
@@ -236,8 +244,9 @@ impl std::fmt::Debug for SwapSlot {
 pub struct SwapOutRequest {
     /// The swap file to create.
     pub file: PathBuf,
-    /// Only memory the guest has not used lately (not available yet: refused).
-    pub cold_only: bool,
+    /// Only these guest-physical `(start, len)` ranges (`cold_only`: those outside the
+    /// working set); `None`: all guest memory.
+    pub only: Option<Vec<(u64, u64)>>,
 }
 
 impl GuestRam {
@@ -302,11 +311,8 @@ impl GuestRam {
     }
 
     /// What refuses a swap-out before anything is done (and before the caller pauses the
-    /// guest for it): `cold_only`, a uffd region, a swap-out already in place or running.
-    pub fn swap_precheck(&self, req: &SwapOutRequest) -> Result<(), SwapError> {
-        if req.cold_only {
-            return Err(SwapError::ColdOnlyUnavailable);
-        }
+    /// guest for it): a uffd region, a swap-out already in place or running.
+    pub fn swap_precheck(&self, _req: &SwapOutRequest) -> Result<(), SwapError> {
         for r in &self.regions {
             if let Some(p) = &r.pager {
                 return Err(SwapError::UffdRegion {
@@ -346,7 +352,13 @@ impl GuestRam {
         let runs: Vec<Vec<(u64, u64)>> = self
             .regions
             .iter()
-            .map(|r| page_runs(&r.map.present_pages(), r.page_size))
+            .map(|r| {
+                let runs = page_runs(&r.map.present_pages(), r.page_size);
+                match &req.only {
+                    Some(only) => clip_runs(&runs, &r.offsets_of(only), r.page_size),
+                    None => runs,
+                }
+            })
             .collect();
         let needed: u64 = runs.iter().flatten().map(|(_, l)| l).sum();
         let file = SwapFile::create(&req.file, offset, needed)?;
@@ -580,9 +592,35 @@ fn page_runs(present: &[bool], page_size: u64) -> Vec<(u64, u64)> {
     runs
 }
 
+/// The parts of `runs` inside the sorted, disjoint `allowed` offset ranges, in whole pages.
+fn clip_runs(runs: &[(u64, u64)], allowed: &[(u64, u64)], page_size: u64) -> Vec<(u64, u64)> {
+    let mut out = Vec::new();
+    for &(off, len) in runs {
+        for &(a, l) in allowed {
+            let lo = off.max(a.next_multiple_of(page_size));
+            let hi = (off + len).min((a + l) / page_size * page_size);
+            if lo < hi {
+                out.push((lo, hi - lo));
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runs_are_clipped_to_whole_pages_of_the_allowed_ranges() {
+        let runs = [(0, 16 << 10), (32 << 10, 8 << 10)];
+        assert_eq!(
+            clip_runs(&runs, &[(4 << 10, 6 << 10), (30 << 10, 100 << 10)], 4096),
+            vec![(4 << 10, 4 << 10), (32 << 10, 8 << 10)],
+            "a partial page at an edge is left out"
+        );
+        assert!(clip_runs(&runs, &[], 4096).is_empty());
+    }
 
     #[test]
     fn runs_merge_and_split() {

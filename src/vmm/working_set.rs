@@ -300,6 +300,26 @@ impl Tracker {
     /// Guest-physical ranges of every chunk, coldest (fewest pages written in the last window)
     /// first; `None` before the first window ends.
     pub fn coldest_first(&self) -> Option<Vec<(u64, u64)>> {
+        let chunks = self.ranked_chunks()?;
+        Some(chunks.into_iter().map(|(_, g, l)| (g, l)).collect())
+    }
+
+    /// Guest-physical ranges of the chunks outside the working set (no page written in the
+    /// last window), coldest-first order; `None` before the first window ends.
+    pub fn cold_chunks(&self) -> Option<Vec<(u64, u64)>> {
+        let chunks = self.ranked_chunks()?;
+        Some(
+            chunks
+                .into_iter()
+                .take_while(|(n, _, _)| *n == 0)
+                .map(|(_, g, l)| (g, l))
+                .collect(),
+        )
+    }
+
+    /// `(pages written, gpa, len)` of every chunk, coldest first, top of guest RAM first among
+    /// equals; starts tracking; `None` before the first window ends.
+    fn ranked_chunks(&self) -> Option<Vec<(u32, u64, u64)>> {
         self.start();
         let last = self.last.lock().unwrap_or_else(|e| e.into_inner());
         let w = last.as_ref()?;
@@ -316,9 +336,8 @@ impl Tracker {
                 }
             }
         }
-        // Coldest first; among equals, from the top of guest RAM down.
         chunks.sort_by(|a, b| a.0.cmp(&b.0).then(b.1.cmp(&a.1)));
-        Some(chunks.into_iter().map(|(_, g, l)| (g, l)).collect())
+        Some(chunks)
     }
 }
 
@@ -334,6 +353,7 @@ mod tests {
         );
         let t = Tracker::new(ram, None);
         assert!(t.coldest_first().is_none(), "no window yet");
+        assert!(t.cold_chunks().is_none(), "no window yet");
         assert_eq!(t.estimate().method, "none");
         *t.last.lock().unwrap() = Some(Window {
             ended: Instant::now(),
@@ -350,6 +370,11 @@ mod tests {
                 (0, 2 << 20),
             ],
             "cold chunks (top down among equals), then the least written"
+        );
+        assert_eq!(
+            t.cold_chunks().unwrap(),
+            vec![(6 << 20, 2 << 20), (2 << 20, 2 << 20)],
+            "only the chunks nothing was written to"
         );
         let ws = t.estimate();
         assert_eq!(ws.working_set_bytes, Some((512 + 3 + 7) * PAGE));

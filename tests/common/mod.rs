@@ -586,3 +586,96 @@ pub fn tiny_kernel(code: &[u8]) -> Vec<u8> {
     f.extend_from_slice(code);
     f
 }
+
+/// An API request with a 300 s timeout, the answer parsed (`Null` if it is not JSON).
+pub fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
+    let (status, text) = memvisor::control::api::client::request_with_timeout(
+        sock,
+        method,
+        path,
+        body,
+        std::time::Duration::from_secs(300),
+    )
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+    )
+}
+
+pub fn step(sock: &Path) -> Option<u64> {
+    api(sock, "GET", "/vm", None).1["vcpus"][0]["step"].as_u64()
+}
+
+/// Waits until the built-in guest runs workload step `index`.
+pub fn wait_for_step(sock: &Path, index: u64) {
+    wait_every(
+        &format!("the guest's step #{index}"),
+        std::time::Duration::from_secs(300),
+        std::time::Duration::from_millis(100),
+        || step(sock) == Some(index),
+    );
+}
+
+pub fn start_vm(sock: &Path, report: &Path, memory: &str, workload: &str) -> ChildVm {
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(["run", "-m", memory, "--api-sock"])
+        .arg(sock)
+        .args(["-w", workload, "--report-file"])
+        .arg(report)
+        .arg("--runtime-dir")
+        .arg(sock.parent().unwrap().join("runtime"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let vm = ChildVm {
+        child: Some(child),
+        sock: sock.to_path_buf(),
+    };
+    wait_until("the API socket", std::time::Duration::from_secs(30), || {
+        sock.exists()
+    });
+    vm
+}
+
+pub fn finish(sock: &Path) {
+    let (s, v) = api(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "FinishBalloonStep"}"#),
+    );
+    assert_eq!(s, 204, "{v}");
+}
+
+/// The finished run's JSON report: verify steps' mismatched words and bytes checked.
+pub fn verified(vm: &mut ChildVm, report: &Path) -> (u64, u64) {
+    let status = vm.child.as_mut().unwrap().wait().unwrap();
+    let r: serde_json::Value = serde_json::from_slice(&std::fs::read(report).unwrap()).unwrap();
+    assert!(status.success(), "{status}: {}", r["outcome"]);
+    let ops = r["ops"]
+        .as_array()
+        .or_else(|| r["workload"].as_array())
+        .unwrap_or_else(|| panic!("no ops in {r}"));
+    let v: Vec<&serde_json::Value> = ops.iter().filter(|o| o["name"] == "verify").collect();
+    assert!(!v.is_empty(), "{r}");
+    (
+        v.iter().map(|o| o["mismatches"].as_u64().unwrap()).sum(),
+        v.iter().map(|o| o["amount"].as_u64().unwrap()).sum(),
+    )
+}
+
+/// Bytes of guest-physical `[gpa, gpa + len)` present in host RAM (`GET /memory/mappings`),
+/// and the answer.
+pub fn present_bytes(sock: &Path, gpa: u64, len: u64) -> (u64, serde_json::Value) {
+    let path = format!("/memory/mappings?gpa={gpa:#x}&len={len:#x}");
+    let (_, m) = api(sock, "GET", &path, None);
+    let present = m["regions"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{path}: {m}"))
+        .iter()
+        .map(|r| r["totals"]["present"].as_u64().unwrap())
+        .sum();
+    (present, m)
+}

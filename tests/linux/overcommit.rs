@@ -304,6 +304,8 @@ fn balance_part(h: &mut TestGuest, hs: &Path, k: &mut TestGuest, ks: &Path, rt: 
             .arg("--headroom")
             .arg(format!("{headroom}M"))
             .args(["--max-step", "16M", "--psi-limit", "0", "--interval", "1"])
+            // The balloons only: host swap another test switches on must not change the run.
+            .arg("--no-swap")
             .arg("--record")
             .arg(&record)
             .stdin(Stdio::null())

@@ -78,7 +78,8 @@ pub enum ApiRequest {
 pub struct SwapOutBody {
     /// The swap file to create (an absolute path; it must not exist).
     pub file: std::path::PathBuf,
-    /// Only memory the guest has not used lately (not available yet: refused).
+    /// Only memory outside the working set (no page written in the last window of the
+    /// working-set estimate); refused until the first window has ended.
     #[serde(default)]
     pub cold_only: bool,
 }
