@@ -193,7 +193,7 @@ fn bad_requests_get_fault_messages_and_never_reach_the_handler() {
         ("PATCH", "/balloon", Some("[64]"), 400,
             r#"invalid JSON body for PATCH /balloon: the body must be a JSON object; expected {"amount_mib": <u32>}"#.into()),
         ("GET", "/balloons", None, 404,
-            "no API endpoint /balloons; the endpoints are /vm, /actions, /balloon, /balloon/statistics, /balloon/device, /memory/mappings, /memory/report, /metrics".into()),
+            "no API endpoint /balloons; the endpoints are /vm, /actions, /balloon, /balloon/statistics, /balloon/device, /memory, /memory/mappings, /memory/reclaim, /memory/working-set, /memory/swap-out, /memory/swap-in, /memory/report, /metrics".into()),
         ("DELETE", "/vm", None, 405, "method DELETE is not allowed on /vm; use GET, PUT, PATCH".into()),
         ("POST", "/actions", Some(r#"{"action_type":"Shutdown"}"#), 405, "method POST is not allowed on /actions; use PUT".into()),
         ("GET", "/memory/mappings?gpa=4k", None, 400,

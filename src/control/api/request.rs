@@ -216,10 +216,10 @@ pub const ENDPOINTS: &[(&str, &[&str])] = &[
     ("/memory/mappings", &["GET"]),
     ("/memory/reclaim", &["GET", "PUT"]),
     ("/memory/working-set", &["GET"]),
-    ("/memory/report", &["GET"]),
-    ("/metrics", &["GET"]),
     ("/memory/swap-out", &["PUT"]),
     ("/memory/swap-in", &["PUT"]),
+    ("/memory/report", &["GET"]),
+    ("/metrics", &["GET"]),
 ];
 
 /// The methods `path` (without query) accepts, or `None` if there is no such endpoint.

@@ -189,7 +189,7 @@ fn unknown_path_is_404_listing_the_endpoints() {
             404,
             "no API endpoint /nope; the endpoints are /vm, /actions, /balloon, \
              /balloon/statistics, /balloon/device, /memory, /memory/mappings, /memory/reclaim, \
-             /memory/working-set, /memory/report, /metrics, /memory/swap-out, /memory/swap-in"
+             /memory/working-set, /memory/swap-out, /memory/swap-in, /memory/report, /metrics"
                 .to_string()
         )
     );
