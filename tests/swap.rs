@@ -224,10 +224,10 @@ fn swap_cli_sets_up_refuses_and_undoes_zram_and_swap_files() {
         assert!(err.contains("tmpfs"), "{err}");
         assert!(!shm.exists());
     }
-    // A swap file on the disk filesystem of the test's temporary directory, if it can hold one.
-    let file = std::env::current_dir()
-        .unwrap()
-        .join(format!("target/swapfile-{}", std::process::id()));
+    // A swap file on the disk filesystem of cargo's temporary directory for integration tests
+    // (inside the target directory, wherever CARGO_TARGET_DIR puts it), if it can hold one.
+    let file = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("swapfile-{}", std::process::id()));
     let o = memvisor(&[
         "swap",
         "file",
