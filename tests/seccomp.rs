@@ -83,28 +83,16 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
         ("open", "devices", "device event thread", "openat (257)"),
         ("fork", "memvisor", "setup", "clone (56)"),
     ] {
-        let out = child(t, case);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{case}: the child must abort: {:?}\n{}",
-            out.status,
-            text(&out)
+        assert_trapped(
+            case,
+            &child(t, case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                format!("made a forbidden system call: {call}"),
+                "--seccomp off".into(),
+                "--seccomp log".into(),
+            ],
         );
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("returned"),
-            "{case}: the call went through:\n{}",
-            text(&out)
-        );
-        for want in [
-            format!("thread `{thread}` ({kind} filter, tid "),
-            format!("made a forbidden system call: {call}"),
-            "--seccomp off".into(),
-            "--seccomp log".into(),
-        ] {
-            assert!(err.contains(&want), "{case}: no `{want}` in:\n{err}");
-        }
     }
     let out = child(t, "open-eacces");
     assert!(out.status.success(), "{}", text(&out));
@@ -381,29 +369,40 @@ fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
     forbidden.extend(threads.iter().map(|k| ("msi", k.0, KVM_SIGNAL_MSI)));
     for (call, thread, request) in forbidden {
         let kind = threads.iter().find(|k| k.0 == thread).unwrap().2;
-        let out = child(t, &format!("{call}@{thread}"));
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{call} on {thread}: {}",
-            text(&out)
+        let case = format!("{call}@{thread}");
+        assert_trapped(
+            &case,
+            &child(t, &case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                "made a forbidden system call: ioctl (16), arguments ".to_string(),
+                format!(", {request:#x}, "),
+            ],
         );
+    }
+}
+
+/// The child of `case` aborted on its forbidden call (which printed nothing after it: the call
+/// did not return) and its report says each of `wanted`.
+fn assert_trapped(case: &str, out: &std::process::Output, wanted: &[String]) {
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{case}: the child must abort: {:?}\n{}",
+        out.status,
+        text(out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("returned"),
+        "{case}: the call went through:\n{}",
+        text(out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in wanted {
         assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("returned"),
-            "{call} on {thread}: the call went through:\n{}",
-            text(&out)
+            err.contains(want.as_str()),
+            "{case}: no `{want}` in:\n{err}"
         );
-        for want in [
-            format!("thread `{thread}` ({kind} filter, tid "),
-            "made a forbidden system call: ioctl (16), arguments ".to_string(),
-            format!(", {request:#x}, "),
-        ] {
-            assert!(
-                err.contains(&want),
-                "{call} on {thread}: no `{want}` in:\n{err}"
-            );
-        }
     }
 }
 
