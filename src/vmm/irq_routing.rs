@@ -18,6 +18,11 @@
 //! interrupt (device thread, API, vCPU). A dropped route's eventfd is closed, which removes the
 //! irqfd in KVM; its GSI is reused.
 //!
+//! A rewrite is not cheap: KVM waits for its SRCU readers before it frees the old table (2.1-2.9
+//! ms per `KVM_SET_GSI_ROUTING` on the nested, software-virtualised development host, in a loop
+//! of 200 rewrites; an irqfd write there took ~0.3 µs, `KVM_SIGNAL_MSI` ~0.25 µs). Hence routes
+//! are rewritten only when a vector's message changes, never per interrupt or per mask.
+//!
 //! KVM drops an irqfd message that no local APIC accepts without telling anyone (where
 //! `KVM_SIGNAL_MSI` answered `EPERM`). So [`GsiRoute::set`] checks the message first and
 //! refuses one KVM could not deliver: an address outside the local APICs' window
