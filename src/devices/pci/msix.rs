@@ -172,7 +172,9 @@ pub struct MsixCounters {
     /// without a destination silently, so memvisor checks the destination itself when it
     /// points the route.
     pub failed: u64,
-    /// Times a route was pointed at a new message (with KVM: `KVM_SET_GSI_ROUTING` calls).
+    /// Times a vector's route was re-pointed because its message changed, whether the route
+    /// took the message or not (with KVM each is one `KVM_SET_GSI_ROUTING`, unless the message
+    /// was refused for a route that carried none).
     pub route_updates: u64,
     /// Table and PBA accesses of the wrong size or alignment, and writes to the PBA.
     pub bad_accesses: u64,
