@@ -83,28 +83,16 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
         ("open", "devices", "device event thread", "openat (257)"),
         ("fork", "memvisor", "setup", "clone (56)"),
     ] {
-        let out = child(t, case);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{case}: the child must abort: {:?}\n{}",
-            out.status,
-            text(&out)
+        assert_trapped(
+            case,
+            &child(t, case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                format!("made a forbidden system call: {call}"),
+                "--seccomp off".into(),
+                "--seccomp log".into(),
+            ],
         );
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("returned"),
-            "{case}: the call went through:\n{}",
-            text(&out)
-        );
-        for want in [
-            format!("thread `{thread}` ({kind} filter, tid "),
-            format!("made a forbidden system call: {call}"),
-            "--seccomp off".into(),
-            "--seccomp log".into(),
-        ] {
-            assert!(err.contains(&want), "{case}: no `{want}` in:\n{err}");
-        }
     }
     let out = child(t, "open-eacces");
     assert!(out.status.success(), "{}", text(&out));
@@ -238,19 +226,25 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
             std::process::exit(0);
         }
         Some("irq") => {
-            // The balloon's virtio-pci interrupts, from vCPU, API and device threads.
-            let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
-            let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
-            vm.fd().create_irq_chip().unwrap();
-            let _vcpu = vm.create_vcpu(0).unwrap();
+            // The balloon's virtio-pci interrupts. Made at setup: the GSI, its eventfd and the
+            // irqfd (KVM_IRQFD). On a vCPU thread (an MSI-X table write): pointing the route
+            // (KVM_SET_GSI_ROUTING) and sending; on API and device threads: sending, an
+            // eventfd write. INTx (KVM_IRQ_LINE) from all three.
+            let (vm, _vcpu) = irqchip_vm();
+            let route =
+                std::sync::Arc::new(std::sync::Mutex::new(vm.irq_routing().route().unwrap()));
             let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
             for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::Devices] {
                 let filter = ThreadFilter::new(SeccompMode::On, kind).unwrap();
-                let irq = irq.clone();
+                let (irq, route) = (irq.clone(), route.clone());
                 std::thread::spawn(move || {
-                    use memvisor::devices::pci::MsiSink;
+                    use memvisor::devices::pci::MsiRoute;
                     filter.apply().unwrap();
-                    irq.signal_msi(0xfee0_0000, 0x30).unwrap();
+                    let mut route = route.lock().unwrap();
+                    if kind == ThreadKind::Vcpu {
+                        route.set(0xfee0_0000, 0x30).unwrap();
+                    }
+                    route.send().unwrap();
                     let line = irq.intx(10);
                     line.set_level(true).unwrap();
                     line.set_level(false).unwrap();
@@ -309,6 +303,105 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
             "{case}: {:?}\n{}",
             out.status,
             text(&out)
+        );
+    }
+}
+
+/// A VM with the in-kernel irqchip and vCPU 0 (APIC id 0).
+fn irqchip_vm() -> (memvisor::vmm::vm::Vm, kvm_ioctls::VcpuFd) {
+    let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
+    let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
+    vm.fd().create_irq_chip().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    (vm, vcpu)
+}
+
+/// The GSI routing table is only rewritten on vCPU threads (MSI-X table and configuration
+/// writes) and irqfds are only made at setup: the device thread may do neither (it only writes
+/// the eventfds: `the_work_of_each_thread_kind_passes_its_filter`), a vCPU thread may not make
+/// irqfds, and no thread may send an MSI by ioctl any more.
+#[test]
+fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
+    let t = "interrupt_routing_ioctls_are_allowed_only_where_they_are_made";
+    use memvisor::devices::pci::MsiRoute;
+    use memvisor::seccomp::rules::{KVM_IRQFD, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI};
+    let threads = [
+        ("vcpu0", ThreadKind::Vcpu, "vCPU"),
+        ("api-conn", ThreadKind::Api, "API"),
+        ("devices", ThreadKind::Devices, "device event thread"),
+    ];
+    if let Some(c) = case() {
+        let (vm, _vcpu) = irqchip_vm();
+        let mut route = vm.irq_routing().route().unwrap();
+        let fd = vm.fd().as_raw_fd();
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (call, thread) = c.split_once('@').expect("call@thread");
+        let &(name, kind, _) = threads.iter().find(|k| k.0 == thread).unwrap();
+        on_filtered_thread(name, kind, SeccompMode::On, move || {
+            let r = match call {
+                "routing" => format!("{:?}", route.set(0xfee0_0000, 0x30)),
+                "irqfd" => format!("{:?}", vm.fd().register_irqfd(&evt, 40)),
+                "msi" => {
+                    let msi = kvm_bindings::kvm_msi {
+                        address_lo: 0xfee0_0000,
+                        data: 0x30,
+                        ..Default::default()
+                    };
+                    // SAFETY: KVM_SIGNAL_MSI reads one kvm_msi from a live reference.
+                    let r = unsafe { libc::ioctl(fd, KVM_SIGNAL_MSI as _, &msi as *const _) };
+                    r.to_string()
+                }
+                other => panic!("unknown call {other}"),
+            };
+            println!("{call} returned {r}");
+        });
+        std::process::exit(0);
+    }
+    if !kvm_or_skip(t) {
+        return;
+    }
+    let mut forbidden = vec![
+        ("routing", "devices", KVM_SET_GSI_ROUTING),
+        ("routing", "api-conn", KVM_SET_GSI_ROUTING),
+        ("irqfd", "vcpu0", KVM_IRQFD),
+        ("irqfd", "devices", KVM_IRQFD),
+    ];
+    forbidden.extend(threads.iter().map(|k| ("msi", k.0, KVM_SIGNAL_MSI)));
+    for (call, thread, request) in forbidden {
+        let kind = threads.iter().find(|k| k.0 == thread).unwrap().2;
+        let case = format!("{call}@{thread}");
+        assert_trapped(
+            &case,
+            &child(t, &case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                "made a forbidden system call: ioctl (16), arguments ".to_string(),
+                format!(", {request:#x}, "),
+            ],
+        );
+    }
+}
+
+/// The child of `case` aborted on its forbidden call (which printed nothing after it: the call
+/// did not return) and its report says each of `wanted`.
+fn assert_trapped(case: &str, out: &std::process::Output, wanted: &[String]) {
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{case}: the child must abort: {:?}\n{}",
+        out.status,
+        text(out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("returned"),
+        "{case}: the call went through:\n{}",
+        text(out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in wanted {
+        assert!(
+            err.contains(want.as_str()),
+            "{case}: no `{want}` in:\n{err}"
         );
     }
 }
