@@ -567,9 +567,9 @@ impl Drop for Vmm {
     }
 }
 
-/// Starts the device event thread serving the balloon (with its own subscriber; its queue
-/// notifications become ioeventfds here, before any vCPU runs), or nothing when the VM has no
-/// balloon.
+/// Starts the device event thread serving the balloon and the disks (each with its own
+/// subscriber; their queue notifications become ioeventfds here, before any vCPU runs), or
+/// nothing when the VM has no device.
 fn start_devices(
     vm: &Vm,
     balloon: Option<&BalloonHandle>,
@@ -579,8 +579,8 @@ fn start_devices(
 ) -> Result<Option<DeviceThread>, VmmError> {
     use crate::devices::balloon::BalloonEvents;
     use crate::devices::event_thread::{DeviceThreadError::Descriptors, Subscriber};
-    let _ = disks; // the disks' queues are still processed on the vCPU that notified
-    if balloon.is_none() {
+    use crate::devices::queue_events::QueueEvents;
+    if balloon.is_none() && disks.is_empty() {
         return Ok(None);
     }
     let kvm = crate::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).map_err(Descriptors)?;
@@ -592,6 +592,10 @@ fn start_devices(
         }
         .map_err(Descriptors)?;
         subscribers.push(Box::new(BalloonEvents::new(b.clone(), ram.clone())?));
+    }
+    for d in disks {
+        let link = d.attach_link(kvm.clone()).map_err(Descriptors)?;
+        subscribers.push(Box::new(QueueEvents::new(d.clone(), link, ram.clone())?));
     }
     Ok(Some(DeviceThread::start(subscribers, filter)?))
 }
