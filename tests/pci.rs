@@ -7,13 +7,17 @@
 //! No guest runs; only the last test needs /dev/kvm (KVM's MSI and IRQ line ioctls).
 
 mod common;
+#[path = "pci/thread.rs"]
+mod thread;
 
 use balloon::BalloonOptions;
 use common::kvm_or_skip;
+use memvisor::config::disk::DiskConfig;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::control::api::{ApiHandler, ApiRequest, ApiResponse};
 use memvisor::control::vmm_api::VmmApi;
 use memvisor::devices::balloon::{BalloonDevice, BalloonHandle};
+use memvisor::devices::block::BlockDevice;
 use memvisor::devices::pci::config::{
     BAR0, CAPABILITIES_POINTER, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_MASTER,
     COMMAND_MEMORY, DEVICE_ID, VENDOR_ID,
@@ -46,6 +50,8 @@ const S_DRIVER: u64 = 2;
 const S_DRIVER_OK: u64 = 4;
 const S_FEATURES_OK: u64 = 8;
 const S_NEEDS_RESET: u64 = 0x40;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
 
 #[derive(Default)]
 struct Recorder(Mutex<Vec<(u64, u32)>>);
@@ -81,6 +87,8 @@ struct Vm {
     ram: Arc<GuestRam>,
     bus: PciBus,
     dev: Arc<VirtioPciDevice<BalloonDevice>>,
+    /// A disk after the balloon, when asked for.
+    disk: Option<Arc<VirtioPciDevice<BlockDevice>>>,
     msi: Arc<Recorder>,
     line: Arc<Line>,
 }
@@ -95,6 +103,11 @@ fn vm() -> Vm {
 }
 
 fn vm_with(opts: BalloonOptions) -> Vm {
+    vm_with_disk(opts, None)
+}
+
+/// A VM whose PCI bus has the balloon and, with `disk`, a virtio-blk disk after it.
+fn vm_with_disk(opts: BalloonOptions, disk: Option<DiskConfig>) -> Vm {
     let ram =
         Arc::new(GuestRam::new(&[RegionConfig::parse(0, "size=64M,thp=off").unwrap()]).unwrap());
     let mut buf = vec![0u8; DATA_LEN as usize];
@@ -116,10 +129,20 @@ fn vm_with(opts: BalloonOptions) -> Vm {
             },
         )
         .unwrap();
+    let disk = disk.map(|c| {
+        let irq = PciIrq {
+            msi: msi.clone(),
+            intx: None,
+            intx_line: 0,
+        };
+        let block = BlockDevice::open(&c).unwrap();
+        bus.add_virtio(block, ram.clone(), irq).unwrap().0
+    });
     Vm {
         ram,
         bus,
         dev,
+        disk,
         msi,
         line,
     }
@@ -165,6 +188,32 @@ impl SplitQueue {
         m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
         head
+    }
+
+    /// Puts a chain of `descs` (address, length, flags; NEXT is added) in the available
+    /// ring; returns the descriptor indices it used.
+    fn post_chain(&mut self, ram: &GuestRam, descs: &[(u64, u32, u16)]) -> Vec<u16> {
+        let m = ram.memory();
+        let ids: Vec<u16> = (0..descs.len() as u16)
+            .map(|i| (self.next_desc + i) % QSIZE)
+            .collect();
+        self.next_desc += descs.len() as u16;
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let d = self.desc + 16 * u64::from(ids[i]);
+            let next = ids.get(i + 1).copied();
+            m.write_obj(addr, GuestAddress(d)).unwrap();
+            m.write_obj(len, GuestAddress(d + 8)).unwrap();
+            let f = flags | if next.is_some() { VRING_DESC_F_NEXT } else { 0 };
+            m.write_obj(f, GuestAddress(d + 12)).unwrap();
+            m.write_obj(next.unwrap_or(0), GuestAddress(d + 14))
+                .unwrap();
+        }
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        m.write_obj(ids[0], GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        ids
     }
 
     fn used_idx(&self, ram: &GuestRam) -> u16 {
@@ -223,9 +272,14 @@ impl<'a> Driver<'a> {
     /// Enumerates bus 0 as Linux's `pci_scan_slot` does and finds the balloon by its ids;
     /// reads its BAR and walks its capabilities as `virtio_pci_modern_probe` does.
     fn probe(vm: &'a Vm) -> Driver<'a> {
+        Self::probe_device(vm, 0x1045)
+    }
+
+    /// As [`Driver::probe`], for the virtio-pci function with PCI device id `device`.
+    fn probe_device(vm: &'a Vm, device: u32) -> Driver<'a> {
         let slot = (0..32u8)
-            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == 0x1045_1af4)
-            .expect("a virtio balloon (1af4:1045) on bus 0");
+            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == device << 16 | 0x1af4)
+            .expect("the virtio device on bus 0");
         let bar = u64::from(Self::cfg_read(&vm.bus, slot, BAR0, 4) & !0xf)
             | u64::from(Self::cfg_read(&vm.bus, slot, BAR0 + 4, 4)) << 32;
         let mut d = Driver {
@@ -239,7 +293,7 @@ impl<'a> Driver<'a> {
                 msix_table: 0,
             },
         };
-        assert_eq!(d.cfg(DEVICE_ID, 2), 0x1045);
+        assert_eq!(d.cfg(DEVICE_ID, 2), device);
         let mut at = d.cfg(CAPABILITIES_POINTER, 1) as usize;
         while at != 0 {
             match d.cfg(at, 1) as u8 {
