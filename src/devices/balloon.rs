@@ -213,11 +213,10 @@ impl BalloonEvents {
     /// Serves `balloon` through its link (attached to its transport before), with guest
     /// memory `ram`.
     pub fn new(balloon: BalloonHandle, ram: Arc<GuestRam>) -> Result<Self, DeviceThreadError> {
-        let link = balloon.link().cloned().ok_or_else(|| {
-            DeviceThreadError::Descriptors(std::io::Error::other(
-                "the balloon's transport has no device link attached",
-            ))
-        })?;
+        let link = balloon
+            .link()
+            .cloned()
+            .ok_or(DeviceThreadError::NotAttached)?;
         let timer = TimerFd::new().map_err(|e| {
             DeviceThreadError::Descriptors(std::io::Error::from_raw_os_error(e.errno()))
         })?;
