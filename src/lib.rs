@@ -7,7 +7,8 @@
 //! 2. [`seccomp`]: the per-thread seccomp filters (least privilege);
 //!    [`host`]: host-wide settings memvisor manages itself (swap devices, zram, swap files);
 //! 3. [`memory`]: owns guest RAM (every mmap/madvise/fallocate/userfaultfd call);
-//! 4. [`devices`]: the I/O bus, the virtio transports (MMIO, PCI) and the balloon;
+//! 4. [`devices`]: the I/O bus, the virtio transports (MMIO, PCI), the balloon and the disks,
+//!    and the device event thread that serves them;
 //! 5. [`vmm`]: the KVM VM and its memslots, its GSI routing table (MSI routes, irqfds), CPUID,
 //!    vCPU threads and exit accounting, emulation assists, KVM's own statistics, the
 //!    working-set estimate from KVM's dirty log, the built-in guest's boot;

@@ -9,13 +9,17 @@
 //! and INTx through `KVM_IRQ_LINE` into the I/O APIC and PIC.
 
 mod common;
+#[path = "pci/thread.rs"]
+mod thread;
 
 use balloon::BalloonOptions;
 use common::kvm_or_skip;
+use memvisor::config::disk::DiskConfig;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::control::api::{ApiHandler, ApiRequest, ApiResponse};
 use memvisor::control::vmm_api::VmmApi;
 use memvisor::devices::balloon::{BalloonDevice, BalloonHandle};
+use memvisor::devices::block::BlockDevice;
 use memvisor::devices::pci::config::{
     BAR0, CAPABILITIES_POINTER, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_MASTER,
     COMMAND_MEMORY, DEVICE_ID, VENDOR_ID,
@@ -48,6 +52,8 @@ const S_DRIVER: u64 = 2;
 const S_DRIVER_OK: u64 = 4;
 const S_FEATURES_OK: u64 = 8;
 const S_NEEDS_RESET: u64 = 0x40;
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
 
 #[derive(Default)]
 struct Line(Mutex<Vec<bool>>);
@@ -67,6 +73,8 @@ struct Vm {
     ram: Arc<GuestRam>,
     bus: PciBus,
     dev: Arc<VirtioPciDevice<BalloonDevice>>,
+    /// A disk after the balloon, when asked for.
+    disk: Option<Arc<VirtioPciDevice<BlockDevice>>>,
     /// The messages sent (empty when they go to KVM instead).
     msi: MessageLog,
     line: Arc<Line>,
@@ -82,8 +90,14 @@ fn vm() -> Vm {
 }
 
 fn vm_with(opts: BalloonOptions) -> Vm {
+    vm_with_disk(opts, None)
+}
+
+/// A VM whose PCI bus has the balloon and, with `disk`, a virtio-blk disk after it; the
+/// messages recorded.
+fn vm_with_disk(opts: BalloonOptions, disk: Option<DiskConfig>) -> Vm {
     let msi = MessageLog::default();
-    vm_on(opts, data_ram(), Arc::new(msi.clone()), msi)
+    vm_on(opts, data_ram(), Arc::new(msi.clone()), msi, disk)
 }
 
 /// 64 MiB of guest RAM with the pattern over the data.
@@ -98,8 +112,15 @@ fn data_ram() -> Arc<GuestRam> {
     ram
 }
 
-/// The balloon on a PCI bus over `ram`, its MSI-X vectors routed by `sink`.
-fn vm_on(opts: BalloonOptions, ram: Arc<GuestRam>, sink: Arc<dyn MsiSink>, msi: MessageLog) -> Vm {
+/// The balloon (and, with `disk`, a disk after it) on a PCI bus over `ram`, their MSI-X
+/// vectors routed by `sink`.
+fn vm_on(
+    opts: BalloonOptions,
+    ram: Arc<GuestRam>,
+    sink: Arc<dyn MsiSink>,
+    msi: MessageLog,
+    disk: Option<DiskConfig>,
+) -> Vm {
     let line = Arc::new(Line::default());
     let mut bus = PciBus::new();
     let (dev, _) = bus
@@ -107,16 +128,26 @@ fn vm_on(opts: BalloonOptions, ram: Arc<GuestRam>, sink: Arc<dyn MsiSink>, msi: 
             BalloonDevice::new(opts, ram.clone()),
             ram.clone(),
             PciIrq {
-                msi: sink,
+                msi: sink.clone(),
                 intx: Some(line.clone()),
                 intx_line: 10,
             },
         )
         .unwrap();
+    let disk = disk.map(|c| {
+        let irq = PciIrq {
+            msi: sink,
+            intx: None,
+            intx_line: 0,
+        };
+        let block = BlockDevice::open(&c).unwrap();
+        bus.add_virtio(block, ram.clone(), irq).unwrap().0
+    });
     Vm {
         ram,
         bus,
         dev,
+        disk,
         msi,
         line,
     }
@@ -162,6 +193,32 @@ impl SplitQueue {
         m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
         head
+    }
+
+    /// Puts a chain of `descs` (address, length, flags; NEXT is added) in the available
+    /// ring; returns the descriptor indices it used.
+    fn post_chain(&mut self, ram: &GuestRam, descs: &[(u64, u32, u16)]) -> Vec<u16> {
+        let m = ram.memory();
+        let ids: Vec<u16> = (0..descs.len() as u16)
+            .map(|i| (self.next_desc + i) % QSIZE)
+            .collect();
+        self.next_desc += descs.len() as u16;
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let d = self.desc + 16 * u64::from(ids[i]);
+            let next = ids.get(i + 1).copied();
+            m.write_obj(addr, GuestAddress(d)).unwrap();
+            m.write_obj(len, GuestAddress(d + 8)).unwrap();
+            let f = flags | if next.is_some() { VRING_DESC_F_NEXT } else { 0 };
+            m.write_obj(f, GuestAddress(d + 12)).unwrap();
+            m.write_obj(next.unwrap_or(0), GuestAddress(d + 14))
+                .unwrap();
+        }
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        m.write_obj(ids[0], GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        ids
     }
 
     fn used_idx(&self, ram: &GuestRam) -> u16 {
@@ -220,9 +277,14 @@ impl<'a> Driver<'a> {
     /// Enumerates bus 0 as Linux's `pci_scan_slot` does and finds the balloon by its ids;
     /// reads its BAR and walks its capabilities as `virtio_pci_modern_probe` does.
     fn probe(vm: &'a Vm) -> Driver<'a> {
+        Self::probe_device(vm, 0x1045)
+    }
+
+    /// As [`Driver::probe`], for the virtio-pci function with PCI device id `device`.
+    fn probe_device(vm: &'a Vm, device: u32) -> Driver<'a> {
         let slot = (0..32u8)
-            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == 0x1045_1af4)
-            .expect("a virtio balloon (1af4:1045) on bus 0");
+            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == device << 16 | 0x1af4)
+            .expect("the virtio device on bus 0");
         let bar = u64::from(Self::cfg_read(&vm.bus, slot, BAR0, 4) & !0xf)
             | u64::from(Self::cfg_read(&vm.bus, slot, BAR0 + 4, 4)) << 32;
         let mut d = Driver {
@@ -236,7 +298,7 @@ impl<'a> Driver<'a> {
                 msix_table: 0,
             },
         };
-        assert_eq!(d.cfg(DEVICE_ID, 2), 0x1045);
+        assert_eq!(d.cfg(DEVICE_ID, 2), device);
         let mut at = d.cfg(CAPABILITIES_POINTER, 1) as usize;
         while at != 0 {
             match d.cfg(at, 1) as u8 {
@@ -803,6 +865,7 @@ fn msix_vectors_reach_the_local_apic_they_name_through_irqfds() {
         ram,
         Arc::new(routing.clone()),
         MessageLog::default(),
+        None,
     );
     let d = Driver::probe(&vm);
     d.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY | COMMAND_MASTER));

@@ -212,6 +212,11 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
                 .unwrap();
             let mut timer = vmm_sys_util::timerfd::TimerFd::new().unwrap();
             evt.write(1).unwrap();
+            // A disk's image is opened (and locked) before the VM runs.
+            let tmp = TempDir::new("seccomp-disk");
+            let img = tmp.path().join("disk.img");
+            std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let image = block::RawImage::open(&img, false, false).unwrap();
             on_filtered_thread("devices", ThreadKind::Devices, SeccompMode::On, move || {
                 let mut ready = [vmm_sys_util::epoll::EpollEvent::default(); 4];
                 assert_eq!(epoll.wait(1000, &mut ready).unwrap(), 1);
@@ -222,7 +227,10 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
                 assert!(timer.wait().unwrap() >= 1);
                 // The balloon's discards and reclaims.
                 device_work(&ram);
+                // The disks' I/O: every request type's host calls.
+                disk_work(image);
             });
+            drop(tmp);
             std::process::exit(0);
         }
         Some("irq") => {
@@ -432,6 +440,25 @@ fn device_work(ram: &GuestRam) {
     ram.reclaim(0, 1 << 20, true).unwrap();
     let back: u64 = ram.resident_bytes().iter().sum();
     assert!(back >= 1 << 20, "populated again: {back}");
+}
+
+/// What a disk's requests do to its image: write, read, flush, discard, write-zeroes (with and
+/// without a hole).
+fn disk_work(mut image: block::RawImage) {
+    use block::DiskBackend;
+    let data = vec![0x5au8; 8192];
+    image.write_at(&data, 4096).unwrap();
+    let mut back = vec![0u8; 8192];
+    image.read_at(&mut back, 4096).unwrap();
+    assert_eq!(back, data);
+    image.flush().unwrap();
+    // A discard is a hint (false: the file system cannot punch holes); write-zeroes is not.
+    let punched = image.discard(4096, 4096).unwrap();
+    image.write_zeroes(8192, 2048, false).unwrap();
+    image.write_zeroes(10240, 2048, true).unwrap();
+    image.read_at(&mut back, 4096).unwrap();
+    assert!(back[4096..].iter().all(|&b| b == 0), "zeroed");
+    assert_eq!(back[..4096].iter().all(|&b| b == 0), punched, "discarded");
 }
 
 /// Inodes of the sockets `pid` holds.

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use balloon::features::{feature_mask, VIRTIO_F_VERSION_1};
-use balloon::{Balloon, BalloonOptions, MemoryBackend};
+use balloon::{Balloon, BalloonOptions, DeviceModel, MemoryBackend};
 use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
