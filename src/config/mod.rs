@@ -6,6 +6,7 @@
 //! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
 
 pub mod disk;
+pub mod net;
 pub mod linux;
 pub mod workload;
 
@@ -61,6 +62,16 @@ pub enum ConfigError {
     Disk {
         /// Disk index (order of `--disk` flags).
         disk: usize,
+        /// The option.
+        option: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// An option of a `--net` that is wrong.
+    #[error("net {net}: option `{option}`: {reason}")]
+    Net {
+        /// Interface index (order of `--net` flags).
+        net: usize,
         /// The option.
         option: String,
         /// What is wrong and what to write instead.
@@ -419,6 +430,9 @@ pub struct VmConfig {
     /// virtio-blk disks (Linux guests), in `--disk` order.
     #[serde(default)]
     pub disks: Vec<disk::DiskConfig>,
+    /// virtio-net interfaces over taps (Linux guests), in `--net` order.
+    #[serde(default)]
+    pub nets: Vec<net::NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -432,6 +446,7 @@ impl Default for VmConfig {
             balloon: None,
             linux: None,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -523,6 +538,7 @@ impl VmConfig {
             }
         }
         disk::check_disks(&self.disks, self.linux.is_some())?;
+        net::check_nets(&self.nets, self.linux.is_some())?;
         self.workload.check()?;
         Ok(())
     }
