@@ -8,7 +8,6 @@ use crate::control::vmm_api::{CommandMsg, VmCommand, VmmApi};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
 use crate::devices::block::{BlockDevice, BlockHandle};
 use crate::devices::event_thread::DeviceThread;
-use crate::devices::virtio::VirtioDevice;
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
 use crate::vmm::boot;
@@ -206,15 +205,13 @@ impl Vmm {
             .ok()
             .map(Arc::new);
         // Queue notifications become ioeventfds before any vCPU runs.
-        let devices = match &balloon {
-            Some(b) => Some(start_devices(
-                &vm,
-                b,
-                &ram,
-                filters.get(ThreadKind::Devices),
-            )?),
-            None => None,
-        };
+        let devices = start_devices(
+            &vm,
+            balloon.as_ref(),
+            &disks,
+            &ram,
+            filters.get(ThreadKind::Devices),
+        )?;
         let setup = t0.elapsed();
         let started = Instant::now();
         let mut handles: Vec<VcpuHandle> = Vec::new();
@@ -570,38 +567,37 @@ impl Drop for Vmm {
     }
 }
 
-/// Attaches the balloon's transport to a new device link (its queue notifications as
-/// ioeventfds) and starts the device event thread on it.
+/// Starts the device event thread serving the balloon and the disks (each with its own
+/// subscriber; their queue notifications become ioeventfds here, before any vCPU runs), or
+/// nothing when the VM has no device.
 fn start_devices(
     vm: &Vm,
-    balloon: &BalloonHandle,
+    balloon: Option<&BalloonHandle>,
+    disks: &[BlockHandle],
     ram: &Arc<GuestRam>,
     filter: ThreadFilter,
-) -> Result<DeviceThread, VmmError> {
-    use crate::devices::event_thread::DeviceThreadError::Descriptors;
-    use crate::devices::events::{DeviceLink, IoeventRegistrar};
-    let queues = balloon.with_device(|d| (d.queue_max_sizes().len(), false));
-    let link = Arc::new(DeviceLink::new(queues).map_err(Descriptors)?);
-    let kvm = crate::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).map_err(Descriptors)?;
-    match balloon {
-        BalloonHandle::Mmio(t) => {
-            let at = t.base() + crate::devices::virtio_mmio::QUEUE_NOTIFY_OFFSET;
-            for q in 0..queues {
-                let fd = link.queue_fd(q).expect("q < queues");
-                if let Err(e) = kvm.register(fd, at, Some(q as u32)) {
-                    log::warn!("balloon queue {q}: no ioeventfd ({e}); its notifications are forwarded from the vCPU");
-                }
-            }
-            t.attach(link.clone());
-        }
-        BalloonHandle::Pci(t) => t.attach(link.clone(), kvm),
+) -> Result<Option<DeviceThread>, VmmError> {
+    use crate::devices::balloon::BalloonEvents;
+    use crate::devices::event_thread::{DeviceThreadError::Descriptors, Subscriber};
+    use crate::devices::queue_events::QueueEvents;
+    if balloon.is_none() && disks.is_empty() {
+        return Ok(None);
     }
-    Ok(DeviceThread::start(
-        balloon.clone(),
-        link,
-        ram.clone(),
-        filter,
-    )?)
+    let kvm = crate::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).map_err(Descriptors)?;
+    let mut subscribers: Vec<Subscriber> = Vec::new();
+    if let Some(b) = balloon {
+        match b {
+            BalloonHandle::Mmio(t) => t.attach_link(&*kvm),
+            BalloonHandle::Pci(t) => t.attach_link(kvm.clone()),
+        }
+        .map_err(Descriptors)?;
+        subscribers.push(Box::new(BalloonEvents::new(b.clone(), ram.clone())?));
+    }
+    for d in disks {
+        let link = d.attach_link(kvm.clone()).map_err(Descriptors)?;
+        subscribers.push(Box::new(QueueEvents::new(d.clone(), link, ram.clone())?));
+    }
+    Ok(Some(DeviceThread::start(subscribers, filter)?))
 }
 
 /// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.

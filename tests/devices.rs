@@ -1,11 +1,12 @@
-//! The device event thread: a running VM with a balloon has exactly its vCPU threads, the
-//! `devices` thread and the API threads; the balloon's queue notifications reach the device
-//! through ioeventfds, never as exits to the VMM; API commands and the statistics timer run on
-//! the device thread.
+//! The device event thread: a running VM with a balloon, or with a balloon and disks on a
+//! Linux guest's PCI bus, has exactly its vCPU threads, one `devices` thread and the API
+//! threads; the balloon's and the disks' queue notifications reach the devices through
+//! ioeventfds, never as exits to the VMM; API commands and the statistics timer run on the
+//! device thread.
 
 mod common;
 
-use common::{kvm_or_skip, memvisor, text, wait_until, Running};
+use common::{kvm_or_skip, memvisor, text, wait_until, Running, TempDir};
 use memvisor::config::workload::Workload;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::report::run::Outcome;
@@ -28,6 +29,43 @@ fn thread_names(pid: u32) -> BTreeMap<String, usize> {
         }
     }
     out
+}
+
+/// The threads of a running VM `pid`: its main thread, `vcpu0`, one `devices` thread, the
+/// API's threads, nothing else.
+fn assert_device_threads_only(pid: u32) {
+    let names = thread_names(pid);
+    // The main thread keeps the process's name; API connection threads come and go. KVM adds
+    // its own kernel worker to the process of every VM (`kvm-nx-lpage-recovery`, shown
+    // truncated): not a memvisor thread. The API has two workers beside its socket threads:
+    // `api-reclaim` (reclaim requests and the resident limit) and `vmm-swap` (the in-VMM swap,
+    // started with the VM because a thread inherits its starter's seccomp filter, and the API
+    // threads may not create files or userfaultfds).
+    let allowed = [
+        "memvisor",
+        "vcpu0",
+        "devices",
+        "api-accept",
+        "api-conn",
+        "api-reclaim",
+        "vmm-swap",
+        "kvm-nx-lpage-re",
+    ];
+    let unexpected: Vec<_> = names
+        .keys()
+        .filter(|n| !allowed.contains(&n.as_str()))
+        .collect();
+    assert!(unexpected.is_empty(), "threads {unexpected:?} in {names:?}");
+    for n in [
+        "memvisor",
+        "vcpu0",
+        "devices",
+        "api-accept",
+        "api-reclaim",
+        "vmm-swap",
+    ] {
+        assert_eq!(names.get(n), Some(&1), "one thread {n}: {names:?}");
+    }
 }
 
 #[test]
@@ -62,38 +100,7 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
         let out = memvisor(&["balloon", "stats", "--api-sock", s]);
         out.status.success() && String::from_utf8_lossy(&out.stdout).contains("free_memory")
     });
-    let names = thread_names(pid);
-    // The main thread keeps the process's name; API connection threads come and go. KVM adds
-    // its own kernel worker to the process of every VM (`kvm-nx-lpage-recovery`, shown
-    // truncated): not a memvisor thread. The API has two workers beside its socket threads:
-    // `api-reclaim` (reclaim requests and the resident limit) and `vmm-swap` (the in-VMM swap,
-    // started with the VM because a thread inherits its starter's seccomp filter, and the API
-    // threads may not create files or userfaultfds).
-    let allowed = [
-        "memvisor",
-        "vcpu0",
-        "devices",
-        "api-accept",
-        "api-conn",
-        "api-reclaim",
-        "vmm-swap",
-        "kvm-nx-lpage-re",
-    ];
-    let unexpected: Vec<_> = names
-        .keys()
-        .filter(|n| !allowed.contains(&n.as_str()))
-        .collect();
-    assert!(unexpected.is_empty(), "threads {unexpected:?} in {names:?}");
-    for n in [
-        "memvisor",
-        "vcpu0",
-        "devices",
-        "api-accept",
-        "api-reclaim",
-        "vmm-swap",
-    ] {
-        assert_eq!(names.get(n), Some(&1), "one thread {n}: {names:?}");
-    }
+    assert_device_threads_only(pid);
     let out = vm.interrupt(Duration::from_secs(30));
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
 }
@@ -143,5 +150,144 @@ fn balloon_notifications_arrive_through_ioeventfds() {
         matches!(report.outcome, Outcome::Completed),
         "{}",
         report.to_text()
+    );
+}
+
+/// A Linux guest's PCI bus with a balloon and two disks: still one `devices` thread for all of
+/// them (the disks have no thread of their own; their I/O runs on the device thread).
+#[test]
+fn a_vm_with_disks_runs_them_on_the_one_device_thread() {
+    let t = "a_vm_with_disks_runs_them_on_the_one_device_thread";
+    if !kvm_or_skip(t) {
+        return;
+    }
+    let tmp = TempDir::new("devices-disks");
+    let kernel = tmp.path().join("tiny.elf");
+    std::fs::write(&kernel, common::tiny_kernel(&[0xf4, 0xeb, 0xfd])).unwrap(); // hlt loop
+    let mut disks = Vec::new();
+    for name in ["a.img", "b.img"] {
+        let img = tmp.path().join(name);
+        std::fs::write(&img, vec![0u8; MIB as usize]).unwrap();
+        disks.push(format!("path={}", img.display()));
+    }
+    let sock = tmp.path().join("api.sock");
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .args(["run", "--vcpus", "1", "-m", "64M", "--kernel"])
+        .arg(&kernel)
+        .arg("--console")
+        .arg(tmp.path().join("console.txt"))
+        .arg("--api-sock")
+        .arg(&sock)
+        .args(["--balloon", "amount_mib=0"])
+        .args(["--disk", &disks[0], "--disk", &disks[1]])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let mut vm = Running(Some(child));
+    let s = sock.to_str().unwrap();
+    wait_until("the API", Duration::from_secs(60), || {
+        memvisor(&["vm", "status", "--api-sock", s])
+            .status
+            .success()
+    });
+    let (_, answer) = common::api(&sock, "GET", "/vm", None);
+    let devices = answer["devices"].as_array().expect("a device list");
+    assert_eq!(devices.len(), 3, "{answer}");
+    assert_device_threads_only(pid);
+    let out = vm.interrupt(Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+}
+
+/// A tiny Linux-protocol kernel turns on memory decoding of the disk (PCI slot 1), reads its
+/// BAR and writes queue 0's notification address 200 times, then resets the machine: the
+/// writes woke the device thread through the queue's eventfd (the device saw them, as early
+/// notifications before DRIVER_OK, and counted them), none was forwarded from a vCPU exit,
+/// and the vCPU had fewer MMIO exits than writes.
+#[test]
+fn disk_notifications_arrive_through_ioeventfds() {
+    let t = "disk_notifications_arrive_through_ioeventfds";
+    if !kvm_or_skip(t) {
+        return;
+    }
+    const WRITES: u32 = 200;
+    let mut code = vec![0x66, 0xba, 0xf8, 0x0c]; // mov dx, 0xcf8
+    code.push(0xb8); // mov eax, 00:01.0 register 4 (command)
+    code.extend_from_slice(&(0x8000_0000u32 | 1 << 11 | 0x04).to_le_bytes());
+    code.push(0xef); // out dx, eax
+    code.extend_from_slice(&[0x66, 0xba, 0xfc, 0x0c]); // mov dx, 0xcfc
+    code.extend_from_slice(&[0x66, 0xb8, 0x02, 0x00, 0x66, 0xef]); // mov ax, 2; out dx, ax
+    code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
+    code.push(0xb8); // mov eax, 00:01.0 register 0x10 (BAR0)
+    code.extend_from_slice(&(0x8000_0000u32 | 1 << 11 | 0x10).to_le_bytes());
+    code.push(0xef); // out dx, eax
+    code.extend_from_slice(&[0x66, 0xba, 0xfc, 0x0c, 0xed]); // mov dx, 0xcfc; in eax, dx
+    code.extend_from_slice(&[0x83, 0xe0, 0xf0]); // and eax, ~0xf
+    code.extend_from_slice(&[0x48, 0x05, 0x00, 0x30, 0x00, 0x00]); // add rax, 0x3000 (notify)
+    code.push(0xb9); // mov ecx, WRITES
+    code.extend_from_slice(&WRITES.to_le_bytes());
+    code.extend_from_slice(&[0x66, 0xc7, 0x00, 0x00, 0x00]); // 1: mov word [rax], 0
+    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xf7]); // dec ecx; jnz 1b
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]); // reset; hlt loop
+    let tmp = TempDir::new("devices-disk-notify");
+    let kernel = tmp.path().join("tiny.elf");
+    std::fs::write(&kernel, common::tiny_kernel(&code)).unwrap();
+    let img = tmp.path().join("disk.img");
+    std::fs::write(&img, vec![0u8; MIB as usize]).unwrap();
+    let config = VmConfig {
+        memory: vec![RegionConfig::anon(64 * MIB)],
+        linux: Some(memvisor::config::linux::LinuxConfig {
+            kernel,
+            initrd: None,
+            cmdline: None,
+            console: Some(tmp.path().join("console.txt")),
+        }),
+        disks: vec![memvisor::config::disk::DiskConfig {
+            path: img,
+            read_only: false,
+            id: "vda".into(),
+            direct: false,
+        }],
+        ..Default::default()
+    };
+    let mut vmm = Vmm::start(&config).expect("start");
+    let disk = vmm.disks()[0].clone();
+    let link = disk
+        .link()
+        .expect("a device thread serves the disk")
+        .clone();
+    let report = vmm.wait(&RunOptions {
+        timeout: Some(Duration::from_secs(60)),
+        ..Default::default()
+    });
+    assert!(
+        matches!(report.outcome, Outcome::GuestStopped { .. }),
+        "{}",
+        report.to_text()
+    );
+    assert_eq!(disk.ioevent_base(), Some(disk.bar_address()));
+    let received = link.received_notifications();
+    assert!(
+        (1..=u64::from(WRITES)).contains(&received),
+        "{received} eventfd wake-ups"
+    );
+    assert_eq!(link.forwarded_notifications(), 0, "a notification exited");
+    assert!(
+        disk.bad_accesses() >= received,
+        "the device thread counted each early notification"
+    );
+    let mmio: u64 = report.vcpus[0]
+        .exits
+        .iter()
+        .filter(|(k, _)| k.starts_with("mmio"))
+        .map(|(_, n)| n)
+        .sum();
+    eprintln!("{WRITES} notification writes: {received} eventfd wake-ups, {mmio} MMIO exits");
+    assert!(
+        mmio < u64::from(WRITES),
+        "{mmio} MMIO exits: {:?}",
+        report.vcpus[0].exits
     );
 }

@@ -1,14 +1,20 @@
 //! The virtio-balloon device (the `balloon` crate's model) wired to guest memory: inflated and
-//! reported ranges are discarded through the memory module, deflated ranges reclaimed.
+//! reported ranges are discarded through the memory module, deflated ranges reclaimed; and its
+//! events on the device thread ([`BalloonEvents`]: queues, commands, the statistics timer).
 
+use super::event_thread::DeviceThreadError;
+use super::queue_events::{watch, LinkEvent, LinkEvents, FIRST_OWN_DATA};
 use super::virtio::VirtioDevice;
 use crate::memory::GuestRam;
 use balloon::{Balloon, BalloonOptions, MemoryBackend};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
+use vmm_sys_util::timerfd::TimerFd;
 
 /// The balloon's state as the overcommit report needs it (`crate::report::overcommit`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -215,6 +221,97 @@ impl BalloonHandle {
         match self {
             BalloonHandle::Mmio(_) => "virtio-mmio",
             BalloonHandle::Pci(_) => "virtio-pci",
+        }
+    }
+}
+
+/// The balloon's events on the device thread: its queues and commands (a
+/// [`LinkEvents`]) and the statistics timer.
+pub struct BalloonEvents {
+    balloon: BalloonHandle,
+    events: LinkEvents,
+    ram: Arc<GuestRam>,
+    timer: TimerFd,
+    /// The statistics interval the timer is armed for (0: disarmed).
+    interval_s: u16,
+}
+
+/// Event data of the statistics timer.
+const DATA_TIMER: u32 = FIRST_OWN_DATA;
+
+impl BalloonEvents {
+    /// Serves `balloon` through its link (attached to its transport before), with guest
+    /// memory `ram`.
+    pub fn new(balloon: BalloonHandle, ram: Arc<GuestRam>) -> Result<Self, DeviceThreadError> {
+        let link = balloon.link().cloned().ok_or_else(|| {
+            DeviceThreadError::Descriptors(std::io::Error::other(
+                "the balloon's transport has no device link attached",
+            ))
+        })?;
+        let timer = TimerFd::new().map_err(|e| {
+            DeviceThreadError::Descriptors(std::io::Error::from_raw_os_error(e.errno()))
+        })?;
+        Ok(BalloonEvents {
+            balloon,
+            events: LinkEvents::new(link)?,
+            ram,
+            timer,
+            interval_s: 0,
+        })
+    }
+
+    /// Re-arms the statistics timer if the device's interval changed.
+    fn follow_interval(&mut self) {
+        let iv = self
+            .balloon
+            .with_device(|d| (d.model.stats_polling_interval(), false));
+        if iv == self.interval_s {
+            return;
+        }
+        self.interval_s = iv;
+        let armed = if iv == 0 {
+            self.timer.clear()
+        } else {
+            let period = Duration::from_secs(iv.into());
+            self.timer.reset(period, Some(period))
+        };
+        if let Err(e) = armed {
+            log::warn!("balloon: statistics timer not (re)armed: {e}");
+        }
+    }
+
+    /// The statistics period elapsed: give the held buffer back so the guest sends fresh
+    /// statistics.
+    fn stats_tick(&mut self) {
+        let _ = self.timer.wait();
+        let mem = self.ram.memory();
+        self.balloon
+            .with_device_used(|d| match d.model.trigger_stats_update(mem) {
+                Ok(returned) => ((), d.model.queue_layout().stats.filter(|_| returned)),
+                Err(e) => {
+                    log::warn!("balloon: statistics request failed: {e}");
+                    ((), None)
+                }
+            });
+    }
+}
+
+impl MutEventSubscriber for BalloonEvents {
+    fn init(&mut self, ops: &mut EventOps) {
+        self.events.init(ops);
+        watch(ops, &self.timer, DATA_TIMER);
+        self.follow_interval();
+    }
+
+    fn process(&mut self, events: Events, _ops: &mut EventOps) {
+        match self.events.handle(&events) {
+            LinkEvent::Queue(q) => self.balloon.process_event(q, &self.ram),
+            LinkEvent::Own(DATA_TIMER) => {
+                self.stats_tick();
+                self.follow_interval();
+            }
+            // Commands may have changed the interval.
+            LinkEvent::Done | LinkEvent::Own(_) => self.follow_interval(),
         }
     }
 }

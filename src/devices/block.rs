@@ -6,8 +6,9 @@
 //! reason) and the per-disk figures of `GET /vm` and `/metrics` ([`DiskInfo`]). Guest buffers
 //! are reached only through the guest memory object the transport passes to
 //! [`VirtioDevice::process_queue`]; the model checks every request before any I/O (see the
-//! `block` crate). I/O runs synchronously on whichever thread processes the queue
-//! notification: the device holds no thread of its own.
+//! `block` crate). I/O runs synchronously on the VM's device event thread, which processes the
+//! disk's queue notifications (ioeventfds; [`super::queue_events::QueueEvents`]): the device
+//! holds no thread of its own.
 
 use super::pci::VirtioPciDevice;
 use super::virtio::VirtioDevice;

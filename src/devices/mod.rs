@@ -1,12 +1,14 @@
 //! Devices and the bus that routes port-I/O and MMIO exits to them; the device event thread
 //! ([`event_thread`]) that processes their queues, timers and commands off the vCPU threads,
-//! and the eventfd link between it and the transports ([`events`]).
+//! the eventfd link between it and the transports ([`events`]) and what a device needs to be
+//! served by it ([`queue_events`]).
 
 pub mod balloon;
 pub mod block;
 pub mod event_thread;
 pub mod events;
 pub mod pci;
+pub mod queue_events;
 pub mod virtio;
 pub mod virtio_mmio;
 pub mod virtio_transport;

@@ -61,6 +61,27 @@ impl<D: VirtioDevice> MmioTransport<D> {
         let _ = self.link.set(link);
     }
 
+    /// A new link with one eventfd per queue, attached, its eventfds registered with
+    /// `registrar` as ioeventfds on the `QueueNotify` register (data match: the queue index).
+    /// A registration KVM refuses is logged: that queue's notifications then arrive as exits
+    /// and are forwarded to the same eventfd.
+    pub fn attach_link(
+        &self,
+        registrar: &dyn super::events::IoeventRegistrar,
+    ) -> std::io::Result<Arc<DeviceLink>> {
+        let queues = self.state.lock().unwrap().queues.len();
+        let link = Arc::new(DeviceLink::new(queues)?);
+        let at = self.base + QUEUE_NOTIFY_OFFSET;
+        for q in 0..queues {
+            let fd = link.queue_fd(q).expect("q < queues");
+            if let Err(e) = registrar.register(fd, at, Some(q as u32)) {
+                log::warn!("virtio-mmio at {:#x}: queue {q}: no ioeventfd ({e}); its notifications are forwarded from the vCPU", self.base);
+            }
+        }
+        self.attach(link.clone());
+        Ok(link)
+    }
+
     /// The attached device link, if any.
     pub fn link(&self) -> Option<&Arc<DeviceLink>> {
         self.link.get()

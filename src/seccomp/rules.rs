@@ -15,15 +15,14 @@
 //!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
 //!   `KVM_SIGNAL_MSI` (virtio-pci register writes that unmask a pending vector or clear the
 //!   ISR); `KVM_IOEVENTFD` (a guest moving a virtio-pci BAR moves its notification
-//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards: the
-//!   balloon's queues are processed on the device thread. The disks' queues are still processed
-//!   on the vCPU that notified (`crate::devices::block` is not on the device thread yet): their
-//!   image I/O (`pread64`, `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` and
-//!   `fallocate(ZERO_RANGE|KEEP_SIZE)`).
+//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards and no
+//!   disk I/O: every device's queues are processed on the device thread.
 //! - **devices** (the device event thread): `epoll_wait`/`epoll_pwait`, `read` of its
 //!   eventfds and timerfd, `timerfd_settime`; the balloon's discards and reclaims through the
 //!   memory module (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`,
-//!   `fallocate(PUNCH_HOLE|KEEP_SIZE)`, `mincore`); the balloon's interrupts.
+//!   `fallocate(PUNCH_HOLE|KEEP_SIZE)`, `mincore`); the disks' image I/O (`pread64`,
+//!   `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` for discards and
+//!   `fallocate(ZERO_RANGE|KEEP_SIZE)` for write-zeroes); the devices' interrupts.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
@@ -331,20 +330,19 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             ]);
             interrupts(&mut l);
             l.ioctls(&[KVM_IOEVENTFD]);
-            // Disks (`crate::devices::block`, processed on the vCPU that notified): image I/O,
-            // flushes, discards (a punched hole) and write-zeroes (`ZERO_RANGE`).
-            let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
-            let zero = (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE) as u64;
-            l.arg_in(SYS_fallocate, 1, &[punch, zero]);
-            l.any(&[SYS_pread64, SYS_pwrite64, SYS_fdatasync]);
         }
         ThreadKind::Devices => {
             interrupts(&mut l);
             l.any(&[SYS_epoll_wait, SYS_epoll_pwait, SYS_read, SYS_mincore]);
             l.any(&[SYS_timerfd_settime]);
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
+            // The balloon's discards on memfd/hugetlbfs memory and the disks' discards punch
+            // holes; the disks' write-zeroes zero a range (`crate::devices::block`).
             let punch = (FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE) as u64;
-            l.arg_in(SYS_fallocate, 1, &[punch]);
+            let zero = (FALLOC_FL_ZERO_RANGE | FALLOC_FL_KEEP_SIZE) as u64;
+            l.arg_in(SYS_fallocate, 1, &[punch, zero]);
+            // The disks' image I/O and flushes.
+            l.any(&[SYS_pread64, SYS_pwrite64, SYS_fdatasync]);
         }
         ThreadKind::Api => {
             // Reclaim to host swap (`PUT /memory/reclaim`, the resident limit's `api-reclaim`

@@ -339,6 +339,17 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         }
     }
 
+    /// A new link with one eventfd per queue, attached as [`VirtioPciDevice::attach`] does:
+    /// what the device thread's subscriber of this device serves.
+    pub fn attach_link(
+        &self,
+        registrar: Arc<dyn IoeventRegistrar>,
+    ) -> std::io::Result<Arc<DeviceLink>> {
+        let link = Arc::new(DeviceLink::new(usize::from(self.num_queues))?);
+        self.attach(link.clone(), registrar);
+        Ok(link)
+    }
+
     /// The attached device link, if any.
     pub fn link(&self) -> Option<&Arc<DeviceLink>> {
         self.link.get()
