@@ -6,8 +6,8 @@
 //! is the path on hugetlbfs) belong to the memory module, which runs them before mapping.
 
 pub mod disk;
-pub mod net;
 pub mod linux;
+pub mod net;
 pub mod workload;
 
 use serde::{Deserialize, Serialize};

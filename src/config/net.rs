@@ -203,7 +203,11 @@ mod tests {
         assert!(e("tap=a,mac=01:00:00:00:00:01").contains("unicast"));
         assert!(e("tap=a,mac=52:54:00:12:34").contains("six hex bytes"));
         assert!(e("tap=a,model=e1000").contains("unknown"));
-        assert!(e("tap=a,id=").starts_with("net 1: option `id`"), "{}", e("tap=a,id="));
+        assert!(
+            e("tap=a,id=").starts_with("net 1: option `id`"),
+            "{}",
+            e("tap=a,id=")
+        );
     }
 
     #[test]

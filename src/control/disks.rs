@@ -36,7 +36,13 @@ pub fn counter_family(s: &mut String, name: &str, help: &str) {
 }
 
 /// Appends one `name{label="id",counter="field"} value` line per field of `counters`.
-pub fn every_counter(s: &mut String, name: &str, label: &str, id: &str, counters: &impl serde::Serialize) {
+pub fn every_counter(
+    s: &mut String,
+    name: &str,
+    label: &str,
+    id: &str,
+    counters: &impl serde::Serialize,
+) {
     let fields = serde_json::to_value(counters).expect("counters serialise");
     for (counter, v) in fields.as_object().into_iter().flatten() {
         let _ = writeln!(s, "{name}{{{label}=\"{id}\",counter=\"{counter}\"}} {v}");

@@ -8,8 +8,8 @@
 pub mod api;
 pub mod balance;
 pub mod disks;
-pub mod nets;
 pub mod host_report;
+pub mod nets;
 pub mod reclaim;
 pub mod vmm_api;
 pub mod vmm_swap;

@@ -452,7 +452,10 @@ impl VmmApi {
 
     /// The network interfaces' figures, in `--net` order.
     fn net_infos(&self) -> Vec<crate::devices::net::NetInfo> {
-        self.nets.iter().map(crate::devices::net::net_info).collect()
+        self.nets
+            .iter()
+            .map(crate::devices::net::net_info)
+            .collect()
     }
 
     /// The disks' figures, in `--disk` order.

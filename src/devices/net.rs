@@ -14,8 +14,8 @@ use super::queue_events::{watch, LinkEvent, LinkEvents, FIRST_OWN_DATA};
 use super::virtio::VirtioDevice;
 use crate::config::net::NetConfig;
 use crate::memory::GuestRam;
-use event_manager::{EventOps, Events, MutEventSubscriber};
 use ::net::{Net, NetCounters, NetOptions, Tap, TapError};
+use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::Serialize;
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
@@ -195,14 +195,13 @@ impl NetEvents {
     /// ready) and interrupt the driver if the receive queue's used ring changed.
     fn receive(&self) {
         let mem = self.ram.memory();
-        self.net
-            .with_device_used(|d| match d.model.receive(mem) {
-                Ok(used) => ((), used.then_some(::net::RX_QUEUE)),
-                Err(e) => {
-                    log::warn!("net {}: receive: {e}", d.config.id);
-                    ((), None)
-                }
-            });
+        self.net.with_device_used(|d| match d.model.receive(mem) {
+            Ok(used) => ((), used.then_some(::net::RX_QUEUE)),
+            Err(e) => {
+                log::warn!("net {}: receive: {e}", d.config.id);
+                ((), None)
+            }
+        });
     }
 }
 
