@@ -345,11 +345,16 @@ fn bzimage_and_vmlinux_are_loaded_per_the_boot_protocol() {
 }
 
 fn run_tiny(code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
+    run_tiny_with(Command::new(env!("CARGO_BIN_EXE_memvisor")), code, extra)
+}
+
+/// [`run_tiny`] through `cmd` (the memvisor binary, possibly behind `ip netns exec`).
+fn run_tiny_with(mut cmd: Command, code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
     let tmp = TempDir::new("linux-tiny");
     let kernel = tmp.path().join("tiny.elf");
     std::fs::write(&kernel, common::tiny_kernel(code)).unwrap();
     let console = tmp.path().join("console.txt");
-    let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+    let out = cmd
         .arg("run")
         .arg("--kernel")
         .arg(&kernel)
@@ -673,8 +678,21 @@ impl TestGuest {
     /// Boots the test kernel with 1 vCPU, the API socket `api.sock` and the console in `tmp`,
     /// plus `extra` arguments (memory, balloon).
     fn start(vmlinux: &Path, initramfs: &Path, tmp: &TempDir, extra: &[&str]) -> TestGuest {
+        let cmd = Command::new(env!("CARGO_BIN_EXE_memvisor"));
+        Self::start_with(cmd, vmlinux, initramfs, tmp, extra)
+    }
+
+    /// [`TestGuest::start`] through `cmd` (the memvisor binary, possibly behind `ip netns
+    /// exec`, which execs it: the child is memvisor itself).
+    fn start_with(
+        mut cmd: Command,
+        vmlinux: &Path,
+        initramfs: &Path,
+        tmp: &TempDir,
+        extra: &[&str],
+    ) -> TestGuest {
         let console = tmp.path().join("console.txt");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        let mut child = cmd
             .arg("run")
             .arg("--kernel")
             .arg(vmlinux)
@@ -1060,3 +1078,5 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
 
 #[path = "linux/disk.rs"]
 mod disk;
+#[path = "linux/net.rs"]
+mod net;
