@@ -11,13 +11,10 @@
 //! holds no thread of its own.
 
 use super::pci::VirtioPciDevice;
-use super::virtio::VirtioDevice;
 use crate::config::disk::DiskConfig;
 use block::{Block, BlockCounters, BlockOptions, ImageError, RawImage};
 use serde::Serialize;
 use std::sync::Arc;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 
 /// A disk that cannot be attached.
 #[derive(Debug, thiserror::Error)]
@@ -76,43 +73,7 @@ impl BlockDevice {
     }
 }
 
-impl VirtioDevice for BlockDevice {
-    fn device_type(&self) -> u32 {
-        self.model.device_type()
-    }
-    fn avail_features(&self) -> u64 {
-        self.model.avail_features()
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.model.ack_features(features)
-    }
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        self.model.queue_max_sizes()
-    }
-    fn config_len(&self) -> u64 {
-        self.model.config_len()
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.model.read_config(offset, data)
-    }
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.model.write_config(offset, data)
-    }
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), String> {
-        self.model.activate(queues).map_err(|e| e.to_string())
-    }
-    fn reset(&mut self) {
-        self.model.reset()
-    }
-    fn process_queue(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<bool, String> {
-        self.model
-            .process_queue(index, mem)
-            .map_err(|e| e.to_string())
-    }
-    fn needs_reset(&self) -> bool {
-        self.model.needs_reset()
-    }
-}
+super::virtio::virtio_device_for_model!(BlockDevice);
 
 /// A disk on the Linux guest's PCI bus.
 pub type BlockHandle = Arc<VirtioPciDevice<BlockDevice>>;

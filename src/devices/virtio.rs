@@ -31,3 +31,54 @@ pub trait VirtioDevice: Send {
         false
     }
 }
+
+/// Implements [`VirtioDevice`] for a type whose `model` field is a device model with the usual
+/// methods (`device_type`, `avail_features`, `ack_features`, `queue_max_sizes`, `config_len`,
+/// `read_config`, `write_config`, `activate`, `reset`, `process_queue(index, mem)`,
+/// `needs_reset`; errors displayed): the disks and the network interfaces.
+macro_rules! virtio_device_for_model {
+    ($ty:ty) => {
+        impl $crate::devices::virtio::VirtioDevice for $ty {
+            fn device_type(&self) -> u32 {
+                self.model.device_type()
+            }
+            fn avail_features(&self) -> u64 {
+                self.model.avail_features()
+            }
+            fn ack_features(&mut self, features: u64) {
+                self.model.ack_features(features)
+            }
+            fn queue_max_sizes(&self) -> Vec<u16> {
+                self.model.queue_max_sizes()
+            }
+            fn config_len(&self) -> u64 {
+                self.model.config_len()
+            }
+            fn read_config(&self, offset: u64, data: &mut [u8]) {
+                self.model.read_config(offset, data)
+            }
+            fn write_config(&mut self, offset: u64, data: &[u8]) {
+                self.model.write_config(offset, data)
+            }
+            fn activate(&mut self, queues: Vec<virtio_queue::Queue>) -> Result<(), String> {
+                self.model.activate(queues).map_err(|e| e.to_string())
+            }
+            fn reset(&mut self) {
+                self.model.reset()
+            }
+            fn process_queue(
+                &mut self,
+                index: u16,
+                mem: &vm_memory::GuestMemoryMmap,
+            ) -> Result<bool, String> {
+                self.model
+                    .process_queue(index, mem)
+                    .map_err(|e| e.to_string())
+            }
+            fn needs_reset(&self) -> bool {
+                self.model.needs_reset()
+            }
+        }
+    };
+}
+pub(crate) use virtio_device_for_model;

@@ -220,6 +220,26 @@ fn typed_answers_match_the_spec_and_the_spec_bites() {
     bad("NetInfo", n);
 }
 
+/// `(type, id)` of each device in `GET /vm`'s list.
+fn device_kinds(devices: &[Value]) -> Vec<(&str, &str)> {
+    devices
+        .iter()
+        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
+        .collect()
+}
+
+/// Shuts the VM down through the API and waits for it to end as stopped (130).
+fn shut_down(c: &Checker, sock: &Path, vm: &mut ChildVm) {
+    c.expect(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "Shutdown"}"#),
+        204,
+    );
+    assert_eq!(wait_exit(vm).code(), Some(130));
+}
+
 /// A Linux VM (the halting "kernel") with two network interfaces in a network namespace of the
 /// test's own: a tap made beforehand and one memvisor has the kernel create. `GET /vm` lists
 /// them with their taps, `/metrics` has their series, both as the document says.
@@ -256,10 +276,7 @@ fn a_linux_vm_with_network_interfaces_matches_the_spec() {
     wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     let v = c.expect(&sock, "GET", "/vm", None, 200).json();
     let devices = v["devices"].as_array().unwrap();
-    let kinds: Vec<(&str, &str)> = devices
-        .iter()
-        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
-        .collect();
+    let kinds = device_kinds(devices);
     assert_eq!(kinds, [("virtio-net", "net0"), ("virtio-net", "created")]);
     assert_eq!(devices[0]["net"]["tap"], "mvspec0");
     assert_eq!(devices[0]["net"]["mac"], "52:54:00:12:34:56");
@@ -279,14 +296,7 @@ fn a_linux_vm_with_network_interfaces_matches_the_spec() {
     ] {
         assert!(m.body.lines().any(|l| l == line), "{line} in\n{}", m.body);
     }
-    c.expect(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "Shutdown"}"#),
-        204,
-    );
-    assert_eq!(wait_exit(&mut vm).code(), Some(130));
+    shut_down(&c, &sock, &mut vm);
 }
 
 /// A Linux VM (a tiny "kernel" that only halts: the API does not need a booted guest) with a
@@ -325,10 +335,7 @@ fn a_linux_vm_with_disks_matches_the_spec() {
     wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     let v = c.expect(&sock, "GET", "/vm", None, 200).json();
     let devices = v["devices"].as_array().unwrap();
-    let kinds: Vec<(&str, &str)> = devices
-        .iter()
-        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
-        .collect();
+    let kinds = device_kinds(devices);
     assert_eq!(
         kinds,
         [
@@ -353,14 +360,7 @@ fn a_linux_vm_with_disks_matches_the_spec() {
     ] {
         assert!(m.body.lines().any(|l| l == line), "{line} in\n{}", m.body);
     }
-    c.expect(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "Shutdown"}"#),
-        204,
-    );
-    assert_eq!(wait_exit(&mut vm).code(), Some(130));
+    shut_down(&c, &sock, &mut vm);
 }
 
 #[test]

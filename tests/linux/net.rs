@@ -17,7 +17,7 @@
 //! Guest work is slow where KVM emulates guest ring 0 (each fork+exec takes seconds): the
 //! commands are few. Throughput figures are not measured here.
 
-use super::{api, run_tiny_with, test_kernel_or_skip, TestGuest};
+use super::{pci_ids_code, run_tiny_with, test_kernel_or_skip, vm_device, TestGuest};
 use crate::common::{self, kvm_or_skip, root_or_skip, NetNs, TempDir};
 use std::io::{BufRead, BufReader, Write};
 use std::process::Stdio;
@@ -47,21 +47,7 @@ fn linux_guest_net_is_a_pci_function_after_the_disks() {
     let img = tmp.path().join("a.img");
     std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
     // For slots 1, 2: read the ID dword through conf1 and write its 4 bytes to COM1.
-    let mut code = Vec::new();
-    for slot in 1u32..=2 {
-        let addr = 0x8000_0000u32 | (slot << 11);
-        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
-        code.push(0xb8); // mov eax, imm32
-        code.extend_from_slice(&addr.to_le_bytes());
-        code.push(0xef); // out dx, eax
-        code.extend_from_slice(&[0x66, 0xba, 0xfc, 0x0c, 0xed]); // mov dx, 0xcfc; in eax, dx
-        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
-        for _ in 0..3 {
-            code.extend_from_slice(&[0xee, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
-        }
-        code.push(0xee);
-    }
-    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]); // reset
+    let code = pci_ids_code(1..=2);
     let disk = format!("path={}", img.display());
     let bin = env!("CARGO_BIN_EXE_memvisor");
     let (out, console) = run_tiny_with(
@@ -130,15 +116,7 @@ fn echo_server(ns: &NetNs, addr: &'static str) -> std::sync::mpsc::Receiver<Stri
 
 /// The interface with id `id` in `GET /vm`.
 fn net(sock: &std::path::Path, id: &str) -> serde_json::Value {
-    let (status, v) = api(sock, "GET", "/vm", None);
-    assert_eq!(status, 200, "{v}");
-    v["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .unwrap_or_else(|| panic!("interface {id} in {v}"))["net"]
-        .clone()
+    vm_device(sock, id, "net")
 }
 
 #[test]
