@@ -158,16 +158,8 @@ impl<B: DiskBackend> Block<B> {
 
     /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
     pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.config.bytes();
-        match offset
-            .checked_add(data.len() as u64)
-            .filter(|&end| end <= CONFIG_SPACE_SIZE)
-        {
-            Some(end) => data.copy_from_slice(&bytes[offset as usize..end as usize]),
-            None => {
-                data.fill(0);
-                self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
-            }
+        if !virtio_chain::read_config(&self.config.bytes(), offset, data) {
+            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 

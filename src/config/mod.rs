@@ -544,6 +544,32 @@ impl VmConfig {
     }
 }
 
+/// The `key[=value]` parts of a comma-separated device option list (`--disk`, `--net`), in
+/// order, trimmed; `Err(key)` for a key given twice.
+pub(crate) fn option_parts(text: &str) -> Result<Vec<(&str, Option<&str>)>, &str> {
+    let mut out: Vec<(&str, Option<&str>)> = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (part.trim(), None),
+        };
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(k);
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Whether `id` can name a device: 1 to `max` letters, digits, `-`, `_` or `.`.
+pub(crate) fn valid_device_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+}
+
 /// Parses `--balloon amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1[,free_page_reporting=on]`.
 pub fn parse_balloon(text: &str) -> Result<balloon::BalloonOptions, ConfigError> {
     let bad = |m: String| ConfigError::Invalid(format!("--balloon: {m}"));

@@ -54,16 +54,14 @@ impl NetConfig {
             mac: default_mac(index),
             id: format!("net{index}"),
         };
-        let mut seen: Vec<&str> = Vec::new();
-        for part in text.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = match part.split_once('=') {
-                Some((k, v)) => (k.trim(), Some(v.trim())),
-                None => (part.trim(), None),
-            };
-            if seen.contains(&k) {
-                return Err(err(k, "given twice".into()));
-            }
-            seen.push(k);
+        let parts = super::option_parts(text).map_err(|k| err(k, "given twice".into()))?;
+        if !parts.iter().any(|(k, _)| *k == "tap") {
+            return Err(err(
+                "tap",
+                "missing; give tap=NAME (an existing or new tap) or tap (a new one)".into(),
+            ));
+        }
+        for (k, v) in parts {
             match (k, v) {
                 ("tap", None) => n.tap = None,
                 ("tap", Some(name)) => n.tap = Some(name.to_string()),
@@ -78,12 +76,6 @@ impl NetConfig {
                     ))
                 }
             }
-        }
-        if !seen.contains(&"tap") {
-            return Err(err(
-                "tap",
-                "missing; give tap=NAME (an existing or new tap) or tap (a new one)".into(),
-            ));
         }
         n.check(index)?;
         Ok(n)
@@ -116,13 +108,7 @@ impl NetConfig {
                 ),
             ));
         }
-        if self.id.is_empty()
-            || self.id.len() > 32
-            || !self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !super::valid_device_id(&self.id, 32) {
             return Err(err(
                 "id",
                 format!(

@@ -8,7 +8,9 @@
 //! guest memory, uses an indirect table, adds up to more than 4 GiB or puts a device-readable
 //! buffer after a device-writable one becomes a [`ChainError`] naming that cause. No buffer is
 //! read by [`walk`]; only table entries, each once. It also owns copying bytes between a host
-//! buffer and a chain's (already checked) guest buffers ([`copy_to_guest`], [`copy_from_guest`]).
+//! buffer and a chain's (already checked) guest buffers ([`copy_to_guest`], [`copy_from_guest`]),
+//! and two small things every device model shows the same way: feature names
+//! ([`feature_names`]) and bounds-checked configuration space reads ([`read_config`]).
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
@@ -190,6 +192,36 @@ pub fn copy_from_guest<M: GuestMemory>(
             .map_err(|_| OutsideMemory)?;
     }
     Ok(())
+}
+
+/// The names of the bits set in `features`, from `names` (`bit N` for bits without a name):
+/// what `GET /vm` shows of a device's features.
+pub fn feature_names(features: u64, names: &[(u32, &str)]) -> Vec<String> {
+    (0..64u32)
+        .filter(|bit| features & (1 << bit) != 0)
+        .map(|bit| match names.iter().find(|(b, _)| *b == bit) {
+            Some((_, name)) => (*name).to_string(),
+            None => format!("bit {bit}"),
+        })
+        .collect()
+}
+
+/// Reads `data.len()` bytes at `offset` of a configuration space `space` into `data`; an
+/// access past its end zero-fills `data` and returns false (the device counts it).
+pub fn read_config(space: &[u8], offset: u64, data: &mut [u8]) -> bool {
+    match offset
+        .checked_add(data.len() as u64)
+        .filter(|&end| end <= space.len() as u64)
+    {
+        Some(end) => {
+            data.copy_from_slice(&space[offset as usize..end as usize]);
+            true
+        }
+        None => {
+            data.fill(0);
+            false
+        }
+    }
 }
 
 #[cfg(test)]
