@@ -110,9 +110,9 @@ pub struct Op {
 /// `[touches, 0, 0]`.
 pub const OP_TOUCH: u64 = 1;
 /// Fill the vCPU's share of the work area with the address-derived pattern:
-/// `args = [seed, 0, 0, 0]`. Results: `[bytes, 0, 0]`.
+/// `args = [seed, sparse, 0, 0]` (see [`pattern_at`]). Results: `[bytes, 0, 0]`.
 pub const OP_FILL_PATTERN: u64 = 2;
-/// Verify the pattern written by `OP_FILL_PATTERN`: `args = [seed, 0, 0, 0]`.
+/// Verify the pattern written by `OP_FILL_PATTERN`: `args = [seed, sparse, 0, 0]`.
 /// Results: `[bytes checked, mismatched words, GPA of the first mismatch or u64::MAX]`.
 pub const OP_VERIFY_PATTERN: u64 = 3;
 /// Fill every page of the share with the same content: `args = [value, 0, 0, 0]`.
@@ -218,6 +218,17 @@ pub const fn pattern_word(gpa: u64, seed: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// The pattern with `sparse`: every `sparse`-th word holds [`pattern_word`], the others zero
+/// (0 or 1: every word), so the data compresses about `sparse`:1 while every word is still
+/// checked (a lost page reads as zeros where the pattern was).
+pub const fn pattern_at(gpa: u64, seed: u64, sparse: u64) -> u64 {
+    if sparse > 1 && (gpa / 8) % sparse != 0 {
+        0
+    } else {
+        pattern_word(gpa, seed)
+    }
 }
 
 /// Wait for a device event: `args = [timeout µs, ..]`. The vCPU blocks in the VMM until a

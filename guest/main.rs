@@ -289,23 +289,23 @@ fn touch(share: &Share, stride: u64, passes: u64) -> u64 {
     touches
 }
 
-fn fill_pattern(share: &Share, seed: u64) -> u64 {
+fn fill_pattern(share: &Share, seed: u64, sparse: u64) -> u64 {
     let mut bytes = 0;
     for r in share.ranges() {
         for (i, w) in words(r).iter_mut().enumerate() {
-            *w = pattern_word(r.start + 8 * i as u64, seed);
+            *w = pattern_at(r.start + 8 * i as u64, seed, sparse);
         }
         bytes += r.end - r.start;
     }
     bytes
 }
 
-fn verify_pattern(share: &Share, seed: u64) -> [u64; 3] {
+fn verify_pattern(share: &Share, seed: u64, sparse: u64) -> [u64; 3] {
     let (mut bytes, mut bad, mut first) = (0, 0, u64::MAX);
     for r in share.ranges() {
         for (i, w) in words(r).iter().enumerate() {
             let gpa = r.start + 8 * i as u64;
-            if *w != pattern_word(gpa, seed) {
+            if *w != pattern_at(gpa, seed, sparse) {
                 bad += 1;
                 first = first.min(gpa);
             }
@@ -422,8 +422,8 @@ fn run_op(op: &Op, info: &BootInfo, vcpu: u64) -> [u64; 3] {
             };
             [touch(&share.prefix(a[3]), a[0], a[1]), 0, 0]
         }
-        OP_FILL_PATTERN => [fill_pattern(&work, a[0]), 0, 0],
-        OP_VERIFY_PATTERN => verify_pattern(&work, a[0]),
+        OP_FILL_PATTERN => [fill_pattern(&work, a[0], a[1]), 0, 0],
+        OP_VERIFY_PATTERN => verify_pattern(&work, a[0], a[1]),
         OP_FILL_SAME => [fill_same(&work, a[0]), 0, 0],
         OP_CHECKSUM => checksum(&work),
         OP_READ => read(&work.prefix(a[2]), a[0], a[1]),

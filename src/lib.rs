@@ -7,10 +7,11 @@
 //! 2. [`seccomp`]: the per-thread seccomp filters (least privilege);
 //!    [`host`]: host-wide settings memvisor manages itself (swap devices, zram, swap files);
 //! 3. [`memory`]: owns guest RAM (every mmap/madvise/fallocate/userfaultfd call);
-//! 4. [`devices`]: the I/O bus, the virtio transports (MMIO, PCI) and the balloon;
-//! 5. [`vmm`]: the KVM VM and its memslots, CPUID, vCPU threads and exit accounting, emulation
-//!    assists, KVM's own statistics, the working-set estimate from KVM's dirty log, the
-//!    built-in guest's boot;
+//! 4. [`devices`]: the I/O bus, the virtio transports (MMIO, PCI), the balloon and the disks,
+//!    and the device event thread that serves them;
+//! 5. [`vmm`]: the KVM VM and its memslots, its GSI routing table (MSI routes, irqfds), CPUID,
+//!    vCPU threads and exit accounting, emulation assists, KVM's own statistics, the
+//!    working-set estimate from KVM's dirty log, the built-in guest's boot;
 //! 6. [`linux`]: booting a Linux kernel (boot protocol, ACPI, irqchip, console, its device bus);
 //! 7. [`report`]: what a run produced ([`report::run`]), GPA→HPA maps ([`report::mappings`]),
 //!    overcommit figures ([`report::overcommit`]) and the runtime directory where running VMs

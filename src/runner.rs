@@ -642,9 +642,9 @@ const PCI_INTX_GSI: u32 = 10;
 /// The irqchip, devices and loaded kernel of a Linux guest. The balloon and the disks are
 /// modern virtio-pci functions on a PCI bus (conf1 ports, BARs in the PCI window; the balloon
 /// first, then the disks in `--disk` order, so Linux names them vda, vdb, ..., then the network
-/// interfaces in `--net` order) described to the
-/// guest as an ACPI host bridge, their interrupts MSI-X through KVM (INTA# of all of them is
-/// one shared line).
+/// interfaces in `--net` order) described to the guest as an ACPI host bridge, their interrupts
+/// MSI-X through GSI routes and irqfds (INTA# of all of them is one shared line, raised with
+/// `KVM_IRQ_LINE`).
 fn linux_machine(
     vm: &Vm,
     ram: &Arc<GuestRam>,
@@ -671,8 +671,10 @@ fn linux_machine(
         let kvm_irq =
             KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err("the PCI bus", e.to_string()))?;
         let intx = SharedIntx::new(kvm_irq.intx(PCI_INTX_GSI));
+        // MSI-X vectors: GSI routes with irqfds in the VM's one routing table.
+        let msi = Arc::new(vm.irq_routing());
         let irq_for = |function: usize| PciIrq {
-            msi: kvm_irq.clone(),
+            msi: msi.clone(),
             intx: Some(intx.pin(function as u32)),
             intx_line: PCI_INTX_GSI as u8,
         };

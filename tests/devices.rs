@@ -12,6 +12,7 @@ use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::report::run::Outcome;
 use memvisor::runner::{RunOptions, Vmm};
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -29,6 +30,30 @@ fn thread_names(pid: u32) -> BTreeMap<String, usize> {
         }
     }
     out
+}
+
+/// Starts `memvisor run ARGS --api-sock SOCK` and waits until its API answers; returns the
+/// VM (stopped when dropped) and its pid.
+fn run_with_api(args: &[&str], sock: &Path) -> (Running, u32) {
+    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        .arg("run")
+        .args(args)
+        .arg("--api-sock")
+        .arg(sock)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id();
+    let vm = Running(Some(child));
+    let s = sock.to_str().unwrap();
+    wait_until("the API", Duration::from_secs(60), || {
+        memvisor(&["vm", "status", "--api-sock", s])
+            .status
+            .success()
+    });
+    (vm, pid)
 }
 
 /// The threads of a running VM `pid`: its main thread, `vcpu0`, one `devices` thread, the
@@ -76,24 +101,20 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
     }
     let sock = std::env::temp_dir().join(format!("memvisor-devices-{}.sock", std::process::id()));
     let _ = std::fs::remove_file(&sock);
-    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(["run", "--vcpus", "1", "-m", "64M"])
-        .arg("--api-sock")
-        .arg(&sock)
-        .args(["--balloon", "amount_mib=0,stats_polling_interval_s=1"])
-        .args(["-w", "balloon:data=4M,seconds=0"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut vm = Running(Some(child));
+    let (mut vm, pid) = run_with_api(
+        &[
+            "--vcpus",
+            "1",
+            "-m",
+            "64M",
+            "--balloon",
+            "amount_mib=0,stats_polling_interval_s=1",
+            "-w",
+            "balloon:data=4M,seconds=0",
+        ],
+        &sock,
+    );
     let s = sock.to_str().unwrap();
-    wait_until("the API", Duration::from_secs(60), || {
-        memvisor(&["vm", "status", "--api-sock", s])
-            .status
-            .success()
-    });
     // The statistics timer fires on the device thread: statistics arrive without any other
     // thread.
     wait_until("the guest's statistics", Duration::from_secs(60), || {
@@ -171,28 +192,27 @@ fn a_vm_with_disks_runs_them_on_the_one_device_thread() {
         disks.push(format!("path={}", img.display()));
     }
     let sock = tmp.path().join("api.sock");
-    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
-        .args(["run", "--vcpus", "1", "-m", "64M", "--kernel"])
-        .arg(&kernel)
-        .arg("--console")
-        .arg(tmp.path().join("console.txt"))
-        .arg("--api-sock")
-        .arg(&sock)
-        .args(["--balloon", "amount_mib=0"])
-        .args(["--disk", &disks[0], "--disk", &disks[1]])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let pid = child.id();
-    let mut vm = Running(Some(child));
-    let s = sock.to_str().unwrap();
-    wait_until("the API", Duration::from_secs(60), || {
-        memvisor(&["vm", "status", "--api-sock", s])
-            .status
-            .success()
-    });
+    let console = tmp.path().join("console.txt");
+    let path = |p: &Path| p.to_str().unwrap().to_string();
+    let (mut vm, pid) = run_with_api(
+        &[
+            "--vcpus",
+            "1",
+            "-m",
+            "64M",
+            "--kernel",
+            &path(&kernel),
+            "--console",
+            &path(&console),
+            "--balloon",
+            "amount_mib=0",
+            "--disk",
+            &disks[0],
+            "--disk",
+            &disks[1],
+        ],
+        &sock,
+    );
     let (_, answer) = common::api(&sock, "GET", "/vm", None);
     let devices = answer["devices"].as_array().expect("a device list");
     assert_eq!(devices.len(), 3, "{answer}");

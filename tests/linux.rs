@@ -853,7 +853,9 @@ fn balloon_actual_mib(sock: &Path) -> Option<u64> {
 ///   buffers made available before DRIVER_OK were processed at activation);
 /// - `PATCH /balloon` 32 MiB: `actual_mib` reaches 32, the VMM's resident memory drops by about
 ///   that much (guest RAM is preallocated), the guest's MemTotal drops by exactly 32 MiB;
-///   deflating restores MemTotal.
+///   deflating restores MemTotal;
+/// - the driver's interrupts are MSI-X: its inflate vector (a GSI route with an irqfd in
+///   memvisor) counted interrupts in the guest's `/proc/interrupts`.
 #[test]
 fn test_kernel_balloon_and_console_end_to_end() {
     let test = "test_kernel_balloon_and_console_end_to_end";
@@ -989,6 +991,25 @@ fn test_kernel_balloon_and_console_end_to_end() {
     let (total2, _) = g.meminfo();
     assert_eq!(total2, total0, "MemTotal restored");
     verified(&mut g);
+    // The balloon's interrupts were MSI-X messages, i.e. irqfd writes on memvisor's GSI routes:
+    // the guest counted them on the inflate queue's vector.
+    let from = g.lines().len();
+    g.send("interrupts");
+    g.send("echo interrupts listed");
+    g.expect("echo interrupts listed", Duration::from_secs(60));
+    let listed = g.lines()[from..].to_vec();
+    let inflate = listed
+        .iter()
+        .find(|l| l.starts_with("irq ") && l.contains("virtio") && l.contains("inflate"))
+        .unwrap_or_else(|| panic!("the inflate queue's vector in /proc/interrupts: {listed:#?}"));
+    assert!(inflate.contains("MSI"), "an MSI-X vector: {inflate}");
+    let count: u64 = inflate
+        .split_whitespace()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {inflate}"));
+    assert!(count > 0, "inflate interrupts taken: {inflate}");
+    println!("{test}: {inflate}");
     g.send("free");
     g.expect("freed 4", Duration::from_secs(60));
     println!(

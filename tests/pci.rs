@@ -4,21 +4,27 @@
 //! inflate/deflate through the notify address. Effects are measured, not assumed: host
 //! residency of the ballooned pages (`GuestRam::resident_bytes`), bytes read back, used rings,
 //! MSI messages with the programmed address/data, the ISR and INTx. Then hostile driver input.
-//! No guest runs; only the last test needs /dev/kvm (KVM's MSI and IRQ line ioctls).
+//! No guest runs; the last tests need /dev/kvm: MSI-X vectors through KVM's GSI routes and
+//! irqfds into the vCPUs' local APICs (their interrupt request registers, `KVM_GET_LAPIC`),
+//! and INTx through `KVM_IRQ_LINE` into the I/O APIC and PIC.
 
 mod common;
+#[path = "pci/thread.rs"]
+mod thread;
 
 use balloon::BalloonOptions;
 use common::kvm_or_skip;
+use memvisor::config::disk::DiskConfig;
 use memvisor::config::{RegionConfig, VmConfig};
 use memvisor::control::api::{ApiHandler, ApiRequest, ApiResponse};
 use memvisor::control::vmm_api::VmmApi;
 use memvisor::devices::balloon::{BalloonDevice, BalloonHandle};
+use memvisor::devices::block::BlockDevice;
 use memvisor::devices::pci::config::{
     BAR0, CAPABILITIES_POINTER, CAP_ID_MSIX, CAP_ID_VENDOR, COMMAND, COMMAND_MASTER,
     COMMAND_MEMORY, DEVICE_ID, VENDOR_ID,
 };
-use memvisor::devices::pci::msix::CONTROL_ENABLE;
+use memvisor::devices::pci::msix::{MessageLog, CONTROL_ENABLE};
 use memvisor::devices::pci::virtio_pci::common as cc;
 use memvisor::devices::pci::{
     IntxLine, KvmIrq, MsiSink, PciBus, PciIrq, VirtioPciDevice, CONFIG_ADDRESS_PORT,
@@ -46,22 +52,8 @@ const S_DRIVER: u64 = 2;
 const S_DRIVER_OK: u64 = 4;
 const S_FEATURES_OK: u64 = 8;
 const S_NEEDS_RESET: u64 = 0x40;
-
-#[derive(Default)]
-struct Recorder(Mutex<Vec<(u64, u32)>>);
-
-impl MsiSink for Recorder {
-    fn signal_msi(&self, addr: u64, data: u32) -> io::Result<()> {
-        self.0.lock().unwrap().push((addr, data));
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn take(&self) -> Vec<(u64, u32)> {
-        std::mem::take(&mut *self.0.lock().unwrap())
-    }
-}
+const VRING_DESC_F_NEXT: u16 = 1;
+const VRING_DESC_F_WRITE: u16 = 2;
 
 #[derive(Default)]
 struct Line(Mutex<Vec<bool>>);
@@ -81,7 +73,10 @@ struct Vm {
     ram: Arc<GuestRam>,
     bus: PciBus,
     dev: Arc<VirtioPciDevice<BalloonDevice>>,
-    msi: Arc<Recorder>,
+    /// A disk after the balloon, when asked for.
+    disk: Option<Arc<VirtioPciDevice<BlockDevice>>>,
+    /// The messages sent (empty when they go to KVM instead).
+    msi: MessageLog,
     line: Arc<Line>,
 }
 
@@ -95,6 +90,18 @@ fn vm() -> Vm {
 }
 
 fn vm_with(opts: BalloonOptions) -> Vm {
+    vm_with_disk(opts, None)
+}
+
+/// A VM whose PCI bus has the balloon and, with `disk`, a virtio-blk disk after it; the
+/// messages recorded.
+fn vm_with_disk(opts: BalloonOptions, disk: Option<DiskConfig>) -> Vm {
+    let msi = MessageLog::default();
+    vm_on(opts, data_ram(), Arc::new(msi.clone()), msi, disk)
+}
+
+/// 64 MiB of guest RAM with the pattern over the data.
+fn data_ram() -> Arc<GuestRam> {
     let ram =
         Arc::new(GuestRam::new(&[RegionConfig::parse(0, "size=64M,thp=off").unwrap()]).unwrap());
     let mut buf = vec![0u8; DATA_LEN as usize];
@@ -102,7 +109,18 @@ fn vm_with(opts: BalloonOptions) -> Vm {
         w.copy_from_slice(&pattern(DATA + 8 * i as u64).to_le_bytes());
     }
     ram.memory().write_slice(&buf, GuestAddress(DATA)).unwrap();
-    let msi = Arc::new(Recorder::default());
+    ram
+}
+
+/// The balloon (and, with `disk`, a disk after it) on a PCI bus over `ram`, their MSI-X
+/// vectors routed by `sink`.
+fn vm_on(
+    opts: BalloonOptions,
+    ram: Arc<GuestRam>,
+    sink: Arc<dyn MsiSink>,
+    msi: MessageLog,
+    disk: Option<DiskConfig>,
+) -> Vm {
     let line = Arc::new(Line::default());
     let mut bus = PciBus::new();
     let (dev, _) = bus
@@ -110,16 +128,26 @@ fn vm_with(opts: BalloonOptions) -> Vm {
             BalloonDevice::new(opts, ram.clone()),
             ram.clone(),
             PciIrq {
-                msi: msi.clone(),
+                msi: sink.clone(),
                 intx: Some(line.clone()),
                 intx_line: 10,
             },
         )
         .unwrap();
+    let disk = disk.map(|c| {
+        let irq = PciIrq {
+            msi: sink,
+            intx: None,
+            intx_line: 0,
+        };
+        let block = BlockDevice::open(&c).unwrap();
+        bus.add_virtio(block, ram.clone(), irq).unwrap().0
+    });
     Vm {
         ram,
         bus,
         dev,
+        disk,
         msi,
         line,
     }
@@ -165,6 +193,32 @@ impl SplitQueue {
         m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
             .unwrap();
         head
+    }
+
+    /// Puts a chain of `descs` (address, length, flags; NEXT is added) in the available
+    /// ring; returns the descriptor indices it used.
+    fn post_chain(&mut self, ram: &GuestRam, descs: &[(u64, u32, u16)]) -> Vec<u16> {
+        let m = ram.memory();
+        let ids: Vec<u16> = (0..descs.len() as u16)
+            .map(|i| (self.next_desc + i) % QSIZE)
+            .collect();
+        self.next_desc += descs.len() as u16;
+        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
+            let d = self.desc + 16 * u64::from(ids[i]);
+            let next = ids.get(i + 1).copied();
+            m.write_obj(addr, GuestAddress(d)).unwrap();
+            m.write_obj(len, GuestAddress(d + 8)).unwrap();
+            let f = flags | if next.is_some() { VRING_DESC_F_NEXT } else { 0 };
+            m.write_obj(f, GuestAddress(d + 12)).unwrap();
+            m.write_obj(next.unwrap_or(0), GuestAddress(d + 14))
+                .unwrap();
+        }
+        let slot = self.avail + 4 + 2 * u64::from(self.avail_idx % QSIZE);
+        m.write_obj(ids[0], GuestAddress(slot)).unwrap();
+        self.avail_idx = self.avail_idx.wrapping_add(1);
+        m.write_obj(self.avail_idx, GuestAddress(self.avail + 2))
+            .unwrap();
+        ids
     }
 
     fn used_idx(&self, ram: &GuestRam) -> u16 {
@@ -223,9 +277,14 @@ impl<'a> Driver<'a> {
     /// Enumerates bus 0 as Linux's `pci_scan_slot` does and finds the balloon by its ids;
     /// reads its BAR and walks its capabilities as `virtio_pci_modern_probe` does.
     fn probe(vm: &'a Vm) -> Driver<'a> {
+        Self::probe_device(vm, 0x1045)
+    }
+
+    /// As [`Driver::probe`], for the virtio-pci function with PCI device id `device`.
+    fn probe_device(vm: &'a Vm, device: u32) -> Driver<'a> {
         let slot = (0..32u8)
-            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == 0x1045_1af4)
-            .expect("a virtio balloon (1af4:1045) on bus 0");
+            .find(|&s| Self::cfg_read(&vm.bus, s, VENDOR_ID, 4) == device << 16 | 0x1af4)
+            .expect("the virtio device on bus 0");
         let bar = u64::from(Self::cfg_read(&vm.bus, slot, BAR0, 4) & !0xf)
             | u64::from(Self::cfg_read(&vm.bus, slot, BAR0 + 4, 4)) << 32;
         let mut d = Driver {
@@ -239,7 +298,7 @@ impl<'a> Driver<'a> {
                 msix_table: 0,
             },
         };
-        assert_eq!(d.cfg(DEVICE_ID, 2), 0x1045);
+        assert_eq!(d.cfg(DEVICE_ID, 2), device);
         let mut at = d.cfg(CAPABILITIES_POINTER, 1) as usize;
         while at != 0 {
             match d.cfg(at, 1) as u8 {
@@ -741,29 +800,184 @@ fn hostile_driver_input_is_refused_and_guest_ram_only_is_touched() {
     assert_eq!(mismatches(&vm.ram, RAM - PAGE, PAGE, canary), 0);
 }
 
+/// The local APIC register at `off` (`KVM_GET_LAPIC`'s 1 KiB page).
+fn lapic_reg(l: &kvm_bindings::kvm_lapic_state, off: usize) -> u32 {
+    u32::from_le_bytes(std::array::from_fn(|i| l.regs[off + i] as u8))
+}
+
+/// Software-enables the local APIC (spurious vector register bit 8): a disabled one accepts
+/// no fixed interrupts.
+fn enable_lapic(vcpu: &kvm_ioctls::VcpuFd) {
+    let mut l = vcpu.get_lapic().unwrap();
+    let svr = lapic_reg(&l, 0xf0) | 0x100;
+    for (i, b) in svr.to_le_bytes().into_iter().enumerate() {
+        l.regs[0xf0 + i] = b as _;
+    }
+    vcpu.set_lapic(&l).unwrap();
+}
+
+/// Whether `vector` is requested in the vCPU's local APIC (its interrupt request register):
+/// the interrupt reached the guest's CPU and waits for it to take it.
+fn requested(vcpu: &kvm_ioctls::VcpuFd, vector: u8) -> bool {
+    let l = vcpu.get_lapic().unwrap();
+    let irr = lapic_reg(&l, 0x200 + 0x10 * usize::from(vector / 32));
+    irr & 1 << (vector % 32) != 0
+}
+
+/// The I/O APIC's and the slave PIC's interrupt request bits of IRQ 10.
+fn irq10_requested(vm: &kvm_ioctls::VmFd) -> (bool, bool) {
+    let mut chip = kvm_bindings::kvm_irqchip {
+        chip_id: kvm_bindings::KVM_IRQCHIP_IOAPIC,
+        ..Default::default()
+    };
+    vm.get_irqchip(&mut chip).unwrap();
+    // SAFETY: KVM filled the I/O APIC member for chip_id IOAPIC.
+    let ioapic = unsafe { chip.chip.ioapic.irr } & 1 << 10 != 0;
+    chip.chip_id = kvm_bindings::KVM_IRQCHIP_PIC_SLAVE;
+    vm.get_irqchip(&mut chip).unwrap();
+    // SAFETY: KVM filled the PIC member for chip_id PIC_SLAVE.
+    let pic = unsafe { chip.chip.pic.irr } & 1 << 2 != 0;
+    (ioapic, pic)
+}
+
+/// A driver's MSI-X vectors leave as irqfd writes on GSI routes and land in the local APIC of
+/// the vCPU the message names; re-programming a vector moves its route; a message to an APIC id
+/// no vCPU has is refused and counted (KVM would drop it silently behind an irqfd); the
+/// irqchip's default routes (INTx, the serial port) survive the routing table memvisor sets.
 #[test]
-fn kvm_delivers_msi_and_intx_once_the_irqchip_exists() {
-    if !kvm_or_skip("kvm_delivers_msi_and_intx_once_the_irqchip_exists") {
+fn msix_vectors_reach_the_local_apic_they_name_through_irqfds() {
+    let t = "msix_vectors_reach_the_local_apic_they_name_through_irqfds";
+    if !kvm_or_skip(t) {
         return;
     }
-    let ram = GuestRam::new(&[RegionConfig::anon(16 * MIB)]).unwrap();
-    let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
-    let irq = KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
-    assert!(
-        irq.signal_msi(MSI_ADDR, 0x30).is_err(),
-        "KVM_SIGNAL_MSI needs the in-kernel irqchip"
+    let ram = data_ram();
+    let kvm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
+    kvm.fd().create_irq_chip().unwrap();
+    let vcpus: Vec<_> = (0..2).map(|id| kvm.create_vcpu(id).unwrap()).collect();
+    vcpus.iter().for_each(enable_lapic);
+    let routing = kvm.irq_routing();
+    let vm = vm_on(
+        BalloonOptions {
+            amount_mib: 0,
+            deflate_on_oom: false,
+            stats_polling_interval_s: 0,
+            free_page_reporting: false,
+        },
+        ram,
+        Arc::new(routing.clone()),
+        MessageLog::default(),
+        None,
     );
-    vm.fd().create_irq_chip().unwrap();
+    let d = Driver::probe(&vm);
+    d.cfg_write(COMMAND, 2, u32::from(COMMAND_MEMORY | COMMAND_MASTER));
+    d.msix_vector(0, MSI_ADDR, 0x40);
+    d.enable_msix();
+    d.negotiate(F_VERSION_1);
+    d.set_common(cc::MSIX_CONFIG, 2, 0);
+    // One route carries vector 0's message: configuration changes to APIC 0, vector 0x40.
+    let routes = routing.msi_routes();
+    assert_eq!(routes.values().collect::<Vec<_>>(), [&(MSI_ADDR, 0x40)]);
+    let gsi = *routes.keys().next().unwrap();
+    assert!(gsi >= 24, "above the irqchip's GSIs: {gsi}");
+    let target = |mib| vm.dev.with_device(|b| ((), b.model.set_target_mib(mib)));
+    let wait_for = |cpu: usize, vector: u8| {
+        let what = format!("vector {vector:#x} requested in vCPU {cpu}'s local APIC");
+        common::wait_until(&what, std::time::Duration::from_secs(10), || {
+            requested(&vcpus[cpu], vector)
+        });
+    };
+    assert!(!requested(&vcpus[0], 0x40));
+    target(4);
+    wait_for(0, 0x40);
     assert!(
-        irq.signal_msi(MSI_ADDR, 0x30).is_err(),
-        "no vCPU has APIC id 0 yet: KVM reports no destination"
+        !requested(&vcpus[1], 0x40),
+        "only the APIC the message names"
     );
-    let _vcpu = vm.create_vcpu(0).unwrap();
-    irq.signal_msi(MSI_ADDR, 0x30).unwrap();
-    let line = irq.intx(10);
+    let c = vm.dev.msix_counters();
+    assert_eq!((c.sent, c.failed, c.route_updates), (1, 0, 1));
+    assert!(vm.msi.take().is_empty(), "nothing bypassed KVM");
+
+    // Re-programmed as Linux does (mask, write, unmask): the same GSI now carries APIC 1,
+    // vector 0x41.
+    let e0 = d.bar + d.caps.msix_table;
+    d.write_at(e0 + 12, 4, 1);
+    d.write_at(e0, 4, MSI_ADDR | 1 << 12);
+    d.write_at(e0 + 8, 4, 0x41);
+    assert_eq!(
+        routing.msi_routes()[&gsi],
+        (MSI_ADDR, 0x40),
+        "masked: unchanged"
+    );
+    d.write_at(e0 + 12, 4, 0);
+    assert_eq!(routing.msi_routes()[&gsi], (MSI_ADDR | 1 << 12, 0x41));
+    target(8);
+    wait_for(1, 0x41);
+    assert!(!requested(&vcpus[0], 0x41));
+    let c = vm.dev.msix_counters();
+    assert_eq!((c.sent, c.failed, c.route_updates), (2, 0, 2));
+
+    // APIC id 5: no such vCPU. The route is withdrawn (the old message must not go out in its
+    // place) and the interrupt is counted as failed.
+    d.write_at(e0 + 12, 4, 1);
+    d.write_at(e0, 4, MSI_ADDR | 5 << 12);
+    d.write_at(e0 + 8, 4, 0x42);
+    d.write_at(e0 + 12, 4, 0);
+    assert!(routing.msi_routes().is_empty());
+    target(12);
+    let c = vm.dev.msix_counters();
+    assert_eq!((c.sent, c.failed, c.route_updates), (2, 1, 3));
+    assert!(!requested(&vcpus[0], 0x42) && !requested(&vcpus[1], 0x42));
+    // Back to APIC 0: delivered again.
+    d.write_at(e0 + 12, 4, 1);
+    d.write_at(e0, 4, MSI_ADDR);
+    d.write_at(e0 + 8, 4, 0x43);
+    d.write_at(e0 + 12, 4, 0);
+    target(16);
+    wait_for(0, 0x43);
+    assert_eq!(vm.dev.msix_counters().sent, 3);
+
+    // The table memvisor set kept the irqchip's routes: IRQ 10 reaches the I/O APIC and PIC.
+    assert_eq!(irq10_requested(kvm.fd()), (false, false));
+    let line = KvmIrq::new(kvm.kvm(), kvm.fd()).unwrap().intx(10);
     line.set_level(true).unwrap();
+    assert_eq!(irq10_requested(kvm.fd()), (true, true));
     line.set_level(false).unwrap();
-    drop(vm);
-    // The duplicate descriptor outlives the Vm it came from.
-    irq.signal_msi(MSI_ADDR, 0x31).unwrap();
+    assert!(!irq10_requested(kvm.fd()).0);
+}
+
+/// Without the in-kernel irqchip there is no irqfd: building the function fails with a reason
+/// instead of a device whose interrupts vanish.
+#[test]
+fn msix_routes_need_the_in_kernel_irqchip() {
+    if !kvm_or_skip("msix_routes_need_the_in_kernel_irqchip") {
+        return;
+    }
+    let ram = data_ram();
+    let kvm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
+    let mut bus = PciBus::new();
+    let err = bus
+        .add_virtio(
+            BalloonDevice::new(
+                BalloonOptions {
+                    amount_mib: 0,
+                    deflate_on_oom: false,
+                    stats_polling_interval_s: 0,
+                    free_page_reporting: false,
+                },
+                ram.clone(),
+            ),
+            ram,
+            PciIrq {
+                msi: Arc::new(kvm.irq_routing()),
+                intx: None,
+                intx_line: 0,
+            },
+        )
+        .err()
+        .expect("no irqchip, no irqfd");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("KVM_IRQFD") && msg.contains("in-kernel irqchip"),
+        "{msg}"
+    );
 }

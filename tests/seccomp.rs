@@ -83,28 +83,16 @@ fn a_forbidden_call_is_reported_and_the_vmm_aborts() {
         ("open", "devices", "device event thread", "openat (257)"),
         ("fork", "memvisor", "setup", "clone (56)"),
     ] {
-        let out = child(t, case);
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(
-            out.status.signal(),
-            Some(libc::SIGABRT),
-            "{case}: the child must abort: {:?}\n{}",
-            out.status,
-            text(&out)
+        assert_trapped(
+            case,
+            &child(t, case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                format!("made a forbidden system call: {call}"),
+                "--seccomp off".into(),
+                "--seccomp log".into(),
+            ],
         );
-        assert!(
-            !String::from_utf8_lossy(&out.stdout).contains("returned"),
-            "{case}: the call went through:\n{}",
-            text(&out)
-        );
-        for want in [
-            format!("thread `{thread}` ({kind} filter, tid "),
-            format!("made a forbidden system call: {call}"),
-            "--seccomp off".into(),
-            "--seccomp log".into(),
-        ] {
-            assert!(err.contains(&want), "{case}: no `{want}` in:\n{err}");
-        }
     }
     let out = child(t, "open-eacces");
     assert!(out.status.success(), "{}", text(&out));
@@ -224,6 +212,11 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
                 .unwrap();
             let mut timer = vmm_sys_util::timerfd::TimerFd::new().unwrap();
             evt.write(1).unwrap();
+            // A disk's image is opened (and locked) before the VM runs.
+            let tmp = TempDir::new("seccomp-disk");
+            let img = tmp.path().join("disk.img");
+            std::fs::write(&img, vec![0u8; 1 << 20]).unwrap();
+            let image = block::RawImage::open(&img, false, false).unwrap();
             on_filtered_thread("devices", ThreadKind::Devices, SeccompMode::On, move || {
                 let mut ready = [vmm_sys_util::epoll::EpollEvent::default(); 4];
                 assert_eq!(epoll.wait(1000, &mut ready).unwrap(), 1);
@@ -234,23 +227,32 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
                 assert!(timer.wait().unwrap() >= 1);
                 // The balloon's discards and reclaims.
                 device_work(&ram);
+                // The disks' I/O: every request type's host calls.
+                disk_work(image);
             });
+            drop(tmp);
             std::process::exit(0);
         }
         Some("irq") => {
-            // The balloon's virtio-pci interrupts, from vCPU, API and device threads.
-            let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
-            let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
-            vm.fd().create_irq_chip().unwrap();
-            let _vcpu = vm.create_vcpu(0).unwrap();
+            // The balloon's virtio-pci interrupts. Made at setup: the GSI, its eventfd and the
+            // irqfd (KVM_IRQFD). On a vCPU thread (an MSI-X table write): pointing the route
+            // (KVM_SET_GSI_ROUTING) and sending; on API and device threads: sending, an
+            // eventfd write. INTx (KVM_IRQ_LINE) from all three.
+            let (vm, _vcpu) = irqchip_vm();
+            let route =
+                std::sync::Arc::new(std::sync::Mutex::new(vm.irq_routing().route().unwrap()));
             let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
             for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::Devices] {
                 let filter = ThreadFilter::new(SeccompMode::On, kind).unwrap();
-                let irq = irq.clone();
+                let (irq, route) = (irq.clone(), route.clone());
                 std::thread::spawn(move || {
-                    use memvisor::devices::pci::MsiSink;
+                    use memvisor::devices::pci::MsiRoute;
                     filter.apply().unwrap();
-                    irq.signal_msi(0xfee0_0000, 0x30).unwrap();
+                    let mut route = route.lock().unwrap();
+                    if kind == ThreadKind::Vcpu {
+                        route.set(0xfee0_0000, 0x30).unwrap();
+                    }
+                    route.send().unwrap();
                     let line = irq.intx(10);
                     line.set_level(true).unwrap();
                     line.set_level(false).unwrap();
@@ -313,6 +315,105 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
     }
 }
 
+/// A VM with the in-kernel irqchip and vCPU 0 (APIC id 0).
+fn irqchip_vm() -> (memvisor::vmm::vm::Vm, kvm_ioctls::VcpuFd) {
+    let ram = GuestRam::new(&[RegionConfig::anon(16 << 20)]).unwrap();
+    let vm = memvisor::vmm::vm::Vm::new(&ram).unwrap();
+    vm.fd().create_irq_chip().unwrap();
+    let vcpu = vm.create_vcpu(0).unwrap();
+    (vm, vcpu)
+}
+
+/// The GSI routing table is only rewritten on vCPU threads (MSI-X table and configuration
+/// writes) and irqfds are only made at setup: the device thread may do neither (it only writes
+/// the eventfds: `the_work_of_each_thread_kind_passes_its_filter`), a vCPU thread may not make
+/// irqfds, and no thread may send an MSI by ioctl any more.
+#[test]
+fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
+    let t = "interrupt_routing_ioctls_are_allowed_only_where_they_are_made";
+    use memvisor::devices::pci::MsiRoute;
+    use memvisor::seccomp::rules::{KVM_IRQFD, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI};
+    let threads = [
+        ("vcpu0", ThreadKind::Vcpu, "vCPU"),
+        ("api-conn", ThreadKind::Api, "API"),
+        ("devices", ThreadKind::Devices, "device event thread"),
+    ];
+    if let Some(c) = case() {
+        let (vm, _vcpu) = irqchip_vm();
+        let mut route = vm.irq_routing().route().unwrap();
+        let fd = vm.fd().as_raw_fd();
+        let evt = vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK).unwrap();
+        let (call, thread) = c.split_once('@').expect("call@thread");
+        let &(name, kind, _) = threads.iter().find(|k| k.0 == thread).unwrap();
+        on_filtered_thread(name, kind, SeccompMode::On, move || {
+            let r = match call {
+                "routing" => format!("{:?}", route.set(0xfee0_0000, 0x30)),
+                "irqfd" => format!("{:?}", vm.fd().register_irqfd(&evt, 40)),
+                "msi" => {
+                    let msi = kvm_bindings::kvm_msi {
+                        address_lo: 0xfee0_0000,
+                        data: 0x30,
+                        ..Default::default()
+                    };
+                    // SAFETY: KVM_SIGNAL_MSI reads one kvm_msi from a live reference.
+                    let r = unsafe { libc::ioctl(fd, KVM_SIGNAL_MSI as _, &msi as *const _) };
+                    r.to_string()
+                }
+                other => panic!("unknown call {other}"),
+            };
+            println!("{call} returned {r}");
+        });
+        std::process::exit(0);
+    }
+    if !kvm_or_skip(t) {
+        return;
+    }
+    let mut forbidden = vec![
+        ("routing", "devices", KVM_SET_GSI_ROUTING),
+        ("routing", "api-conn", KVM_SET_GSI_ROUTING),
+        ("irqfd", "vcpu0", KVM_IRQFD),
+        ("irqfd", "devices", KVM_IRQFD),
+    ];
+    forbidden.extend(threads.iter().map(|k| ("msi", k.0, KVM_SIGNAL_MSI)));
+    for (call, thread, request) in forbidden {
+        let kind = threads.iter().find(|k| k.0 == thread).unwrap().2;
+        let case = format!("{call}@{thread}");
+        assert_trapped(
+            &case,
+            &child(t, &case),
+            &[
+                format!("thread `{thread}` ({kind} filter, tid "),
+                "made a forbidden system call: ioctl (16), arguments ".to_string(),
+                format!(", {request:#x}, "),
+            ],
+        );
+    }
+}
+
+/// The child of `case` aborted on its forbidden call (which printed nothing after it: the call
+/// did not return) and its report says each of `wanted`.
+fn assert_trapped(case: &str, out: &std::process::Output, wanted: &[String]) {
+    assert_eq!(
+        out.status.signal(),
+        Some(libc::SIGABRT),
+        "{case}: the child must abort: {:?}\n{}",
+        out.status,
+        text(out)
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("returned"),
+        "{case}: the call went through:\n{}",
+        text(out)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    for want in wanted {
+        assert!(
+            err.contains(want.as_str()),
+            "{case}: no `{want}` in:\n{err}"
+        );
+    }
+}
+
 /// 16 MiB of anonymous and 8 MiB of memfd memory (the discard paths with and without a file).
 fn test_ram() -> GuestRam {
     GuestRam::new(&[
@@ -339,6 +440,25 @@ fn device_work(ram: &GuestRam) {
     ram.reclaim(0, 1 << 20, true).unwrap();
     let back: u64 = ram.resident_bytes().iter().sum();
     assert!(back >= 1 << 20, "populated again: {back}");
+}
+
+/// What a disk's requests do to its image: write, read, flush, discard, write-zeroes (with and
+/// without a hole).
+fn disk_work(mut image: block::RawImage) {
+    use block::DiskBackend;
+    let data = vec![0x5au8; 8192];
+    image.write_at(&data, 4096).unwrap();
+    let mut back = vec![0u8; 8192];
+    image.read_at(&mut back, 4096).unwrap();
+    assert_eq!(back, data);
+    image.flush().unwrap();
+    // A discard is a hint (false: the file system cannot punch holes); write-zeroes is not.
+    let punched = image.discard(4096, 4096).unwrap();
+    image.write_zeroes(8192, 2048, false).unwrap();
+    image.write_zeroes(10240, 2048, true).unwrap();
+    image.read_at(&mut back, 4096).unwrap();
+    assert!(back[4096..].iter().all(|&b| b == 0), "zeroed");
+    assert_eq!(back[..4096].iter().all(|&b| b == 0), punched, "discarded");
 }
 
 /// Inodes of the sockets `pid` holds.

@@ -1,7 +1,7 @@
 //! Swap as an overcommit method: `memvisor swap` (zram, swap files, off), per-VM reclaim to host
 //! swap (`PUT /memory/reclaim`, `memvisor memory reclaim`), the standing resident limit, the
 //! controller's swap lever (`memvisor balance` reclaiming a balloon-less guest), and what bad
-//! input gets.
+//! input gets; and the fleet whose balloon-less half swap carries ([`fleet`]).
 //!
 //! Swap is host-global and other tests run meanwhile: every test that switches swap on holds
 //! [`SWAP_LOCK`] and a [`HostSwapGuard`], which switches off every area that appeared, resets
@@ -9,6 +9,8 @@
 //! fails. Sizes: a 2 GiB zram device holds at most the 1 GiB guest (its data does not compress).
 
 mod common;
+#[path = "swap/fleet.rs"]
+mod fleet;
 
 use common::*;
 use memvisor::host::swap;

@@ -10,7 +10,11 @@ use std::time::{Instant, SystemTime};
 
 use log::{info, warn};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BALLOON;
+use virtio_model::DeviceModel;
 use virtio_queue::{Queue, QueueT};
+use vm_memory::GuestMemory;
+
+use crate::backend::MemoryBackend;
 
 use crate::config::{ConfigAccessError, ConfigSpace};
 use crate::counters::BalloonCounters;
@@ -104,51 +108,9 @@ impl Balloon {
         &self.opts
     }
 
-    /// virtio device type (5, balloon).
-    pub fn device_type(&self) -> u32 {
-        VIRTIO_ID_BALLOON
-    }
-
-    /// Features the device offers.
-    pub fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    /// Records the features the driver accepts: the whole set as it stands (a transport passes
-    /// both 32-bit words, not the word just written). Each call replaces the previous set, so a
-    /// driver that rewrites its features before `FEATURES_OK` gets exactly its last choice and
-    /// the queue layout never includes a queue it took back. Bits the device did not offer are
-    /// dropped and counted. Ignored once activated.
-    pub fn ack_features(&mut self, acked: u64) {
-        if self.activated {
-            guest_warn!(
-                self,
-                "balloon: driver acked features {acked:#x} after activation"
-            );
-            return;
-        }
-        let unsupported = acked & !self.avail_features;
-        if unsupported != 0 {
-            self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
-            guest_warn!(
-                self,
-                "balloon: driver acked features {unsupported:#x} that were not offered"
-            );
-        }
-        self.acked_features = acked & self.avail_features;
-    }
-
     /// Features negotiated so far.
     pub fn acked_features(&self) -> u64 {
         self.acked_features
-    }
-
-    /// Maximum size of each queue the device may use with the features it offers (the transport
-    /// exposes these as `QueueNumMax`). The queues actually used depend on the negotiated
-    /// features: see [`Balloon::queue_layout`].
-    pub fn queue_max_sizes(&self) -> Vec<u16> {
-        let n = QueueLayout::for_features(self.avail_features).count();
-        vec![QUEUE_MAX_SIZE; usize::from(n)]
     }
 
     /// Queue indices for the negotiated features.
@@ -156,102 +118,14 @@ impl Balloon {
         QueueLayout::for_features(self.acked_features)
     }
 
-    /// Reads the configuration space. Bad offsets/lengths zero-fill `data` and are counted in
-    /// [`BalloonCounters::config_bad_accesses`].
-    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        if self.config.read(offset, data).is_err() {
-            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
-            guest_warn!(
-                self,
-                "balloon: config read at offset {offset} length {} out of range",
-                data.len()
-            );
-        }
-    }
-
-    /// Writes the configuration space. Only `actual` is writable; anything else is ignored and
-    /// counted.
-    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
-        let before = self.config.actual;
-        match self.config.write(offset, data) {
-            Ok(()) => {
-                if self.config.actual != before {
-                    info!(
-                        "balloon: guest reports {} pages in the balloon (target {})",
-                        self.config.actual, self.config.num_pages
-                    );
-                }
-            }
-            Err(e) => {
-                self.counters.config_bad_accesses += 1;
-                let why = match e {
-                    ConfigAccessError::OutOfRange => "out of range",
-                    ConfigAccessError::ReadOnlyField => "to a read-only field",
-                };
-                guest_warn!(
-                    self,
-                    "balloon: config write at offset {offset} length {} {why}",
-                    data.len()
-                );
-            }
-        }
-    }
-
     /// Configuration generation; changes whenever the device changes the configuration space.
     pub fn config_generation(&self) -> u32 {
         self.config_generation
     }
 
-    /// Starts the device with the queues the driver set up, in queue index order. Queues past
-    /// those the negotiated features need are ignored.
-    pub fn activate(&mut self, mut queues: Vec<Queue>) -> Result<(), BalloonError> {
-        if self.activated {
-            return Err(BalloonError::AlreadyActivated);
-        }
-        let expected = usize::from(self.queue_layout().count());
-        if queues.len() < expected {
-            return Err(BalloonError::QueueCount {
-                expected,
-                got: queues.len(),
-            });
-        }
-        if let Some(i) = queues[..expected].iter().position(|q| !q.ready()) {
-            // `i < expected <= 4`.
-            return Err(BalloonError::QueueNotReady(i as u16));
-        }
-        if queues[expected..].iter().any(|q| q.ready()) {
-            warn!("balloon: driver set up queues beyond the negotiated features; ignoring them");
-        }
-        queues.truncate(expected);
-        self.queues = queues;
-        self.activated = true;
-        Ok(())
-    }
-
-    /// Returns the device to its initial state (driver reset): forgets negotiated features,
-    /// queues, the held stats buffer, the latest statistics and `actual`. The target and the
-    /// counters are kept.
-    pub fn reset(&mut self) {
-        self.acked_features = 0;
-        self.queues.clear();
-        self.activated = false;
-        self.needs_reset = false;
-        self.stats_desc = None;
-        self.latest_stats = None;
-        self.stats_received_at = None;
-        self.actual_at_stats = None;
-        self.config.actual = 0;
-    }
-
     /// Whether [`Balloon::activate`] succeeded and no reset happened since.
     pub fn is_activated(&self) -> bool {
         self.activated
-    }
-
-    /// Whether the device stopped after a driver protocol violation. The transport should set
-    /// `DEVICE_NEEDS_RESET` in the device status and raise a configuration change interrupt.
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset
     }
 
     /// The active queues, in index order (empty before activation).
@@ -355,6 +229,157 @@ impl Balloon {
     /// Whether the device holds a stats buffer (waiting for [`Balloon::trigger_stats_update`]).
     pub fn holds_stats_buffer(&self) -> bool {
         self.stats_desc.is_some()
+    }
+}
+
+impl DeviceModel for Balloon {
+    type Error = BalloonError;
+    type Backend = dyn MemoryBackend;
+
+    /// virtio device type (5, balloon).
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BALLOON
+    }
+
+    /// Features the device offers.
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    /// Records the features the driver accepts: the whole set as it stands (a transport passes
+    /// both 32-bit words, not the word just written). Each call replaces the previous set, so a
+    /// driver that rewrites its features before `FEATURES_OK` gets exactly its last choice and
+    /// the queue layout never includes a queue it took back. Bits the device did not offer are
+    /// dropped and counted. Ignored once activated.
+    fn ack_features(&mut self, acked: u64) {
+        if self.activated {
+            guest_warn!(
+                self,
+                "balloon: driver acked features {acked:#x} after activation"
+            );
+            return;
+        }
+        let unsupported = acked & !self.avail_features;
+        if unsupported != 0 {
+            self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
+            guest_warn!(
+                self,
+                "balloon: driver acked features {unsupported:#x} that were not offered"
+            );
+        }
+        self.acked_features = acked & self.avail_features;
+    }
+
+    /// Maximum size of each queue the device may use with the features it offers (the transport
+    /// exposes these as `QueueNumMax`). The queues actually used depend on the negotiated
+    /// features: see [`Balloon::queue_layout`].
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        let n = QueueLayout::for_features(self.avail_features).count();
+        vec![QUEUE_MAX_SIZE; usize::from(n)]
+    }
+
+    /// Reads the configuration space. Bad offsets/lengths zero-fill `data` and are counted in
+    /// [`BalloonCounters::config_bad_accesses`].
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        if self.config.read(offset, data).is_err() {
+            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
+            guest_warn!(
+                self,
+                "balloon: config read at offset {offset} length {} out of range",
+                data.len()
+            );
+        }
+    }
+
+    /// Writes the configuration space. Only `actual` is writable; anything else is ignored and
+    /// counted.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        let before = self.config.actual;
+        match self.config.write(offset, data) {
+            Ok(()) => {
+                if self.config.actual != before {
+                    info!(
+                        "balloon: guest reports {} pages in the balloon (target {})",
+                        self.config.actual, self.config.num_pages
+                    );
+                }
+            }
+            Err(e) => {
+                self.counters.config_bad_accesses += 1;
+                let why = match e {
+                    ConfigAccessError::OutOfRange => "out of range",
+                    ConfigAccessError::ReadOnlyField => "to a read-only field",
+                };
+                guest_warn!(
+                    self,
+                    "balloon: config write at offset {offset} length {} {why}",
+                    data.len()
+                );
+            }
+        }
+    }
+
+    /// Starts the device with the queues the driver set up, in queue index order. Queues past
+    /// those the negotiated features need are ignored.
+    fn activate(&mut self, mut queues: Vec<Queue>) -> Result<(), BalloonError> {
+        if self.activated {
+            return Err(BalloonError::AlreadyActivated);
+        }
+        let expected = usize::from(self.queue_layout().count());
+        if queues.len() < expected {
+            return Err(BalloonError::QueueCount {
+                expected,
+                got: queues.len(),
+            });
+        }
+        if let Some(i) = queues[..expected].iter().position(|q| !q.ready()) {
+            // `i < expected <= 4`.
+            return Err(BalloonError::QueueNotReady(i as u16));
+        }
+        if queues[expected..].iter().any(|q| q.ready()) {
+            warn!("balloon: driver set up queues beyond the negotiated features; ignoring them");
+        }
+        queues.truncate(expected);
+        self.queues = queues;
+        self.activated = true;
+        Ok(())
+    }
+
+    /// Returns the device to its initial state (driver reset): forgets negotiated features,
+    /// queues, the held stats buffer, the latest statistics and `actual`. The target and the
+    /// counters are kept.
+    fn reset(&mut self) {
+        self.acked_features = 0;
+        self.queues.clear();
+        self.activated = false;
+        self.needs_reset = false;
+        self.stats_desc = None;
+        self.latest_stats = None;
+        self.stats_received_at = None;
+        self.actual_at_stats = None;
+        self.config.actual = 0;
+    }
+
+    /// Whether the device stopped after a driver protocol violation. The transport should set
+    /// `DEVICE_NEEDS_RESET` in the device status and raise a configuration change interrupt.
+    fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// Size of the configuration space.
+    fn config_len(&self) -> u64 {
+        crate::config::CONFIG_SPACE_SIZE
+    }
+
+    /// Processes all available descriptors of queue `index`: at most one queue size worth of
+    /// chains per call (a driver that keeps adding buffers cannot keep the caller busy).
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: u16,
+        mem: &M,
+        backend: &dyn MemoryBackend,
+    ) -> Result<bool, BalloonError> {
+        self.process_available(index, mem, backend)
     }
 }
 

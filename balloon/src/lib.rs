@@ -42,6 +42,8 @@ pub use queues::{
     MAX_STATS_CHAIN_DESCRIPTORS, MAX_STATS_DESCRIPTOR_LEN,
 };
 pub use stats::BalloonStats;
+/// The trait of virtio device models (its methods are the device's transport-facing API).
+pub use virtio_model::DeviceModel;
 
 #[cfg(test)]
 mod tests {

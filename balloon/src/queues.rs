@@ -71,7 +71,7 @@ impl Balloon {
     ///
     /// At most one queue size worth of chains is handled per call, so a driver that keeps
     /// adding buffers cannot keep the caller busy; its next notification resumes processing.
-    pub fn process_queue<M: GuestMemory>(
+    pub(crate) fn process_available<M: GuestMemory>(
         &mut self,
         index: u16,
         mem: &M,

@@ -9,7 +9,7 @@ use balloon::features::{
     VIRTIO_F_INDIRECT_DESC,
 };
 use balloon::stats::encode_stats;
-use balloon::{Balloon, BalloonCounters, BalloonOptions};
+use balloon::{Balloon, BalloonCounters, BalloonOptions, DeviceModel};
 use common::*;
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT};
 use vm_memory::{Bytes, GuestAddress};

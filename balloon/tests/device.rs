@@ -8,7 +8,7 @@ use balloon::features::{
     VIRTIO_BALLOON_F_STATS_VQ,
 };
 use balloon::stats::encode_stats;
-use balloon::{Balloon, BalloonError, BalloonOptions, QueueLayout};
+use balloon::{Balloon, BalloonError, BalloonOptions, DeviceModel, QueueLayout};
 use common::*;
 
 const STATS: u64 = 1 << VIRTIO_BALLOON_F_STATS_VQ;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use balloon::{BalloonCounters, BalloonError, BalloonOptions};
+use balloon::{BalloonCounters, BalloonError, BalloonOptions, DeviceModel};
 use common::*;
 use virtio_bindings::virtio_ring::VRING_DESC_F_NEXT;
 

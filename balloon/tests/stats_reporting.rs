@@ -8,7 +8,7 @@ use balloon::features::{
     feature_mask, VIRTIO_BALLOON_F_FREE_PAGE_REPORTING, VIRTIO_BALLOON_F_STATS_VQ,
 };
 use balloon::stats::encode_stats;
-use balloon::{BalloonCounters, BalloonOptions};
+use balloon::{BalloonCounters, BalloonOptions, DeviceModel};
 use common::*;
 
 fn stats_opts() -> BalloonOptions {

@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_S_OK, VIRTIO_BLK_S_UNSUPP};
 use virtio_bindings::virtio_ids::VIRTIO_ID_BLOCK;
+use virtio_model::DeviceModel;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
@@ -119,80 +120,9 @@ impl<B: DiskBackend> Block<B> {
         &self.config
     }
 
-    /// virtio device type (2, block).
-    pub fn device_type(&self) -> u32 {
-        VIRTIO_ID_BLOCK
-    }
-
-    /// Features the device offers.
-    pub fn avail_features(&self) -> u64 {
-        self.avail_features
-    }
-
-    /// Records the features the driver accepts (the whole current set, as with the balloon):
-    /// bits not offered are dropped and counted. Ignored once activated.
-    pub fn ack_features(&mut self, acked: u64) {
-        if self.queue.is_some() {
-            log::debug!("block: driver acked features {acked:#x} after activation");
-            return;
-        }
-        let unsupported = acked & !self.avail_features;
-        self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
-        self.acked_features = acked & self.avail_features;
-    }
-
     /// Features negotiated so far.
     pub fn acked_features(&self) -> u64 {
         self.acked_features
-    }
-
-    /// Maximum size of each queue (one request queue).
-    pub fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_MAX_SIZE]
-    }
-
-    /// Size of the configuration space.
-    pub fn config_len(&self) -> u64 {
-        CONFIG_SPACE_SIZE
-    }
-
-    /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
-    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        if !virtio_chain::read_config(&self.config.bytes(), offset, data) {
-            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Writes the configuration space: nothing in it is writable (`VIRTIO_BLK_F_CONFIG_WCE` is
-    /// not offered), so every write is ignored and counted.
-    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.counters.config_bad_accesses += 1;
-        log::debug!(
-            "block: config write at offset {offset} length {} ignored",
-            data.len()
-        );
-    }
-
-    /// Starts the device with the queues the driver set up (queue 0 is the request queue;
-    /// further ones are ignored).
-    pub fn activate(&mut self, queues: Vec<Queue>) -> Result<(), BlockError> {
-        if self.queue.is_some() {
-            return Err(BlockError::AlreadyActivated);
-        }
-        let q = queues
-            .into_iter()
-            .next()
-            .filter(|q| q.ready())
-            .ok_or(BlockError::QueueNotReady)?;
-        self.queue = Some(q);
-        Ok(())
-    }
-
-    /// Driver reset: forgets negotiated features and the queue; counters are kept.
-    pub fn reset(&mut self) {
-        self.acked_features = 0;
-        self.queue = None;
-        self.needs_reset = false;
     }
 
     /// Whether [`Block::activate`] succeeded and no reset happened since.
@@ -200,69 +130,11 @@ impl<B: DiskBackend> Block<B> {
         self.queue.is_some()
     }
 
-    /// Whether the device stopped after a driver protocol violation (the transport sets
-    /// `DEVICE_NEEDS_RESET`).
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset
-    }
-
     /// A snapshot of the counters.
     pub fn counters(&self) -> BlockCounters {
         let mut c = self.counters.clone();
         c.config_bad_accesses += self.config_bad_reads.load(Ordering::Relaxed);
         c
-    }
-
-    /// Processes the available requests of queue `index` (only 0 exists); returns whether the
-    /// used ring changed (the transport then interrupts the driver). At most one queue size of
-    /// requests per call, so a driver that keeps adding cannot hold the caller; its next
-    /// notification resumes.
-    pub fn process_queue<M: GuestMemory>(
-        &mut self,
-        index: u16,
-        mem: &M,
-    ) -> Result<bool, BlockError> {
-        if index != 0 {
-            return Err(BlockError::InvalidQueueIndex(index));
-        }
-        if self.needs_reset {
-            return Err(BlockError::NeedsReset);
-        }
-        let Some(q) = self.queue.as_ref() else {
-            return Err(BlockError::NotActivated);
-        };
-        let (size, table) = (q.size(), q.desc_table());
-        let mut used = false;
-        for _ in 0..size {
-            let q = self.queue.as_mut().expect("activated");
-            let next = match q.iter(mem) {
-                Ok(mut it) => it.next().map(|c| c.head_index()),
-                Err(virtio_queue::Error::InvalidAvailRingIndex) => {
-                    self.counters.avail_index_jumps += 1;
-                    self.needs_reset = true;
-                    return Err(BlockError::AvailIndexJump);
-                }
-                Err(e) => {
-                    self.counters.avail_ring_unreadable += 1;
-                    return Err(BlockError::Queue(e));
-                }
-            };
-            let Some(head) = next else { break };
-            if head >= size {
-                self.counters.invalid_head_index += 1;
-                log::debug!("block: available ring names descriptor {head} >= {size}");
-                continue;
-            }
-            self.counters.requests += 1;
-            let len = self.handle(mem, table, size, head);
-            let q = self.queue.as_mut().expect("activated");
-            q.add_used(mem, head, len).map_err(|e| {
-                self.counters.used_ring_unwritable += 1;
-                BlockError::Queue(e)
-            })?;
-            used = true;
-        }
-        Ok(used)
     }
 
     /// Parses and executes one chain, writes its status; returns the used length (bytes
@@ -396,5 +268,141 @@ impl<B: DiskBackend> Block<B> {
                 Ok(0)
             }
         }
+    }
+}
+
+impl<B: DiskBackend> DeviceModel for Block<B> {
+    type Error = BlockError;
+    /// The image is the device's own: queue processing needs nothing else.
+    type Backend = ();
+
+    /// virtio device type (2, block).
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_BLOCK
+    }
+
+    /// Features the device offers.
+    fn avail_features(&self) -> u64 {
+        self.avail_features
+    }
+
+    /// Records the features the driver accepts (the whole current set, as with the balloon):
+    /// bits not offered are dropped and counted. Ignored once activated.
+    fn ack_features(&mut self, acked: u64) {
+        if self.queue.is_some() {
+            log::debug!("block: driver acked features {acked:#x} after activation");
+            return;
+        }
+        let unsupported = acked & !self.avail_features;
+        self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
+        self.acked_features = acked & self.avail_features;
+    }
+
+    /// Maximum size of each queue (one request queue).
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_MAX_SIZE]
+    }
+
+    /// Size of the configuration space.
+    fn config_len(&self) -> u64 {
+        CONFIG_SPACE_SIZE
+    }
+
+    /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        if !virtio_chain::read_config(&self.config.bytes(), offset, data) {
+            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the configuration space: nothing in it is writable (`VIRTIO_BLK_F_CONFIG_WCE` is
+    /// not offered), so every write is ignored and counted.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.counters.config_bad_accesses += 1;
+        log::debug!(
+            "block: config write at offset {offset} length {} ignored",
+            data.len()
+        );
+    }
+
+    /// Starts the device with the queues the driver set up (queue 0 is the request queue;
+    /// further ones are ignored).
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), BlockError> {
+        if self.queue.is_some() {
+            return Err(BlockError::AlreadyActivated);
+        }
+        let q = queues
+            .into_iter()
+            .next()
+            .filter(|q| q.ready())
+            .ok_or(BlockError::QueueNotReady)?;
+        self.queue = Some(q);
+        Ok(())
+    }
+
+    /// Driver reset: forgets negotiated features and the queue; counters are kept.
+    fn reset(&mut self) {
+        self.acked_features = 0;
+        self.queue = None;
+        self.needs_reset = false;
+    }
+
+    /// Whether the device stopped after a driver protocol violation (the transport sets
+    /// `DEVICE_NEEDS_RESET`).
+    fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// Processes the available requests of queue `index` (only 0 exists); returns whether the
+    /// used ring changed (the transport then interrupts the driver). At most one queue size of
+    /// requests per call, so a driver that keeps adding cannot hold the caller; its next
+    /// notification resumes.
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: u16,
+        mem: &M,
+        _backend: &(),
+    ) -> Result<bool, BlockError> {
+        if index != 0 {
+            return Err(BlockError::InvalidQueueIndex(index));
+        }
+        if self.needs_reset {
+            return Err(BlockError::NeedsReset);
+        }
+        let Some(q) = self.queue.as_ref() else {
+            return Err(BlockError::NotActivated);
+        };
+        let (size, table) = (q.size(), q.desc_table());
+        let mut used = false;
+        for _ in 0..size {
+            let q = self.queue.as_mut().expect("activated");
+            let next = match q.iter(mem) {
+                Ok(mut it) => it.next().map(|c| c.head_index()),
+                Err(virtio_queue::Error::InvalidAvailRingIndex) => {
+                    self.counters.avail_index_jumps += 1;
+                    self.needs_reset = true;
+                    return Err(BlockError::AvailIndexJump);
+                }
+                Err(e) => {
+                    self.counters.avail_ring_unreadable += 1;
+                    return Err(BlockError::Queue(e));
+                }
+            };
+            let Some(head) = next else { break };
+            if head >= size {
+                self.counters.invalid_head_index += 1;
+                log::debug!("block: available ring names descriptor {head} >= {size}");
+                continue;
+            }
+            self.counters.requests += 1;
+            let len = self.handle(mem, table, size, head);
+            let q = self.queue.as_mut().expect("activated");
+            q.add_used(mem, head, len).map_err(|e| {
+                self.counters.used_ring_unwritable += 1;
+                BlockError::Queue(e)
+            })?;
+            used = true;
+        }
+        Ok(used)
     }
 }

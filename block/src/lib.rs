@@ -31,6 +31,8 @@ pub use backend::{DiskBackend, ImageError, MemDisk, RawImage};
 pub use counters::BlockCounters;
 pub use device::{Block, BlockOptions, BOUNCE_BYTES, QUEUE_MAX_SIZE};
 pub use error::BlockError;
+/// The trait of virtio device models (its methods are the device's transport-facing API).
+pub use virtio_model::DeviceModel;
 
 /// Bytes per virtio-blk sector (the unit of `sector` and `capacity`, whatever the block size).
 pub const SECTOR_SIZE: u64 = 512;

@@ -5,7 +5,7 @@
 
 mod common;
 
-use block::{BlockCounters, BlockError, MemDisk};
+use block::{BlockCounters, BlockError, DeviceModel, MemDisk};
 use common::*;
 use virtio_bindings::virtio_blk::*;
 
@@ -14,7 +14,7 @@ const INDIRECT: u16 = virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT as u16
 /// Runs the queue and checks the disk did not change.
 fn run_unchanged(dev: &mut block::Block<MemDisk>, mem: &vm_memory::GuestMemoryMmap) {
     let before = dev.backend().data.clone();
-    dev.process_queue(0, mem).unwrap();
+    dev.process_queue(0, mem, &()).unwrap();
     assert!(dev.backend().data == before, "the disk changed");
     assert!(dev.backend().discards.is_empty() && dev.backend().zeroed.is_empty());
 }
@@ -39,7 +39,7 @@ fn sectors_past_the_end_are_refused() {
     ];
     let ok = drv.request(VIRTIO_BLK_T_OUT, last, &[9; 512], 0);
     let before = dev.backend().data.clone();
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     for r in &reqs {
         assert_eq!(drv.status(r), IOERR);
     }
@@ -238,32 +238,32 @@ fn ring_level_abuse() {
     // An available entry naming descriptor 1000 (queue of 256): skipped, counted.
     drv.push_avail(1000);
     let good = drv.request(VIRTIO_BLK_T_IN, 0, &[], 512);
-    assert!(dev.process_queue(0, &mem).unwrap());
+    assert!(dev.process_queue(0, &mem, &()).unwrap());
     assert_eq!(drv.status(&good), OK);
     let c = dev.counters();
     assert_eq!((c.invalid_head_index, c.requests, c.reads), (1, 1, 1));
     // Queue 1 does not exist.
     assert!(matches!(
-        dev.process_queue(1, &mem),
+        dev.process_queue(1, &mem, &()),
         Err(BlockError::InvalidQueueIndex(1))
     ));
     // The available index jumps ahead by more than the queue size: the device stops until
     // reset.
     drv.set_avail_idx(drv.avail_idx().wrapping_add(300));
     assert!(matches!(
-        dev.process_queue(0, &mem),
+        dev.process_queue(0, &mem, &()),
         Err(BlockError::AvailIndexJump)
     ));
     assert!(dev.needs_reset());
     assert!(matches!(
-        dev.process_queue(0, &mem),
+        dev.process_queue(0, &mem, &()),
         Err(BlockError::NeedsReset)
     ));
     assert_eq!(dev.counters().avail_index_jumps, 1);
     dev.reset();
     assert!(!dev.needs_reset() && !dev.is_activated());
     assert!(matches!(
-        dev.process_queue(0, &mem),
+        dev.process_queue(0, &mem, &()),
         Err(BlockError::NotActivated)
     ));
 }
@@ -278,7 +278,7 @@ fn a_good_request_after_hostile_ones_still_works() {
     drv.request(77, 0, &[], 0);
     let w = drv.request(VIRTIO_BLK_T_OUT, 4, &[0xab; 512], 0);
     let r = drv.request(VIRTIO_BLK_T_IN, 4, &[], 512);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!((drv.status(&w), drv.status(&r)), (OK, OK));
     assert_eq!(drv.read_back(r.data_in, 512), vec![0xab; 512]);
     assert_eq!(drv.used_idx(), 5);

@@ -5,7 +5,7 @@ mod common;
 
 use std::os::unix::fs::MetadataExt;
 
-use block::{Block, DiskBackend, ImageError, RawImage};
+use block::{Block, DeviceModel, DiskBackend, ImageError, RawImage};
 use common::*;
 use nix::unistd::{lseek, Whence};
 use virtio_bindings::virtio_blk::*;
@@ -28,7 +28,7 @@ fn reads_and_writes_reach_the_file() {
     let data = vec![0x42u8; 1536];
     let w = drv.request(VIRTIO_BLK_T_OUT, 1000, &data, 0);
     let f = drv.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!([drv.status(&r), drv.status(&w), drv.status(&f)], [OK; 3]);
     assert!(drv.read_back(r.data_in, 4096) == pattern(MIB as usize)[7 * 512..7 * 512 + 4096]);
     let file = std::fs::read(&img.0).unwrap();
@@ -64,7 +64,7 @@ fn discard_punches_a_hole_the_host_gets_back() {
         &discard_seg(1800, 8, VIRTIO_BLK_WRITE_ZEROES_FLAG_UNMAP),
         0,
     );
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!([drv.status(&d), drv.status(&z), drv.status(&zu)], [OK; 3]);
     if dev.counters().discards_not_supported_by_host > 0 {
         skip(
@@ -179,7 +179,7 @@ fn direct_io_reads_and_writes_whole_blocks() {
     drv.add_chain(&[(h, 16, 0), (odd, 8192, 0), (s, 1, WRITE)]);
     let r = drv.request(VIRTIO_BLK_T_IN, 8, &[], 4096);
     let bad = drv.request(VIRTIO_BLK_T_IN, 1, &[], 4096);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!(
         [drv.read_back(s, 1)[0], drv.status(&r), drv.status(&bad)],
         [OK, OK, IOERR]

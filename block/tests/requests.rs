@@ -4,7 +4,7 @@
 mod common;
 
 use block::features::CONFIG_SPACE_SIZE;
-use block::{Block, BlockCounters, BlockOptions, MemDisk};
+use block::{Block, BlockCounters, BlockOptions, DeviceModel, MemDisk};
 use common::*;
 use virtio_bindings::virtio_blk::*;
 
@@ -112,7 +112,7 @@ fn read_returns_the_disks_bytes() {
     let want = disk.data[3 * 512..5 * 512].to_vec();
     let (mut dev, mut drv) = activated(&mem, disk, rw());
     let r = drv.request(VIRTIO_BLK_T_IN, 3, &[], 1024);
-    assert!(dev.process_queue(0, &mem).unwrap());
+    assert!(dev.process_queue(0, &mem, &()).unwrap());
     assert_eq!(drv.status(&r), OK);
     assert_eq!(drv.read_back(r.data_in, 1024), want);
     assert_eq!(
@@ -128,7 +128,7 @@ fn read_returns_the_disks_bytes() {
         })
     );
     // Nothing new: no used-ring change.
-    assert!(!dev.process_queue(0, &mem).unwrap());
+    assert!(!dev.process_queue(0, &mem, &()).unwrap());
 }
 
 #[test]
@@ -139,7 +139,7 @@ fn write_changes_exactly_its_sectors() {
     let (mut dev, mut drv) = activated(&mem, disk, rw());
     let data: Vec<u8> = (0..1024u32).map(|i| (i % 251) as u8).collect();
     let r = drv.request(VIRTIO_BLK_T_OUT, 10, &data, 0);
-    assert!(dev.process_queue(0, &mem).unwrap());
+    assert!(dev.process_queue(0, &mem, &()).unwrap());
     assert_eq!(drv.status(&r), OK);
     assert_eq!(drv.used(0), (u32::from(r.head), 1));
     let after = &dev.backend().data;
@@ -180,7 +180,7 @@ fn any_layout_header_split_and_shared_with_data_and_large_scattered_reads() {
         (b2, 200 * 1024, WRITE),
         (b3, (len - 1536 - 200 * 1024 + 1) as u32, WRITE),
     ]);
-    assert!(dev.process_queue(0, &mem).unwrap());
+    assert!(dev.process_queue(0, &mem, &()).unwrap());
     assert_eq!(mem_byte(&drv, s), OK);
     assert_eq!(&dev.backend().data[100 * 512..101 * 512], &data[..]);
     let mut got = drv.read_back(b1, 1536);
@@ -204,7 +204,7 @@ fn flush_and_get_id() {
     let f = drv.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0);
     let id = drv.request(VIRTIO_BLK_T_GET_ID, 0, &[], 20);
     let short = drv.request(VIRTIO_BLK_T_GET_ID, 0, &[], 8);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!(
         [drv.status(&f), drv.status(&id), drv.status(&short)],
         [OK; 3]
@@ -231,7 +231,7 @@ fn discard_and_write_zeroes_reach_the_backend_as_byte_ranges() {
         0,
     );
     let wz2 = drv.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &discard_seg(300, 1, 0), 0);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!([drv.status(&d), drv.status(&wz), drv.status(&wz2)], [OK; 3]);
     let disk = dev.backend();
     assert_eq!(
@@ -268,7 +268,7 @@ fn read_only_disk_refuses_every_kind_of_write() {
     let z = drv.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &discard_seg(0, 8, 0), 0);
     let r = drv.request(VIRTIO_BLK_T_IN, 0, &[], 512);
     let f = drv.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     let st: Vec<u8> = [w, d, z, r, f].iter().map(|x| drv.status(x)).collect();
     assert_eq!(st, vec![IOERR, IOERR, IOERR, OK, OK]);
     assert_eq!(dev.backend().data, before);
@@ -292,7 +292,7 @@ fn direct_io_block_size_needs_aligned_requests() {
     let misaligned = drv.request(VIRTIO_BLK_T_IN, 1, &[], 4096);
     let good = drv.request(VIRTIO_BLK_T_IN, 8, &[], 4096);
     // MemDisk panics on an unaligned access with 4 KiB blocks: the device must not ask.
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     assert_eq!(
         [
             drv.status(&small),
@@ -316,7 +316,7 @@ fn host_io_errors_and_hosts_that_cannot_punch() {
     let w = drv.request(VIRTIO_BLK_T_OUT, 0, &[0; 512], 0);
     let f = drv.request(VIRTIO_BLK_T_FLUSH, 0, &[], 0);
     let d = drv.request(VIRTIO_BLK_T_DISCARD, 0, &discard_seg(0, 8, 0), 0);
-    dev.process_queue(0, &mem).unwrap();
+    dev.process_queue(0, &mem, &()).unwrap();
     let st: Vec<u8> = [r, w, f, d].iter().map(|x| drv.status(x)).collect();
     assert_eq!(st, vec![IOERR, IOERR, IOERR, OK]);
     assert_eq!(

@@ -22,7 +22,7 @@
 
 #![no_main]
 
-use block::{Block, BlockCounters, BlockOptions, MemDisk};
+use block::{Block, BlockCounters, BlockOptions, DeviceModel, MemDisk};
 use libfuzzer_sys::fuzz_target;
 #[path = "reader.rs"]
 mod reader;
@@ -110,7 +110,7 @@ impl Harness {
         let before_mem = snapshot(&self.mem, &MEM);
         let before_disk = self.dev.backend().data.clone();
         let c0 = self.dev.counters();
-        let result = self.dev.process_queue(0, &self.mem);
+        let result = self.dev.process_queue(0, &self.mem, &());
         let c1 = self.dev.counters();
         let taken = c1.requests - c0.requests;
         assert_eq!(

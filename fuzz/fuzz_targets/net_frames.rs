@@ -21,7 +21,9 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use net::{MemBackend, Net, NetCounters, NetOptions, MAX_FRAME_BYTES, MIN_TX_FRAME_BYTES};
+use net::{
+    DeviceModel, MemBackend, Net, NetCounters, NetOptions, MAX_FRAME_BYTES, MIN_TX_FRAME_BYTES,
+};
 #[path = "reader.rs"]
 #[allow(dead_code)] // not every target reads every field width
 mod reader;
@@ -108,7 +110,7 @@ impl Harness {
             self.dev.backend().sent.len(),
         );
         let result = match what {
-            0 | 1 => self.dev.process_queue(u16::from(what), &self.mem),
+            0 | 1 => self.dev.process_queue(u16::from(what), &self.mem, &()),
             _ => self.dev.receive(&self.mem),
         };
         let c1 = self.dev.counters();

@@ -20,6 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use serde::{Deserialize, Serialize};
 use virtio_bindings::virtio_ids::VIRTIO_ID_NET;
 use virtio_chain::{copy_from_guest, copy_to_guest, in_memory, total_len, walk, ChainError};
+use virtio_model::DeviceModel;
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestMemory, Permissions};
 
@@ -108,81 +109,9 @@ impl<B: NetBackend> Net<B> {
         &mut self.backend
     }
 
-    /// virtio device type (1, network card).
-    pub fn device_type(&self) -> u32 {
-        VIRTIO_ID_NET
-    }
-
-    /// Features the device offers.
-    pub fn avail_features(&self) -> u64 {
-        avail_features()
-    }
-
-    /// Records the features the driver accepts (the whole current set): bits not offered are
-    /// dropped and counted. Ignored once activated.
-    pub fn ack_features(&mut self, acked: u64) {
-        if self.queues.is_some() {
-            log::debug!("net: driver acked features {acked:#x} after activation");
-            return;
-        }
-        let unsupported = acked & !avail_features();
-        self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
-        self.acked_features = acked & avail_features();
-    }
-
     /// Features negotiated so far.
     pub fn acked_features(&self) -> u64 {
         self.acked_features
-    }
-
-    /// Maximum size of each queue (receiveq1, transmitq1).
-    pub fn queue_max_sizes(&self) -> Vec<u16> {
-        vec![QUEUE_MAX_SIZE, QUEUE_MAX_SIZE]
-    }
-
-    /// Size of the configuration space.
-    pub fn config_len(&self) -> u64 {
-        CONFIG_SPACE_SIZE
-    }
-
-    /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
-    pub fn read_config(&self, offset: u64, data: &mut [u8]) {
-        if !virtio_chain::read_config(&config_bytes(self.opts.mac), offset, data) {
-            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
-        }
-    }
-
-    /// Writes the configuration space: nothing in it is writable (`VIRTIO_NET_F_CTRL_MAC_ADDR`
-    /// and the legacy writable MAC are not offered), so every write is ignored and counted.
-    pub fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.counters.config_bad_accesses += 1;
-        log::debug!(
-            "net: config write at offset {offset} length {} ignored",
-            data.len()
-        );
-    }
-
-    /// Starts the device with the queues the driver set up: receiveq1 and transmitq1, both
-    /// ready (further ones are ignored).
-    pub fn activate(&mut self, queues: Vec<Queue>) -> Result<(), NetError> {
-        if self.queues.is_some() {
-            return Err(NetError::AlreadyActivated);
-        }
-        let mut it = queues.into_iter();
-        match (it.next(), it.next()) {
-            (Some(rx), Some(tx)) if rx.ready() && tx.ready() => {
-                self.queues = Some([rx, tx]);
-                Ok(())
-            }
-            _ => Err(NetError::QueuesNotReady),
-        }
-    }
-
-    /// Driver reset: forgets negotiated features and the queues; counters are kept.
-    pub fn reset(&mut self) {
-        self.acked_features = 0;
-        self.queues = None;
-        self.needs_reset = false;
     }
 
     /// Whether [`Net::activate`] succeeded and no reset happened since.
@@ -190,38 +119,11 @@ impl<B: NetBackend> Net<B> {
         self.queues.is_some()
     }
 
-    /// Whether the device stopped after a driver protocol violation (the transport sets
-    /// `DEVICE_NEEDS_RESET`).
-    pub fn needs_reset(&self) -> bool {
-        self.needs_reset
-    }
-
     /// A snapshot of the counters.
     pub fn counters(&self) -> NetCounters {
         let mut c = self.counters.clone();
         c.config_bad_accesses += self.config_bad_reads.load(Ordering::Relaxed);
         c
-    }
-
-    /// The driver notified queue `index`: transmits the chains of queue 1, or (queue 0: new
-    /// receive buffers) delivers frames waiting in the backend. Returns whether that queue's
-    /// used ring changed (the transport then interrupts the driver). At most one queue size
-    /// of chains per call.
-    pub fn process_queue<M: GuestMemory>(&mut self, index: u16, mem: &M) -> Result<bool, NetError> {
-        if index > TX_QUEUE {
-            return Err(NetError::InvalidQueueIndex(index));
-        }
-        if self.needs_reset {
-            return Err(NetError::NeedsReset);
-        }
-        if self.queues.is_none() {
-            return Err(NetError::NotActivated);
-        }
-        if index == RX_QUEUE {
-            self.receive(mem)
-        } else {
-            self.transmit(mem)
-        }
     }
 
     /// Reads the frames the backend has (at most a queue size of them) and delivers each to
@@ -446,5 +348,115 @@ impl<B: NetBackend> Net<B> {
             self.counters.used_ring_unwritable += 1;
             NetError::Queue(qi, e)
         })
+    }
+}
+
+impl<B: NetBackend> DeviceModel for Net<B> {
+    type Error = NetError;
+    /// The backend is the device's own: queue processing needs nothing else.
+    type Backend = ();
+
+    /// virtio device type (1, network card).
+    fn device_type(&self) -> u32 {
+        VIRTIO_ID_NET
+    }
+
+    /// Features the device offers.
+    fn avail_features(&self) -> u64 {
+        avail_features()
+    }
+
+    /// Records the features the driver accepts (the whole current set): bits not offered are
+    /// dropped and counted. Ignored once activated.
+    fn ack_features(&mut self, acked: u64) {
+        if self.queues.is_some() {
+            log::debug!("net: driver acked features {acked:#x} after activation");
+            return;
+        }
+        let unsupported = acked & !avail_features();
+        self.counters.unsupported_features_acked += u64::from(unsupported.count_ones());
+        self.acked_features = acked & avail_features();
+    }
+
+    /// Maximum size of each queue (receiveq1, transmitq1).
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        vec![QUEUE_MAX_SIZE, QUEUE_MAX_SIZE]
+    }
+
+    /// Size of the configuration space.
+    fn config_len(&self) -> u64 {
+        CONFIG_SPACE_SIZE
+    }
+
+    /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        if !virtio_chain::read_config(&config_bytes(self.opts.mac), offset, data) {
+            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Writes the configuration space: nothing in it is writable (`VIRTIO_NET_F_CTRL_MAC_ADDR`
+    /// and the legacy writable MAC are not offered), so every write is ignored and counted.
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.counters.config_bad_accesses += 1;
+        log::debug!(
+            "net: config write at offset {offset} length {} ignored",
+            data.len()
+        );
+    }
+
+    /// Starts the device with the queues the driver set up: receiveq1 and transmitq1, both
+    /// ready (further ones are ignored).
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), NetError> {
+        if self.queues.is_some() {
+            return Err(NetError::AlreadyActivated);
+        }
+        let mut it = queues.into_iter();
+        match (it.next(), it.next()) {
+            (Some(rx), Some(tx)) if rx.ready() && tx.ready() => {
+                self.queues = Some([rx, tx]);
+                Ok(())
+            }
+            _ => Err(NetError::QueuesNotReady),
+        }
+    }
+
+    /// Driver reset: forgets negotiated features and the queues; counters are kept.
+    fn reset(&mut self) {
+        self.acked_features = 0;
+        self.queues = None;
+        self.needs_reset = false;
+    }
+
+    /// Whether the device stopped after a driver protocol violation (the transport sets
+    /// `DEVICE_NEEDS_RESET`).
+    fn needs_reset(&self) -> bool {
+        self.needs_reset
+    }
+
+    /// The driver notified queue `index`: transmits the chains of queue 1, or (queue 0: new
+    /// receive buffers) delivers frames waiting in the backend. Returns whether that queue's
+    /// used ring changed (the transport then interrupts the driver). At most one queue size
+    /// of chains per call.
+    fn process_queue<M: GuestMemory>(
+        &mut self,
+        index: u16,
+        mem: &M,
+        _backend: &(),
+    ) -> Result<bool, NetError> {
+        if index > TX_QUEUE {
+            return Err(NetError::InvalidQueueIndex(index));
+        }
+        if self.needs_reset {
+            return Err(NetError::NeedsReset);
+        }
+        if self.queues.is_none() {
+            return Err(NetError::NotActivated);
+        }
+        if index == RX_QUEUE {
+            self.receive(mem)
+        } else {
+            self.transmit(mem)
+        }
     }
 }

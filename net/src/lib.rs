@@ -33,6 +33,7 @@ pub use counters::NetCounters;
 pub use device::{Net, NetOptions, QUEUE_MAX_SIZE, RX_QUEUE, TX_QUEUE};
 pub use error::NetError;
 pub use tap::{Tap, TapError};
+pub use virtio_model::DeviceModel;
 
 /// Size of `struct virtio_net_hdr_v1` (the header in front of every frame, both ways).
 pub const HDR_BYTES: usize = 12;

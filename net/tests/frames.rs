@@ -14,7 +14,7 @@ fn a_transmit_chain_is_one_frame_header_included() {
     let f2 = frame(0, 1500, 7);
     let h1 = post_tx(&mut tx, &f1, &[12]); // header alone, then the frame
     let h2 = post_tx(&mut tx, &f2, &[5, 600]); // header split across descriptors
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert_eq!(dev.backend().sent, vec![f1, f2]);
     assert_eq!(tx.used_idx(), 2);
     assert_eq!(tx.used(0), (u32::from(h1), 0));
@@ -22,7 +22,7 @@ fn a_transmit_chain_is_one_frame_header_included() {
     let c = dev.counters();
     assert_eq!((c.tx_frames, c.tx_bytes, c.tx_bad_frames), (2, 1600, 0));
     // Nothing new: nothing used.
-    assert!(!dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(!dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
 }
 
 #[test]
@@ -56,7 +56,7 @@ fn frames_without_a_buffer_or_before_activation_are_dropped_and_counted() {
     assert!(!dev.receive(&mem).unwrap());
     assert!(dev.backend().incoming.is_empty());
     assert!(matches!(
-        dev.process_queue(RX_QUEUE, &mem),
+        dev.process_queue(RX_QUEUE, &mem, &()),
         Err(NetError::NotActivated)
     ));
     let (mut dev2, mut rx, _tx) = activated(&mem);
@@ -66,7 +66,7 @@ fn frames_without_a_buffer_or_before_activation_are_dropped_and_counted() {
     // A buffer posted later gets the next frame, on the driver's notification.
     post_rx(&mut rx, &[2048]);
     dev2.backend_mut().incoming.push_back(frame(0, 42, 0));
-    assert!(dev2.process_queue(RX_QUEUE, &mem).unwrap());
+    assert!(dev2.process_queue(RX_QUEUE, &mem, &()).unwrap());
     assert_eq!(rx.used(0).1, 54);
     let c = dev2.counters();
     assert_eq!((c.rx_dropped_no_buffers, c.rx_frames), (2, 1));
@@ -132,7 +132,7 @@ fn config_space_and_features() {
         Err(NetError::QueuesNotReady)
     ));
     assert!(matches!(
-        dev.process_queue(2, &mem),
+        dev.process_queue(2, &mem, &()),
         Err(NetError::InvalidQueueIndex(2))
     ));
 }

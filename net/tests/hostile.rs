@@ -23,7 +23,7 @@ fn transmit_frames_of_bad_sizes_or_headers_are_refused() {
     gso[1] = 1; // GSO_TCPV4
     post_tx(&mut tx, &gso, &[]);
     post_tx(&mut tx, &frame(0, 14, 0), &[]); // the smallest frame is fine
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert_eq!(tx.used_idx(), 6, "every chain goes back");
     let sent: Vec<usize> = dev.backend().sent.iter().map(Vec::len).collect();
     assert_eq!(sent, vec![MAX_FRAME_BYTES, 26]);
@@ -64,7 +64,7 @@ fn malformed_transmit_chains_are_refused() {
         .desc_table()
         .store(r, descriptor(a, 12, WRITE | NEXT, r + 1))
         .unwrap(); // readable after writable
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert!(dev.backend().sent.is_empty(), "nothing reached the tap");
     assert_eq!(tx.used_idx(), 9);
     let c = dev.counters();
@@ -131,17 +131,17 @@ fn broken_rings_are_counted_and_a_jumping_index_needs_a_reset() {
     let (mut dev, _rx, mut tx) = activated(&mem);
     tx.push_avail(4000); // a head outside the queue
     post_tx(&mut tx, &frame(0, 60, 0), &[]);
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert_eq!(dev.backend().sent.len(), 1);
     assert_eq!(dev.counters().invalid_head_index, 1);
     tx.set_avail_idx(tx.avail_idx().wrapping_add(1000));
     assert!(matches!(
-        dev.process_queue(TX_QUEUE, &mem),
+        dev.process_queue(TX_QUEUE, &mem, &()),
         Err(NetError::AvailIndexJump(1))
     ));
     assert!(dev.needs_reset());
     assert!(matches!(
-        dev.process_queue(RX_QUEUE, &mem),
+        dev.process_queue(RX_QUEUE, &mem, &()),
         Err(NetError::NeedsReset)
     ));
     // Frames keep being drained (and counted) so a readable tap cannot spin the caller.
@@ -163,7 +163,7 @@ fn host_errors_are_counted_and_the_chains_still_go_back() {
     let (mut dev, mut rx, mut tx) = activated(&mem);
     dev.backend_mut().fail = Some(std::io::ErrorKind::Other);
     post_tx(&mut tx, &frame(0, 60, 0), &[]);
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert_eq!(tx.used_idx(), 1);
     post_rx(&mut rx, &[2048]);
     dev.backend_mut().incoming.push_back(frame(0, 60, 0));

@@ -113,7 +113,7 @@ fn arp_round_trip_through_a_tap_in_a_namespace() {
     }
     let req = arp_request(MAC, [10, 99, 7, 2], [10, 99, 7, 1]);
     post_tx(&mut tx, &req, &[12, 14]);
-    assert!(dev.process_queue(TX_QUEUE, &mem).unwrap());
+    assert!(dev.process_queue(TX_QUEUE, &mem, &()).unwrap());
     assert_eq!(dev.counters().tx_frames, 1, "{:?}", dev.counters());
     // The reply (and whatever else the kernel sends on a new link, e.g. IPv6 solicitations)
     // comes back through the receive queue; wait for it with a generous bound.
@@ -126,7 +126,7 @@ fn arp_round_trip_through_a_tap_in_a_namespace() {
             dev.counters()
         );
         dev.receive(&mem).unwrap();
-        dev.process_queue(RX_QUEUE, &mem).unwrap();
+        dev.process_queue(RX_QUEUE, &mem, &()).unwrap();
         let found = (seen..rx.used_idx()).find_map(|i| {
             let (id, len) = rx.used(i);
             let (_, addrs) = bufs.iter().find(|(h, _)| u32::from(*h) == id).unwrap();

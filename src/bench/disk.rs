@@ -19,7 +19,7 @@ use super::prealloc::size_arg;
 use super::stats::{median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell};
 use super::{Align, BenchError, BenchReport, BenchRow, Machine, Table};
-use block::{Block, BlockOptions, RawImage};
+use block::{Block, BlockOptions, DeviceModel, RawImage};
 use serde::Serialize;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
@@ -310,7 +310,7 @@ fn through_device(
     let t = Instant::now();
     for batch in offsets.chunks(usize::from(QUEUE_DEPTH)) {
         drv.submit(kind, batch);
-        dev.process_queue(0, &drv.mem)
+        dev.process_queue(0, &drv.mem, &())
             .map_err(|e| BenchError::Check {
                 what: format!("{} through the device", w.label()),
                 detail: e.to_string(),

@@ -46,11 +46,18 @@ pub enum Step {
     Fill {
         /// Pattern seed.
         seed: u64,
+        /// Only every `sparse`-th word holds the pattern, the others zero (0 or 1: every word):
+        /// data that compresses about `sparse`:1 (in zram), still checked word by word.
+        #[serde(default)]
+        sparse: u64,
     },
     /// Check the pattern.
     Verify {
         /// Pattern seed.
         seed: u64,
+        /// As the fill's.
+        #[serde(default)]
+        sparse: u64,
     },
     /// Give every page of the work area the same content (KSM food).
     Same {
@@ -136,8 +143,8 @@ impl Step {
                 abi::OP_TOUCH,
                 [stride, passes, work_only as u64, working_set],
             ),
-            Step::Fill { seed } => (abi::OP_FILL_PATTERN, [seed, 0, 0, 0]),
-            Step::Verify { seed } => (abi::OP_VERIFY_PATTERN, [seed, 0, 0, 0]),
+            Step::Fill { seed, sparse } => (abi::OP_FILL_PATTERN, [seed, sparse, 0, 0]),
+            Step::Verify { seed, sparse } => (abi::OP_VERIFY_PATTERN, [seed, sparse, 0, 0]),
             Step::Same { value } => (abi::OP_FILL_SAME, [value, 0, 0, 0]),
             Step::Checksum => (abi::OP_CHECKSUM, [0; 4]),
             Step::Read {
@@ -214,9 +221,11 @@ impl Step {
             },
             "fill" => Step::Fill {
                 seed: get("seed", 1, false)?,
+                sparse: get("sparse", 0, false)?,
             },
             "verify" => Step::Verify {
                 seed: get("seed", 1, false)?,
+                sparse: get("sparse", 0, false)?,
             },
             "same" => Step::Same {
                 value: get("value", 0x5a5a, false)?,
@@ -337,8 +346,8 @@ impl Workload {
                     work_only: false,
                     working_set: 0,
                 },
-                Step::Fill { seed: 1 },
-                Step::Verify { seed: 1 },
+                Step::Fill { seed: 1, sparse: 0 },
+                Step::Verify { seed: 1, sparse: 0 },
             ],
         }
     }
@@ -385,7 +394,7 @@ mod tests {
                     work_only: false,
                     working_set: 0
                 },
-                Step::Fill { seed: 7 },
+                Step::Fill { seed: 7, sparse: 0 },
                 Step::Random {
                     working_set: 64 << 20,
                     accesses: 10_000,
@@ -419,6 +428,24 @@ mod tests {
         );
         assert_eq!(w.steps[1].to_op().args, [1 << 30, 3, 0, 0]);
         assert_eq!((w.steps[0].name(), w.steps[1].name()), ("balloon", "grow"));
+        // Sparse data: the argument reaches the guest; configs without it mean every word.
+        let w = Workload::parse(&["fill:sparse=8;verify:seed=2,sparse=8"]).unwrap();
+        assert_eq!(w.steps[0].to_op().args, [1, 8, 0, 0]);
+        assert_eq!(w.steps[1].to_op().args, [2, 8, 0, 0]);
+        let old: Step = serde_json::from_str(r#"{"op":"fill","seed":3}"#).unwrap();
+        assert_eq!(old, Step::Fill { seed: 3, sparse: 0 });
+        // One word in eight holds the pattern, the rest are zero; 0 and 1 mean every word.
+        let words: Vec<u64> = (0..16)
+            .map(|i| abi::pattern_at(0x100_0000 + 8 * i, 1, 8))
+            .collect();
+        assert!(words[0] != 0 && words[8] != 0);
+        assert_eq!(words.iter().filter(|w| **w == 0).count(), 14);
+        for sparse in [0, 1] {
+            assert_eq!(
+                abi::pattern_at(0x1008, 5, sparse),
+                abi::pattern_word(0x1008, 5)
+            );
+        }
     }
 
     #[test]

@@ -13,6 +13,7 @@ use crate::control::api::{
     BalloonStatistics, Transport, VmState, PROMETHEUS_CONTENT_TYPE,
 };
 use crate::devices::balloon::BalloonHandle;
+use crate::devices::virtio::DeviceModel;
 use crate::memory::{GuestRam, PagerReport};
 use crate::vmm::vcpu::{RunState, VcpuStatus};
 use serde_json::json;

@@ -4,7 +4,7 @@
 
 use super::event_thread::DeviceThreadError;
 use super::queue_events::{watch, LinkEvent, LinkEvents, FIRST_OWN_DATA};
-use super::virtio::VirtioDevice;
+use super::virtio::ModelDevice;
 use crate::memory::GuestRam;
 use balloon::{Balloon, BalloonOptions, MemoryBackend};
 use event_manager::{EventOps, Events, MutEventSubscriber};
@@ -12,8 +12,6 @@ use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use virtio_queue::Queue;
-use vm_memory::GuestMemoryMmap;
 use vmm_sys_util::timerfd::TimerFd;
 
 /// The balloon's state as the overcommit report needs it (`crate::report::overcommit`).
@@ -112,41 +110,13 @@ impl BalloonDevice {
     }
 }
 
-impl VirtioDevice for BalloonDevice {
-    fn device_type(&self) -> u32 {
-        self.model.device_type()
+impl ModelDevice for BalloonDevice {
+    type Model = Balloon;
+    fn model(&self) -> &Balloon {
+        &self.model
     }
-    fn avail_features(&self) -> u64 {
-        self.model.avail_features()
-    }
-    fn ack_features(&mut self, features: u64) {
-        self.model.ack_features(features)
-    }
-    fn queue_max_sizes(&self) -> Vec<u16> {
-        self.model.queue_max_sizes()
-    }
-    fn config_len(&self) -> u64 {
-        balloon::config::CONFIG_SPACE_SIZE
-    }
-    fn read_config(&self, offset: u64, data: &mut [u8]) {
-        self.model.read_config(offset, data)
-    }
-    fn write_config(&mut self, offset: u64, data: &[u8]) {
-        self.model.write_config(offset, data)
-    }
-    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), String> {
-        self.model.activate(queues).map_err(|e| e.to_string())
-    }
-    fn reset(&mut self) {
-        self.model.reset()
-    }
-    fn process_queue(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<bool, String> {
-        self.model
-            .process_queue(index, mem, &self.backend)
-            .map_err(|e| e.to_string())
-    }
-    fn needs_reset(&self) -> bool {
-        self.model.needs_reset()
+    fn model_and_backend(&mut self) -> (&mut Balloon, &(dyn MemoryBackend + 'static)) {
+        (&mut self.model, &self.backend)
     }
 }
 
@@ -243,11 +213,10 @@ impl BalloonEvents {
     /// Serves `balloon` through its link (attached to its transport before), with guest
     /// memory `ram`.
     pub fn new(balloon: BalloonHandle, ram: Arc<GuestRam>) -> Result<Self, DeviceThreadError> {
-        let link = balloon.link().cloned().ok_or_else(|| {
-            DeviceThreadError::Descriptors(std::io::Error::other(
-                "the balloon's transport has no device link attached",
-            ))
-        })?;
+        let link = balloon
+            .link()
+            .cloned()
+            .ok_or(DeviceThreadError::NotAttached)?;
         let timer = TimerFd::new().map_err(|e| {
             DeviceThreadError::Descriptors(std::io::Error::from_raw_os_error(e.errno()))
         })?;

@@ -11,8 +11,9 @@
 //! holds no thread of its own.
 
 use super::pci::VirtioPciDevice;
+use super::virtio::ModelDevice;
 use crate::config::disk::DiskConfig;
-use block::{Block, BlockCounters, BlockOptions, ImageError, RawImage};
+use block::{Block, BlockCounters, BlockOptions, DeviceModel, ImageError, RawImage};
 use serde::Serialize;
 use std::sync::Arc;
 
@@ -73,7 +74,15 @@ impl BlockDevice {
     }
 }
 
-super::virtio::virtio_device_for_model!(BlockDevice);
+impl ModelDevice for BlockDevice {
+    type Model = Block<RawImage>;
+    fn model(&self) -> &Block<RawImage> {
+        &self.model
+    }
+    fn model_and_backend(&mut self) -> (&mut Block<RawImage>, &()) {
+        (&mut self.model, &())
+    }
+}
 
 /// A disk on the Linux guest's PCI bus.
 pub type BlockHandle = Arc<VirtioPciDevice<BlockDevice>>;

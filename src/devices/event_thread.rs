@@ -49,6 +49,9 @@ pub enum DeviceThreadError {
     /// The thread's seccomp filter could not be installed.
     #[error("the device event thread's seccomp filter: {0}")]
     Seccomp(String),
+    /// A subscriber was built for a transport without a link.
+    #[error("the device's transport has no link to the device thread (attach one with attach_link before building its subscriber)")]
+    NotAttached,
     /// The link's command queue was already taken by another thread.
     #[error("this device is already served by a device thread (a link serves one subscriber)")]
     AlreadyServed,

@@ -11,9 +11,10 @@
 
 use super::pci::VirtioPciDevice;
 use super::queue_events::{watch, LinkEvent, LinkEvents, FIRST_OWN_DATA};
+use super::virtio::ModelDevice;
 use crate::config::net::NetConfig;
 use crate::memory::GuestRam;
-use ::net::{Net, NetCounters, NetOptions, Tap, TapError};
+use ::net::{DeviceModel, Net, NetCounters, NetOptions, Tap, TapError};
 use event_manager::{EventOps, Events, MutEventSubscriber};
 use serde::Serialize;
 use std::os::fd::{AsRawFd, RawFd};
@@ -85,7 +86,15 @@ impl NetDevice {
     }
 }
 
-super::virtio::virtio_device_for_model!(NetDevice);
+impl ModelDevice for NetDevice {
+    type Model = Net<Tap>;
+    fn model(&self) -> &Net<Tap> {
+        &self.model
+    }
+    fn model_and_backend(&mut self) -> (&mut Net<Tap>, &()) {
+        (&mut self.model, &())
+    }
+}
 
 /// An interface on the Linux guest's PCI bus.
 pub type NetHandle = Arc<VirtioPciDevice<NetDevice>>;

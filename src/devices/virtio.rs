@@ -1,5 +1,7 @@
-//! What a transport needs of a virtio device model.
+//! What a transport needs of a virtio device ([`VirtioDevice`]), and the adaptor that makes
+//! one of any device model crate's [`DeviceModel`] ([`ModelDevice`]).
 
+pub use virtio_model::DeviceModel;
 use virtio_queue::Queue;
 use vm_memory::GuestMemoryMmap;
 
@@ -32,53 +34,57 @@ pub trait VirtioDevice: Send {
     }
 }
 
-/// Implements [`VirtioDevice`] for a type whose `model` field is a device model with the usual
-/// methods (`device_type`, `avail_features`, `ack_features`, `queue_max_sizes`, `config_len`,
-/// `read_config`, `write_config`, `activate`, `reset`, `process_queue(index, mem)`,
-/// `needs_reset`; errors displayed): the disks and the network interfaces.
-macro_rules! virtio_device_for_model {
-    ($ty:ty) => {
-        impl $crate::devices::virtio::VirtioDevice for $ty {
-            fn device_type(&self) -> u32 {
-                self.model.device_type()
-            }
-            fn avail_features(&self) -> u64 {
-                self.model.avail_features()
-            }
-            fn ack_features(&mut self, features: u64) {
-                self.model.ack_features(features)
-            }
-            fn queue_max_sizes(&self) -> Vec<u16> {
-                self.model.queue_max_sizes()
-            }
-            fn config_len(&self) -> u64 {
-                self.model.config_len()
-            }
-            fn read_config(&self, offset: u64, data: &mut [u8]) {
-                self.model.read_config(offset, data)
-            }
-            fn write_config(&mut self, offset: u64, data: &[u8]) {
-                self.model.write_config(offset, data)
-            }
-            fn activate(&mut self, queues: Vec<virtio_queue::Queue>) -> Result<(), String> {
-                self.model.activate(queues).map_err(|e| e.to_string())
-            }
-            fn reset(&mut self) {
-                self.model.reset()
-            }
-            fn process_queue(
-                &mut self,
-                index: u16,
-                mem: &vm_memory::GuestMemoryMmap,
-            ) -> Result<bool, String> {
-                self.model
-                    .process_queue(index, mem)
-                    .map_err(|e| e.to_string())
-            }
-            fn needs_reset(&self) -> bool {
-                self.model.needs_reset()
-            }
-        }
-    };
+/// A device made of a model crate's [`DeviceModel`] (the `balloon` and `block` crates'
+/// models) and what its queue processing needs: every such device is a [`VirtioDevice`]
+/// through the one blanket implementation below, so a new device kind writes these two
+/// methods instead of the whole delegation.
+pub trait ModelDevice: Send {
+    /// The device model.
+    type Model: DeviceModel;
+    /// The model.
+    fn model(&self) -> &Self::Model;
+    /// The model, mutably, with the backend its queue processing uses.
+    fn model_and_backend(&mut self) -> (&mut Self::Model, &<Self::Model as DeviceModel>::Backend);
 }
-pub(crate) use virtio_device_for_model;
+
+impl<T: ModelDevice> VirtioDevice for T {
+    fn device_type(&self) -> u32 {
+        self.model().device_type()
+    }
+    fn avail_features(&self) -> u64 {
+        self.model().avail_features()
+    }
+    fn ack_features(&mut self, features: u64) {
+        self.model_and_backend().0.ack_features(features)
+    }
+    fn queue_max_sizes(&self) -> Vec<u16> {
+        self.model().queue_max_sizes()
+    }
+    fn config_len(&self) -> u64 {
+        self.model().config_len()
+    }
+    fn read_config(&self, offset: u64, data: &mut [u8]) {
+        self.model().read_config(offset, data)
+    }
+    fn write_config(&mut self, offset: u64, data: &[u8]) {
+        self.model_and_backend().0.write_config(offset, data)
+    }
+    fn activate(&mut self, queues: Vec<Queue>) -> Result<(), String> {
+        self.model_and_backend()
+            .0
+            .activate(queues)
+            .map_err(|e| e.to_string())
+    }
+    fn reset(&mut self) {
+        self.model_and_backend().0.reset()
+    }
+    fn process_queue(&mut self, index: u16, mem: &GuestMemoryMmap) -> Result<bool, String> {
+        let (model, backend) = self.model_and_backend();
+        model
+            .process_queue(index, mem, backend)
+            .map_err(|e| e.to_string())
+    }
+    fn needs_reset(&self) -> bool {
+        self.model().needs_reset()
+    }
+}

@@ -12,11 +12,13 @@
 //!
 //! - **vCPU**: `ioctl` `KVM_RUN`, `KVM_GET_REGS` (the RIP of a failure); the emulation assists
 //!   of hosts without VMX/SVM (`KVM_GET_SREGS`, `KVM_SET_REGS`, `KVM_GET_FPU`,
-//!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_IRQ_LINE` and
-//!   `KVM_SIGNAL_MSI` (virtio-pci register writes that unmask a pending vector or clear the
-//!   ISR); `KVM_IOEVENTFD` (a guest moving a virtio-pci BAR moves its notification
-//!   ioeventfds); handing work to the device thread is an eventfd `write`. No discards and no
-//!   disk I/O: every device's queues are processed on the device thread.
+//!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_SET_GSI_ROUTING` (an MSI-X table
+//!   or configuration-space write that makes a vector deliverable with a new message points
+//!   its GSI route at it: `crate::vmm::irq_routing`); `KVM_IRQ_LINE` (INTx: a register
+//!   access that reads the ISR or changes what INTx shows); `KVM_IOEVENTFD` (a guest moving
+//!   a virtio-pci BAR moves its notification ioeventfds); MSI-X messages (an unmask sending a
+//!   pending one) are irqfd writes; handing work to the device thread is an eventfd `write`.
+//!   No discards and no disk I/O: every device's queues are processed on the device thread.
 //! - **devices** (the device event thread): `epoll_wait`/`epoll_pwait`, `read` of its
 //!   eventfds and timerfd, `timerfd_settime`; the balloon's discards and reclaims through the
 //!   memory module (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`,
@@ -24,15 +26,16 @@
 //!   `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` for discards and
 //!   `fallocate(ZERO_RANGE|KEEP_SIZE)` for write-zeroes); the network interfaces' tap I/O
 //!   (`read` of a frame, `writev` of one: both in the common set already); the devices'
-//!   interrupts.
+//!   interrupts: MSI-X as irqfd `write`s, INTx as `KVM_IRQ_LINE`. Not `KVM_SET_GSI_ROUTING`
+//!   nor `KVM_IRQFD`: routes are made at setup and pointed on the vCPU thread.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
 //!   fails with `ENOSYS` so the C library falls back to `clone`); the handlers' reads of
 //!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
 //!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
-//!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts
-//!   (`KVM_IRQ_LINE`, `KVM_SIGNAL_MSI`); reclaim to host swap through the memory module
+//!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts (a new target: irqfd `write`
+//!   for MSI-X, `KVM_IRQ_LINE` for INTx); reclaim to host swap through the memory module
 //!   (`madvise` `MADV_PAGEOUT`/`MADV_COLD`; also the `api-reclaim` thread of the resident
 //!   limit); the working-set estimate (`KVM_SET_USER_MEMORY_REGION` to turn on dirty logging of
 //!   the existing memslots, `KVM_GET_DIRTY_LOG`).
@@ -95,9 +98,14 @@ pub const KVM_SET_VCPU_EVENTS: u64 =
 /// `KVM_IRQ_LINE`.
 pub const KVM_IRQ_LINE: u64 =
     nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>());
-/// `KVM_SIGNAL_MSI`.
+/// `KVM_SET_GSI_ROUTING` (`struct kvm_irq_routing` without its entries: 8 bytes).
+pub const KVM_SET_GSI_ROUTING: u64 = nix::request_code_write!(KVMIO, 0x6a, 8);
+/// `KVM_SIGNAL_MSI` (allowed to no filtered thread: MSI-X messages leave through irqfds).
 pub const KVM_SIGNAL_MSI: u64 =
     nix::request_code_write!(KVMIO, 0xa5, size_of::<kvm_bindings::kvm_msi>());
+/// `KVM_IRQFD` (allowed to no filtered thread: irqfds are made at setup).
+pub const KVM_IRQFD: u64 =
+    nix::request_code_write!(KVMIO, 0x76, size_of::<kvm_bindings::kvm_irqfd>());
 /// `KVM_SET_USER_MEMORY_REGION` (working-set tracking: dirty logging on the existing memslots).
 pub const KVM_SET_USER_MEMORY_REGION: u64 = nix::request_code_write!(
     KVMIO,
@@ -259,10 +267,10 @@ fn common(l: &mut List) {
     );
 }
 
-/// The balloon's interrupts for virtio-pci (virtio-mmio needs none: the built-in guest waits
-/// on a VMM event instead).
+/// The balloon's interrupts for virtio-pci beyond the irqfd `write` of MSI-X: INTx levels
+/// (virtio-mmio needs none: the built-in guest waits on a VMM event instead).
 fn interrupts(l: &mut List) {
-    l.ioctls(&[KVM_IRQ_LINE, KVM_SIGNAL_MSI]);
+    l.ioctls(&[KVM_IRQ_LINE]);
 }
 
 /// Reading files under `/proc` and `/sys`: `openat` without write access or creation; what
@@ -331,7 +339,7 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
                 KVM_SET_VCPU_EVENTS,
             ]);
             interrupts(&mut l);
-            l.ioctls(&[KVM_IOEVENTFD]);
+            l.ioctls(&[KVM_SET_GSI_ROUTING, KVM_IOEVENTFD]);
         }
         ThreadKind::Devices => {
             interrupts(&mut l);
@@ -449,6 +457,8 @@ mod tests {
         assert_eq!(KVM_SET_VCPU_EVENTS, 0x4040_aea0);
         assert_eq!(KVM_IRQ_LINE, 0x4008_ae61);
         assert_eq!(KVM_SIGNAL_MSI, 0x4020_aea5);
+        assert_eq!(KVM_SET_GSI_ROUTING, 0x4008_ae6a);
+        assert_eq!(KVM_IRQFD, 0x4020_ae76);
         assert_eq!(KVM_IOEVENTFD, 0x4040_ae79);
         assert_eq!(PAGEMAP_SCAN, 0xc060_6610);
         assert_eq!(UFFDIO_UNREGISTER, 0x8010_aa01);

@@ -75,6 +75,8 @@ pub struct Vm {
     fd: Arc<VmFd>,
     cpuid: CpuId,
     host: HostVirt,
+    apic_ids: crate::vmm::irq_routing::ApicIds,
+    routing: std::sync::OnceLock<crate::vmm::irq_routing::GsiRouting>,
 }
 
 impl Vm {
@@ -110,7 +112,20 @@ impl Vm {
             fd: Arc::new(fd),
             cpuid,
             host: HostVirt::detect(),
+            apic_ids: Default::default(),
+            routing: std::sync::OnceLock::new(),
         })
+    }
+
+    /// The VM's GSI routing table, its one owner (KVM replaces the table whole on every
+    /// change): MSI-X vectors become GSI routes with irqfds through it. Use it once the
+    /// in-kernel irqchip exists (see [`crate::vmm::irq_routing`]).
+    pub fn irq_routing(&self) -> crate::vmm::irq_routing::GsiRouting {
+        self.routing
+            .get_or_init(|| {
+                crate::vmm::irq_routing::GsiRouting::new(self.fd.clone(), self.apic_ids.clone())
+            })
+            .clone()
     }
 
     /// The VM file descriptor.
@@ -151,6 +166,8 @@ impl Vm {
         let mut cpuid = crate::vmm::cpuid::for_vcpu(&self.cpuid, id, self.host.hardware);
         adjust(&mut cpuid);
         vcpu.set_cpuid2(&cpuid).map_err(ioctl("KVM_SET_CPUID2"))?;
+        // KVM's APIC id of a vCPU is its id, as the CPUID above says.
+        self.apic_ids.lock().unwrap().insert(id);
         Ok(vcpu)
     }
 }

@@ -5,7 +5,7 @@
 use std::cell::RefCell;
 
 use balloon::features::{feature_mask, VIRTIO_F_VERSION_1};
-use balloon::{Balloon, BalloonOptions, MemoryBackend};
+use balloon::{Balloon, BalloonOptions, DeviceModel, MemoryBackend};
 #[allow(unused_imports)] // not every test file uses it
 pub use virtio_mock::WRITE;
 use vm_memory::GuestMemoryMmap;

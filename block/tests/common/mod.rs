@@ -3,7 +3,7 @@
 //! bytes outside the disk).
 #![allow(dead_code)]
 
-use block::{Block, BlockOptions, MemDisk};
+use block::{Block, BlockOptions, DeviceModel, MemDisk};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 #[allow(unused_imports)] // not every test file uses both

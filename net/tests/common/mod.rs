@@ -2,6 +2,7 @@
 //! transmit queues (`virtio-mock`), and a device over a `MemBackend`.
 #![allow(dead_code)]
 
+pub use net::DeviceModel;
 use net::{MemBackend, Net, NetOptions};
 #[allow(unused_imports)] // not every test file uses NEXT
 pub use virtio_mock::{Driver, NEXT, WRITE};

@@ -1,22 +1,32 @@
-//! Interrupt delivery for PCI functions through KVM's in-kernel irqchip: MSI messages with
-//! `KVM_SIGNAL_MSI`, INTx levels with `KVM_IRQ_LINE` on a GSI (an IOAPIC input); and the
-//! registration of queue notification addresses as ioeventfds (`KVM_IOEVENTFD`) for every
-//! virtio transport.
+//! INTx delivery for PCI functions through KVM's in-kernel irqchip (`KVM_IRQ_LINE` on a GSI,
+//! an I/O APIC input), and the registration of queue notification addresses as ioeventfds
+//! (`KVM_IOEVENTFD`) for every virtio transport. MSI-X messages do not come here: they leave
+//! through GSI routes and irqfds (`crate::vmm::irq_routing`).
 //!
-//! Both need the VM to have an in-kernel irqchip (`KVM_CREATE_IRQCHIP`); without it the ioctls
-//! fail and the failures are counted by the MSI-X table ([`super::MsixCounters::failed`]).
+//! # Why INTx is not an irqfd
+//! A level-triggered line through an irqfd needs `KVM_IRQFD_FLAG_RESAMPLE`: KVM lowers the
+//! line at the guest's EOI and signals a resample eventfd, and the device must then raise it
+//! again if its ISR is still non-zero (an interrupt that arrived between the guest's ISR read
+//! and its EOI would otherwise be lost). Someone has to wait on that resample eventfd — the
+//! device event thread's epoll set, which is being reworked separately — and the shared INTA#
+//! line ([`super::shared_intx`]) would need the wired OR re-evaluated there too. INTx is only
+//! used by guests without MSI-X (`pci=nomsi`; Linux's virtio-pci takes MSI-X), so it keeps
+//! `KVM_IRQ_LINE`: the level is set and cleared exactly when the ISR changes, from the thread
+//! that changed it.
+//!
+//! Without the in-kernel irqchip (`KVM_CREATE_IRQCHIP`) `KVM_IRQ_LINE` fails; the failure is
+//! logged by the transport.
 
-use super::msix::{IntxLine, MsiSink};
+use super::msix::IntxLine;
 use crate::devices::events::IoeventRegistrar;
-use kvm_bindings::kvm_msi;
 use kvm_ioctls::{IoEventAddress, Kvm, NoDatamatch, VmFd};
 use std::io;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use vmm_sys_util::eventfd::EventFd;
 
-/// MSI and INTx delivery into one KVM VM. Holds its own duplicate of the VM descriptor, so it
-/// can live in the device bus independently of the `Vm` that created it.
+/// INTx delivery and ioeventfd registration for one KVM VM. Holds its own duplicate of the VM
+/// descriptor, so it can live in the device bus independently of the `Vm` that created it.
 pub struct KvmIrq {
     vm: VmFd,
 }
@@ -50,21 +60,6 @@ impl KvmIrq {
             irq: self.clone(),
             gsi,
         })
-    }
-}
-
-impl MsiSink for KvmIrq {
-    fn signal_msi(&self, addr: u64, data: u32) -> io::Result<()> {
-        let msi = kvm_msi {
-            address_lo: addr as u32,
-            address_hi: (addr >> 32) as u32,
-            data,
-            ..Default::default()
-        };
-        // Returns the number of CPUs that accepted the interrupt (0 when their local APIC is
-        // software-disabled): a delivered message as far as the device is concerned. No vCPU
-        // with the destination APIC id gives EPERM, which the MSI-X table counts as failed.
-        self.vm.signal_msi(msi).map(|_| ()).map_err(kvm_err)
     }
 }
 

@@ -3,7 +3,7 @@
 //! `virtio_pci` + `virtio_balloon` drivers find and drive memvisor's balloon.
 //!
 //! This module owns the PCI side only: configuration space ([`config`]), MSI-X ([`msix`]),
-//! interrupt delivery through KVM ([`KvmIrq`]), the virtio-pci transport ([`VirtioPciDevice`])
+//! INTx delivery and ioeventfds through KVM ([`KvmIrq`]), the virtio-pci transport ([`VirtioPciDevice`])
 //! and the bus ([`PciBus`], a [`Bus`] for port I/O 0xCF8-0xCFF and the BARs' MMIO). The device
 //! models are the same as virtio-mmio's ([`crate::devices::balloon::BalloonDevice`]).
 //!
@@ -35,15 +35,17 @@
 //!
 //! # What the Linux VM wiring must provide
 //! - **MSI**: `virtio_pci` uses MSI-X first (a vector per queue, else one shared vector). The
-//!   VM needs the in-kernel irqchip (`KVM_CREATE_IRQCHIP`, before the vCPUs are created) so
-//!   that `KVM_SIGNAL_MSI` reaches a local APIC; hand [`KvmIrq::new`] as the [`MsiSink`]. The
-//!   guest must see its local APICs (MP table or MADT) — x86 MSI messages are a write of
-//!   `vector | delivery mode` to `0xFEE0_0000 | APIC id << 12`.
+//!   VM needs the in-kernel irqchip (`KVM_CREATE_IRQCHIP`, before the vCPUs are created); hand
+//!   the VM's routing table (`Vm::irq_routing`, [`crate::vmm`]'s `irq_routing`) as the
+//!   [`MsiSink`]: every vector becomes a GSI route with an irqfd. The guest must see its local
+//!   APICs (MP table or MADT) — x86 MSI messages are a write of `vector | delivery mode` to
+//!   `0xFEE0_0000 | APIC id << 12`.
 //! - **INTx** (only if the guest has no MSI, e.g. `pci=nomsi`): the MP table must name a PCI
 //!   bus (bus entry type "PCI   ") and carry an I/O interrupt entry for source bus 0, source
 //!   IRQ `slot << 2 | 0` (INTA#) to an IOAPIC pin *G* (level, active low); pass
 //!   `KvmIrq::intx(G)` and `intx_line: G` in [`PciIrq`]. Without that routing Linux logs "can't
-//!   find IRQ for PCI INT A" and only MSI-X works.
+//!   find IRQ for PCI INT A" and only MSI-X works. INTx levels are `KVM_IRQ_LINE` calls, not
+//!   an irqfd (why: the module doc of `kvm.rs`, [`KvmIrq`]).
 //! - **The bus**: the VM's device bus forwards port I/O and MMIO exits to [`PciBus`] (its
 //!   [`Bus`] methods return whether the access was claimed), together with serial etc.
 //!
@@ -53,11 +55,12 @@
 //! #         opts: balloon::BalloonOptions) -> Result<(), Box<dyn std::error::Error>> {
 //! // after vm.fd().create_irq_chip() and create_pit2():
 //! let irq = KvmIrq::new(vm.kvm(), vm.fd())?;
+//! let msi = std::sync::Arc::new(vm.irq_routing());
 //! let mut pci = PciBus::new();
 //! let (dev, slot) = pci.add_virtio(
 //!     BalloonDevice::new(opts, ram.clone()),
 //!     ram.clone(),
-//!     PciIrq { msi: irq.clone(), intx: Some(irq.intx(10)), intx_line: 10 },
+//!     PciIrq { msi, intx: Some(irq.intx(10)), intx_line: 10 },
 //! )?;
 //! let balloon = BalloonHandle::Pci(dev); // for the API and the device event thread
 //! let bus: std::sync::Arc<dyn memvisor::devices::Bus> = std::sync::Arc::new(pci);
@@ -71,7 +74,7 @@ pub mod shared_intx;
 pub mod virtio_pci;
 
 pub use kvm::KvmIrq;
-pub use msix::{IntxLine, MsiSink, MsixCounters};
+pub use msix::{IntxLine, MsiRoute, MsiSink, MsixCounters};
 pub use virtio_pci::{PciIrq, VirtioPciDevice};
 
 use super::virtio::VirtioDevice;
@@ -132,6 +135,9 @@ pub enum PciError {
     /// The BAR window is exhausted.
     #[error("the PCI MMIO window has no room for a BAR of {0:#x} bytes")]
     WindowFull(u64),
+    /// The MSI-X vectors' routes could not be made.
+    #[error("cannot route the function's MSI-X vectors: {0}")]
+    MsiRoutes(std::io::Error),
 }
 
 /// A PCI function on the bus: its configuration space and its BARs.

@@ -1,28 +1,95 @@
 //! MSI-X (PCI Local Bus 3.0 §6.8.2): the vector table and pending bit array a function keeps in
 //! one of its BARs, the per-vector and function-wide masks, and delivery of messages through
-//! an [`MsiSink`]. Also the [`IntxLine`] a function without MSI-X enabled raises instead.
+//! one [`MsiRoute`] per vector (from an [`MsiSink`]). Also the [`IntxLine`] a function without
+//! MSI-X enabled raises instead.
 //!
 //! Table entries are 16 bytes: message address (low, high), message data, vector control (bit
 //! 0: masked). Every entry starts masked. A message for a masked vector (or while the function
 //! is masked) sets its pending bit instead; unmasking sends it and clears the bit. Software
 //! must use aligned dword or qword accesses (§6.8.2.9); anything else reads zeros, is not
 //! written and is counted. The pending bit array is read-only.
+//!
+//! # Routes
+//! Each vector has a route of its own, made when the table is: with KVM a GSI whose routing
+//! entry carries the vector's message and an irqfd bound to it
+//! (`crate::vmm::irq_routing`), so sending is one eventfd write from whichever thread
+//! raises the interrupt. A route is (re)pointed at its vector's address/data when the vector
+//! becomes deliverable with a message the route does not carry yet: the guest unmasks it,
+//! clears the function mask, enables MSI-X, or writes an entry that is unmasked. Those are
+//! table and configuration-space writes, so routes are only ever rewritten on the vCPU thread
+//! that made the write; masking needs no rewrite, because the mask is checked here before the
+//! eventfd is written (a masked vector's message goes to the pending bits, as before). A route
+//! that could not be pointed at its message (e.g. the message names an APIC id no vCPU has)
+//! sends nothing: each message for it is counted in [`MsixCounters::failed`].
 
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-/// Where MSI messages go: the interrupt controller. The KVM implementation is
-/// [`super::KvmIrq`]; tests record the messages.
+/// Where MSI messages go: the interrupt controller, one [`MsiRoute`] per vector. The KVM
+/// implementation is `crate::vmm::irq_routing::GsiRouting` (a GSI route and an irqfd per
+/// vector); tests record the messages.
 pub trait MsiSink: Send + Sync {
-    /// Sends one message: a dword write of `data` to `addr` on the bus.
-    fn signal_msi(&self, addr: u64, data: u32) -> io::Result<()>;
+    /// A new route for one vector. It carries no message until [`MsiRoute::set`] is called.
+    fn new_route(&self) -> io::Result<Box<dyn MsiRoute>>;
+}
+
+/// One vector's way to the interrupt controller.
+pub trait MsiRoute: Send + Sync {
+    /// Points the route at the message `data` written to `addr`. An error means the route
+    /// cannot carry that message (nothing is sent through it until a later `set` succeeds).
+    fn set(&mut self, addr: u64, data: u32) -> io::Result<()>;
+    /// Sends the message the route carries (with KVM: writes the irqfd).
+    fn send(&self) -> io::Result<()>;
 }
 
 /// A level-triggered INTx line (the function's INTA# routed to one interrupt controller input).
 pub trait IntxLine: Send + Sync {
     /// Asserts (`true`) or deasserts the line.
     fn set_level(&self, asserted: bool) -> io::Result<()>;
+}
+
+/// An [`MsiSink`] that records the messages sent through its routes instead of delivering
+/// them: a function driven without a VM (tests). Clones share the record.
+#[derive(Clone, Default)]
+pub struct MessageLog {
+    sent: Arc<Mutex<Vec<(u64, u32)>>>,
+}
+
+impl MessageLog {
+    /// The messages (address, data) sent since the last call, in order.
+    pub fn take(&self) -> Vec<(u64, u32)> {
+        std::mem::take(&mut *self.sent.lock().unwrap())
+    }
+}
+
+impl MsiSink for MessageLog {
+    fn new_route(&self) -> io::Result<Box<dyn MsiRoute>> {
+        Ok(Box::new(LoggedRoute {
+            log: self.clone(),
+            message: None,
+        }))
+    }
+}
+
+struct LoggedRoute {
+    log: MessageLog,
+    message: Option<(u64, u32)>,
+}
+
+impl MsiRoute for LoggedRoute {
+    fn set(&mut self, addr: u64, data: u32) -> io::Result<()> {
+        self.message = Some((addr, data));
+        Ok(())
+    }
+
+    fn send(&self) -> io::Result<()> {
+        let m = self
+            .message
+            .ok_or_else(|| io::Error::other("the route carries no message"))?;
+        self.log.sent.lock().unwrap().push(m);
+        Ok(())
+    }
 }
 
 /// Bytes per MSI-X table entry.
@@ -71,22 +138,44 @@ impl Entry {
     }
 }
 
+/// A vector's route and the message it carries now (`None`: none yet, or the last `set`
+/// failed).
+struct Route {
+    route: Box<dyn MsiRoute>,
+    carries: Option<(u64, u32)>,
+}
+
 struct State {
     entries: Vec<Entry>,
+    routes: Vec<Route>,
     pending: Vec<bool>,
     enabled: bool,
     function_masked: bool,
 }
 
+impl State {
+    fn deliverable(&self, v: usize) -> bool {
+        self.enabled && !self.function_masked && !self.entries[v].masked()
+    }
+}
+
 /// Counters of MSI-X activity.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
 pub struct MsixCounters {
-    /// Messages delivered to the sink.
+    /// Messages handed to the interrupt controller (with KVM: irqfd writes).
     pub sent: u64,
     /// Messages held as pending because the vector or function was masked.
     pub held: u64,
-    /// Messages the sink refused.
+    /// Messages not sent because their vector's route could not carry the vector's message
+    /// (with KVM: it names no vCPU's APIC id, is not in the local APICs' window, or
+    /// `KVM_SET_GSI_ROUTING` failed), or because sending failed. KVM drops an irqfd message
+    /// without a destination silently, so memvisor checks the destination itself when it
+    /// points the route.
     pub failed: u64,
+    /// Times a vector's route was re-pointed because its message changed, whether the route
+    /// took the message or not (with KVM each is one `KVM_SET_GSI_ROUTING`, unless the message
+    /// was refused for a route that carried none).
+    pub route_updates: u64,
     /// Table and PBA accesses of the wrong size or alignment, and writes to the PBA.
     pub bad_accesses: u64,
 }
@@ -95,18 +184,27 @@ pub struct MsixCounters {
 pub struct Msix {
     state: Mutex<State>,
     enabled: AtomicBool,
-    sink: Arc<dyn MsiSink>,
     sent: AtomicU64,
     held: AtomicU64,
     failed: AtomicU64,
+    route_updates: AtomicU64,
     bad: AtomicU64,
 }
 
 impl Msix {
-    /// A table of `vectors` entries, all masked, MSI-X disabled.
-    pub fn new(vectors: u16, sink: Arc<dyn MsiSink>) -> Self {
+    /// A table of `vectors` entries, all masked, MSI-X disabled, with a route per vector from
+    /// `sink`.
+    pub fn new(vectors: u16, sink: Arc<dyn MsiSink>) -> io::Result<Self> {
         let n = usize::from(vectors);
-        Msix {
+        let routes = (0..n)
+            .map(|_| {
+                Ok(Route {
+                    route: sink.new_route()?,
+                    carries: None,
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
+        Ok(Msix {
             state: Mutex::new(State {
                 entries: vec![
                     Entry {
@@ -115,17 +213,18 @@ impl Msix {
                     };
                     n
                 ],
+                routes,
                 pending: vec![false; n],
                 enabled: false,
                 function_masked: false,
             }),
             enabled: AtomicBool::new(false),
-            sink,
             sent: AtomicU64::new(0),
             held: AtomicU64::new(0),
             failed: AtomicU64::new(0),
+            route_updates: AtomicU64::new(0),
             bad: AtomicU64::new(0),
-        }
+        })
     }
 
     /// Number of vectors.
@@ -148,14 +247,16 @@ impl Msix {
         self.enabled.load(Ordering::Acquire)
     }
 
-    /// The driver wrote the message control register: enable and function mask. Pending
-    /// messages of vectors no longer masked are sent.
+    /// The driver wrote the message control register: enable and function mask. Routes of
+    /// vectors now deliverable are pointed at their messages; pending messages of vectors no
+    /// longer masked are sent.
     pub fn set_control(&self, control: u16) {
         let mut st = self.state.lock().unwrap();
         st.enabled = control & CONTROL_ENABLE != 0;
         st.function_masked = control & CONTROL_FUNCTION_MASK != 0;
         self.enabled.store(st.enabled, Ordering::Release);
         for v in 0..st.entries.len() {
+            self.sync_route(&mut st, v);
             self.flush(&mut st, v);
         }
     }
@@ -172,26 +273,59 @@ impl Msix {
             st.pending[v] = true;
             self.held.fetch_add(1, Ordering::Relaxed);
         } else {
-            self.send(&st.entries[v]);
+            self.send(&st, v);
         }
         true
     }
 
     fn flush(&self, st: &mut State, v: usize) {
-        if st.pending[v] && st.enabled && !st.function_masked && !st.entries[v].masked() {
+        if st.pending[v] && st.deliverable(v) {
             st.pending[v] = false;
-            self.send(&st.entries[v]);
+            self.send(st, v);
         }
     }
 
-    fn send(&self, e: &Entry) {
-        match self.sink.signal_msi(e.addr(), e.data) {
-            Ok(()) => self.sent.fetch_add(1, Ordering::Relaxed),
+    /// Points vector `v`'s route at its message if the vector is deliverable and the route
+    /// carries something else (see the module doc: only table and control writes get here).
+    fn sync_route(&self, st: &mut State, v: usize) {
+        if !st.deliverable(v) {
+            return;
+        }
+        let e = st.entries[v];
+        let r = &mut st.routes[v];
+        if r.carries == Some((e.addr(), e.data)) {
+            return;
+        }
+        self.route_updates.fetch_add(1, Ordering::Relaxed);
+        r.carries = match r.route.set(e.addr(), e.data) {
+            Ok(()) => Some((e.addr(), e.data)),
             Err(err) => {
                 log::warn!(
-                    "MSI-X: message to {:#x} data {:#x} not delivered: {err}",
-                    e.addr(),
-                    e.data
+                    "MSI-X: vector {v}: message {:#x} to {:#x} cannot be routed ({err}); its interrupts are counted as failed until the guest programs a valid one",
+                    e.data,
+                    e.addr()
+                );
+                None
+            }
+        };
+    }
+
+    /// Sends vector `v`'s message through its route (which carries it: see `sync_route`).
+    fn send(&self, st: &State, v: usize) {
+        let e = &st.entries[v];
+        let r = &st.routes[v];
+        let result = if r.carries == Some((e.addr(), e.data)) {
+            r.route.send()
+        } else {
+            Err(io::Error::other("its route does not carry it"))
+        };
+        match result {
+            Ok(()) => self.sent.fetch_add(1, Ordering::Relaxed),
+            Err(err) => {
+                log::debug!(
+                    "MSI-X: vector {v}: message {:#x} to {:#x} not sent: {err}",
+                    e.data,
+                    e.addr()
                 );
                 self.failed.fetch_add(1, Ordering::Relaxed)
             }
@@ -221,18 +355,22 @@ impl Msix {
         }
     }
 
-    /// A write to the table at `offset`; unmasking a vector with a pending message sends it.
+    /// A write to the table at `offset`; a deliverable vector's route follows its message, and
+    /// unmasking a vector with a pending message sends it.
     pub fn table_write(&self, offset: u64, data: &[u8]) {
         let Some(words) = self.words(offset, data.len(), self.table_len()) else {
             return;
         };
         let mut st = self.state.lock().unwrap();
+        // An aligned qword covers two words of one entry: the entry is complete before its
+        // route follows it.
+        let e = (words.start / 4) as usize;
         for (k, w) in words.enumerate() {
             let v = u32::from_le_bytes(data[4 * k..4 * k + 4].try_into().expect("4 bytes"));
-            let e = (w / 4) as usize;
             st.entries[e].set_word(w % 4, v);
-            self.flush(&mut st, e);
         }
+        self.sync_route(&mut st, e);
+        self.flush(&mut st, e);
     }
 
     /// A read of the pending bit array at `offset`.
@@ -264,6 +402,7 @@ impl Msix {
             sent: self.sent.load(Ordering::Relaxed),
             held: self.held.load(Ordering::Relaxed),
             failed: self.failed.load(Ordering::Relaxed),
+            route_updates: self.route_updates.load(Ordering::Relaxed),
             bad_accesses: self.bad.load(Ordering::Relaxed),
         }
     }

@@ -16,24 +16,6 @@ use vmm_sys_util::eventfd::EventFd;
 const MIB: u64 = 1 << 20;
 
 #[derive(Default)]
-struct Recorder {
-    msgs: Mutex<Vec<(u64, u32)>>,
-}
-
-impl MsiSink for Recorder {
-    fn signal_msi(&self, addr: u64, data: u32) -> io::Result<()> {
-        self.msgs.lock().unwrap().push((addr, data));
-        Ok(())
-    }
-}
-
-impl Recorder {
-    fn taken(&self) -> Vec<(u64, u32)> {
-        std::mem::take(&mut *self.msgs.lock().unwrap())
-    }
-}
-
-#[derive(Default)]
 struct Line {
     levels: Mutex<Vec<bool>>,
 }
@@ -49,13 +31,13 @@ struct Fixture {
     bus: PciBus,
     dev: Arc<VirtioPciDevice<BalloonDevice>>,
     slot: u8,
-    msi: Arc<Recorder>,
+    msi: MessageLog,
     line: Arc<Line>,
 }
 
 fn fixture() -> Fixture {
     let ram = Arc::new(GuestRam::new(&[RegionConfig::anon(16 * MIB)]).unwrap());
-    let msi = Arc::new(Recorder::default());
+    let msi = MessageLog::default();
     let line = Arc::new(Line::default());
     let mut bus = PciBus::new();
     let opts = balloon::BalloonOptions {
@@ -69,7 +51,7 @@ fn fixture() -> Fixture {
             BalloonDevice::new(opts, ram.clone()),
             ram,
             PciIrq {
-                msi: msi.clone(),
+                msi: Arc::new(msi.clone()),
                 intx: Some(line.clone()),
                 intx_line: 11,
             },
@@ -584,9 +566,9 @@ fn capability_chain_has_every_virtio_structure_and_msix() {
     assert_eq!(caps.len(), 6);
 }
 
-fn recorder_msix(n: u16) -> (Msix, Arc<Recorder>) {
-    let r = Arc::new(Recorder::default());
-    (Msix::new(n, r.clone()), r)
+fn recorder_msix(n: u16) -> (Msix, MessageLog) {
+    let r = MessageLog::default();
+    (Msix::new(n, Arc::new(r.clone())).unwrap(), r)
 }
 
 fn table_read(m: &Msix, off: u64, len: usize) -> u64 {
@@ -628,21 +610,21 @@ fn msix_table_reads_writes_and_masks() {
     assert!(!m.signal(1));
     m.set_control(CONTROL_ENABLE);
     assert!(m.signal(1));
-    assert_eq!(r.taken(), [(0xfee0_1000, 0x41)]);
+    assert_eq!(r.take(), [(0xfee0_1000, 0x41)]);
     assert!(!m.signal(3), "no such vector");
     // A masked vector holds its message in the PBA until unmasked.
     assert!(m.signal(0));
-    assert!(r.taken().is_empty());
+    assert!(r.take().is_empty());
     let mut pba = [0u8; 8];
     m.pba_read(0, &mut pba);
     assert_eq!(u64::from_le_bytes(pba), 1);
     m.pba_write();
     m.table_write(0, &0xfee0_2000u32.to_le_bytes());
     m.table_write(8, &0x42u32.to_le_bytes());
-    assert!(r.taken().is_empty());
+    assert!(r.take().is_empty());
     m.table_write(12, &0u32.to_le_bytes());
     assert_eq!(
-        r.taken(),
+        r.take(),
         [(0xfee0_2000, 0x42)],
         "unmasking sends the pending message"
     );
@@ -651,13 +633,99 @@ fn msix_table_reads_writes_and_masks() {
     // The function mask holds every vector.
     m.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
     assert!(m.signal(0) && m.signal(1));
-    assert!(r.taken().is_empty());
+    assert!(r.take().is_empty());
     m.pba_read(0, &mut pba[..4]);
     assert_eq!(pba[0], 0b11);
     m.set_control(CONTROL_ENABLE);
-    assert_eq!(r.taken(), [(0xfee0_2000, 0x42), (0xfee0_1000, 0x41)]);
+    assert_eq!(r.take(), [(0xfee0_2000, 0x42), (0xfee0_1000, 0x41)]);
     let c = m.counters();
     assert_eq!((c.sent, c.held, c.failed), (4, 3, 0));
+}
+
+/// A sink whose routes record every `set` and refuse messages with data 0xbad (as KVM's
+/// routes refuse a destination without a vCPU).
+#[derive(Clone, Default)]
+struct Picky {
+    sets: Arc<Mutex<Vec<(u64, u32)>>>,
+    log: MessageLog,
+}
+
+struct PickyRoute {
+    sink: Picky,
+    inner: Box<dyn MsiRoute>,
+}
+
+impl MsiSink for Picky {
+    fn new_route(&self) -> io::Result<Box<dyn MsiRoute>> {
+        Ok(Box::new(PickyRoute {
+            sink: self.clone(),
+            inner: self.log.new_route()?,
+        }))
+    }
+}
+
+impl MsiRoute for PickyRoute {
+    fn set(&mut self, addr: u64, data: u32) -> io::Result<()> {
+        self.sink.sets.lock().unwrap().push((addr, data));
+        if data == 0xbad {
+            return Err(io::Error::other("refused"));
+        }
+        self.inner.set(addr, data)
+    }
+    fn send(&self) -> io::Result<()> {
+        self.inner.send()
+    }
+}
+
+#[test]
+fn msix_routes_follow_the_message_only_when_deliverable() {
+    let sink = Picky::default();
+    let m = Msix::new(2, Arc::new(sink.clone())).unwrap();
+    let sets = || std::mem::take(&mut *sink.sets.lock().unwrap());
+    // Programmed while masked and disabled: no route is touched.
+    m.table_write(0, &0xfee0_0000u64.to_le_bytes());
+    m.table_write(8, &0x30u32.to_le_bytes());
+    m.table_write(12, &0u32.to_le_bytes());
+    assert!(sets().is_empty(), "MSI-X is disabled");
+    // Enabling points the unmasked vector's route once; vector 1 stays masked.
+    m.set_control(CONTROL_ENABLE);
+    assert_eq!(sets(), [(0xfee0_0000, 0x30)]);
+    assert!(m.signal(0));
+    assert_eq!(sink.log.take(), [(0xfee0_0000, 0x30)]);
+    // Mask, reprogram (a qword for the address: one update, not one per dword), unmask: one
+    // update, at the unmask.
+    m.table_write(12, &1u32.to_le_bytes());
+    m.table_write(0, &0xfee0_1000u64.to_le_bytes());
+    m.table_write(8, &0x31u32.to_le_bytes());
+    assert!(sets().is_empty(), "masked");
+    m.table_write(12, &0u32.to_le_bytes());
+    assert_eq!(sets(), [(0xfee0_1000, 0x31)]);
+    // Masking and unmasking with the same message rewrites nothing.
+    m.table_write(12, &1u32.to_le_bytes());
+    m.table_write(12, &0u32.to_le_bytes());
+    m.set_control(CONTROL_ENABLE | CONTROL_FUNCTION_MASK);
+    m.set_control(CONTROL_ENABLE);
+    assert!(sets().is_empty());
+    assert_eq!(m.counters().route_updates, 2);
+    // A message the route refuses: nothing goes out (not the old message either), each
+    // interrupt is counted as failed, until a valid message is programmed.
+    m.table_write(8, &0xbadu32.to_le_bytes());
+    assert_eq!(sets(), [(0xfee0_1000, 0xbad)]);
+    assert!(m.signal(0) && m.signal(0));
+    assert!(sink.log.take().is_empty());
+    let c = m.counters();
+    assert_eq!((c.sent, c.failed), (1, 2));
+    m.table_write(8, &0x32u32.to_le_bytes());
+    assert!(m.signal(0));
+    assert_eq!(sink.log.take(), [(0xfee0_1000, 0x32)]);
+    // A pending message of a vector whose route was refused is counted when it is flushed.
+    m.table_write(28, &1u32.to_le_bytes());
+    m.table_write(16, &0xfee0_0000u64.to_le_bytes());
+    m.table_write(24, &0xbadu32.to_le_bytes());
+    assert!(m.signal(1));
+    m.table_write(28, &0u32.to_le_bytes());
+    let c = m.counters();
+    assert_eq!((c.sent, c.held, c.failed, c.route_updates), (2, 1, 3, 5));
 }
 
 #[test]
@@ -682,7 +750,7 @@ fn msix_through_config_space_and_bar() {
     let common = base + virtio_pci::COMMON_CFG_OFFSET;
     assert!(mmio_write(b, common + common::MSIX_CONFIG, 2, 0));
     f.dev.with_device(|d| ((), d.model.set_target_mib(4)));
-    assert_eq!(f.msi.taken(), [(0xfee0_0000, 0x31)]);
+    assert_eq!(f.msi.take(), [(0xfee0_0000, 0x31)]);
     assert!(
         f.line.levels.lock().unwrap().is_empty(),
         "no INTx with MSI-X"
@@ -872,7 +940,7 @@ fn intx_fallback_isr_and_status_bit() {
     assert!(f.dev.intx_asserted());
     assert_eq!(*f.line.levels.lock().unwrap(), [true]);
     assert_ne!(cfg_read(b, s, STATUS, 2) & u32::from(STATUS_INTERRUPT), 0);
-    assert!(f.msi.taken().is_empty());
+    assert!(f.msi.take().is_empty());
     assert_eq!(mmio_read(b, isr, 1), Some(2), "configuration change");
     assert_eq!(mmio_read(b, isr, 1), Some(0), "read to clear");
     assert!(!f.dev.intx_asserted());

@@ -20,8 +20,10 @@
 //! (`KVM_IOEVENTFD`, any width and value) on that queue's eventfd, registered at the BAR's
 //! current address while memory decoding is enabled and moved when the guest reprograms the BAR
 //! or the command register; what still arrives as an exit is forwarded to the same eventfd.
-//! Without a link (the transport tested alone) queues are processed inline. Interrupts go out as MSI-X messages when the driver enabled MSI-X (and
-//! mapped a vector), otherwise through the ISR and the INTx line. The status/feature/queue
+//! Without a link (the transport tested alone) queues are processed inline. Interrupts go out
+//! as MSI-X messages when the driver enabled MSI-X (and mapped a vector), each vector through
+//! its own route (with KVM an irqfd: one eventfd write, see [`super::msix`]), otherwise
+//! through the ISR and the INTx line. The status/feature/queue
 //! rules are those shared with virtio-mmio ([`crate::devices::virtio_transport`]); accesses of
 //! the wrong width, to read-only fields or to nothing are ignored and counted
 //! ([`VirtioPciDevice::bad_accesses`]).
@@ -133,11 +135,12 @@ pub mod common {
     }
 }
 
-/// Interrupt wiring of a PCI function: MSI-X messages go to `msi`; without MSI-X the function
-/// raises `intx` (if any) and reports `intx_line` in its interrupt line register.
+/// Interrupt wiring of a PCI function: MSI-X messages go through a route per vector from `msi`
+/// (with KVM: a GSI route and an irqfd each); without MSI-X the function raises `intx` (if any)
+/// and reports `intx_line` in its interrupt line register.
 #[derive(Clone)]
 pub struct PciIrq {
-    /// Where MSI-X messages go.
+    /// Where MSI-X messages go (one route per vector, made with the function).
     pub msi: Arc<dyn MsiSink>,
     /// The INTA# line, if wired.
     pub intx: Option<Arc<dyn IntxLine>>,
@@ -252,7 +255,7 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
             BAR_SIZE,
             bar_addr,
         )?;
-        let msix = Msix::new(vectors, irq.msi.clone());
+        let msix = Msix::new(vectors, irq.msi.clone()).map_err(PciError::MsiRoutes)?;
         let mut msix_body = Vec::new();
         msix_body.extend_from_slice(&(vectors - 1).to_le_bytes());
         msix_body.extend_from_slice(&(MSIX_TABLE_OFFSET as u32 | BAR_INDEX as u32).to_le_bytes());
