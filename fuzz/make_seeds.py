@@ -221,6 +221,58 @@ write("block_requests", "broken-chains",
       + blk_desc(3, 0x20000, 16, 1, 200) + blk_avail(3) + BLK_NOTIFY)
 
 
+# ---------------------------------------------------------------- net_frames
+# Header: backend failing u8 (bit 0), receive queue size log2 u8, transmit queue size log2 u8,
+# acked features u32 + u8 (bits 32..39); then actions.
+def net_header(fail=0, rx_log2=8, tx_log2=8, features=1 << 5, hi=1):
+    return struct.pack("<BBBIB", fail, rx_log2, tx_log2, features, hi)
+
+
+def net_rx_chain(*lens, readable=False):
+    out = struct.pack("<BB", 3, len(lens) - 1)
+    for n in lens:
+        out += struct.pack("<HB", n, 0x80 if readable else 0)
+    return out
+
+
+def net_tx(length, cut1=12, cut2=0, flags=None, gso=0):
+    f = 0 if flags is None else 0x80 | flags
+    return struct.pack("<BIBBHH", 4, length, f, gso, cut1, cut2)
+
+
+def net_incoming(length, flags=0, gso=0):
+    return struct.pack("<BIBB", 5, length, flags, gso)
+
+
+def net_desc(q, index, addr, length, flags, nxt):
+    return struct.pack("<BBHIIHH", 1, q, index, addr, length, flags, nxt)
+
+
+def net_avail(q, head):
+    return struct.pack("<BBH", 2, q, head)
+
+
+NET_RX, NET_TX, NET_TAP = b"\x06", b"\x07", b"\x08"
+
+write("net_frames", "round-trip",
+      net_header() + net_rx_chain(12, 1514) + net_rx_chain(1526) + net_incoming(60)
+      + net_incoming(1526) + NET_TAP + net_tx(74) + net_tx(1514, 5, 600) + NET_TX)
+write("net_frames", "sizes",
+      net_header() + net_rx_chain(100) + net_incoming(200) + net_incoming(100) + NET_TAP
+      + net_tx(65562, 12, 40000) + net_tx(65563, 12, 40000) + net_tx(25) + net_tx(26) + NET_TX)
+write("net_frames", "offload-headers-and-no-buffers",
+      net_header() + net_tx(80, flags=1) + net_tx(80, gso=4, flags=0) + NET_TX
+      + net_incoming(60) + net_incoming(60) + NET_TAP + net_rx_chain(2048) + NET_RX)
+write("net_frames", "failing-host",
+      net_header(fail=1) + net_rx_chain(2048) + net_incoming(60) + NET_TAP + net_tx(60) + NET_TX)
+# A loop (0 -> 1 -> 0) on each queue, an indirect descriptor, a readable receive buffer.
+write("net_frames", "broken-chains",
+      net_header(rx_log2=4, tx_log2=4) + net_desc(0, 0, 0x20000, 64, 3, 1)
+      + net_desc(0, 1, 0x20100, 64, 3, 0) + net_avail(0, 0) + net_desc(1, 0, 0x20000, 64, 1, 1)
+      + net_desc(1, 1, 0x20100, 64, 1, 0) + net_avail(1, 0) + net_desc(1, 2, 0x20200, 48, 4, 0)
+      + net_avail(1, 2) + net_rx_chain(2048, readable=True) + net_incoming(60) + NET_TAP + NET_TX)
+
+
 # ---------------------------------------------------------------- api_request
 def http(method, target, body=None, extra=""):
     s = f"{method} {target} HTTP/1.1\r\nHost: localhost\r\n{extra}"

@@ -15,7 +15,7 @@ secs=${1:-20}
 shift || true
 targets=("$@")
 if ((${#targets[@]} == 0)); then
-  targets=(balloon_queues block_requests api_request config)
+  targets=(balloon_queues block_requests net_frames api_request config)
 fi
 
 if ! cargo fuzz --version >/dev/null 2>&1; then

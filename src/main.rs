@@ -19,7 +19,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Boot a guest (the built-in guest by default: 512 MiB, 1 vCPU) and print a report.
-    Run(cmd::run::RunArgs),
+    Run(Box<cmd::run::RunArgs>),
     /// Host huge pages: show pools and mounts, grow a pool, mount hugetlbfs.
     #[command(subcommand)]
     Hugepages(cmd::hugepages::HugepagesCmd),
@@ -62,7 +62,7 @@ fn main() -> ExitCode {
     };
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level)).init();
     let result = match cli.command {
-        Command::Run(a) => cmd::run::cmd_run(a),
+        Command::Run(a) => cmd::run::cmd_run(*a),
         Command::Hugepages(c) => cmd::hugepages::run(c),
         Command::Ksm(c) => cmd::ksm::run(c),
         Command::Swap(c) => cmd::swap::run(c),

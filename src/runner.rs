@@ -8,6 +8,7 @@ use crate::control::vmm_api::{CommandMsg, VmCommand, VmmApi};
 use crate::devices::balloon::{BalloonDevice, BalloonHandle};
 use crate::devices::block::{BlockDevice, BlockHandle};
 use crate::devices::event_thread::DeviceThread;
+use crate::devices::net::{NetDevice, NetHandle};
 use crate::devices::virtio_mmio::MmioTransport;
 use crate::devices::{Bus, VmBus};
 use crate::vmm::boot;
@@ -55,6 +56,9 @@ pub enum VmmError {
     /// A `--disk` that cannot be attached.
     #[error(transparent)]
     Disk(#[from] crate::devices::block::DiskError),
+    /// A network interface (its tap) could not be opened.
+    #[error(transparent)]
+    Net(#[from] crate::devices::net::NetDeviceError),
     /// Thread creation.
     #[error("starting vCPU {vcpu} thread: {source}")]
     Thread {
@@ -111,6 +115,7 @@ pub struct Vmm {
     limit_thread: Option<crate::control::reclaim::LimitThread>,
     devices: Option<DeviceThread>,
     disks: Vec<BlockHandle>,
+    nets: Vec<NetHandle>,
     linux: Option<crate::linux::LinuxMachine>,
     config: VmConfig,
     events: mpsc::Receiver<VcpuEvent>,
@@ -141,6 +146,12 @@ impl Vmm {
             .iter()
             .map(BlockDevice::open)
             .collect::<Result<Vec<_>, _>>()?;
+        // So are the taps: a missing tun driver, a busy tap or no permission stops it too.
+        let nets = config
+            .nets
+            .iter()
+            .map(NetDevice::open)
+            .collect::<Result<Vec<_>, _>>()?;
         let filters = crate::seccomp::VmFilters::new(opts.seccomp)?;
         let ram = Arc::new(GuestRam::new_with(
             &config.memory,
@@ -158,7 +169,7 @@ impl Vmm {
         };
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
-        let (bus, linux, balloon, disks): (Arc<dyn Bus>, _, _, _) = match &config.linux {
+        let (bus, linux, balloon, disks, nets): (Arc<dyn Bus>, _, _, _, _) = match &config.linux {
             None => {
                 let balloon_mmio = config.balloon.clone().map(|opts| {
                     Arc::new(MmioTransport::new(
@@ -182,16 +193,24 @@ impl Vmm {
                     None,
                     balloon_mmio.map(BalloonHandle::Mmio),
                     Vec::new(),
+                    Vec::new(),
                 )
             }
             Some(lc) => {
-                let (machine, balloon, disks) =
-                    linux_machine(&vm, &ram, lc, config.vcpus, config.balloon.clone(), disks)?;
+                let (machine, balloon, disks, nets) = linux_machine(
+                    &vm,
+                    &ram,
+                    lc,
+                    config.vcpus,
+                    config.balloon.clone(),
+                    disks,
+                    nets,
+                )?;
                 for id in 0..config.vcpus {
                     fds.push(machine.create_vcpu(&vm, id)?);
                 }
                 let bus = machine.bus.clone() as Arc<dyn Bus>;
-                (bus, Some(machine), balloon, disks)
+                (bus, Some(machine), balloon, disks, nets)
             }
         };
         let kind = if linux.is_some() {
@@ -209,6 +228,7 @@ impl Vmm {
             &vm,
             balloon.as_ref(),
             &disks,
+            &nets,
             &ram,
             filters.get(ThreadKind::Devices),
         )?;
@@ -268,6 +288,7 @@ impl Vmm {
                     ram: ram.clone(),
                     balloon: balloon.clone(),
                     disks: disks.clone(),
+                    nets: nets.clone(),
                     vcpus: handles.iter().map(|h| h.status()).collect(),
                     commands: std::sync::Mutex::new(cmd_tx),
                     started,
@@ -303,6 +324,7 @@ impl Vmm {
             limit_thread,
             devices,
             disks,
+            nets,
             linux,
             config: config.clone(),
             ram,
@@ -322,6 +344,11 @@ impl Vmm {
     /// The disks (`--disk`), in order.
     pub fn disks(&self) -> &[BlockHandle] {
         &self.disks
+    }
+
+    /// The network interfaces (`--net`), in order.
+    pub fn nets(&self) -> &[NetHandle] {
+        &self.nets
     }
 
     /// A Linux guest's serial console.
@@ -567,20 +594,21 @@ impl Drop for Vmm {
     }
 }
 
-/// Starts the device event thread serving the balloon and the disks (each with its own
+/// Starts the device event thread serving the balloon, the disks and the network interfaces (each with its own
 /// subscriber; their queue notifications become ioeventfds here, before any vCPU runs), or
 /// nothing when the VM has no device.
 fn start_devices(
     vm: &Vm,
     balloon: Option<&BalloonHandle>,
     disks: &[BlockHandle],
+    nets: &[NetHandle],
     ram: &Arc<GuestRam>,
     filter: ThreadFilter,
 ) -> Result<Option<DeviceThread>, VmmError> {
     use crate::devices::balloon::BalloonEvents;
     use crate::devices::event_thread::{DeviceThreadError::Descriptors, Subscriber};
     use crate::devices::queue_events::QueueEvents;
-    if balloon.is_none() && disks.is_empty() {
+    if balloon.is_none() && disks.is_empty() && nets.is_empty() {
         return Ok(None);
     }
     let kvm = crate::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).map_err(Descriptors)?;
@@ -597,6 +625,14 @@ fn start_devices(
         let link = d.attach_link(kvm.clone()).map_err(Descriptors)?;
         subscribers.push(Box::new(QueueEvents::new(d.clone(), link, ram.clone())?));
     }
+    for n in nets {
+        let link = n.attach_link(kvm.clone()).map_err(Descriptors)?;
+        subscribers.push(Box::new(crate::devices::net::NetEvents::new(
+            n.clone(),
+            link,
+            ram.clone(),
+        )?));
+    }
     Ok(Some(DeviceThread::start(subscribers, filter)?))
 }
 
@@ -605,9 +641,10 @@ const PCI_INTX_GSI: u32 = 10;
 
 /// The irqchip, devices and loaded kernel of a Linux guest. The balloon and the disks are
 /// modern virtio-pci functions on a PCI bus (conf1 ports, BARs in the PCI window; the balloon
-/// first, then the disks in `--disk` order, so Linux names them vda, vdb, ...) described to the
-/// guest as an ACPI host bridge, their interrupts MSI-X through GSI routes and irqfds (INTA# of
-/// all of them is one shared line, raised with `KVM_IRQ_LINE`).
+/// first, then the disks in `--disk` order, so Linux names them vda, vdb, ..., then the network
+/// interfaces in `--net` order) described to the guest as an ACPI host bridge, their interrupts
+/// MSI-X through GSI routes and irqfds (INTA# of all of them is one shared line, raised with
+/// `KVM_IRQ_LINE`).
 fn linux_machine(
     vm: &Vm,
     ram: &Arc<GuestRam>,
@@ -615,6 +652,7 @@ fn linux_machine(
     vcpus: u32,
     balloon: Option<balloon::BalloonOptions>,
     disks: Vec<BlockDevice>,
+    nets: Vec<NetDevice>,
 ) -> Result<LinuxDevices, VmmError> {
     use crate::devices::pci::shared_intx::SharedIntx;
     use crate::devices::pci::{
@@ -625,7 +663,8 @@ fn linux_machine(
     let mut devices = crate::linux::Devices::default();
     let mut handle = None;
     let mut disk_handles = Vec::new();
-    if balloon.is_some() || !disks.is_empty() {
+    let mut net_handles = Vec::new();
+    if balloon.is_some() || !disks.is_empty() || !nets.is_empty() {
         let pci_err = |what: &str, e: String| {
             LinuxError::Device(format!("{what}'s virtio-pci function: {e}"))
         };
@@ -660,6 +699,14 @@ fn linux_machine(
             slots.push(slot);
             disk_handles.push(dev);
         }
+        for net in nets {
+            let what = format!("network interface {}", net.config.id);
+            let (dev, slot) = pci
+                .add_virtio(net, ram.clone(), irq_for(slots.len()))
+                .map_err(|e| pci_err(&what, e.to_string()))?;
+            slots.push(slot);
+            net_handles.push(dev);
+        }
         devices.buses.push(Arc::new(pci));
         devices.dsdt_aml = crate::linux::acpi::pci_host_bridge_aml(
             PCI_MMIO_WINDOW_START as u32,
@@ -670,14 +717,15 @@ fn linux_machine(
     }
     let machine =
         crate::linux::LinuxMachine::setup(ram, lc, vcpus, vm.host().hardware, irq, devices)?;
-    Ok((machine, handle, disk_handles))
+    Ok((machine, handle, disk_handles, net_handles))
 }
 
-/// A Linux guest's machine, its balloon and its disks.
+/// A Linux guest's machine, its balloon, its disks and its network interfaces.
 type LinuxDevices = (
     crate::linux::LinuxMachine,
     Option<BalloonHandle>,
     Vec<BlockHandle>,
+    Vec<NetHandle>,
 );
 
 fn stop_all(handles: &mut [VcpuHandle]) {

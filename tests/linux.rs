@@ -345,11 +345,37 @@ fn bzimage_and_vmlinux_are_loaded_per_the_boot_protocol() {
 }
 
 fn run_tiny(code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
+    run_tiny_with(Command::new(env!("CARGO_BIN_EXE_memvisor")), code, extra)
+}
+
+/// A tiny kernel's code that, for each PCI slot in `slots`, reads the ID dword of function 0
+/// through conf1 and writes its 4 bytes to COM1, then resets the machine.
+fn pci_ids_code(slots: std::ops::RangeInclusive<u32>) -> Vec<u8> {
+    let mut code = Vec::new();
+    for slot in slots {
+        let addr = 0x8000_0000u32 | (slot << 11);
+        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
+        code.push(0xb8); // mov eax, imm32
+        code.extend_from_slice(&addr.to_le_bytes());
+        code.push(0xef); // out dx, eax
+        code.extend_from_slice(&[0x66, 0xba, 0xfc, 0x0c, 0xed]); // mov dx, 0xcfc; in eax, dx
+        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
+        for _ in 0..3 {
+            code.extend_from_slice(&[0xee, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
+        }
+        code.push(0xee);
+    }
+    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]); // reset
+    code
+}
+
+/// [`run_tiny`] through `cmd` (the memvisor binary, possibly behind `ip netns exec`).
+fn run_tiny_with(mut cmd: Command, code: &[u8], extra: &[&str]) -> (std::process::Output, Vec<u8>) {
     let tmp = TempDir::new("linux-tiny");
     let kernel = tmp.path().join("tiny.elf");
     std::fs::write(&kernel, common::tiny_kernel(code)).unwrap();
     let console = tmp.path().join("console.txt");
-    let out = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+    let out = cmd
         .arg("run")
         .arg("--kernel")
         .arg(&kernel)
@@ -673,8 +699,21 @@ impl TestGuest {
     /// Boots the test kernel with 1 vCPU, the API socket `api.sock` and the console in `tmp`,
     /// plus `extra` arguments (memory, balloon).
     fn start(vmlinux: &Path, initramfs: &Path, tmp: &TempDir, extra: &[&str]) -> TestGuest {
+        let cmd = Command::new(env!("CARGO_BIN_EXE_memvisor"));
+        Self::start_with(cmd, vmlinux, initramfs, tmp, extra)
+    }
+
+    /// [`TestGuest::start`] through `cmd` (the memvisor binary, possibly behind `ip netns
+    /// exec`, which execs it: the child is memvisor itself).
+    fn start_with(
+        mut cmd: Command,
+        vmlinux: &Path,
+        initramfs: &Path,
+        tmp: &TempDir,
+        extra: &[&str],
+    ) -> TestGuest {
         let console = tmp.path().join("console.txt");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+        let mut child = cmd
             .arg("run")
             .arg("--kernel")
             .arg(vmlinux)
@@ -766,6 +805,19 @@ impl TestGuest {
         };
         (field("MemTotal:"), field("MemFree:"))
     }
+}
+
+/// The `field` part (`disk`, `net`) of the device with id `id` in `GET /vm`.
+fn vm_device(sock: &Path, id: &str, field: &str) -> serde_json::Value {
+    let (status, v) = api(sock, "GET", "/vm", None);
+    assert_eq!(status, 200, "{v}");
+    v["devices"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|d| d["id"] == id)
+        .unwrap_or_else(|| panic!("device {id} in {v}"))[field]
+        .clone()
 }
 
 fn api(sock: &Path, method: &str, path: &str, body: Option<&str>) -> (u16, serde_json::Value) {
@@ -1081,3 +1133,5 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
 
 #[path = "linux/disk.rs"]
 mod disk;
+#[path = "linux/net.rs"]
+mod net;

@@ -503,6 +503,7 @@ fn mock_driver_inflates_and_deflates_through_virtio_pci_with_msix() {
         ram: vm.ram.clone(),
         balloon: Some(handle.clone()),
         disks: Vec::new(),
+        nets: Vec::new(),
         vcpus: Vec::new(),
         commands: Mutex::new(std::sync::mpsc::channel().0),
         started: std::time::Instant::now(),

@@ -169,7 +169,7 @@ fn unreadable_descriptor_table_entries_are_named() {
     let be = FakeBackend::new();
     let mut dev = Balloon::new(opts());
     dev.ack_features(version_1());
-    let mut drv: Vec<Driver> = (0..2).map(|i| Driver::new(&mem, i, 256)).collect();
+    let mut drv: Vec<Driver> = (0..2).map(|i| driver(&mem, i, 256)).collect();
     let table = 16 * MIB - 128 * 16;
     let mut q0 = drv[0].queue();
     use virtio_queue::QueueT;
@@ -224,7 +224,7 @@ fn rings_outside_guest_memory_are_named() {
     let be = FakeBackend::new();
     let mut dev = Balloon::new(opts());
     dev.ack_features(version_1());
-    let mut drv: Vec<Driver> = (0..2).map(|i| Driver::new(&mem, i, 16)).collect();
+    let mut drv: Vec<Driver> = (0..2).map(|i| driver(&mem, i, 16)).collect();
     let (mut q0, mut q1) = (drv[0].queue(), drv[1].queue());
     q0.set_avail_ring_address(Some(OUTSIDE_MEM as u32), Some(0));
     q1.set_used_ring_address(Some(OUTSIDE_MEM as u32), Some(0));

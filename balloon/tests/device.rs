@@ -142,7 +142,7 @@ fn config_space_target_actual_and_generation() {
 #[test]
 fn activation_checks_the_queues() {
     let mem = guest_mem();
-    let drv: Vec<Driver> = (0..4).map(|i| Driver::new(&mem, i, 256)).collect();
+    let drv: Vec<Driver> = (0..4).map(|i| driver(&mem, i, 256)).collect();
     let mut dev = Balloon::new(all_opts());
     dev.ack_features(version_1() | STATS);
     let err = dev
@@ -217,7 +217,7 @@ fn reset_clears_driver_state_but_keeps_target_and_counters() {
 
     // The driver can negotiate and activate again.
     dev.ack_features(version_1());
-    let drv2: Vec<Driver> = (4..6).map(|i| Driver::new(&mem, i, 64)).collect();
+    let drv2: Vec<Driver> = (4..6).map(|i| driver(&mem, i, 64)).collect();
     dev.activate(drv2.iter().map(|d| d.queue()).collect())
         .unwrap();
     assert!(dev.is_activated());

@@ -19,7 +19,6 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemory};
 
 use crate::backend::{AlignedBuf, DiskBackend};
-use crate::chain::Seg;
 use crate::counters::BlockCounters;
 use crate::error::BlockError;
 use crate::features::{
@@ -27,6 +26,7 @@ use crate::features::{
     MAX_DISCARD_SEGMENTS,
 };
 use crate::request::{parse, DiskLimits, Refusal, Request, RequestType, ID_BYTES};
+use virtio_chain::{copy_from_guest, copy_to_guest};
 
 /// Size of the request queue the device offers.
 pub const QUEUE_MAX_SIZE: u16 = 256;
@@ -310,16 +310,8 @@ impl<B: DiskBackend> DeviceModel for Block<B> {
 
     /// Reads the configuration space; an access past its end zero-fills `data` and is counted.
     fn read_config(&self, offset: u64, data: &mut [u8]) {
-        let bytes = self.config.bytes();
-        match offset
-            .checked_add(data.len() as u64)
-            .filter(|&end| end <= CONFIG_SPACE_SIZE)
-        {
-            Some(end) => data.copy_from_slice(&bytes[offset as usize..end as usize]),
-            None => {
-                data.fill(0);
-                self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
-            }
+        if !virtio_chain::read_config(&self.config.bytes(), offset, data) {
+            self.config_bad_reads.fetch_add(1, Ordering::Relaxed);
         }
     }
 
@@ -412,90 +404,5 @@ impl<B: DiskBackend> DeviceModel for Block<B> {
             used = true;
         }
         Ok(used)
-    }
-}
-
-/// The pieces of `segs` that hold bytes `[start, start + len)` of their concatenation, as
-/// (guest address, range in a buffer holding those bytes).
-fn pieces(segs: &[Seg], start: u64, len: usize) -> Vec<(GuestAddress, std::ops::Range<usize>)> {
-    let mut out = Vec::new();
-    let end = start + len as u64;
-    let mut seg_start = 0u64;
-    for s in segs {
-        let seg_end = seg_start + u64::from(s.len);
-        let (from, to) = (start.max(seg_start), end.min(seg_end));
-        if from < to {
-            let addr = GuestAddress(s.addr + (from - seg_start));
-            out.push((addr, (from - start) as usize..(to - start) as usize));
-        }
-        if seg_end >= end {
-            break;
-        }
-        seg_start = seg_end;
-    }
-    out
-}
-
-/// Writes `buf` into bytes `[start, ..)` of the guest buffers `segs` (checked by the parser).
-fn copy_to_guest<M: GuestMemory>(
-    mem: &M,
-    segs: &[Seg],
-    start: u64,
-    buf: &[u8],
-) -> Result<(), Refusal> {
-    for (addr, r) in pieces(segs, start, buf.len()) {
-        mem.write_slice(&buf[r], addr)
-            .map_err(|_| Refusal::BufferOutsideMemory)?;
-    }
-    Ok(())
-}
-
-/// Fills `buf` from bytes `[start, ..)` of the guest buffers `segs` (checked by the parser).
-fn copy_from_guest<M: GuestMemory>(
-    mem: &M,
-    segs: &[Seg],
-    start: u64,
-    buf: &mut [u8],
-) -> Result<(), Refusal> {
-    for (addr, r) in pieces(segs, start, buf.len()) {
-        mem.read_slice(&mut buf[r], addr)
-            .map_err(|_| Refusal::BufferOutsideMemory)?;
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pieces_map_a_window_onto_segments() {
-        let segs = [
-            Seg {
-                addr: 0x1000,
-                len: 512,
-            },
-            Seg {
-                addr: 0x5000,
-                len: 1024,
-            },
-            Seg {
-                addr: 0x9000,
-                len: 512,
-            },
-        ];
-        assert_eq!(
-            pieces(&segs, 256, 1536),
-            vec![
-                (GuestAddress(0x1100), 0..256),
-                (GuestAddress(0x5000), 256..1280),
-                (GuestAddress(0x9000), 1280..1536),
-            ]
-        );
-        assert_eq!(
-            pieces(&segs, 1536, 512),
-            vec![(GuestAddress(0x9000), 0..512)]
-        );
-        assert_eq!(pieces(&segs, 0, 0), vec![]);
     }
 }

@@ -49,13 +49,7 @@ const FEATURE_NAMES: &[(u32, &str)] = &[
 
 /// The names of the bits set in `features` (`bit N` for bits without a name here).
 pub fn feature_names(features: u64) -> Vec<String> {
-    (0..64)
-        .filter(|bit| features & feature_mask(*bit) != 0)
-        .map(|bit| match FEATURE_NAMES.iter().find(|(b, _)| *b == bit) {
-            Some((_, name)) => (*name).to_string(),
-            None => format!("bit {bit}"),
-        })
-        .collect()
+    virtio_chain::feature_names(features, FEATURE_NAMES)
 }
 
 /// Size of the configuration space the device exposes: `struct virtio_blk_config` up to and

@@ -13,7 +13,7 @@
 //!
 //! Modules:
 //! - [`features`]: feature bits offered and the configuration space layout.
-//! - `chain`: structural validation of descriptor chains.
+//! - the `virtio-chain` crate: structural validation of descriptor chains (shared with `net`).
 //! - [`request`]: parsing a chain into a request (header, data, status byte).
 //! - `device`: the [`Block`] lifecycle and queue processing.
 //! - [`backend`]: the [`DiskBackend`] trait, the raw image file and the in-memory disk.
@@ -21,7 +21,6 @@
 #![forbid(unsafe_code)]
 
 pub mod backend;
-mod chain;
 mod counters;
 mod device;
 mod error;

@@ -6,7 +6,7 @@
 //! assumed (`VIRTIO_F_VERSION_1` implies any layout): the header may span descriptors and share
 //! one with the data. [`parse`] checks everything the request's execution relies on, so that
 //! executing it can only touch the image inside its size and guest memory inside guest RAM:
-//! - the chain itself ([`crate::chain`]): loops, indirect tables, entries outside the table or
+//! - the chain itself (the `virtio-chain` crate): loops, indirect tables, entries outside the table or
 //!   guest memory, readable-after-writable, over 4 GiB;
 //! - a status byte that exists and lies in guest memory (otherwise no status can be written
 //!   and the chain goes back with nothing written);
@@ -22,8 +22,8 @@ use virtio_bindings::virtio_blk::{
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
-use crate::chain::{split_front, total_len, walk, ChainError, Seg};
 use crate::SECTOR_SIZE;
+use virtio_chain::{in_memory, split_front, total_len, walk, ChainError, OutsideMemory, Seg};
 
 /// Size of the request header (`struct virtio_blk_outhdr`).
 pub const HEADER_SIZE: u64 = 16;
@@ -122,6 +122,12 @@ impl Refusal {
             ChainError::OverFourGib => Refusal::OverFourGib,
             ChainError::ReadableAfterWritable => Refusal::ReadableAfterWritable,
         }
+    }
+}
+
+impl From<OutsideMemory> for Refusal {
+    fn from(_: OutsideMemory) -> Self {
+        Refusal::BufferOutsideMemory
     }
 }
 
@@ -334,10 +340,7 @@ fn check_in_memory<M: GuestMemory>(
     segs: &[Seg],
     access: Permissions,
 ) -> Result<(), Refusal> {
-    if segs
-        .iter()
-        .all(|s| mem.check_range(GuestAddress(s.addr), s.len as usize, access))
-    {
+    if in_memory(mem, segs, access) {
         Ok(())
     } else {
         Err(Refusal::BufferOutsideMemory)

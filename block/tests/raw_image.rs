@@ -22,7 +22,7 @@ fn reads_and_writes_reach_the_file() {
     assert_eq!((disk.size(), disk.block_size()), (MIB, 512));
     let mut dev = Block::new(disk, rw());
     dev.ack_features(dev.avail_features());
-    let mut drv = Driver::new(&mem, 256);
+    let mut drv = driver(&mem, 256);
     dev.activate(vec![drv.queue()]).unwrap();
     let r = drv.request(VIRTIO_BLK_T_IN, 7, &[], 4096);
     let data = vec![0x42u8; 1536];
@@ -54,7 +54,7 @@ fn discard_punches_a_hole_the_host_gets_back() {
     let mem = guest_mem();
     let mut dev = Block::new(disk, rw());
     dev.ack_features(dev.avail_features());
-    let mut drv = Driver::new(&mem, 256);
+    let mut drv = driver(&mem, 256);
     dev.activate(vec![drv.queue()]).unwrap();
     let d = drv.request(VIRTIO_BLK_T_DISCARD, 0, &discard_seg(512, 512, 0), 0);
     let z = drv.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &discard_seg(1536, 8, 0), 0);
@@ -168,7 +168,7 @@ fn direct_io_reads_and_writes_whole_blocks() {
     let mem = guest_mem();
     let mut dev = Block::new(disk, rw());
     dev.ack_features(dev.avail_features());
-    let mut drv = Driver::new(&mem, 256);
+    let mut drv = driver(&mem, 256);
     dev.activate(vec![drv.queue()]).unwrap();
     // Guest buffers need no alignment: the device's bounce buffer is aligned.
     let h = drv.buf(&header(VIRTIO_BLK_T_OUT, 16));

@@ -28,7 +28,7 @@ use balloon::features::{
     VIRTIO_BALLOON_F_STATS_VQ, VIRTIO_F_VERSION_1,
 };
 use balloon::stats::encode_stats;
-use balloon::{Balloon, BalloonOptions, MemoryBackend, DeviceModel};
+use balloon::{Balloon, BalloonOptions, DeviceModel, MemoryBackend};
 use libfuzzer_sys::fuzz_target;
 #[path = "reader.rs"]
 mod reader;

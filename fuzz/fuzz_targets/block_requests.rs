@@ -26,8 +26,10 @@ use block::{Block, BlockCounters, BlockOptions, DeviceModel, MemDisk};
 use libfuzzer_sys::fuzz_target;
 #[path = "reader.rs"]
 mod reader;
+#[path = "ring.rs"]
+mod ring;
 use reader::Reader;
-use virtio_queue::{Queue, QueueT};
+use ring::{assert_wrote_only, near, snapshot, BufArea, Ring, WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Guest memory: [0, 64K) and [128K, 192K).
@@ -39,37 +41,6 @@ const USED: u64 = 0x2000;
 const BUF_AREA: (u64, u64) = (0x2_0000, 0x1_0000);
 const DISK: u64 = 64 << 10;
 const MAX_ACTIONS: usize = 256;
-const WRITE: u16 = 2;
-
-/// An address: mostly inside or near guest memory (below 256 KiB), sometimes at the top of
-/// the 64-bit space.
-fn near(r: &mut Reader) -> u64 {
-    let a = r.addr();
-    if a > u64::from(u32::MAX) {
-        a
-    } else {
-        a % 0x4_0000
-    }
-}
-
-fn raw_desc(addr: u64, len: u32, flags: u16, next: u16) -> [u8; 16] {
-    let mut d = [0u8; 16];
-    d[0..8].copy_from_slice(&addr.to_le_bytes());
-    d[8..12].copy_from_slice(&len.to_le_bytes());
-    d[12..14].copy_from_slice(&flags.to_le_bytes());
-    d[14..16].copy_from_slice(&next.to_le_bytes());
-    d
-}
-
-fn queue(size: u16) -> Queue {
-    let mut q = Queue::new(256).expect("valid max size");
-    q.set_size(size);
-    q.set_desc_table_address(Some(DESC as u32), Some(0));
-    q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-    q.set_used_ring_address(Some(USED as u32), Some(0));
-    q.set_ready(true);
-    q
-}
 
 fn outcomes(c: &BlockCounters) -> u64 {
     c.reads
@@ -86,44 +57,14 @@ fn outcomes(c: &BlockCounters) -> u64 {
 struct Harness {
     mem: GuestMemoryMmap,
     dev: Block<MemDisk>,
-    size: u16,
+    ring: Ring,
+    bufs: BufArea,
     read_only: bool,
-    next_desc: u16,
-    next_buf: u64,
-    /// The used index as the device last wrote it.
-    used_by_device: u16,
 }
 
 impl Harness {
-    fn read_u16(&self, at: u64) -> u16 {
-        self.mem.read_obj(GuestAddress(at)).unwrap_or(0)
-    }
-
     fn buf(&mut self, data: &[u8]) -> u64 {
-        let len = data.len() as u64;
-        if self.next_buf + len > BUF_AREA.0 + BUF_AREA.1 {
-            self.next_buf = BUF_AREA.0;
-        }
-        let addr = self.next_buf;
-        let _ = self.mem.write_slice(data, GuestAddress(addr));
-        self.next_buf = (addr + len + 15) & !15;
-        addr
-    }
-
-    fn write_desc(&self, index: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let at = DESC + 16 * u64::from(index % self.size);
-        let _ = self
-            .mem
-            .write_slice(&raw_desc(addr, len, flags, next), GuestAddress(at));
-    }
-
-    fn push_avail(&self, head: u16) {
-        let idx = self.read_u16(AVAIL + 2);
-        let slot = AVAIL + 4 + 2 * u64::from(idx % self.size);
-        let _ = self.mem.write_obj(head, GuestAddress(slot));
-        let _ = self
-            .mem
-            .write_obj(idx.wrapping_add(1), GuestAddress(AVAIL + 2));
+        self.bufs.buf(&self.mem, data)
     }
 
     /// A request laid out as Linux does, with fuzzed type, sector, lengths and flags; `split`
@@ -162,59 +103,11 @@ impl Harness {
             let s = self.buf(&[0xee; 2]);
             descs.push((s, u32::from(status_len), WRITE));
         }
-        let head = self.next_desc % self.size;
-        let n = descs.len() as u16;
-        for (i, &(addr, len, flags)) in descs.iter().enumerate() {
-            let i = i as u16;
-            let slot = (head + i) % self.size;
-            let (flags, next) = if i + 1 < n {
-                (flags | 1, (slot + 1) % self.size)
-            } else {
-                (flags, 0)
-            };
-            self.write_desc(slot, addr, len, flags, next);
-        }
-        self.next_desc = (head + n) % self.size;
-        self.push_avail(head);
-    }
-
-    fn snapshot(&self) -> Vec<Vec<u8>> {
-        MEM.iter()
-            .map(|&(s, l)| {
-                let mut v = vec![0u8; l as usize];
-                self.mem
-                    .read_slice(&mut v, GuestAddress(s))
-                    .expect("region readable");
-                v
-            })
-            .collect()
-    }
-
-    /// Where the device may write guest memory: the used ring and the device-writable buffers
-    /// the descriptor table names, as `(start, length)`.
-    fn writable_ranges(&self) -> Vec<(u64, u64)> {
-        let mut out = vec![(USED, 6 + 8 * u64::from(self.size))];
-        for i in 0..self.size {
-            let mut d = [0u8; 16];
-            if self
-                .mem
-                .read_slice(&mut d, GuestAddress(DESC + 16 * u64::from(i)))
-                .is_err()
-            {
-                continue;
-            }
-            let addr = u64::from_le_bytes(d[0..8].try_into().unwrap());
-            let len = u64::from(u32::from_le_bytes(d[8..12].try_into().unwrap()));
-            let flags = u16::from_le_bytes(d[12..14].try_into().unwrap());
-            if flags & WRITE != 0 {
-                out.push((addr, len));
-            }
-        }
-        out
+        self.ring.add_chain(&self.mem, &descs);
     }
 
     fn notify(&mut self) {
-        let before_mem = self.snapshot();
+        let before_mem = snapshot(&self.mem, &MEM);
         let before_disk = self.dev.backend().data.clone();
         let c0 = self.dev.counters();
         let result = self.dev.process_queue(0, &self.mem, &());
@@ -225,32 +118,9 @@ impl Harness {
             taken,
             "every request has exactly one outcome: {c1:?}"
         );
-        // The used index is the device's: a driver may scribble on it between notifications,
-        // and the device writes its own count over it when it returns a chain.
-        if taken > 0 {
-            let now = self.read_u16(USED + 2);
-            if result.is_ok() {
-                assert_eq!(
-                    now.wrapping_sub(self.used_by_device),
-                    taken as u16,
-                    "the used ring moved by the chains taken"
-                );
-            }
-            self.used_by_device = now;
-        }
-        let after = self.snapshot();
-        let writable = self.writable_ranges();
-        for (r, (b, a)) in before_mem.iter().zip(&after).enumerate() {
-            for (i, (x, y)) in b.iter().zip(a).enumerate() {
-                if x != y {
-                    let gpa = MEM[r].0 + i as u64;
-                    assert!(
-                        writable.iter().any(|&(s, l)| gpa >= s && gpa - s < l),
-                        "the device wrote guest byte {gpa:#x}"
-                    );
-                }
-            }
-        }
+        self.ring.check_used(&self.mem, taken, result.is_ok());
+        let writable = self.ring.writable_ranges(&self.mem, true);
+        assert_wrote_only(&self.mem, &MEM, &before_mem, &writable);
         let changed_disk = self.dev.backend().data != before_disk;
         let disk_work = c1.written_bytes != c0.written_bytes
             || c1.discarded_bytes != c0.discarded_bytes
@@ -294,15 +164,15 @@ fuzz_target!(|data: &[u8]| {
         },
     );
     dev.ack_features(u64::from(r.u32()) | (u64::from(r.u8()) << 32));
-    dev.activate(vec![queue(size)]).expect("the queue is ready");
+    let ring = Ring::new(DESC, AVAIL, USED, size);
+    dev.activate(vec![ring.queue()])
+        .expect("the queue is ready");
     let mut h = Harness {
         mem: GuestMemoryMmap::from_ranges(&ranges).expect("guest memory"),
         dev,
-        size,
+        ring,
+        bufs: BufArea::new(BUF_AREA.0, BUF_AREA.0 + BUF_AREA.1),
         read_only,
-        next_desc: 0,
-        next_buf: BUF_AREA.0,
-        used_by_device: 0,
     };
     for _ in 0..MAX_ACTIONS {
         if r.is_empty() {
@@ -310,24 +180,24 @@ fuzz_target!(|data: &[u8]| {
         }
         match r.u8() % 8 {
             0 => {
-                let (at, n) = (near(&mut r), usize::from(r.u8()));
+                let (at, n) = (near(&mut r, 0), usize::from(r.u8()));
                 let bytes = r.bytes(n);
                 let _ = h.mem.write_slice(&bytes, GuestAddress(at));
             }
             1 => {
                 let (index, addr, len, flags, next) =
-                    (r.u16(), near(&mut r), r.u32(), r.u16(), r.u16());
-                h.write_desc(index, addr, len, flags, next);
+                    (r.u16(), near(&mut r, 0), r.u32(), r.u16(), r.u16());
+                h.ring.write_desc(&h.mem, index, addr, len, flags, next);
             }
             2 => {
                 let head = r.u16();
-                h.push_avail(head);
+                h.ring.push_avail(&h.mem, head);
             }
             3 => h.request(&mut r),
             4 => h.notify(),
             5 => {
                 let idx = r.u16();
-                let _ = h.mem.write_obj(idx, GuestAddress(AVAIL + 2));
+                h.ring.set_avail_idx(&h.mem, idx);
             }
             6 => {
                 let (offset, len) = (u64::from(r.u8()), usize::from(r.u8() % 16));
@@ -344,12 +214,9 @@ fuzz_target!(|data: &[u8]| {
             }
             _ => {
                 h.dev.reset();
-                let _ = h.mem.write_obj(0u16, GuestAddress(USED + 2));
-                let _ = h.mem.write_obj(0u16, GuestAddress(AVAIL + 2));
-                h.next_desc = 0;
-                h.used_by_device = 0;
+                h.ring.restart(&h.mem);
                 h.dev
-                    .activate(vec![queue(size)])
+                    .activate(vec![h.ring.queue()])
                     .expect("the queue is ready");
             }
         }

@@ -45,6 +45,12 @@ pub struct RunArgs {
     /// [,direct=on (O_DIRECT: no host page cache; the guest sees 4 KiB blocks)].
     #[arg(long = "disk", value_name = "OPTIONS")]
     disk: Vec<String>,
+    /// A virtio-net interface for a Linux guest (virtio-pci, after the disks), repeatable:
+    /// tap=NAME (attach to that tap, created if missing) or tap (a new tap; memvisor prints its
+    /// name)[,mac=aa:bb:cc:dd:ee:ff (default 52:54:00:12:34:56, +1 per interface)]
+    /// [,id=NAME (default net0, net1, ...)]. Needs CAP_NET_ADMIN or a tap made for this user.
+    #[arg(long = "net", value_name = "OPTIONS")]
+    net: Vec<String>,
     /// Serve the control API (HTTP/1.1, JSON) on this Unix socket, mode 0600.
     #[arg(long, value_name = "PATH")]
     api_sock: Option<PathBuf>,
@@ -136,6 +142,14 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
             .iter()
             .enumerate()
             .map(|(i, d)| memvisor::config::disk::DiskConfig::parse(i, d))
+            .collect::<Result<_, _>>()?;
+    }
+    if !a.net.is_empty() {
+        c.nets = a
+            .net
+            .iter()
+            .enumerate()
+            .map(|(i, n)| memvisor::config::net::NetConfig::parse(i, n))
             .collect::<Result<_, _>>()?;
     }
     c.check()?;

@@ -56,16 +56,11 @@ impl DiskConfig {
             id: default_disk_id(index),
             direct: false,
         };
-        let mut seen: Vec<&str> = Vec::new();
-        for part in text.split(',').filter(|p| !p.is_empty()) {
-            let (k, v) = match part.split_once('=') {
-                Some((k, v)) => (k.trim(), v.trim()),
-                None => return Err(err(part, "expected key=value, e.g. path=disk.img".into())),
+        let parts = super::option_parts(text).map_err(|k| err(k, "given twice".into()))?;
+        for (k, v) in parts {
+            let Some(v) = v else {
+                return Err(err(k, "expected key=value, e.g. path=disk.img".into()));
             };
-            if seen.contains(&k) {
-                return Err(err(k, "given twice".into()));
-            }
-            seen.push(k);
             let on_off = |v: &str| match v {
                 "on" | "true" | "yes" | "1" => Ok(true),
                 "off" | "false" | "no" | "0" => Ok(false),
@@ -101,13 +96,7 @@ impl DiskConfig {
                 "missing; give the raw image file, e.g. path=disk.img".into(),
             ));
         }
-        if self.id.is_empty()
-            || self.id.len() > MAX_DISK_ID_BYTES
-            || !self
-                .id
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        if !super::valid_device_id(&self.id, MAX_DISK_ID_BYTES) {
             return Err(err(
                 "id",
                 format!(

@@ -7,6 +7,7 @@
 
 pub mod disk;
 pub mod linux;
+pub mod net;
 pub mod workload;
 
 use serde::{Deserialize, Serialize};
@@ -61,6 +62,16 @@ pub enum ConfigError {
     Disk {
         /// Disk index (order of `--disk` flags).
         disk: usize,
+        /// The option.
+        option: String,
+        /// What is wrong and what to write instead.
+        reason: String,
+    },
+    /// An option of a `--net` that is wrong.
+    #[error("net {net}: option `{option}`: {reason}")]
+    Net {
+        /// Interface index (order of `--net` flags).
+        net: usize,
         /// The option.
         option: String,
         /// What is wrong and what to write instead.
@@ -419,6 +430,9 @@ pub struct VmConfig {
     /// virtio-blk disks (Linux guests), in `--disk` order.
     #[serde(default)]
     pub disks: Vec<disk::DiskConfig>,
+    /// virtio-net interfaces over taps (Linux guests), in `--net` order.
+    #[serde(default)]
+    pub nets: Vec<net::NetConfig>,
 }
 
 impl Default for VmConfig {
@@ -432,6 +446,7 @@ impl Default for VmConfig {
             balloon: None,
             linux: None,
             disks: Vec::new(),
+            nets: Vec::new(),
         }
     }
 }
@@ -523,9 +538,36 @@ impl VmConfig {
             }
         }
         disk::check_disks(&self.disks, self.linux.is_some())?;
+        net::check_nets(&self.nets, self.linux.is_some())?;
         self.workload.check()?;
         Ok(())
     }
+}
+
+/// The `key[=value]` parts of a comma-separated device option list (`--disk`, `--net`), in
+/// order, trimmed; `Err(key)` for a key given twice.
+pub(crate) fn option_parts(text: &str) -> Result<Vec<(&str, Option<&str>)>, &str> {
+    let mut out: Vec<(&str, Option<&str>)> = Vec::new();
+    for part in text.split(',').filter(|p| !p.is_empty()) {
+        let (k, v) = match part.split_once('=') {
+            Some((k, v)) => (k.trim(), Some(v.trim())),
+            None => (part.trim(), None),
+        };
+        if out.iter().any(|(seen, _)| *seen == k) {
+            return Err(k);
+        }
+        out.push((k, v));
+    }
+    Ok(out)
+}
+
+/// Whether `id` can name a device: 1 to `max` letters, digits, `-`, `_` or `.`.
+pub(crate) fn valid_device_id(id: &str, max: usize) -> bool {
+    !id.is_empty()
+        && id.len() <= max
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// Parses `--balloon amount_mib=0,deflate_on_oom=on,stats_polling_interval_s=1[,free_page_reporting=on]`.

@@ -1,14 +1,21 @@
 //! What the API tells about a VM's devices: the device list of `GET /vm` and the disks'
 //! series in `/metrics` (requests, bytes and errors per disk, and every counter of the
-//! `block` crate by name).
+//! `block` crate by name); the network interfaces' series are in [`super::nets`], built with
+//! the helpers here ([`counter_family`], [`every_counter`]).
 
 use crate::devices::balloon::BalloonHandle;
 use crate::devices::block::DiskInfo;
+use crate::devices::net::NetInfo;
 use serde_json::{json, Value};
 use std::fmt::Write as _;
 
-/// `GET /vm`'s `devices`: the balloon (if any), then the disks in `--disk` order.
-pub fn device_list(balloon: Option<&BalloonHandle>, disks: &[DiskInfo]) -> Vec<Value> {
+/// `GET /vm`'s `devices`: the balloon (if any), then the disks in `--disk` order, then the
+/// network interfaces in `--net` order.
+pub fn device_list(
+    balloon: Option<&BalloonHandle>,
+    disks: &[DiskInfo],
+    nets: &[NetInfo],
+) -> Vec<Value> {
     let mut out = Vec::new();
     if let Some(b) = balloon {
         out.push(json!({"type": "virtio-balloon", "id": "balloon", "transport": b.transport()}));
@@ -16,7 +23,30 @@ pub fn device_list(balloon: Option<&BalloonHandle>, disks: &[DiskInfo]) -> Vec<V
     for d in disks {
         out.push(json!({"type": "virtio-blk", "id": d.id, "transport": "virtio-pci", "disk": d}));
     }
+    for n in nets {
+        out.push(json!({"type": "virtio-net", "id": n.id, "transport": "virtio-pci", "net": n}));
+    }
     out
+}
+
+/// Appends the `# HELP` and `# TYPE ... counter` lines of metric family `name`.
+pub fn counter_family(s: &mut String, name: &str, help: &str) {
+    let _ = writeln!(s, "# HELP {name} {help}");
+    let _ = writeln!(s, "# TYPE {name} counter");
+}
+
+/// Appends one `name{label="id",counter="field"} value` line per field of `counters`.
+pub fn every_counter(
+    s: &mut String,
+    name: &str,
+    label: &str,
+    id: &str,
+    counters: &impl serde::Serialize,
+) {
+    let fields = serde_json::to_value(counters).expect("counters serialise");
+    for (counter, v) in fields.as_object().into_iter().flatten() {
+        let _ = writeln!(s, "{name}{{{label}=\"{id}\",counter=\"{counter}\"}} {v}");
+    }
 }
 
 /// Appends the disks' metric families to `s`.
@@ -24,10 +54,7 @@ pub fn disk_metrics(s: &mut String, disks: &[DiskInfo]) {
     if disks.is_empty() {
         return;
     }
-    let family = |s: &mut String, name: &str, help: &str| {
-        let _ = writeln!(s, "# HELP {name} {help}");
-        let _ = writeln!(s, "# TYPE {name} counter");
-    };
+    let family = counter_family;
     family(
         s,
         "memvisor_disk_requests_total",
@@ -96,10 +123,7 @@ pub fn disk_metrics(s: &mut String, disks: &[DiskInfo]) {
         "Disk device counters by disk: work done and every kind of request refused, by cause (see block::BlockCounters).",
     );
     for d in disks {
-        let fields = serde_json::to_value(&d.counters).expect("counters serialise");
-        for (counter, v) in fields.as_object().into_iter().flatten() {
-            let _ = writeln!(s, "{name}{{disk=\"{}\",counter=\"{counter}\"}} {v}", d.id);
-        }
+        every_counter(s, name, "disk", &d.id, &d.counters);
     }
 }
 
@@ -138,7 +162,7 @@ mod tests {
         ] {
             assert!(s.lines().any(|l| l == line), "{line} in\n{s}");
         }
-        let list = device_list(None, &[d]);
+        let list = device_list(None, &[d], &[]);
         assert_eq!(list[0]["type"], "virtio-blk");
         assert_eq!(list[0]["disk"]["counters"]["reads"], 3);
         let mut empty = String::new();

@@ -46,6 +46,8 @@ pub struct VmmApi {
     pub balloon: Option<BalloonHandle>,
     /// The disks, in `--disk` order.
     pub disks: Vec<crate::devices::block::BlockHandle>,
+    /// The network interfaces, in `--net` order.
+    pub nets: Vec<crate::devices::net::NetHandle>,
     /// vCPU states and counters.
     pub vcpus: Vec<VcpuStatus>,
     /// Channel to the event loop.
@@ -445,7 +447,16 @@ impl VmmApi {
             balloon_counter_metrics(&mut s, &counters);
         }
         crate::control::disks::disk_metrics(&mut s, &self.disk_infos());
+        crate::control::nets::net_metrics(&mut s, &self.net_infos());
         s
+    }
+
+    /// The network interfaces' figures, in `--net` order.
+    fn net_infos(&self) -> Vec<crate::devices::net::NetInfo> {
+        self.nets
+            .iter()
+            .map(crate::devices::net::net_info)
+            .collect()
     }
 
     /// The disks' figures, in `--disk` order.
@@ -638,7 +649,7 @@ impl ApiHandler for VmmApi {
                     "uptime_s": self.started.elapsed().as_secs_f64(),
                     "config": self.config,
                     "vcpus": vcpus,
-                    "devices": crate::control::disks::device_list(self.balloon.as_ref(), &self.disk_infos()),
+                    "devices": crate::control::disks::device_list(self.balloon.as_ref(), &self.disk_infos(), &self.net_infos()),
                 }))
             }
             ApiRequest::PutVmState(VmState::Paused) => self.command(VmCommand::Pause),

@@ -7,6 +7,7 @@ pub mod balloon;
 pub mod block;
 pub mod event_thread;
 pub mod events;
+pub mod net;
 pub mod pci;
 pub mod queue_events;
 pub mod virtio;

@@ -24,9 +24,10 @@
 //!   memory module (`madvise` `MADV_DONTNEED`/`MADV_POPULATE_WRITE`,
 //!   `fallocate(PUNCH_HOLE|KEEP_SIZE)`, `mincore`); the disks' image I/O (`pread64`,
 //!   `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` for discards and
-//!   `fallocate(ZERO_RANGE|KEEP_SIZE)` for write-zeroes); the devices' interrupts: MSI-X as
-//!   irqfd `write`s, INTx as `KVM_IRQ_LINE`. Not `KVM_SET_GSI_ROUTING` nor `KVM_IRQFD`:
-//!   routes are made at setup and pointed on the vCPU thread.
+//!   `fallocate(ZERO_RANGE|KEEP_SIZE)` for write-zeroes); the network interfaces' tap I/O
+//!   (`read` of a frame, `writev` of one: both in the common set already); the devices'
+//!   interrupts: MSI-X as irqfd `write`s, INTx as `KVM_IRQ_LINE`. Not `KVM_SET_GSI_ROUTING`
+//!   nor `KVM_IRQFD`: routes are made at setup and pointed on the vCPU thread.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,

@@ -16,7 +16,7 @@
 mod common;
 mod spec;
 
-use common::{kvm_or_skip, wait_until, ChildVm, TempDir};
+use common::{kvm_or_skip, root_or_skip, wait_until, ChildVm, NetNs, TempDir};
 use memvisor::control::api::{
     BalloonConfig, BalloonDeviceInfo, BalloonStatistics, Transport, ENDPOINTS,
 };
@@ -29,8 +29,18 @@ use std::time::Duration;
 
 /// `memvisor run ARGS` serving its API on `<dir>/<name>.sock` (registered under `<dir>/rt`).
 fn start(dir: &Path, name: &str, args: &[&str]) -> (ChildVm, PathBuf) {
+    start_with(
+        Command::new(env!("CARGO_BIN_EXE_memvisor")),
+        dir,
+        name,
+        args,
+    )
+}
+
+/// [`start`] through `cmd` (the memvisor binary, possibly behind `ip netns exec`).
+fn start_with(mut cmd: Command, dir: &Path, name: &str, args: &[&str]) -> (ChildVm, PathBuf) {
     let sock = dir.join(format!("{name}.sock"));
-    let child = Command::new(env!("CARGO_BIN_EXE_memvisor"))
+    let child = cmd
         .arg("run")
         .args(args)
         .arg("--api-sock")
@@ -190,6 +200,103 @@ fn typed_answers_match_the_spec_and_the_spec_bites() {
     let mut d = serde_json::to_value(&disk).unwrap();
     d["counters"]["new_counter"] = json!(0);
     bad("DiskInfo", d);
+
+    // A network interface: every counter the net crate has is in the document, and no other.
+    let net = memvisor::devices::net::NetInfo {
+        id: "net0".into(),
+        tap: "tap0".into(),
+        mac: "52:54:00:12:34:56".into(),
+        activated: false,
+        features_offered: net::features::feature_names(net::features::avail_features()),
+        features_acked: vec![],
+        counters: net::NetCounters::default(),
+    };
+    ok("NetInfo", serde_json::to_value(&net).unwrap());
+    let mut n = serde_json::to_value(&net).unwrap();
+    n["counters"]["new_counter"] = json!(0);
+    bad("NetInfo", n);
+    let mut n = serde_json::to_value(&net).unwrap();
+    n["mac"] = json!("52:54:00:12:34");
+    bad("NetInfo", n);
+}
+
+/// `(type, id)` of each device in `GET /vm`'s list.
+fn device_kinds(devices: &[Value]) -> Vec<(&str, &str)> {
+    devices
+        .iter()
+        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
+        .collect()
+}
+
+/// Shuts the VM down through the API and waits for it to end as stopped (130).
+fn shut_down(c: &Checker, sock: &Path, vm: &mut ChildVm) {
+    c.expect(
+        sock,
+        "PUT",
+        "/actions",
+        Some(r#"{"action_type": "Shutdown"}"#),
+        204,
+    );
+    assert_eq!(wait_exit(vm).code(), Some(130));
+}
+
+/// A Linux VM (the halting "kernel") with two network interfaces in a network namespace of the
+/// test's own: a tap made beforehand and one memvisor has the kernel create. `GET /vm` lists
+/// them with their taps, `/metrics` has their series, both as the document says.
+#[test]
+fn a_linux_vm_with_network_interfaces_matches_the_spec() {
+    let test = "a_linux_vm_with_network_interfaces_matches_the_spec";
+    if !kvm_or_skip(test) || !root_or_skip(test) {
+        return;
+    }
+    let ns = match NetNs::new("spec") {
+        Ok(ns) => ns,
+        Err(e) => return common::skip(test, e),
+    };
+    ns.ip(&["tuntap", "add", "mvspec0", "mode", "tap"]);
+    let c = Checker::new();
+    let tmp = TempDir::new("api-spec-nets");
+    let kernel = tmp.path().join("halt.elf");
+    std::fs::write(&kernel, common::tiny_kernel(&[0xf4, 0xeb, 0xfd])).unwrap(); // hlt; jmp hlt
+    let (mut vm, sock) = start_with(
+        ns.command(env!("CARGO_BIN_EXE_memvisor")),
+        tmp.path(),
+        "nets",
+        &[
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "-m",
+            "64M",
+            "--net",
+            "tap=mvspec0",
+            "--net",
+            "tap,id=created,mac=02:00:00:00:00:02",
+        ],
+    );
+    wait_until("the API socket", Duration::from_secs(20), || sock.exists());
+    let v = c.expect(&sock, "GET", "/vm", None, 200).json();
+    let devices = v["devices"].as_array().unwrap();
+    let kinds = device_kinds(devices);
+    assert_eq!(kinds, [("virtio-net", "net0"), ("virtio-net", "created")]);
+    assert_eq!(devices[0]["net"]["tap"], "mvspec0");
+    assert_eq!(devices[0]["net"]["mac"], "52:54:00:12:34:56");
+    let created = devices[1]["net"]["tap"].as_str().unwrap();
+    assert!(created.starts_with("tap"), "{created}");
+    assert_eq!(devices[1]["net"]["mac"], "02:00:00:00:00:02");
+    assert_eq!(v["config"]["nets"][1]["tap"], Value::Null);
+    // The created tap is inside the namespace, not on the host.
+    let links = ns.command("ip").args(["-o", "link"]).output().unwrap();
+    assert!(String::from_utf8_lossy(&links.stdout).contains(created));
+    let m = c.expect(&sock, "GET", "/metrics", None, 200);
+    for line in [
+        "memvisor_net_frames_total{net=\"net0\",direction=\"rx\"} 0",
+        "memvisor_net_bytes_total{net=\"created\",direction=\"tx\"} 0",
+        "memvisor_net_dropped_frames_total{net=\"net0\",direction=\"tx\",reason=\"bad_frame\"} 0",
+        "memvisor_net_device_events_total{net=\"created\",counter=\"tx_oversized\"} 0",
+    ] {
+        assert!(m.body.lines().any(|l| l == line), "{line} in\n{}", m.body);
+    }
+    shut_down(&c, &sock, &mut vm);
 }
 
 /// A Linux VM (a tiny "kernel" that only halts: the API does not need a booted guest) with a
@@ -228,10 +335,7 @@ fn a_linux_vm_with_disks_matches_the_spec() {
     wait_until("the API socket", Duration::from_secs(20), || sock.exists());
     let v = c.expect(&sock, "GET", "/vm", None, 200).json();
     let devices = v["devices"].as_array().unwrap();
-    let kinds: Vec<(&str, &str)> = devices
-        .iter()
-        .map(|d| (d["type"].as_str().unwrap(), d["id"].as_str().unwrap()))
-        .collect();
+    let kinds = device_kinds(devices);
     assert_eq!(
         kinds,
         [
@@ -256,14 +360,7 @@ fn a_linux_vm_with_disks_matches_the_spec() {
     ] {
         assert!(m.body.lines().any(|l| l == line), "{line} in\n{}", m.body);
     }
-    c.expect(
-        &sock,
-        "PUT",
-        "/actions",
-        Some(r#"{"action_type": "Shutdown"}"#),
-        204,
-    );
-    assert_eq!(wait_exit(&mut vm).code(), Some(130));
+    shut_down(&c, &sock, &mut vm);
 }
 
 #[test]

@@ -679,3 +679,59 @@ pub fn present_bytes(sock: &Path, gpa: u64, len: u64) -> (u64, serde_json::Value
         .sum();
     (present, m)
 }
+
+// ---------------------------------------------------------------------------------------------
+// Network namespaces: tests with network interfaces build their own and address only
+// addresses inside it.
+
+/// A network namespace of the test's own (`ip netns add`), deleted on drop (also when the test
+/// fails); taps made in it go with it.
+pub struct NetNs(String);
+
+impl NetNs {
+    /// `mv-<tag>-<pid>`; `Err` with the reason when it cannot be made (no iproute2, not
+    /// allowed).
+    pub fn new(tag: &str) -> Result<NetNs, String> {
+        let name = format!("mv-{tag}-{}", std::process::id());
+        let out = Command::new("ip")
+            .args(["netns", "add", &name])
+            .output()
+            .map_err(|e| format!("`ip` cannot run ({e}): install iproute2"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "`ip netns add {name}` failed: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            ));
+        }
+        Ok(NetNs(name))
+    }
+
+    /// The namespace's name.
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `program` to be run inside the namespace (`ip netns exec NAME program`).
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0]).arg(program);
+        c
+    }
+
+    /// Runs `ip ARGS` inside the namespace; panics with its output when it fails.
+    pub fn ip(&self, args: &[&str]) {
+        let out = self.command("ip").args(args).output().expect("ip runs");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -17,7 +17,7 @@
 //! seconds): the images are small and the commands few. Throughput figures come from
 //! `memvisor bench disk`, not from here.
 
-use super::{api, run_tiny, test_kernel_or_skip, TestGuest};
+use super::{pci_ids_code, run_tiny, test_kernel_or_skip, vm_device, TestGuest};
 use crate::common::{self, kvm_or_skip, TempDir};
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
@@ -36,21 +36,7 @@ fn linux_guest_disks_are_pci_functions_after_the_balloon() {
     std::fs::write(&a, vec![0u8; MIB]).unwrap();
     std::fs::write(&b, vec![0u8; MIB]).unwrap();
     // For slots 1, 2, 3: read the ID dword through conf1 and write its 4 bytes to COM1.
-    let mut code = Vec::new();
-    for slot in 1u32..=3 {
-        let addr = 0x8000_0000u32 | (slot << 11);
-        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x0c]); // mov dx, 0xcf8
-        code.push(0xb8); // mov eax, imm32
-        code.extend_from_slice(&addr.to_le_bytes());
-        code.push(0xef); // out dx, eax
-        code.extend_from_slice(&[0x66, 0xba, 0xfc, 0x0c, 0xed]); // mov dx, 0xcfc; in eax, dx
-        code.extend_from_slice(&[0x66, 0xba, 0xf8, 0x03]); // mov dx, 0x3f8
-        for _ in 0..3 {
-            code.extend_from_slice(&[0xee, 0xc1, 0xe8, 0x08]); // out dx, al; shr eax, 8
-        }
-        code.push(0xee);
-    }
-    code.extend_from_slice(&[0xb0, 0xfe, 0xe6, 0x64, 0xf4, 0xeb, 0xfd]); // reset
+    let code = pci_ids_code(1..=3);
     let disk_a = format!("path={}", a.display());
     let disk_b = format!("path={},readonly=on", b.display());
     let (out, console) = run_tiny(
@@ -146,15 +132,7 @@ fn md5(data: &[u8]) -> String {
 
 /// The disk with id `id` in `GET /vm`.
 fn disk(sock: &Path, id: &str) -> serde_json::Value {
-    let (status, v) = api(sock, "GET", "/vm", None);
-    assert_eq!(status, 200, "{v}");
-    v["devices"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|d| d["id"] == id)
-        .unwrap_or_else(|| panic!("disk {id} in {v}"))["disk"]
-        .clone()
+    vm_device(sock, id, "disk")
 }
 
 /// The features Linux negotiated, from `/init`'s virtio line of the block device with the

@@ -63,7 +63,7 @@ fn start_member(i: usize, balloon: bool, dir: &Path, rt: &Path) -> ChildVm {
     vm
 }
 
-fn vm_entry<'a>(r: &'a Value, pid: u32) -> &'a Value {
+fn vm_entry(r: &Value, pid: u32) -> &Value {
     r["vms"]
         .as_array()
         .unwrap()

@@ -6,11 +6,9 @@ use std::cell::RefCell;
 
 use balloon::features::{feature_mask, VIRTIO_F_VERSION_1};
 use balloon::{Balloon, BalloonOptions, DeviceModel, MemoryBackend};
-use virtio_bindings::virtio_ring::{VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
-use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
-use virtio_queue::mock::MockSplitQueue;
-use virtio_queue::Queue;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+#[allow(unused_imports)] // not every test file uses it
+pub use virtio_mock::WRITE;
+use vm_memory::GuestMemoryMmap;
 
 pub const MIB: u64 = 1 << 20;
 pub const PAGE: u64 = 4096;
@@ -20,14 +18,9 @@ pub const MEM_RANGES: [(u64, u64); 2] = [(0, 16 * MIB), (32 * MIB, 16 * MIB)];
 pub const RAM_RANGES: [(u64, u64); 3] = [(0, 8 * MIB), (12 * MIB, 4 * MIB), (32 * MIB, 16 * MIB)];
 pub const HOLE_START: u64 = 8 * MIB;
 pub const OUTSIDE_MEM: u64 = 20 * MIB;
-pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;
 
 pub fn guest_mem() -> GuestMemoryMmap {
-    let ranges: Vec<(GuestAddress, usize)> = MEM_RANGES
-        .iter()
-        .map(|&(s, l)| (GuestAddress(s), l as usize))
-        .collect();
-    GuestMemoryMmap::from_ranges(&ranges).unwrap()
+    virtio_mock::guest_mem(&MEM_RANGES)
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -92,117 +85,25 @@ impl MemoryBackend for FakeBackend {
     }
 }
 
-/// The driver side of one queue.
-pub struct Driver<'a> {
-    pub mem: &'a GuestMemoryMmap,
-    pub vq: MockSplitQueue<'a, GuestMemoryMmap>,
-    pub size: u16,
-    next_desc: u16,
-    next_buf: u64,
-    buf_end: u64,
+pub use virtio_mock::Driver;
+
+/// The driver side of queue `qi`: its rings at `qi * 64 KiB`, its buffers in the MiB from
+/// `2 MiB + qi * 1 MiB`.
+pub fn driver(mem: &GuestMemoryMmap, qi: u64, size: u16) -> Driver<'_> {
+    let bufs = 2 * MIB + qi * MIB;
+    Driver::new(mem, qi * 0x10000, size, bufs..bufs + MIB)
 }
 
-impl<'a> Driver<'a> {
-    /// Queue `qi` lives at `qi * 64 KiB`; its buffers at `2 MiB + qi * 1 MiB`.
-    pub fn new(mem: &'a GuestMemoryMmap, qi: u64, size: u16) -> Self {
-        let vq = MockSplitQueue::create(mem, GuestAddress(qi * 0x10000), size);
-        let next_buf = 2 * MIB + qi * MIB;
-        Driver {
-            mem,
-            vq,
-            size,
-            next_desc: 0,
-            next_buf,
-            buf_end: next_buf + MIB,
-        }
-    }
+/// Balloon buffers on top of the generic driver.
+pub trait PfnBuf {
+    /// A buffer holding little-endian PFNs: its address and length.
+    fn pfn_buf(&mut self, pfns: &[u32]) -> (u64, u32);
+}
 
-    pub fn queue(&self) -> Queue {
-        self.vq.create_queue::<Queue>().unwrap()
-    }
-
-    /// Copies `data` into a fresh guest buffer and returns its address.
-    pub fn buf(&mut self, data: &[u8]) -> u64 {
-        let addr = self.next_buf;
-        self.next_buf = (addr + data.len() as u64 + 15) & !15;
-        assert!(self.next_buf <= self.buf_end);
-        self.mem.write_slice(data, GuestAddress(addr)).unwrap();
-        addr
-    }
-
-    /// A buffer holding little-endian PFNs.
-    pub fn pfn_buf(&mut self, pfns: &[u32]) -> (u64, u32) {
+impl PfnBuf for Driver<'_> {
+    fn pfn_buf(&mut self, pfns: &[u32]) -> (u64, u32) {
         let bytes: Vec<u8> = pfns.iter().flat_map(|p| p.to_le_bytes()).collect();
         (self.buf(&bytes), bytes.len() as u32)
-    }
-
-    /// Adds one chain of `(addr, len, flags)` descriptors, linked in order; returns its head.
-    pub fn add_chain(&mut self, descs: &[(u64, u32, u16)]) -> u16 {
-        let head = self.next_desc;
-        let n = descs.len() as u16;
-        let raw: Vec<RawDescriptor> = descs
-            .iter()
-            .enumerate()
-            .map(|(i, &(addr, len, flags))| {
-                let i = i as u16;
-                let (flags, next) = if i + 1 < n {
-                    (flags | VRING_DESC_F_NEXT as u16, head + i + 1)
-                } else {
-                    (flags & !(VRING_DESC_F_NEXT as u16), 0)
-                };
-                RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next))
-            })
-            .collect();
-        self.vq.add_desc_chains(&raw, head).unwrap();
-        self.next_desc += n;
-        head
-    }
-
-    /// Adds descriptors exactly as given (flags and `next` untouched) at the next free table
-    /// slots; the first one is made available. Returns the first slot index.
-    pub fn add_raw(&mut self, descs: &[(u64, u32, u16, u16)]) -> u16 {
-        let head = self.next_desc;
-        for (i, &(addr, len, flags, next)) in descs.iter().enumerate() {
-            let d = RawDescriptor::from(SplitDescriptor::new(addr, len, flags, next));
-            self.vq.desc_table().store(head + i as u16, d).unwrap();
-        }
-        self.next_desc += descs.len() as u16;
-        self.push_avail(head);
-        head
-    }
-
-    /// Puts `head` in the available ring as is (it may be out of range).
-    pub fn push_avail(&mut self, head: u16) {
-        let idx = self.avail_idx();
-        let size = self.size;
-        let slot = self
-            .vq
-            .avail_addr()
-            .unchecked_add(4 + 2 * u64::from(idx % size));
-        self.mem.write_obj(head.to_le(), slot).unwrap();
-        self.set_avail_idx(idx.wrapping_add(1));
-    }
-
-    pub fn avail_idx(&self) -> u16 {
-        self.mem
-            .read_obj(self.vq.avail_addr().unchecked_add(2))
-            .unwrap()
-    }
-
-    pub fn set_avail_idx(&self, idx: u16) {
-        self.mem
-            .write_obj(idx, self.vq.avail_addr().unchecked_add(2))
-            .unwrap();
-    }
-
-    pub fn used_idx(&self) -> u16 {
-        self.vq.used().idx().load()
-    }
-
-    /// Used ring entry `i` as (descriptor id, len).
-    pub fn used(&self, i: u16) -> (u32, u32) {
-        let e = self.vq.used().ring().ref_at(usize::from(i)).unwrap().load();
-        (e.id(), e.len())
     }
 }
 
@@ -225,9 +126,7 @@ pub fn activated<'a>(
         "features must all be offered"
     );
     let n = dev.queue_layout().count();
-    let drivers: Vec<Driver> = (0..n)
-        .map(|i| Driver::new(mem, u64::from(i), size))
-        .collect();
+    let drivers: Vec<Driver> = (0..n).map(|i| driver(mem, u64::from(i), size)).collect();
     dev.activate(drivers.iter().map(|d| d.queue()).collect())
         .unwrap();
     (dev, drivers)

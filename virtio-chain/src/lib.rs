@@ -1,23 +1,29 @@
-//! Structural validation of descriptor chains.
+//! Structural validation of split-virtqueue descriptor chains, shared by the device models
+//! (`block`, `net`).
 //!
-//! This module owns walking one request's descriptor chain: it reads the descriptor table
+//! This crate owns walking one request's descriptor chain: it reads the descriptor table
 //! itself (not through `virtio-queue`'s iterator, which follows `VIRTQ_DESC_F_INDIRECT` whether
 //! or not it was negotiated and ends silently on a loop or an unreadable entry), so that a chain
 //! that loops (and so is longer than the queue: each entry can be in it once), names a descriptor outside the table, lies outside
 //! guest memory, uses an indirect table, adds up to more than 4 GiB or puts a device-readable
 //! buffer after a device-writable one becomes a [`ChainError`] naming that cause. No buffer is
-//! read here; only table entries, each once.
+//! read by [`walk`]; only table entries, each once. It also owns copying bytes between a host
+//! buffer and a chain's (already checked) guest buffers ([`copy_to_guest`], [`copy_from_guest`]),
+//! and two small things every device model shows the same way: feature names
+//! ([`feature_names`]) and bounds-checked configuration space reads ([`read_config`]).
+#![deny(missing_docs)]
+#![forbid(unsafe_code)]
 
 use virtio_bindings::virtio_ring::VRING_DESC_F_INDIRECT;
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Bytes, GuestAddress, GuestMemory};
+use vm_memory::{Bytes, GuestAddress, GuestMemory, Permissions};
 
 /// Size of one split-ring descriptor in the table.
 const DESC_SIZE: u64 = 16;
 
 /// One guest buffer (or a piece of one).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct Seg {
+pub struct Seg {
     /// Guest-physical address.
     pub addr: u64,
     /// Length in bytes.
@@ -26,7 +32,7 @@ pub(crate) struct Seg {
 
 /// A chain's buffers, device-readable ones first (in chain order), then device-writable ones.
 #[derive(Debug, Default)]
-pub(crate) struct Walked {
+pub struct Walked {
     /// Device-readable buffers.
     pub readable: Vec<Seg>,
     /// Device-writable buffers.
@@ -35,7 +41,7 @@ pub(crate) struct Walked {
 
 /// Why a chain was rejected as a whole.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum ChainError {
+pub enum ChainError {
     /// A descriptor has `VIRTQ_DESC_F_INDIRECT` set (never offered).
     IndirectNotNegotiated,
     /// A descriptor's `next` names a descriptor already in the chain.
@@ -52,7 +58,7 @@ pub(crate) enum ChainError {
 
 /// Walks the chain starting at `head` (the caller checked `head < size`) of the descriptor
 /// table at `table` with `size` entries. Empty buffers are dropped.
-pub(crate) fn walk<M: GuestMemory>(
+pub fn walk<M: GuestMemory>(
     mem: &M,
     table: u64,
     size: u16,
@@ -102,7 +108,7 @@ pub(crate) fn walk<M: GuestMemory>(
 }
 
 /// Splits the first `n` bytes off `segs`; `None` if they hold fewer.
-pub(crate) fn split_front(segs: &[Seg], n: u64) -> Option<(Vec<Seg>, Vec<Seg>)> {
+pub fn split_front(segs: &[Seg], n: u64) -> Option<(Vec<Seg>, Vec<Seg>)> {
     let mut front = Vec::new();
     let mut rest = Vec::new();
     let mut need = n;
@@ -126,8 +132,96 @@ pub(crate) fn split_front(segs: &[Seg], n: u64) -> Option<(Vec<Seg>, Vec<Seg>)> 
 }
 
 /// Total bytes of `segs`.
-pub(crate) fn total_len(segs: &[Seg]) -> u64 {
+pub fn total_len(segs: &[Seg]) -> u64 {
     segs.iter().map(|s| u64::from(s.len)).sum()
+}
+
+/// A guest buffer (partly) outside guest memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct OutsideMemory;
+
+/// Whether every buffer of `segs` lies inside guest memory with `access`.
+pub fn in_memory<M: GuestMemory>(mem: &M, segs: &[Seg], access: Permissions) -> bool {
+    segs.iter()
+        .all(|s| mem.check_range(GuestAddress(s.addr), s.len as usize, access))
+}
+
+/// The pieces of `segs` that hold bytes `[start, start + len)` of their concatenation, as
+/// (guest address, range in a buffer holding those bytes).
+pub fn pieces(segs: &[Seg], start: u64, len: usize) -> Vec<(GuestAddress, std::ops::Range<usize>)> {
+    let mut out = Vec::new();
+    let end = start + len as u64;
+    let mut seg_start = 0u64;
+    for s in segs {
+        let seg_end = seg_start + u64::from(s.len);
+        let (from, to) = (start.max(seg_start), end.min(seg_end));
+        if from < to {
+            let addr = GuestAddress(s.addr + (from - seg_start));
+            out.push((addr, (from - start) as usize..(to - start) as usize));
+        }
+        if seg_end >= end {
+            break;
+        }
+        seg_start = seg_end;
+    }
+    out
+}
+
+/// Writes `buf` into bytes `[start, ..)` of the guest buffers `segs`.
+pub fn copy_to_guest<M: GuestMemory>(
+    mem: &M,
+    segs: &[Seg],
+    start: u64,
+    buf: &[u8],
+) -> Result<(), OutsideMemory> {
+    for (addr, r) in pieces(segs, start, buf.len()) {
+        mem.write_slice(&buf[r], addr).map_err(|_| OutsideMemory)?;
+    }
+    Ok(())
+}
+
+/// Fills `buf` from bytes `[start, ..)` of the guest buffers `segs`.
+pub fn copy_from_guest<M: GuestMemory>(
+    mem: &M,
+    segs: &[Seg],
+    start: u64,
+    buf: &mut [u8],
+) -> Result<(), OutsideMemory> {
+    for (addr, r) in pieces(segs, start, buf.len()) {
+        mem.read_slice(&mut buf[r], addr)
+            .map_err(|_| OutsideMemory)?;
+    }
+    Ok(())
+}
+
+/// The names of the bits set in `features`, from `names` (`bit N` for bits without a name):
+/// what `GET /vm` shows of a device's features.
+pub fn feature_names(features: u64, names: &[(u32, &str)]) -> Vec<String> {
+    (0..64u32)
+        .filter(|bit| features & (1 << bit) != 0)
+        .map(|bit| match names.iter().find(|(b, _)| *b == bit) {
+            Some((_, name)) => (*name).to_string(),
+            None => format!("bit {bit}"),
+        })
+        .collect()
+}
+
+/// Reads `data.len()` bytes at `offset` of a configuration space `space` into `data`; an
+/// access past its end zero-fills `data` and returns false (the device counts it).
+pub fn read_config(space: &[u8], offset: u64, data: &mut [u8]) -> bool {
+    match offset
+        .checked_add(data.len() as u64)
+        .filter(|&end| end <= space.len() as u64)
+    {
+        Some(end) => {
+            data.copy_from_slice(&space[offset as usize..end as usize]);
+            true
+        }
+        None => {
+            data.fill(0);
+            false
+        }
+    }
 }
 
 #[cfg(test)]
@@ -168,5 +262,36 @@ mod tests {
         assert_eq!((f.len(), r.len()), (2, 0));
         assert!(split_front(&segs, 21).is_none());
         assert_eq!(total_len(&segs), 20);
+    }
+
+    #[test]
+    fn pieces_map_a_window_onto_segments() {
+        let segs = [
+            Seg {
+                addr: 0x1000,
+                len: 512,
+            },
+            Seg {
+                addr: 0x5000,
+                len: 1024,
+            },
+            Seg {
+                addr: 0x9000,
+                len: 512,
+            },
+        ];
+        assert_eq!(
+            pieces(&segs, 256, 1536),
+            vec![
+                (GuestAddress(0x1100), 0..256),
+                (GuestAddress(0x5000), 256..1280),
+                (GuestAddress(0x9000), 1280..1536),
+            ]
+        );
+        assert_eq!(
+            pieces(&segs, 1536, 512),
+            vec![(GuestAddress(0x9000), 0..512)]
+        );
+        assert_eq!(pieces(&segs, 0, 0), vec![]);
     }
 }
