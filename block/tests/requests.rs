@@ -303,6 +303,22 @@ fn direct_io_block_size_needs_aligned_requests() {
     );
     assert_eq!(drv.read_back(good.data_in, 4096), want);
     assert_eq!(dev.counters().bad_lengths, 2);
+    // Discard and write-zeroes segments too: whole blocks only (the fuzzer's finding).
+    let odd_discard = drv.request(VIRTIO_BLK_T_DISCARD, 0, &discard_seg(1, 8, 0), 0);
+    let short_zero = drv.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &discard_seg(8, 1, 0), 0);
+    let whole = drv.request(VIRTIO_BLK_T_WRITE_ZEROES, 0, &discard_seg(16, 8, 0), 0);
+    dev.process_queue(0, &mem, &()).unwrap();
+    assert_eq!(
+        [
+            drv.status(&odd_discard),
+            drv.status(&short_zero),
+            drv.status(&whole)
+        ],
+        [IOERR, IOERR, OK]
+    );
+    assert_eq!(dev.counters().bad_lengths, 4);
+    assert!(dev.backend().discards.is_empty());
+    assert_eq!(dev.backend().zeroed.len(), 1);
 }
 
 #[test]

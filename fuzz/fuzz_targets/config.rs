@@ -46,8 +46,8 @@ fn cli_text(step: &Step) -> String {
             "touch:stride={stride},passes={passes},work-only={},ws={working_set}",
             u8::from(work_only)
         ),
-        Step::Fill { seed } => format!("fill:seed={seed}"),
-        Step::Verify { seed } => format!("verify:seed={seed}"),
+        Step::Fill { seed, sparse } => format!("fill:seed={seed},sparse={sparse}"),
+        Step::Verify { seed, sparse } => format!("verify:seed={seed},sparse={sparse}"),
         Step::Same { value } => format!("same:value={value}"),
         Step::Checksum => "checksum".into(),
         Step::Read {
@@ -245,8 +245,8 @@ fn typed(data: &[u8]) {
                         work_only: s & 1 != 0,
                         working_set: if s & 2 != 0 { b } else { 0 },
                     },
-                    1 => Step::Fill { seed: s },
-                    2 => Step::Verify { seed: s },
+                    1 => Step::Fill { seed: s, sparse: b },
+                    2 => Step::Verify { seed: s, sparse: b },
                     3 => Step::Same { value: b },
                     4 => Step::Checksum,
                     5 => Step::Read {
