@@ -66,7 +66,7 @@ launch=()
 if ((disk)); then
   command -v mkfs.ext4 >/dev/null && command -v debugfs >/dev/null ||
     { echo "linux-demo: --disk needs mkfs.ext4 and debugfs (apt-get install e2fsprogs)" >&2; exit 1; }
-  mkfs.ext4 -q -F -L memvisor-demo "$tmp/disk.img" 16M
+  mkfs.ext4 -q -F -L memvisor-demo "$tmp/disk.img" 16M >/dev/null
   extra+=(--disk "path=$tmp/disk.img")
   echo "linux-demo: disk: a 16 MiB ext4 image, $tmp/disk.img"
 fi
@@ -108,6 +108,7 @@ expect() {
       n=$((n + 1))
       ((n <= seen)) && continue
       seen=$n
+      line=${line%$'\r'}
       if [[ "$line" == "$want"* ]]; then got=$line; return 0; fi
     done < <(sed -n 's/.*memvisor-guest: //p' "$console" 2>/dev/null)
     kill -0 "$pid" 2>/dev/null || { echo "linux-demo: memvisor ended:" >&2; cat "$tmp/report.txt" >&2; return 1; }
