@@ -34,7 +34,7 @@ pub trait VirtioDevice: Send {
     }
 }
 
-/// A device made of a model crate's [`DeviceModel`] (the `balloon` and `block` crates'
+/// A device made of a model crate's [`DeviceModel`] (the `balloon`, `block` and `net` crates'
 /// models) and what its queue processing needs: every such device is a [`VirtioDevice`]
 /// through the one blanket implementation below, so a new device kind writes these two
 /// methods instead of the whole delegation.

@@ -1,7 +1,7 @@
 //! What a virtio device model offers the transport that drives it: the [`DeviceModel`] trait.
 //!
-//! The device crates of this workspace (`balloon`, `block`) implement it, so the VMM wraps any
-//! of them for its transports (virtio-mmio, virtio-pci) with one adaptor instead of one
+//! The device crates of this workspace (`balloon`, `block`, `net`) implement it, so the VMM
+//! wraps any of them for its transports (virtio-mmio, virtio-pci) with one adaptor instead of one
 //! hand-written delegation per device. It knows nothing of KVM, transports or threads: the
 //! model gets its queues at activation and processes one queue when asked, through the guest
 //! memory object it is given.
