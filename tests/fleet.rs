@@ -243,8 +243,12 @@ fn overcommitted_fleet_keeps_every_byte() {
             );
             // Once the controller has inflated, the picture waits for the guests to follow.
             let inflated = std::fs::read_to_string(&record).is_ok_and(|r| r.contains("set_target"));
-            let fits =
-                used <= budget + slack && (!inflated || r["ballooned_bytes"].as_u64().unwrap() > 0);
+            // Or the controller has nothing to do: the host is above its floor without it
+            // (KSM, or other processes freeing memory, moved MemAvailable): the skip case below.
+            let idle = !inflated && low.sample() >= floor;
+            let fits = idle
+                || (used <= budget + slack
+                    && (!inflated || r["ballooned_bytes"].as_u64().unwrap() > 0));
             mid = r;
             fits
         },
@@ -369,7 +373,18 @@ fn overcommitted_fleet_keeps_every_byte() {
     );
     // The ballooning part runs when the fleet needs the controller; when KSM (and other
     // processes freeing memory) kept the host above the floor all along, it did not run here.
+    // The host never ran out: it always had a GiB (or what the floor leaves when lower).
+    assert!(
+        low.0 >= G.min(floor / 2),
+        "MemAvailable fell to {} MiB",
+        low.0 / M
+    );
+    if ksm {
+        assert!(saved > 0, "KSM saved nothing in the mergeable half");
+    }
     if inflations == 0 {
+        // The budget is the controller's floor, which was never reached: what the fleet used
+        // against the budget then says nothing about the controller (the data verified above).
         common::skip(
             t,
             format!(
@@ -379,6 +394,7 @@ fn overcommitted_fleet_keeps_every_byte() {
                 saved / M
             ),
         );
+        return;
     }
     assert!(
         end["used_bytes"].as_u64().unwrap() <= budget + slack,
@@ -392,7 +408,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         end["ballooned_bytes"].as_u64().unwrap() / M,
         ballooned / M
     );
-    assert!(ballooned > 0 || inflations == 0, "{log}");
+    assert!(ballooned > 0, "{log}");
     // Configured is at least twice what the fleet used (the budget), with slack for the
     // guests' own pages and the step in flight.
     assert!(
@@ -401,13 +417,4 @@ fn overcommitted_fleet_keeps_every_byte() {
         used / M,
         budget / M
     );
-    // The host never ran out: it always had a GiB (or what the floor leaves when lower).
-    assert!(
-        low.0 >= G.min(floor / 2),
-        "MemAvailable fell to {} MiB",
-        low.0 / M
-    );
-    if ksm {
-        assert!(saved > 0, "KSM saved nothing in the mergeable half");
-    }
 }
