@@ -15,6 +15,7 @@
 //!   compares against;
 //! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise;
 //! - [`disk`]: `memvisor bench disk`, the virtio-blk device's requests vs raw file I/O;
+//! - [`split_queue`]: the driver side of a split virtqueue (used by `disk`);
 //! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads;
 //! - [`startup`]: VMM start to first guest instruction and RSS beyond guest RAM, beside QEMU;
 //! - [`memory_paths`]: `memvisor bench memory-paths`, all of the above at modest sizes in one
@@ -38,6 +39,7 @@ pub mod memory_paths;
 pub mod minimal_uffd;
 pub mod prealloc;
 pub mod qemu;
+pub(crate) mod split_queue;
 pub mod startup;
 pub mod stats;
 pub mod swap;
