@@ -1,6 +1,6 @@
 //! The driver side of a split virtqueue in guest memory, for the device benchmarks
-//! ([`super::disk`]): they lay out descriptor chains the way a Linux driver does, make them
-//! available, and hand the device model a [`Queue`] describing the same rings.
+//! ([`super::disk`], [`super::net`]): they lay out descriptor chains the way a Linux driver
+//! does, make them available, and hand the device model a [`Queue`] describing the same rings.
 //!
 //! This module owns the ring layout (descriptor table, available and used rings of a 256-entry
 //! queue at a base address) and the writes a driver makes to them; the buffers themselves are
@@ -12,6 +12,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Entries of every benchmark queue (the size the devices offer).
 pub(crate) const QUEUE_SIZE: u16 = 256;
+/// Guest memory taken by one queue's rings (descriptor table, available ring, used ring).
+pub(crate) const RINGS_BYTES: u64 = 0x3000;
 /// `VIRTQ_DESC_F_NEXT`.
 pub(crate) const F_NEXT: u16 = 1;
 /// `VIRTQ_DESC_F_WRITE`.
@@ -35,7 +37,7 @@ pub(crate) struct SplitQueue {
 }
 
 impl SplitQueue {
-    /// A queue whose rings start at `base` (which leaves 0x3000 bytes free).
+    /// A queue whose rings start at `base` (which leaves [`RINGS_BYTES`] free).
     pub(crate) fn new(base: u64) -> Self {
         SplitQueue { base, avail_idx: 0 }
     }
@@ -100,5 +102,11 @@ impl SplitQueue {
     pub(crate) fn all_used(&self, mem: &GuestMemoryMmap) -> bool {
         let used: u16 = mem.read_obj(GuestAddress(self.used() + 2)).unwrap_or(0);
         used == self.avail_idx
+    }
+
+    /// The length the device wrote into used ring slot `n`.
+    pub(crate) fn used_len(&self, mem: &GuestMemoryMmap, n: u16) -> u32 {
+        let at = self.used() + 4 + 8 * u64::from(n % QUEUE_SIZE) + 4;
+        mem.read_obj(GuestAddress(at)).unwrap_or(0)
     }
 }
