@@ -37,7 +37,28 @@ pub(crate) fn ip(args: &[&str]) -> Result<String, BenchError> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
-/// A network namespace of this benchmark, deleted on drop.
+/// Names of the benchmark's namespaces: this and the process id.
+const PREFIX: &str = "memvisor-bench-net-";
+
+/// Deletes the namespaces left by benchmark processes that no longer run (killed before their
+/// drop ran).
+fn remove_stale() {
+    let Ok(dir) = std::fs::read_dir("/run/netns") else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name.strip_prefix(PREFIX) else {
+            continue;
+        };
+        if pid.parse::<u32>().is_ok() && !std::path::Path::new("/proc").join(pid).exists() {
+            let _ = ip(&["netns", "del", &name]);
+        }
+    }
+}
+
+/// A network namespace of this benchmark, deleted on drop (and, should the process be killed
+/// first, by the next run).
 pub(crate) struct Netns {
     name: String,
 }
@@ -50,7 +71,8 @@ impl Netns {
                 reason: "needs root (it creates a network namespace, a tap and a veth pair); run it as root".into(),
             });
         }
-        let name = format!("memvisor-bench-net-{}", std::process::id());
+        remove_stale();
+        let name = format!("{PREFIX}{}", std::process::id());
         ip(&["netns", "add", &name])?;
         Ok(Netns { name })
     }
