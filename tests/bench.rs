@@ -95,3 +95,50 @@ fn bench_uffd_small() {
         FaultSource::ALL.len()
     );
 }
+
+#[test]
+fn bench_net_small() {
+    if !root_or_skip("bench_net_small") {
+        return;
+    }
+    if !std::path::Path::new(net::tap::TUN_DEVICE).exists() {
+        common::skip("bench_net_small", "no /dev/net/tun (modprobe tun)");
+        return;
+    }
+    let opts = memvisor::bench::net::NetBenchOptions {
+        frames: 300,
+        reps: 2,
+    };
+    // The run itself fails unless the tap's kernel counters and the device's moved by exactly
+    // the frames sent on every path.
+    let report = memvisor::bench::net::run(&opts, &|line| println!("{line}")).unwrap();
+    println!("{}", report.to_text());
+    let rows: Vec<(&str, usize)> = report
+        .rows
+        .iter()
+        .map(|r| (r.direction, r.frame_bytes))
+        .collect();
+    assert_eq!(
+        rows,
+        vec![("tx", 1514), ("tx", 64), ("rx", 1514), ("rx", 64)]
+    );
+    for r in &report.rows {
+        assert_eq!(r.frames, 512, "rounded up to whole queues");
+        for s in [&r.device, &r.raw, &r.veth] {
+            assert_eq!(s.as_ref().map(|s| s.samples.len()), Some(2), "{r:?}");
+        }
+        assert!(r.device_vs_raw.is_some() && r.device_vs_veth.is_some());
+    }
+    let json: serde_json::Value = serde_json::from_str(&report.to_json()).unwrap();
+    assert_eq!(json["rows"].as_array().unwrap().len(), 4);
+    // The namespace is gone again.
+    let list = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let list = String::from_utf8_lossy(&list.stdout);
+    assert!(
+        !list.contains(&format!("memvisor-bench-net-{}", std::process::id())),
+        "{list}"
+    );
+}

@@ -16,6 +16,7 @@
 //! of emulated kernel work, so the device path is measured on its own.
 
 use super::prealloc::size_arg;
+use super::split_queue::{guest_memory, SplitQueue, F_NEXT, F_WRITE};
 use super::stats::{median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell};
 use super::{Align, BenchError, BenchReport, BenchRow, Machine, Table};
@@ -25,14 +26,10 @@ use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::PathBuf;
 use std::time::Instant;
 use virtio_bindings::virtio_blk::{VIRTIO_BLK_T_IN, VIRTIO_BLK_T_OUT};
-use virtio_queue::{Queue, QueueT};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 /// Requests in flight per batch (one notification).
 const QUEUE_DEPTH: u16 = 32;
-const DESC: u64 = 0;
-const AVAIL: u64 = 0x1000;
-const USED: u64 = 0x2000;
 const HEADERS: u64 = 0x1_0000;
 const STATUS: u64 = 0x2_0000;
 const DATA: u64 = 1 << 20;
@@ -207,59 +204,28 @@ impl Drop for ImageFile {
 /// The driver side of the request queue.
 struct Driver {
     mem: GuestMemoryMmap,
-    avail_idx: u16,
+    queue: SplitQueue,
 }
 
 impl Driver {
     fn new() -> Result<Self, BenchError> {
         let len = DATA + u64::from(QUEUE_DEPTH) * (128 << 10);
-        let mem =
-            GuestMemoryMmap::from_ranges(&[(GuestAddress(0), len as usize)]).map_err(|e| {
-                BenchError::Check {
-                    what: "guest memory for the disk benchmark".into(),
-                    detail: e.to_string(),
-                }
-            })?;
-        Ok(Driver { mem, avail_idx: 0 })
-    }
-
-    fn queue() -> Queue {
-        let mut q = Queue::new(256).expect("valid size");
-        q.set_size(256);
-        q.set_desc_table_address(Some(DESC as u32), Some(0));
-        q.set_avail_ring_address(Some(AVAIL as u32), Some(0));
-        q.set_used_ring_address(Some(USED as u32), Some(0));
-        q.set_ready(true);
-        q
-    }
-
-    fn desc(&self, i: u16, addr: u64, len: u32, flags: u16, next: u16) {
-        let mut d = [0u8; 16];
-        d[0..8].copy_from_slice(&addr.to_le_bytes());
-        d[8..12].copy_from_slice(&len.to_le_bytes());
-        d[12..14].copy_from_slice(&flags.to_le_bytes());
-        d[14..16].copy_from_slice(&next.to_le_bytes());
-        self.mem
-            .write_slice(&d, GuestAddress(DESC + 16 * u64::from(i)))
-            .expect("inside guest memory");
+        Ok(Driver {
+            mem: guest_memory(len, "disk")?,
+            queue: SplitQueue::new(0),
+        })
     }
 
     /// Lays out `QUEUE_DEPTH` requests of `len` bytes (header, data, status).
     fn set_up(&self, len: u32, write: bool) {
-        const NEXT: u16 = 1;
-        const WRITE: u16 = 2;
+        let q = &self.queue;
         for r in 0..QUEUE_DEPTH {
             let d = 3 * r;
-            let data_flags = if write { NEXT } else { NEXT | WRITE };
-            self.desc(d, HEADERS + 16 * u64::from(r), 16, NEXT, d + 1);
-            self.desc(
-                d + 1,
-                DATA + u64::from(r) * (128 << 10),
-                len,
-                data_flags,
-                d + 2,
-            );
-            self.desc(d + 2, STATUS + u64::from(r), 1, WRITE, 0);
+            let data_flags = if write { F_NEXT } else { F_NEXT | F_WRITE };
+            q.desc(&self.mem, d, HEADERS + 16 * u64::from(r), 16, F_NEXT, d + 1);
+            let data = DATA + u64::from(r) * (128 << 10);
+            q.desc(&self.mem, d + 1, data, len, data_flags, d + 2);
+            q.desc(&self.mem, d + 2, STATUS + u64::from(r), 1, F_WRITE, 0);
         }
     }
 
@@ -274,23 +240,16 @@ impl Driver {
             self.mem
                 .write_slice(&[0xff], GuestAddress(STATUS + r as u64))
                 .expect("inside");
-            let slot = AVAIL + 4 + 2 * u64::from(self.avail_idx % 256);
-            self.mem
-                .write_obj(3 * r as u16, GuestAddress(slot))
-                .expect("inside");
-            self.avail_idx = self.avail_idx.wrapping_add(1);
+            self.queue.post(&self.mem, 3 * r as u16);
         }
-        self.mem
-            .write_obj(self.avail_idx, GuestAddress(AVAIL + 2))
-            .expect("inside");
+        self.queue.publish(&self.mem);
     }
 
     /// Whether the device completed every request of the last batch with `VIRTIO_BLK_S_OK`.
     fn all_ok(&self, n: usize) -> bool {
-        let used: u16 = self.mem.read_obj(GuestAddress(USED + 2)).unwrap_or(0);
         let mut status = vec![0xffu8; n];
         let _ = self.mem.read_slice(&mut status, GuestAddress(STATUS));
-        used == self.avail_idx && status.iter().all(|&s| s == 0)
+        self.queue.all_used(&self.mem) && status.iter().all(|&s| s == 0)
     }
 }
 
@@ -381,12 +340,12 @@ pub fn run(
         },
     );
     dev.ack_features(dev.avail_features());
-    dev.activate(vec![Driver::queue()])
+    let mut drv = Driver::new()?;
+    dev.activate(vec![drv.queue.device_queue()])
         .map_err(|e| BenchError::Check {
             what: "activating the device".into(),
             detail: e.to_string(),
         })?;
-    let mut drv = Driver::new()?;
     // The baseline reads and writes the same file through its own descriptor (the device
     // holds the image's lock; a second descriptor of this process does not need one).
     let mut o = std::fs::OpenOptions::new();

@@ -15,6 +15,9 @@
 //!   compares against;
 //! - [`balloon`]: `memvisor bench balloon`, PATCH /balloon to host memory returned vs raw madvise;
 //! - [`disk`]: `memvisor bench disk`, the virtio-blk device's requests vs raw file I/O;
+//! - [`net`]: `memvisor bench net`, the virtio-net device's frames vs raw tap I/O and a veth
+//!   pair, in a network namespace of its own ([`netns`]);
+//! - [`split_queue`]: the driver side of a split virtqueue, shared by `disk` and `net`;
 //! - [`mappings`]: `memvisor bench mappings`, the GPA→HPA map in ms/GiB vs raw pagemap reads;
 //! - [`startup`]: VMM start to first guest instruction and RSS beyond guest RAM, beside QEMU;
 //! - [`memory_paths`]: `memvisor bench memory-paths`, all of the above at modest sizes in one
@@ -36,8 +39,11 @@ pub mod machine;
 pub mod mappings;
 pub mod memory_paths;
 pub mod minimal_uffd;
+pub mod net;
+pub(crate) mod netns;
 pub mod prealloc;
 pub mod qemu;
+pub(crate) mod split_queue;
 pub mod startup;
 pub mod stats;
 pub mod swap;

@@ -37,6 +37,23 @@ pub enum BenchCmd {
     /// requests over a raw image, beside raw pread/pwrite of the same offsets: sequential
     /// 128K MiB/s and random 4K IOPS, reads and writes.
     Disk(DiskArgs),
+    /// Network frames: the virtio-net device (as --net uses it) transmitting Linux-shaped
+    /// chains to a tap in its own network namespace, beside raw writev to the same tap and
+    /// AF_PACKET sendto on a veth pair: 1514- and 64-byte frames, Gbit/s and frames/s (root).
+    Net(NetArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct NetArgs {
+    /// Frames per repetition, path and frame size (rounded up to a multiple of 256).
+    #[arg(long, default_value_t = 65536)]
+    frames: u64,
+    /// Repetitions.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Print JSON instead of the table.
+    #[arg(long)]
+    json: bool,
 }
 
 #[derive(Args, Debug)]
@@ -220,6 +237,13 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
                 direct: a.direct,
             };
             print(memvisor::bench::disk::run(&opts, &progress), a.json)
+        }
+        BenchCmd::Net(a) => {
+            let opts = memvisor::bench::net::NetBenchOptions {
+                frames: a.frames,
+                reps: a.reps,
+            };
+            print(memvisor::bench::net::run(&opts, &progress), a.json)
         }
         BenchCmd::Mappings(a) => {
             let opts = memvisor::bench::mappings::MappingsOptions {
