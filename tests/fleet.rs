@@ -317,15 +317,7 @@ fn overcommitted_fleet_keeps_every_byte() {
         kept += data;
         verified += driver["verified_bytes"].as_u64().unwrap();
     }
-    let controller = controller.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(controller.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = controller.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{log}");
+    let log = controller.stop_controller();
     drop(guard.map(|g| g.restore()));
     eprintln!("controller log:\n{log}");
 

@@ -216,12 +216,7 @@ fn guest_swap_in(size: u64) -> Result<(f64, f64), BenchError> {
     )
     .map_err(|e| check("starting the guest")(e.to_string()))?;
     let _ = reclaimer.set(vmm.reclaimer().clone());
-    let report = vmm.wait(&RunOptions::default());
-    let read = report
-        .ops
-        .iter()
-        .find(|o| o.name == "read")
-        .ok_or_else(|| check("the guest's read step")(format!("{:?}", report.outcome)))?;
+    let read_seconds = read_step_seconds(&vmm.wait(&RunOptions::default()))?;
     let s = seen.lock().unwrap();
     let faults = s.1.saturating_sub(s.0);
     if faults < size / PAGE / 2 {
@@ -230,7 +225,17 @@ fn guest_swap_in(size: u64) -> Result<(f64, f64), BenchError> {
             size / PAGE
         )));
     }
-    Ok((faults as f64 / read.seconds, s.2))
+    Ok((faults as f64 / read_seconds, s.2))
+}
+
+/// How long the guest's `read` step took, from its run report.
+fn read_step_seconds(report: &crate::report::run::RunReport) -> Result<f64, BenchError> {
+    report
+        .ops
+        .iter()
+        .find(|o| o.name == "read")
+        .map(|o| o.seconds)
+        .ok_or_else(|| check("the guest's read step")(format!("{:?}", report.outcome)))
 }
 
 /// The platform's floor for a guest fault: a built-in guest reading one word per page of a work
@@ -247,13 +252,7 @@ fn guest_fault_floor(size: u64) -> Result<f64, BenchError> {
     };
     let mut vmm = Vmm::start_with(&config, StartOptions::default())
         .map_err(|e| check("starting the guest")(e.to_string()))?;
-    let report = vmm.wait(&RunOptions::default());
-    let read = report
-        .ops
-        .iter()
-        .find(|o| o.name == "read")
-        .ok_or_else(|| check("the guest's read step")(format!("{:?}", report.outcome)))?;
-    Ok((size / PAGE) as f64 / read.seconds)
+    Ok((size / PAGE) as f64 / read_step_seconds(&vmm.wait(&RunOptions::default()))?)
 }
 
 /// Runs the benchmark.

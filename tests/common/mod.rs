@@ -459,6 +459,23 @@ pub fn report_overcommit_all(rt: &Path) -> serde_json::Value {
 /// A `memvisor run` child, killed on drop.
 pub struct Running(pub Option<std::process::Child>);
 
+impl Running {
+    /// Stops a `memvisor balance` child with SIGTERM (it exits 0 then) and answers its standard
+    /// output, the decisions it printed.
+    pub fn stop_controller(&mut self) -> String {
+        let c = self.0.take().expect("still running");
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(c.id() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        )
+        .unwrap();
+        let out = c.wait_with_output().unwrap();
+        let log = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(out.status.success(), "{log}");
+        log
+    }
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Some(mut c) = self.0.take() {

@@ -175,15 +175,7 @@ fn fleet_half_without_balloons_is_carried_by_swap() {
             assert_eq!(bytes, VM_MEM - 16 * M, "vm{i} verified its whole work area");
         }
     }
-    let c = controller.0.take().unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(c.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    )
-    .unwrap();
-    let out = c.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stdout).to_string();
-    assert!(out.status.success(), "{log}");
+    let log = controller.stop_controller();
     eprintln!("controller log:\n{log}");
     let rec = std::fs::read_to_string(&record).unwrap();
     let reclaims = rec.matches(r#""kind":"reclaim""#).count();
