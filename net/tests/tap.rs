@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use net::{Net, NetOptions, Tap, TapError, RX_QUEUE, TX_QUEUE};
+use virtio_mock::skip;
 
 /// A network namespace, deleted on drop (also when the test fails).
 struct NetNs(String);
@@ -54,10 +55,6 @@ impl Drop for NetNs {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
-}
-
-fn skip(test: &str, reason: &str) {
-    println!("skip: {test}: {reason}");
 }
 
 fn arp_request(mac: [u8; 6], from: [u8; 4], to: [u8; 4]) -> Vec<u8> {

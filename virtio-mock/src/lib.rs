@@ -4,6 +4,8 @@
 //! ([`Driver::add_chain`]) and descriptors stored exactly as given, however hostile
 //! ([`Driver::add_raw`], [`Driver::push_avail`], [`Driver::set_avail_idx`]).
 //!
+//! Also the `skip:` line of the device crates' tests ([`skip`]), as the VMM's own tests print it.
+//!
 //! This crate owns nothing of the devices: it only plays the driver. It is a dev-dependency.
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
@@ -15,6 +17,23 @@ use virtio_queue::desc::{split::Descriptor as SplitDescriptor, RawDescriptor};
 use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
+
+/// Prints one `skip: <test>: <reason>` line for a part of a test that could not run here, and
+/// appends it to the file named by `MEMVISOR_SKIP_LOG` when set (`.ci/run` shows those lines,
+/// which the test harness would otherwise capture) — as the VMM's tests (`tests/common`) do.
+pub fn skip(test: &str, reason: impl std::fmt::Display) {
+    println!("skip: {test}: {reason}");
+    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "skip: {test}: {reason}");
+        }
+    }
+}
 
 /// `VRING_DESC_F_WRITE`: a device-writable descriptor.
 pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;

@@ -7,7 +7,7 @@ use block::{Block, BlockOptions, DeviceModel, MemDisk};
 use virtio_bindings::virtio_blk::VIRTIO_BLK_S_OK;
 use virtio_bindings::virtio_config::VIRTIO_F_VERSION_1;
 #[allow(unused_imports)] // not every test file uses both
-pub use virtio_mock::{NEXT, WRITE};
+pub use virtio_mock::{skip, NEXT, WRITE};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryMmap};
 
 pub const MIB: u64 = 1 << 20;
@@ -123,22 +123,6 @@ pub fn rw() -> BlockOptions {
     BlockOptions {
         read_only: false,
         id: "memvisor-test-disk".into(),
-    }
-}
-
-/// Prints (and logs to `$MEMVISOR_SKIP_LOG`, as the VMM's tests do) why part of a test did not
-/// run here.
-pub fn skip(test: &str, reason: impl std::fmt::Display) {
-    println!("skip: {test}: {reason}");
-    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "skip: {test}: {reason}");
-        }
     }
 }
 
