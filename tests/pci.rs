@@ -947,7 +947,12 @@ fn msix_vectors_reach_the_local_apic_they_name_through_irqfds() {
     assert_eq!(irq10_requested(kvm.fd()), (false, false));
     let line = KvmIrq::new(kvm.kvm(), kvm.fd()).unwrap().intx(10).unwrap();
     line.set_level(true).unwrap();
-    assert_eq!(irq10_requested(kvm.fd()), (true, true));
+    // KVM injects a resampling irqfd's write from a work item, a moment later.
+    common::wait_until(
+        "IRQ 10 up in the I/O APIC and the PIC",
+        std::time::Duration::from_secs(10),
+        || irq10_requested(kvm.fd()) == (true, true),
+    );
 }
 
 /// Without the in-kernel irqchip there is no irqfd: building the function fails with a reason

@@ -150,33 +150,39 @@ fn intx_is_an_irqfd_raised_again_after_the_guests_eoi_while_an_isr_is_set() {
         inflated[f] += 1;
         let (buf, len) = pfns(&ram, PFN_BUF + 0x1000 * f as u64, gpa, 4);
         let q = &mut queues[f];
+        let used = q.used_idx(&ram);
         q.post(&ram, buf, len, 0);
         drivers[f].kick(q);
-        let used = q.used_idx(&ram);
-        wait_until(
-            &format!("balloon {f}'s inflate #{} used", inflated[f]),
-            Duration::from_secs(10),
-            || queues[f].used_idx(&ram) == used,
+        let what = format!(
+            "balloon {f}'s inflate #{} used, INTA# asserted",
+            inflated[f]
         );
+        wait_until(&what, Duration::from_secs(10), || {
+            queues[f].used_idx(&ram) != used && intx.asserting() & 1 << f != 0
+        });
+    };
+    // KVM injects a resampling irqfd's write from a work item: the I/O APIC sees it a moment
+    // later.
+    let wait_up = |why: &str| {
+        wait_until(
+            &format!("IRQ 10 up in the I/O APIC: {why}"),
+            Duration::from_secs(10),
+            || line_up(kvm.fd()),
+        )
     };
     let fd = kvm.fd();
     assert!(!line_up(fd), "nothing asserted yet");
 
     // Raised through the device thread: the I/O APIC sees it.
     inflate(0);
-    wait_until("IRQ 10 up in the I/O APIC", Duration::from_secs(10), || {
-        line_up(fd)
-    });
+    wait_up("raised through the device thread");
     assert!(balloons[0].0.intx_asserted());
     assert!(!msi_sent(&balloons[0].0));
 
     // EOI with the ISR still set (the guest has not read it): KVM lowers the line, the
     // device thread raises it again.
     assert_eq!(eoi_and_wait(&mut vcpu, &ram, &intx), (1, 1));
-    assert!(
-        line_up(fd),
-        "re-asserted after the EOI: the ISR is still set"
-    );
+    wait_up("re-asserted after the EOI: the ISR is still set");
 
     // The guest reads the ISR (read-to-clear: no call, the line stays up until its EOI); a
     // new interrupt arrives before the EOI; the EOI must not lose it.
@@ -188,7 +194,7 @@ fn intx_is_an_irqfd_raised_again_after_the_guests_eoi_while_an_isr_is_set() {
     );
     inflate(0);
     assert_eq!(eoi_and_wait(&mut vcpu, &ram, &intx), (2, 2));
-    assert!(line_up(fd), "the interrupt raised between ISR read and EOI");
+    wait_up("the interrupt raised between ISR read and EOI");
 
     // ISR read, then EOI: nothing pending, the line stays low.
     assert_eq!(drivers[0].isr(), 1);
@@ -199,11 +205,11 @@ fn intx_is_an_irqfd_raised_again_after_the_guests_eoi_while_an_isr_is_set() {
     // the line up for the second.
     inflate(0);
     inflate(1);
-    assert!(line_up(fd));
+    wait_up("two functions assert it");
     assert_eq!(drivers[0].isr(), 1);
     assert!(balloons[1].0.intx_asserted());
     assert_eq!(eoi_and_wait(&mut vcpu, &ram, &intx), (4, 3));
-    assert!(line_up(fd), "balloon 1 still asserts INTA#");
+    wait_up("balloon 1 still asserts INTA#");
     assert_eq!(drivers[1].isr(), 1);
     assert_eq!(eoi_and_wait(&mut vcpu, &ram, &intx), (5, 3));
     assert!(!line_up(fd), "both ISRs read: low after the EOI");

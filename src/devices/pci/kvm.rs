@@ -8,7 +8,8 @@
 //! registered with `KVM_IRQFD_FLAG_RESAMPLE` ([`IntxIrqfd`], made by [`KvmIrq::intx`]) gives
 //! KVM that level without an ioctl per change:
 //! - **assert** = write the irqfd (from whichever thread raised the ISR: the device thread,
-//!   the API, a vCPU's configuration write). KVM raises the GSI and keeps it up.
+//!   the API, a vCPU's configuration write). KVM raises the GSI and keeps it up; it does so
+//!   from a work item, so the I/O APIC sees the line a moment after the write returns.
 //! - **deassert** happens in KVM, not here: at the guest's EOI for that line (the I/O APIC's or
 //!   the PIC's ack) KVM lowers the GSI and signals the resample eventfd. The device event
 //!   thread waits on that eventfd ([`super::shared_intx::IntxResampler`]) and writes the irqfd

@@ -79,6 +79,12 @@ impl SharedIntx {
         self.resamples.fetch_add(1, Ordering::Release);
     }
 
+    /// The functions asserting the line now, bit `index` for the function of [`Self::pin`]
+    /// `index` (set and cleared together with the line's writes).
+    pub fn asserting(&self) -> u64 {
+        *self.asserted.lock().unwrap()
+    }
+
     /// The resample path's counters (a resample is counted once its re-assert, if any, is
     /// done).
     pub fn counters(&self) -> ResampleCounters {
