@@ -169,6 +169,7 @@ impl Vmm {
         };
         let (tx, rx) = mpsc::channel();
         let mut fds = Vec::new();
+        let mut intx_resampler = None;
         let (bus, linux, balloon, disks, nets): (Arc<dyn Bus>, _, _, _, _) = match &config.linux {
             None => {
                 let balloon_mmio = config.balloon.clone().map(|opts| {
@@ -197,7 +198,7 @@ impl Vmm {
                 )
             }
             Some(lc) => {
-                let (machine, balloon, disks, nets) = linux_machine(
+                let (machine, balloon, disks, nets, resampler) = linux_machine(
                     &vm,
                     &ram,
                     lc,
@@ -209,6 +210,7 @@ impl Vmm {
                 for id in 0..config.vcpus {
                     fds.push(machine.create_vcpu(&vm, id)?);
                 }
+                intx_resampler = resampler;
                 let bus = machine.bus.clone() as Arc<dyn Bus>;
                 (bus, Some(machine), balloon, disks, nets)
             }
@@ -229,6 +231,7 @@ impl Vmm {
             balloon.as_ref(),
             &disks,
             &nets,
+            intx_resampler,
             &ram,
             filters.get(ThreadKind::Devices),
         )?;
@@ -595,13 +598,14 @@ impl Drop for Vmm {
 }
 
 /// Starts the device event thread serving the balloon, the disks and the network interfaces (each with its own
-/// subscriber; their queue notifications become ioeventfds here, before any vCPU runs), or
-/// nothing when the VM has no device.
+/// subscriber; their queue notifications become ioeventfds here, before any vCPU runs) and
+/// the PCI INTx line's resample eventfd, or nothing when the VM has no device.
 fn start_devices(
     vm: &Vm,
     balloon: Option<&BalloonHandle>,
     disks: &[BlockHandle],
     nets: &[NetHandle],
+    intx: Option<crate::devices::pci::shared_intx::IntxResampler>,
     ram: &Arc<GuestRam>,
     filter: ThreadFilter,
 ) -> Result<Option<DeviceThread>, VmmError> {
@@ -633,6 +637,9 @@ fn start_devices(
             ram.clone(),
         )?));
     }
+    if let Some(r) = intx {
+        subscribers.push(Box::new(r));
+    }
     Ok(Some(DeviceThread::start(subscribers, filter)?))
 }
 
@@ -643,8 +650,8 @@ const PCI_INTX_GSI: u32 = 10;
 /// modern virtio-pci functions on a PCI bus (conf1 ports, BARs in the PCI window; the balloon
 /// first, then the disks in `--disk` order, so Linux names them vda, vdb, ..., then the network
 /// interfaces in `--net` order) described to the guest as an ACPI host bridge, their interrupts
-/// MSI-X through GSI routes and irqfds (INTA# of all of them is one shared line, raised with
-/// `KVM_IRQ_LINE`).
+/// MSI-X through GSI routes and irqfds (INTA# of all of them is one shared line, an irqfd
+/// with a resample eventfd whose resampler the device thread must serve).
 fn linux_machine(
     vm: &Vm,
     ram: &Arc<GuestRam>,
@@ -664,13 +671,23 @@ fn linux_machine(
     let mut handle = None;
     let mut disk_handles = Vec::new();
     let mut net_handles = Vec::new();
+    let mut resampler = None;
     if balloon.is_some() || !disks.is_empty() || !nets.is_empty() {
         let pci_err = |what: &str, e: String| {
             LinuxError::Device(format!("{what}'s virtio-pci function: {e}"))
         };
         let kvm_irq =
             KvmIrq::new(vm.kvm(), vm.fd()).map_err(|e| pci_err("the PCI bus", e.to_string()))?;
-        let intx = SharedIntx::new(kvm_irq.intx(PCI_INTX_GSI));
+        let line = kvm_irq
+            .intx(PCI_INTX_GSI)
+            .map_err(|e| pci_err("the PCI bus", e.to_string()))?;
+        let intx = SharedIntx::new(line.clone());
+        resampler = Some(
+            intx.resampler(
+                line.resample_event()
+                    .map_err(|e| pci_err("the PCI bus", format!("INTx resample eventfd: {e}")))?,
+            ),
+        );
         // MSI-X vectors: GSI routes with irqfds in the VM's one routing table.
         let msi = Arc::new(vm.irq_routing());
         let irq_for = |function: usize| PciIrq {
@@ -717,7 +734,7 @@ fn linux_machine(
     }
     let machine =
         crate::linux::LinuxMachine::setup(ram, lc, vcpus, vm.host().hardware, irq, devices)?;
-    Ok((machine, handle, disk_handles, net_handles))
+    Ok((machine, handle, disk_handles, net_handles, resampler))
 }
 
 /// A Linux guest's machine, its balloon, its disks and its network interfaces.
@@ -726,6 +743,7 @@ type LinuxDevices = (
     Option<BalloonHandle>,
     Vec<BlockHandle>,
     Vec<NetHandle>,
+    Option<crate::devices::pci::shared_intx::IntxResampler>,
 );
 
 fn stop_all(handles: &mut [VcpuHandle]) {

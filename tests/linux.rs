@@ -26,6 +26,9 @@
 //! - `test_kernel_hugetlbfs_ksm_and_balance` (`tests/linux/overcommit.rs`) boots two more test
 //!   guests beside them: one on hugetlbfs whose balloon returns whole huge pages to the pool,
 //!   one mergeable whose identical pages KSM merges, then `memvisor balance` over both.
+//! - `test_kernel_balloon_over_intx_with_pci_nomsi` (`tests/linux/intx.rs`) boots it with
+//!   `pci=nomsi`: the kernel's `virtio_balloon` works over INTx (memvisor's resampling irqfd on
+//!   GSI 10), a 16 MiB inflate completes, the interrupts are counted on `IO-APIC 10-fasteoi`.
 //!
 //! The assets are built by `.ci/run` (through `scripts/guest-assets.sh`) before the tests; a
 //! test builds them itself when they are missing, and prints a skip line naming what is missing
@@ -685,6 +688,9 @@ fn test_kernel_or_skip(test: &str) -> Option<(PathBuf, PathBuf)> {
     }
 }
 
+/// The kernel command line of the test guests.
+const TEST_CMDLINE: &str = "console=ttyS0 reboot=k panic=1 printk.devkmsg=on";
+
 /// The test guest (`scripts/guest/test-init.sh`) behind memvisor's console: commands go in
 /// through memvisor's stdin, answers come back as `memvisor-guest: ` lines in the console file.
 struct TestGuest {
@@ -706,7 +712,19 @@ impl TestGuest {
     /// [`TestGuest::start`] through `cmd` (the memvisor binary, possibly behind `ip netns
     /// exec`, which execs it: the child is memvisor itself).
     fn start_with(
+        cmd: Command,
+        vmlinux: &Path,
+        initramfs: &Path,
+        tmp: &TempDir,
+        extra: &[&str],
+    ) -> TestGuest {
+        Self::start_cmdline(cmd, TEST_CMDLINE, vmlinux, initramfs, tmp, extra)
+    }
+
+    /// [`TestGuest::start_with`] with the kernel command line `cmdline`.
+    fn start_cmdline(
         mut cmd: Command,
+        cmdline: &str,
         vmlinux: &Path,
         initramfs: &Path,
         tmp: &TempDir,
@@ -719,10 +737,7 @@ impl TestGuest {
             .arg(vmlinux)
             .arg("--initrd")
             .arg(initramfs)
-            .args([
-                "--cmdline",
-                "console=ttyS0 reboot=k panic=1 printk.devkmsg=on",
-            ])
+            .args(["--cmdline", cmdline])
             .args(["--vcpus", "1", "--timeout", "1800"])
             .args(extra)
             .arg("--api-sock")
@@ -791,6 +806,15 @@ impl TestGuest {
         self.stdin.flush().unwrap();
     }
 
+    /// The guest's `/proc/interrupts` now, one `irq <line>` per line.
+    fn interrupts(&mut self) -> Vec<String> {
+        let from = self.lines().len();
+        self.send("interrupts");
+        self.send("echo interrupts listed");
+        self.expect("echo interrupts listed", Duration::from_secs(60));
+        self.lines()[from..].to_vec()
+    }
+
     /// `meminfo`: (MemTotal, MemFree) in kB.
     fn meminfo(&mut self) -> (u64, u64) {
         self.send("meminfo");
@@ -805,6 +829,14 @@ impl TestGuest {
         };
         (field("MemTotal:"), field("MemFree:"))
     }
+}
+
+/// The count (of the first CPU) in an `irq <line>` of the guest's `/proc/interrupts`.
+fn irq_count(line: &str) -> u64 {
+    line.split_whitespace()
+        .nth(2)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("a count in {line}"))
 }
 
 /// The `field` part (`disk`, `net`) of the device with id `id` in `GET /vm`.
@@ -993,21 +1025,13 @@ fn test_kernel_balloon_and_console_end_to_end() {
     verified(&mut g);
     // The balloon's interrupts were MSI-X messages, i.e. irqfd writes on memvisor's GSI routes:
     // the guest counted them on the inflate queue's vector.
-    let from = g.lines().len();
-    g.send("interrupts");
-    g.send("echo interrupts listed");
-    g.expect("echo interrupts listed", Duration::from_secs(60));
-    let listed = g.lines()[from..].to_vec();
+    let listed = g.interrupts();
     let inflate = listed
         .iter()
         .find(|l| l.starts_with("irq ") && l.contains("virtio") && l.contains("inflate"))
         .unwrap_or_else(|| panic!("the inflate queue's vector in /proc/interrupts: {listed:#?}"));
     assert!(inflate.contains("MSI"), "an MSI-X vector: {inflate}");
-    let count: u64 = inflate
-        .split_whitespace()
-        .nth(2)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("a count in {inflate}"));
+    let count = irq_count(inflate);
     assert!(count > 0, "inflate interrupts taken: {inflate}");
     println!("{test}: {inflate}");
     g.send("free");
@@ -1133,5 +1157,7 @@ fn test_kernel_free_page_reporting_and_deflate_on_oom() {
 
 #[path = "linux/disk.rs"]
 mod disk;
+#[path = "linux/intx.rs"]
+mod intx;
 #[path = "linux/net.rs"]
 mod net;

@@ -237,25 +237,33 @@ fn the_work_of_each_thread_kind_passes_its_filter() {
             // The balloon's virtio-pci interrupts. Made at setup: the GSI, its eventfd and the
             // irqfd (KVM_IRQFD). On a vCPU thread (an MSI-X table write): pointing the route
             // (KVM_SET_GSI_ROUTING) and sending; on API and device threads: sending, an
-            // eventfd write. INTx (KVM_IRQ_LINE) from all three.
+            // eventfd write. INTx from all three: an irqfd write to assert, nothing to deassert
+            // (KVM lowers the line at the guest's EOI), and on the device thread the resample
+            // eventfd's read and the write that raises the line again.
             let (vm, _vcpu) = irqchip_vm();
             let route =
                 std::sync::Arc::new(std::sync::Mutex::new(vm.irq_routing().route().unwrap()));
             let irq = memvisor::devices::pci::KvmIrq::new(vm.kvm(), vm.fd()).unwrap();
+            let line = irq.intx(10).unwrap();
             for kind in [ThreadKind::Vcpu, ThreadKind::Api, ThreadKind::Devices] {
                 let filter = ThreadFilter::new(SeccompMode::On, kind).unwrap();
-                let (irq, route) = (irq.clone(), route.clone());
+                let (line, route) = (line.clone(), route.clone());
+                let resample = line.resample_event().unwrap();
                 std::thread::spawn(move || {
-                    use memvisor::devices::pci::MsiRoute;
+                    use memvisor::devices::pci::{IntxLine, MsiRoute};
                     filter.apply().unwrap();
                     let mut route = route.lock().unwrap();
                     if kind == ThreadKind::Vcpu {
                         route.set(0xfee0_0000, 0x30).unwrap();
                     }
                     route.send().unwrap();
-                    let line = irq.intx(10);
                     line.set_level(true).unwrap();
                     line.set_level(false).unwrap();
+                    if kind == ThreadKind::Devices {
+                        resample.write(1).unwrap(); // as KVM does at an EOI
+                        assert_eq!(resample.read().unwrap(), 1);
+                        line.set_level(true).unwrap();
+                    }
                 })
                 .join()
                 .unwrap();
@@ -327,12 +335,12 @@ fn irqchip_vm() -> (memvisor::vmm::vm::Vm, kvm_ioctls::VcpuFd) {
 /// The GSI routing table is only rewritten on vCPU threads (MSI-X table and configuration
 /// writes) and irqfds are only made at setup: the device thread may do neither (it only writes
 /// the eventfds: `the_work_of_each_thread_kind_passes_its_filter`), a vCPU thread may not make
-/// irqfds, and no thread may send an MSI by ioctl any more.
+/// irqfds, and no thread may send an MSI or set an INTx level by ioctl any more.
 #[test]
 fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
     let t = "interrupt_routing_ioctls_are_allowed_only_where_they_are_made";
     use memvisor::devices::pci::MsiRoute;
-    use memvisor::seccomp::rules::{KVM_IRQFD, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI};
+    use memvisor::seccomp::rules::{KVM_IRQFD, KVM_IRQ_LINE, KVM_SET_GSI_ROUTING, KVM_SIGNAL_MSI};
     let threads = [
         ("vcpu0", ThreadKind::Vcpu, "vCPU"),
         ("api-conn", ThreadKind::Api, "API"),
@@ -359,6 +367,7 @@ fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
                     let r = unsafe { libc::ioctl(fd, KVM_SIGNAL_MSI as _, &msi as *const _) };
                     r.to_string()
                 }
+                "irq-line" => format!("{:?}", vm.fd().set_irq_line(10, true)),
                 other => panic!("unknown call {other}"),
             };
             println!("{call} returned {r}");
@@ -375,6 +384,7 @@ fn interrupt_routing_ioctls_are_allowed_only_where_they_are_made() {
         ("irqfd", "devices", KVM_IRQFD),
     ];
     forbidden.extend(threads.iter().map(|k| ("msi", k.0, KVM_SIGNAL_MSI)));
+    forbidden.extend(threads.iter().map(|k| ("irq-line", k.0, KVM_IRQ_LINE)));
     for (call, thread, request) in forbidden {
         let kind = threads.iter().find(|k| k.0 == thread).unwrap().2;
         let case = format!("{call}@{thread}");

@@ -9,7 +9,10 @@
 //!   notification costs the guest no exit to the VMM and the work it asks for (a balloon's
 //!   discards, a disk's reads and writes) runs here while the guest goes on;
 //! - **interrupts** leave from here: the transports raise the interrupt status the built-in
-//!   guest's wait hypercall sleeps on, or send MSI-X messages / INTx levels through KVM;
+//!   guest's wait hypercall sleeps on, or write the irqfds of MSI-X vectors and of the INTx
+//!   line; the INTx line's resample eventfd (KVM lowered the line at the guest's EOI) is
+//!   watched here too, and the line raised again while a function's ISR is still set
+//!   ([`super::pci::shared_intx::IntxResampler`]);
 //! - **the balloon statistics period**: a timerfd, re-armed whenever the interval changes
 //!   (`PATCH /balloon/statistics` goes through the command queue, so the change is seen at once);
 //! - **commands** from other threads (the API's target and interval changes), on the

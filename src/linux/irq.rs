@@ -1,7 +1,8 @@
 //! Interrupts of a Linux guest: KVM's in-kernel irqchip (dual 8259 PIC, I/O APIC, local APICs)
 //! and PIT, created before any vCPU, and an irqfd per legacy interrupt line (GSI) for devices
-//! such as the UART. PCI functions deliver MSI-X and INTx through
-//! [`crate::devices::pci::KvmIrq`] into the same irqchip.
+//! such as the UART. PCI functions deliver INTx through [`crate::devices::pci::KvmIrq`] (an
+//! irqfd with a resample eventfd) and MSI-X through GSI routes and irqfds
+//! (`crate::vmm::irq_routing`) into the same irqchip.
 
 use kvm_bindings::{kvm_pit_config, KVM_PIT_SPEAKER_DUMMY};
 use kvm_ioctls::VmFd;

@@ -14,10 +14,12 @@
 //!   of hosts without VMX/SVM (`KVM_GET_SREGS`, `KVM_SET_REGS`, `KVM_GET_FPU`,
 //!   `KVM_GET_VCPU_EVENTS`, `KVM_SET_VCPU_EVENTS`); `KVM_SET_GSI_ROUTING` (an MSI-X table
 //!   or configuration-space write that makes a vector deliverable with a new message points
-//!   its GSI route at it: `crate::vmm::irq_routing`); `KVM_IRQ_LINE` (INTx: a register
-//!   access that reads the ISR or changes what INTx shows); `KVM_IOEVENTFD` (a guest moving
-//!   a virtio-pci BAR moves its notification ioeventfds); MSI-X messages (an unmask sending a
-//!   pending one) are irqfd writes; handing work to the device thread is an eventfd `write`.
+//!   its GSI route at it: `crate::vmm::irq_routing`); `KVM_IOEVENTFD` (a guest moving a
+//!   virtio-pci BAR moves its notification ioeventfds); MSI-X messages (an unmask sending a
+//!   pending one) and INTx (a configuration write that re-enables it) are irqfd writes, an
+//!   ISR read that deasserts INTx makes no call at all (KVM lowers the line at the guest's
+//!   EOI: `crate::devices::pci`'s `kvm.rs`); handing work to the device thread is an eventfd
+//!   `write`.
 //!   No discards and no disk I/O: every device's queues are processed on the device thread.
 //! - **devices** (the device event thread): `epoll_wait`/`epoll_pwait`, `read` of its
 //!   eventfds and timerfd, `timerfd_settime`; the balloon's discards and reclaims through the
@@ -26,16 +28,18 @@
 //!   `pwrite64`, `fdatasync`, `fallocate(PUNCH_HOLE|KEEP_SIZE)` for discards and
 //!   `fallocate(ZERO_RANGE|KEEP_SIZE)` for write-zeroes); the network interfaces' tap I/O
 //!   (`read` of a frame, `writev` of one: both in the common set already); the devices'
-//!   interrupts: MSI-X as irqfd `write`s, INTx as `KVM_IRQ_LINE`. Not `KVM_SET_GSI_ROUTING`
-//!   nor `KVM_IRQFD`: routes are made at setup and pointed on the vCPU thread.
+//!   interrupts: irqfd `write`s (MSI-X, and INTx, raised again after the guest's EOI when
+//!   the resample eventfd, `read` like the others, says KVM lowered it). Not
+//!   `KVM_SET_GSI_ROUTING` nor `KVM_IRQFD`: routes and irqfds are made at setup and pointed
+//!   on the vCPU thread.
 //! - **API** (accept and connection threads): `poll`, `accept4`, `recvfrom`/`sendto`,
 //!   `setsockopt`, `shutdown`, `ioctl(FIONBIO)`, `fcntl(F_DUPFD_CLOEXEC)`; starting connection
 //!   threads (`clone` with `CLONE_THREAD` only: `clone3`, whose flags a filter cannot see,
 //!   fails with `ENOSYS` so the C library falls back to `clone`); the handlers' reads of
 //!   `/proc/self/pagemap`, `/proc/kpageflags`, `/proc/self/ksm_stat` and friends (`openat`
 //!   read-only, `pread64`, `read`, `statx`, `PAGEMAP_SCAN`), `mincore`,
-//!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts (a new target: irqfd `write`
-//!   for MSI-X, `KVM_IRQ_LINE` for INTx); reclaim to host swap through the memory module
+//!   `prctl(PR_GET_MEMORY_MERGE)`; the balloon's interrupts (a new target: an irqfd `write`,
+//!   MSI-X or INTx); reclaim to host swap through the memory module
 //!   (`madvise` `MADV_PAGEOUT`/`MADV_COLD`; also the `api-reclaim` thread of the resident
 //!   limit); the working-set estimate (`KVM_SET_USER_MEMORY_REGION` to turn on dirty logging of
 //!   the existing memslots, `KVM_GET_DIRTY_LOG`).
@@ -95,7 +99,8 @@ pub const KVM_GET_VCPU_EVENTS: u64 =
 /// `KVM_SET_VCPU_EVENTS` (emulation assists: inject `#BP` for `int3`).
 pub const KVM_SET_VCPU_EVENTS: u64 =
     nix::request_code_write!(KVMIO, 0xa0, size_of::<kvm_bindings::kvm_vcpu_events>());
-/// `KVM_IRQ_LINE`.
+/// `KVM_IRQ_LINE` (allowed to no filtered thread: INTx levels are irqfd writes, lowered by
+/// KVM at the guest's EOI).
 pub const KVM_IRQ_LINE: u64 =
     nix::request_code_write!(KVMIO, 0x61, size_of::<kvm_bindings::kvm_irq_level>());
 /// `KVM_SET_GSI_ROUTING` (`struct kvm_irq_routing` without its entries: 8 bytes).
@@ -267,12 +272,6 @@ fn common(l: &mut List) {
     );
 }
 
-/// The balloon's interrupts for virtio-pci beyond the irqfd `write` of MSI-X: INTx levels
-/// (virtio-mmio needs none: the built-in guest waits on a VMM event instead).
-fn interrupts(l: &mut List) {
-    l.ioctls(&[KVM_IRQ_LINE]);
-}
-
 /// Reading files under `/proc` and `/sys`: `openat` without write access or creation; what
 /// the reports ask of the kernel besides (`mincore`, `prctl(PR_GET_MEMORY_MERGE)`,
 /// `PAGEMAP_SCAN`).
@@ -338,11 +337,9 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
                 KVM_GET_VCPU_EVENTS,
                 KVM_SET_VCPU_EVENTS,
             ]);
-            interrupts(&mut l);
             l.ioctls(&[KVM_SET_GSI_ROUTING, KVM_IOEVENTFD]);
         }
         ThreadKind::Devices => {
-            interrupts(&mut l);
             l.any(&[SYS_epoll_wait, SYS_epoll_pwait, SYS_read, SYS_mincore]);
             l.any(&[SYS_timerfd_settime]);
             l.arg_in(SYS_madvise, 2, &[MADV_POPULATE_WRITE as u64]);
@@ -362,7 +359,6 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
             l.ioctls(&[KVM_SET_USER_MEMORY_REGION, KVM_GET_DIRTY_LOG]);
             start_threads(&mut l);
             read_files(&mut l);
-            interrupts(&mut l);
             l.any(&[
                 SYS_poll,
                 SYS_ppoll,
@@ -422,7 +418,6 @@ pub fn allowed(kind: ThreadKind) -> Option<BTreeMap<i64, Vec<SeccompRule>>> {
         }
         ThreadKind::Main => {
             read_files(&mut l);
-            interrupts(&mut l);
             // Writing the report file, removing the API socket and the registration.
             l.any(&[SYS_openat, SYS_unlink]);
             // Kicking vCPU threads out of KVM_RUN.

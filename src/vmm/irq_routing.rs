@@ -6,8 +6,9 @@
 //! has one owner per VM, [`GsiRouting`] (from [`super::vm::Vm::irq_routing`]), which keeps
 //! - the in-kernel irqchip's default routes, exactly as `KVM_CREATE_IRQCHIP` set them up
 //!   (GSIs 0-15 to the PIC and to the I/O APIC pin of the same number, 16-23 to the I/O APIC
-//!   only): the serial port's irqfd (GSI 4), INTx (`KVM_IRQ_LINE` on GSI 10) and the PIT (GSI
-//!   0) go through them, and a table set without them would cut those off;
+//!   only): the serial port's irqfd (GSI 4), PCI INTx (an irqfd with a resample eventfd on GSI
+//!   10: `crate::devices::pci`'s `kvm.rs`) and the PIT (GSI 0) go through them, and a table set
+//!   without them would cut those off;
 //! - one MSI entry per routed vector, on GSIs from [`FIRST_MSI_GSI`] up.
 //!
 //! Who calls what: the GSI, its eventfd and the irqfd (`KVM_IRQFD`) are made when the PCI

@@ -42,10 +42,14 @@
 //!   `0xFEE0_0000 | APIC id << 12`.
 //! - **INTx** (only if the guest has no MSI, e.g. `pci=nomsi`): the MP table must name a PCI
 //!   bus (bus entry type "PCI   ") and carry an I/O interrupt entry for source bus 0, source
-//!   IRQ `slot << 2 | 0` (INTA#) to an IOAPIC pin *G* (level, active low); pass
-//!   `KvmIrq::intx(G)` and `intx_line: G` in [`PciIrq`]. Without that routing Linux logs "can't
-//!   find IRQ for PCI INT A" and only MSI-X works. INTx levels are `KVM_IRQ_LINE` calls, not
-//!   an irqfd (why: the module doc of `kvm.rs`, [`KvmIrq`]).
+//!   IRQ `slot << 2 | 0` (INTA#) to an IOAPIC pin *G* (level, active low) (or, with ACPI, a
+//!   `_PRT` saying the same); pass a pin of a [`shared_intx::SharedIntx`] over `KvmIrq::intx(G)`
+//!   and `intx_line: G` in [`PciIrq`]. Without that routing Linux logs "can't find IRQ for PCI
+//!   INT A" and only MSI-X works. The line is an irqfd with a resample eventfd: asserting it is
+//!   an eventfd write, KVM lowers it at the guest's EOI, and the device event thread must serve
+//!   the line's [`shared_intx::IntxResampler`] (from [`shared_intx::SharedIntx::resampler`])
+//!   to raise it again while a function's ISR is still set (why and how: the module doc of
+//!   `kvm.rs`, [`KvmIrq`]).
 //! - **The bus**: the VM's device bus forwards port I/O and MMIO exits to [`PciBus`] (its
 //!   [`Bus`] methods return whether the access was claimed), together with serial etc.
 //!
@@ -56,11 +60,14 @@
 //! // after vm.fd().create_irq_chip() and create_pit2():
 //! let irq = KvmIrq::new(vm.kvm(), vm.fd())?;
 //! let msi = std::sync::Arc::new(vm.irq_routing());
+//! let line = irq.intx(10)?;
+//! let intx = shared_intx::SharedIntx::new(line.clone());
+//! let resampler = intx.resampler(line.resample_event()?); // for the device event thread
 //! let mut pci = PciBus::new();
 //! let (dev, slot) = pci.add_virtio(
 //!     BalloonDevice::new(opts, ram.clone()),
 //!     ram.clone(),
-//!     PciIrq { msi, intx: Some(irq.intx(10)), intx_line: 10 },
+//!     PciIrq { msi, intx: Some(intx.pin(0)), intx_line: 10 },
 //! )?;
 //! let balloon = BalloonHandle::Pci(dev); // for the API and the device event thread
 //! let bus: std::sync::Arc<dyn memvisor::devices::Bus> = std::sync::Arc::new(pci);
@@ -73,7 +80,7 @@ pub mod msix;
 pub mod shared_intx;
 pub mod virtio_pci;
 
-pub use kvm::KvmIrq;
+pub use kvm::{IntxError, IntxIrqfd, KvmIrq};
 pub use msix::{IntxLine, MsiRoute, MsiSink, MsixCounters};
 pub use virtio_pci::{PciIrq, VirtioPciDevice};
 

@@ -45,7 +45,10 @@ pub trait MsiRoute: Send + Sync {
 
 /// A level-triggered INTx line (the function's INTA# routed to one interrupt controller input).
 pub trait IntxLine: Send + Sync {
-    /// Asserts (`true`) or deasserts the line.
+    /// Asserts (`true`) or deasserts the line. A line that the interrupt controller lowers
+    /// itself at the guest's EOI (KVM's resampling irqfd, `super::IntxIrqfd`) ignores
+    /// deasserts; its owner raises it again after each EOI while it is still wanted
+    /// ([`super::shared_intx::SharedIntx::resample`]).
     fn set_level(&self, asserted: bool) -> io::Result<()>;
 }
 

@@ -490,7 +490,8 @@ impl<D: VirtioDevice> VirtioPciDevice<D> {
         self.state.lock().unwrap().core.status
     }
 
-    /// Whether the INTx line is asserted now.
+    /// Whether this function asserts INTA# now (ISR non-zero, MSI-X off, INTx enabled). With
+    /// KVM the line itself is lowered at the guest's next EOI, not when this turns false.
     pub fn intx_asserted(&self) -> bool {
         *self.intx_level.lock().unwrap()
     }
