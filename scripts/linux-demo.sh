@@ -17,7 +17,8 @@
 # Usage: scripts/linux-demo.sh [--disk] [--net] [MIB]
 #        (MIB default 32; inflating runs at ~0.8 MiB/s where KVM emulates guest ring 0, booting
 #        takes ~3-4 min there)
-# Environment: MEMVISOR (the binary; default: target/release or target/debug, built if missing).
+# Environment: MEMVISOR (the binary; default: the release or debug build under
+# target/x86_64-unknown-linux-gnu/, built if missing).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 disk=0 net=0 mib=32
@@ -33,14 +34,15 @@ done
 
 bin=${MEMVISOR:-}
 if [[ -z "$bin" ]]; then
-  for b in target/release/memvisor target/debug/memvisor; do
+  out=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu
+  for b in "$out/release/memvisor" "$out/debug/memvisor"; do
     [[ -x "$b" ]] && { bin=$b; break; }
   done
 fi
 if [[ -z "$bin" ]]; then
   echo "linux-demo: building memvisor (cargo build --release)"
   cargo build --release -q
-  bin=target/release/memvisor
+  bin=${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/memvisor
 fi
 if ! dir=$(scripts/guest-assets.sh --test-dir 2>/dev/null); then
   echo "linux-demo: building the test kernel first (scripts/guest-assets.sh, ~5 min once)"

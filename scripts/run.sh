@@ -6,4 +6,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/install-deps.sh
 cargo build --release --bin memvisor
-exec ./target/release/memvisor run "$@"
+# .cargo/config.toml names the target (static linking), so the binary is under its triple.
+exec "${CARGO_TARGET_DIR:-target}/x86_64-unknown-linux-gnu/release/memvisor" run "$@"

@@ -184,6 +184,8 @@ pub fn cmd_run(a: RunArgs) -> Result<ExitCode, String> {
         ..Default::default()
     };
     let mut vmm = runner::Vmm::start_with(&config, start).map_err(|e| e.to_string())?;
+    // Set-up is done: what it allocated and freed goes back to the kernel (idle RSS).
+    memvisor::memory::release_free_heap();
     // From here on the main thread runs the event loop and the report (and starts the console
     // input thread, which inherits its filter).
     ThreadFilter::new(a.seccomp, ThreadKind::Main)

@@ -6,9 +6,10 @@
 //! (KVM memslots), [`GuestRam::discard`] (balloon), [`GuestRam::page_out_to`] (reclaim to host
 //! swap, [`reclaim`]) and [`GuestRam::regions`] (reports). The in-VMM swap ([`vmm_swap`]:
 //! [`GuestRam::swap_out`], [`GuestRam::swap_in`]) writes guest RAM to a file and serves it back
-//! through userfaultfd.
+//! through userfaultfd. [`release_free_heap`] gives the VMM's own freed start-up heap back.
 
 mod checks;
+mod heap;
 pub mod layout;
 mod mapping;
 mod pager;
@@ -16,6 +17,7 @@ pub mod reclaim;
 mod swap_file;
 pub mod vmm_swap;
 
+pub use heap::release_free_heap;
 pub use layout::{Extent, MMIO_HOLE_END, MMIO_HOLE_START};
 pub use mapping::HostMapping;
 pub use pager::{ExternalPager, Pager, PagerReport, HANDSHAKE_TIMEOUT};
