@@ -84,10 +84,37 @@ impl HugetlbfsScratch {
     }
 }
 
+/// Unmounts the scratch mount. While it is busy (`EBUSY`: some process still has a file of it
+/// open or mapped — seen in CI, where a scratch mount was left behind after its test passed and
+/// could be unmounted by hand minutes later) it retries for two seconds, then detaches it
+/// (`MNT_DETACH`: gone from the file system tree at once, released by the kernel when its last
+/// user goes) rather than leave a mount behind on the host.
+fn unmount_scratch(dir: &Path) -> Result<(), HugePageError> {
+    for _ in 0..100 {
+        match unmount(dir) {
+            Err(HugePageError::Fs {
+                errno: nix::errno::Errno::EBUSY,
+                ..
+            }) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            done => return done,
+        }
+    }
+    log::warn!(
+        "the scratch hugetlbfs at {} stayed busy for 2 s; detaching it (MNT_DETACH)",
+        dir.display()
+    );
+    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| HugePageError::Fs {
+        op: "umount (MNT_DETACH)".into(),
+        path: dir.to_path_buf(),
+        errno,
+        hint: "see umount(8)",
+    })
+}
+
 impl Drop for HugetlbfsScratch {
     fn drop(&mut self) {
         if self.mounted {
-            if let Err(e) = unmount(&self.dir) {
+            if let Err(e) = unmount_scratch(&self.dir) {
                 log::error!(
                     "could not unmount the scratch hugetlbfs at {}: {e}; unmount it with `umount {}`",
                     self.dir.display(),

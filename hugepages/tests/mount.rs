@@ -76,3 +76,40 @@ fn mount_1g_and_unmount_with_the_crate() {
     ));
     std::fs::remove_dir(&dir).unwrap();
 }
+
+/// A scratch mount that is still busy when it is dropped is not left behind: unmounted once the
+/// last file is closed (retried for 2 s), or detached if it stays busy longer. Before the
+/// retry, a busy scratch mount stayed mounted for good (seen in CI).
+#[test]
+fn a_busy_scratch_mount_is_unmounted_or_detached_on_drop() {
+    if let Some(why) = not_root() {
+        skip!("{why}");
+    }
+    let mounted = |dir: &std::path::Path| mounts().unwrap().iter().any(|m| m.path == dir);
+    for hold_ms in [300u64, 2600] {
+        let scratch = match hugepages::HugetlbfsScratch::new(HugePageSize::Size2M, 2 << 20) {
+            Ok(s) => s,
+            Err(e) => skip!("no 2M scratch hugetlbfs here: {e}"),
+        };
+        let dir = scratch.path().to_path_buf();
+        assert!(mounted(&dir));
+        // An open file keeps the mount busy until the thread closes it.
+        let file = std::fs::File::create(dir.join("busy")).unwrap();
+        let holder = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(hold_ms));
+            drop(file);
+        });
+        drop(scratch);
+        assert!(
+            !mounted(&dir),
+            "held {hold_ms} ms: the scratch mount is still mounted at {}",
+            dir.display()
+        );
+        assert!(
+            !dir.exists(),
+            "held {hold_ms} ms: {} is left",
+            dir.display()
+        );
+        holder.join().unwrap();
+    }
+}
