@@ -42,8 +42,9 @@ enum Command {
     /// Memory reports: GPA→HPA map of a VM, overcommit of a VM or of the whole host.
     #[command(subcommand)]
     Report(cmd::client::ReportCmd),
-    /// The balloon controller: keeps a host free-memory floor by moving the balloons of the
-    /// VMs registered in the runtime directory.
+    /// The memory controller: keeps a host free-memory floor (and with --fleet-budget the VMs
+    /// within a budget) by moving the balloons of the VMs registered in the runtime directory,
+    /// then by reclaiming guest memory to host swap.
     Balance(cmd::balance::BalanceArgs),
     /// Benchmarks of memvisor's memory paths beside minimal baselines (and QEMU).
     #[command(subcommand)]

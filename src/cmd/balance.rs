@@ -20,8 +20,14 @@ pub struct BalanceArgs {
     /// Host free-memory floor (MemAvailable) to keep.
     #[arg(long, default_value = "2G", value_parser = size)]
     min_host_free: u64,
-    /// Band above the floor where nothing moves; above it memory is given back to guests short
-    /// of it.
+    /// Most memory the registered VMs may use together: resident guest RAM less what KSM saves,
+    /// as `memvisor report overcommit --all` counts it (default: no budget). Over it the
+    /// controller takes memory as under the floor; both limits hold when both are set. Unlike
+    /// the floor, a budget does not move when other processes allocate or free memory.
+    #[arg(long, value_name = "SIZE", value_parser = size)]
+    fleet_budget: Option<u64>,
+    /// Band above the floor (and below the budget) where nothing moves; beyond it memory is
+    /// given back to guests short of it.
     #[arg(long, default_value = "1G", value_parser = size)]
     release_margin: u64,
     /// RAM no guest is ballooned below.
@@ -70,6 +76,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
     let dir = RuntimeDir::or_default(a.runtime_dir);
     let policy = Policy {
         min_host_free: a.min_host_free,
+        fleet_budget: a.fleet_budget,
         release_margin: a.release_margin,
         guest_floor: a.guest_floor,
         headroom: a.headroom,
@@ -98,7 +105,7 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
             .map_err(|e| format!("installing signal handler: {e}"))?;
     }
     eprintln!(
-        "memvisor balance: {} VMs in {}, floor {} MiB free, swap lever {}, {}",
+        "memvisor balance: {} VMs in {}, floor {} MiB free{}, swap lever {}, {}",
         if a.dry_run {
             "watching (dry run)"
         } else {
@@ -106,6 +113,10 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         },
         dir.path().display(),
         policy.min_host_free >> 20,
+        policy
+            .fleet_budget
+            .map(|b| format!(", fleet budget {} MiB", b >> 20))
+            .unwrap_or_default(),
         if policy.swap { "on" } else { "off" },
         if a.once { "once" } else { "every interval" }
     );
@@ -134,9 +145,10 @@ pub fn run(a: BalanceArgs) -> Result<ExitCode, String> {
         }
         if decisions.iter().all(|d| matches!(d, Decision::Note { .. })) && a.once {
             println!(
-                "[{:7.1}s] no change: host MemAvailable {} MiB, {} guest(s), {} with a balloon",
+                "[{:7.1}s] no change: host MemAvailable {} MiB, the VMs use {} MiB, {} guest(s), {} with a balloon",
                 sample.t,
                 sample.host.mem_available >> 20,
+                sample.fleet_used() >> 20,
                 sample.guests.len(),
                 sample.guests.iter().filter(|g| g.balloon).count()
             );

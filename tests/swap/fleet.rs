@@ -1,8 +1,9 @@
 //! The fleet with swap: half the guests have no balloon, and host swap carries them.
 //!
 //! Four 512 MiB built-in guests (2 GiB configured) under a 1 GiB budget, `memvisor balance`
-//! running with the swap lever on (its default) and its floor at `MemAvailable` minus the
-//! budget, as in tests/fleet.rs:
+//! running with the swap lever on (its default) and the budget as its `--fleet-budget` (its
+//! host floor, `MemAvailable` minus the budget and one VM, only guards the host), as in
+//! tests/fleet.rs:
 //! - vm0 and vm1 have a balloon: they touch all their RAM, keep 150 MiB of data and give the
 //!   rest back when the controller inflates;
 //! - vm2 and vm3 have none: they fill all 512 MiB with data that compresses about 8:1 (the
@@ -95,7 +96,7 @@ fn fleet_half_without_balloons_is_carried_by_swap() {
     let dir = t.tmp.path();
     let rt = dir.join("rt");
     std::fs::create_dir_all(&rt).unwrap();
-    let floor = avail - BUDGET;
+    let floor = avail - BUDGET - VM_MEM;
     let record = dir.join("balance.jsonl");
     let mut controller = Running(Some(
         Command::new(env!("CARGO_BIN_EXE_memvisor"))
@@ -103,6 +104,8 @@ fn fleet_half_without_balloons_is_carried_by_swap() {
             .arg(&rt)
             .arg("--min-host-free")
             .arg(format!("{}M", floor / M))
+            .arg("--fleet-budget")
+            .arg(format!("{}M", BUDGET / M))
             .args(["--release-margin", "256M", "--interval", "1"])
             .args(["--psi-limit", "0", "--max-step", "256M", "--record"])
             .arg(&record)

@@ -3,6 +3,9 @@
 
 use super::{Decision, GuestSample, HostSample, Sample, MIB};
 
+/// KSM counts base pages.
+const PAGE: u64 = 4096;
+
 /// Reads `/proc/pressure/memory` `some avg10`.
 pub fn read_psi() -> Option<f64> {
     let text = std::fs::read_to_string("/proc/pressure/memory").ok()?;
@@ -71,6 +74,7 @@ pub fn sample_guest(
         stats_age,
         balloon: true,
         resident,
+        ksm_merging: None,
     })
 }
 
@@ -88,7 +92,13 @@ pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec
                     continue;
                 }
                 match sample_guest(&r.api_sock, r.configured_bytes, now) {
-                    Ok(g) => guests.push(g),
+                    Ok(mut g) => {
+                        // What KSM merged of it: the fleet's budget counts the savings.
+                        g.ksm_merging = ksm::process_stats(r.pid)
+                            .ok()
+                            .map(|k| k.merging_pages * PAGE);
+                        guests.push(g)
+                    }
                     Err(why) => notes.push(format!("{}: skipped: {why}", r.api_sock.display())),
                 }
             }
@@ -103,6 +113,10 @@ pub fn sample(dir: &crate::report::registry::RuntimeDir, t: f64) -> (Sample, Vec
                 mem_total: host.mem_total,
                 psi_some_avg10: read_psi(),
                 swap_active: crate::host::swap::active().is_ok_and(|d| !d.is_empty()),
+                ksm_sharing: ksm::Ksm::system()
+                    .counters()
+                    .ok()
+                    .map(|k| k.pages_sharing * PAGE),
             },
             guests,
         },

@@ -11,18 +11,20 @@
 //!    memory from it nor counts on what it still owes, and says so once. A guest whose
 //!    statistics are older than [`Policy::stale_after`] is not taken from either (its free
 //!    memory is unknown). Both recover when the guest moves / reports again.
-//! 2. **Pressure** is `MemAvailable` below `min_host_free`, or memory PSI `some avg10` above
-//!    [`Policy::psi_limit`]. Under pressure the controller aims for `min_host_free +
-//!    release_margin / 2`: it subtracts what responsive guests still owe (target above actual),
+//! 2. **Pressure** is `MemAvailable` below `min_host_free`, the VMs' used memory above
+//!    [`Policy::fleet_budget`] (when set; [`Sample::fleet_used`]), or memory PSI `some avg10`
+//!    above [`Policy::psi_limit`]. The floor and the budget are both limits with room above
+//!    them; the one with less room binds ([`Limit`]). Under pressure the controller aims for
+//!    `release_margin / 2` of room above it: it subtracts what responsive guests still owe (target above actual),
 //!    then inflates guests **with the most free memory first**, each by at most `max_step`,
 //!    never below the guest's `guest_floor` of RAM and never into its last `headroom` of free
 //!    memory. A guest's free memory is its statistics' figure corrected for what its balloon
 //!    moved since they arrived and still owes ([`GuestSample::free_after_balloon`]): the
 //!    statistics lag the balloon.
-//! 3. When `MemAvailable` is above `min_host_free + release_margin` (and no PSI pressure) the
+//! 3. When both limits have more than `release_margin` of room (and no PSI pressure) the
 //!    controller **gives back to the guests that need it**: those whose free memory (from fresh
 //!    statistics) has fallen below their `headroom`, the least free first, each by at most
-//!    `max_step`, until the surplus above `min_host_free + release_margin / 2` is spent. A guest
+//!    `max_step`, until the room above `release_margin / 2` is spent. A guest
 //!    with free memory to spare keeps its balloon even when the host has plenty: a deflated page
 //!    costs the host nothing at once, but lets the guest grow back past the budget later, and
 //!    deflating everyone whenever the host looks free undoes the controller's work in seconds
@@ -51,6 +53,11 @@ const MIB: u64 = 1 << 20;
 pub struct Policy {
     /// The host's free-memory floor (`MemAvailable`).
     pub min_host_free: u64,
+    /// The most memory the VMs may use together ([`Sample::fleet_used`]); `None`: no budget,
+    /// only the host's floor. A budget holds whatever other processes on the host do, which
+    /// the floor cannot: they move `MemAvailable`.
+    #[serde(default)]
+    pub fleet_budget: Option<u64>,
     /// Width of the band above the floor where nothing moves; memory is given back above it.
     pub release_margin: u64,
     /// RAM no guest is ballooned below (configured minus balloon target).
@@ -75,6 +82,7 @@ impl Default for Policy {
     fn default() -> Self {
         Policy {
             min_host_free: 2 << 30,
+            fleet_budget: None,
             release_margin: 1 << 30,
             guest_floor: 256 * MIB,
             headroom: 64 * MIB,
@@ -99,6 +107,9 @@ pub struct HostSample {
     /// Whether host swap is active (`/proc/swaps` lists a device): the swap lever needs it.
     #[serde(default)]
     pub swap_active: bool,
+    /// KSM's host-wide `pages_sharing` in bytes (pages saved by merging), when KSM is there.
+    #[serde(default)]
+    pub ksm_sharing: Option<u64>,
 }
 
 /// One guest at one instant.
@@ -125,6 +136,9 @@ pub struct GuestSample {
     /// Resident guest RAM (`GET /memory/reclaim`), when known: what the swap lever can take.
     #[serde(default)]
     pub resident: Option<u64>,
+    /// Guest memory mapped to KSM pages (`/proc/PID/ksm_merging_pages`), in bytes, when known.
+    #[serde(default)]
+    pub ksm_merging: Option<u64>,
 }
 
 fn yes() -> bool {
@@ -144,6 +158,7 @@ impl GuestSample {
             stats_age: None,
             balloon: false,
             resident,
+            ksm_merging: None,
         }
     }
 
@@ -169,6 +184,76 @@ pub struct Sample {
     pub host: HostSample,
     /// The guests with a balloon.
     pub guests: Vec<GuestSample>,
+}
+
+impl Sample {
+    /// What the sampled VMs use together, as `memvisor report overcommit --all` counts it: their
+    /// resident guest RAM (where unknown, configured minus ballooned: an upper bound) less what
+    /// KSM saves (the host's `pages_sharing`, capped by the pages the VMs merged).
+    pub fn fleet_used(&self) -> u64 {
+        let resident: u64 = self
+            .guests
+            .iter()
+            .map(|g| {
+                g.resident
+                    .unwrap_or_else(|| g.configured.saturating_sub(g.actual))
+            })
+            .sum();
+        let merged: u64 = self.guests.iter().filter_map(|g| g.ksm_merging).sum();
+        resident.saturating_sub(self.host.ksm_sharing.unwrap_or(0).min(merged))
+    }
+}
+
+/// The limit that binds in one tick: the host's floor, or the fleet's budget when it has less
+/// room.
+struct Limit {
+    /// Bytes above the limit; negative below it (pressure).
+    room: i64,
+    /// Why memory is taken when below it.
+    under: String,
+    /// Why memory is given back when far enough above it.
+    over: String,
+}
+
+impl Limit {
+    fn of(p: &Policy, s: &Sample) -> Limit {
+        let avail = s.host.mem_available;
+        let host = Limit {
+            room: avail as i64 - p.min_host_free as i64,
+            under: format!(
+                "host MemAvailable {} MiB below the {} MiB floor",
+                avail / MIB,
+                p.min_host_free / MIB
+            ),
+            over: format!(
+                "host MemAvailable {} MiB is above {} MiB",
+                avail / MIB,
+                (p.min_host_free + p.release_margin) / MIB
+            ),
+        };
+        let Some(budget) = p.fleet_budget else {
+            return host;
+        };
+        let used = s.fleet_used();
+        let fleet = Limit {
+            room: budget as i64 - used as i64,
+            under: format!(
+                "the VMs use {} MiB, over their {} MiB budget",
+                used / MIB,
+                budget / MIB
+            ),
+            over: format!(
+                "the VMs use {} MiB, below {} MiB (their budget less the release margin)",
+                used / MIB,
+                budget.saturating_sub(p.release_margin) / MIB
+            ),
+        };
+        if fleet.room < host.room {
+            fleet
+        } else {
+            host
+        }
+    }
 }
 
 /// What the controller decided about one guest.
@@ -330,11 +415,11 @@ impl Controller {
                     .get(&g.name)
                     .is_some_and(|t| !t.unresponsive && !t.stale)
         };
-        let avail = s.host.mem_available;
+        let limit = Limit::of(&p, s);
         let psi_pressure =
             matches!((s.host.psi_some_avg10, p.psi_limit), (Some(v), Some(l)) if v > l);
-        let aim = p.min_host_free + p.release_margin / 2;
-        if avail < p.min_host_free || psi_pressure {
+        let aim = (p.release_margin / 2) as i64;
+        if limit.room < 0 || psi_pressure {
             // 2. Take.
             let owed: u64 = s
                 .guests
@@ -342,14 +427,14 @@ impl Controller {
                 .filter(|g| usable(g, &self.tracks))
                 .map(|g| g.target.saturating_sub(g.actual))
                 .sum();
-            let mut deficit =
-                if avail < aim { aim - avail } else { p.max_step }.saturating_sub(owed);
-            let why = if avail < p.min_host_free {
-                format!(
-                    "host MemAvailable {} MiB below the {} MiB floor",
-                    avail / MIB,
-                    p.min_host_free / MIB
-                )
+            let mut deficit = if limit.room < aim {
+                (aim - limit.room) as u64
+            } else {
+                p.max_step
+            }
+            .saturating_sub(owed);
+            let why = if limit.room < 0 {
+                limit.under.clone()
             } else {
                 format!(
                     "host memory pressure: PSI some avg10 {:.1}% above {:.1}%",
@@ -419,10 +504,10 @@ impl Controller {
                 });
             }
             self.short = deficit > 0;
-        } else if avail > p.min_host_free + p.release_margin {
+        } else if limit.room > p.release_margin as i64 {
             self.short = false;
             // 3. Give back.
-            let mut surplus = avail - aim;
+            let mut surplus = (limit.room - aim) as u64;
             let mut order: Vec<&GuestSample> = s
                 .guests
                 .iter()
@@ -444,9 +529,8 @@ impl Controller {
                     from: g.target,
                     to: g.target - give,
                     reason: format!(
-                        "host MemAvailable {} MiB is above {} MiB; it has {} MiB free, under its {} MiB headroom, the least of the guests short of memory",
-                        avail / MIB,
-                        (p.min_host_free + p.release_margin) / MIB,
+                        "{}; it has {} MiB free, under its {} MiB headroom, the least of the guests short of memory",
+                        limit.over,
                         g.free_after_balloon().unwrap_or(0) / MIB,
                         p.headroom / MIB
                     ),

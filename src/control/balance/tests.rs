@@ -14,6 +14,7 @@ fn guest(name: &str, target: u64, actual: u64, free: u64) -> GuestSample {
         stats_age: Some(1.0),
         balloon: true,
         resident: None,
+        ksm_merging: None,
     }
 }
 
@@ -40,6 +41,7 @@ fn sample(t: f64, avail: u64, guests: Vec<GuestSample>) -> Sample {
             mem_total: 24 * G,
             psi_some_avg10: Some(0.0),
             swap_active: false,
+            ksm_sharing: None,
         },
         guests,
     }
@@ -171,6 +173,7 @@ fn lagging_statistics_do_not_press_a_guest_into_its_data() {
             stats_age: Some(1.0),
             balloon: true,
             resident: None,
+            ksm_merging: None,
         };
         for d in c.decide(&sample(tick as f64, G, vec![g])) {
             if let Decision::SetTarget { to, .. } = d {
@@ -405,6 +408,8 @@ fn reclaims_are_recorded_and_old_records_replay() {
     let s: Sample = serde_json::from_str(old).unwrap();
     assert!(s.guests[0].balloon && s.guests[0].resident.is_none());
     assert!(!s.host.swap_active);
+    // ... and from before the fleet budget: no KSM figures.
+    assert!(s.guests[0].ksm_merging.is_none() && s.host.ksm_sharing.is_none());
 }
 
 #[test]
@@ -412,4 +417,111 @@ fn psi_file_parses() {
     let t = "some avg10=1.50 avg60=0.20 avg300=0.00 total=123\nfull avg10=0.00 avg60=0.00 avg300=0.00 total=0\n";
     assert_eq!(parse_psi(t), Some(1.5));
     assert_eq!(parse_psi("garbage"), None);
+}
+
+/// A guest with a balloon, `resident` bytes of its RAM resident and `merged` of them KSM-merged.
+fn resident_guest(name: &str, resident: u64, merged: u64, free: u64) -> GuestSample {
+    GuestSample {
+        resident: Some(resident),
+        ksm_merging: Some(merged),
+        ..guest(name, 0, 0, free)
+    }
+}
+
+fn budget(b: u64) -> Policy {
+    Policy {
+        fleet_budget: Some(b),
+        ..Policy::default()
+    }
+}
+
+#[test]
+fn the_fleet_budget_binds_when_the_host_has_plenty() {
+    // 20 GiB available, far above the 2 GiB floor; the VMs use 3 GiB of a 2 GiB budget: the
+    // budget binds, aiming for half the 1 GiB margin below it (1.5 GiB to take).
+    let mut c = Controller::new(budget(2 * G));
+    let s = sample(
+        0.0,
+        20 * G,
+        vec![
+            resident_guest("a", 2 * G, 0, 3 * G / 2),
+            resident_guest("b", G, 0, G / 2),
+        ],
+    );
+    assert_eq!(s.fleet_used(), 3 * G);
+    let d = c.decide(&s);
+    assert_eq!(targets(&d), vec![("a".into(), 256), ("b".into(), 256)]);
+    assert!(
+        d[0].to_string()
+            .contains("the VMs use 3072 MiB, over their 2048 MiB budget"),
+        "{}",
+        d[0]
+    );
+    // Without a budget the same host holds.
+    let mut c = Controller::new(Policy::default());
+    assert!(targets(&c.decide(&s)).is_empty());
+}
+
+#[test]
+fn the_fleet_budget_counts_ksm_savings_capped_by_what_the_vms_merged() {
+    let guests = |merged_a| {
+        vec![
+            resident_guest("a", 2 * G, merged_a, 3 * G / 2),
+            resident_guest("b", G, 0, G / 2),
+        ]
+    };
+    // KSM saves 1.2 GiB of a's 1.5 GiB merged: 1.8 GiB used, inside the 2 GiB budget (and
+    // within the margin: nothing moves).
+    let mut s = sample(0.0, 20 * G, guests(3 * G / 2));
+    s.host.ksm_sharing = Some(6 * G / 5);
+    assert_eq!(s.fleet_used(), 3 * G - 6 * G / 5);
+    let mut c = Controller::new(budget(2 * G));
+    assert!(targets(&c.decide(&s)).is_empty());
+    // Other processes' KSM sharing does not count: the VMs merged only 512 MiB.
+    let mut s = sample(0.0, 20 * G, guests(G / 2));
+    s.host.ksm_sharing = Some(5 * G);
+    assert_eq!(s.fleet_used(), 3 * G - G / 2);
+    assert!(!targets(&c.decide(&s)).is_empty());
+}
+
+#[test]
+fn an_unknown_resident_size_counts_as_all_that_is_not_ballooned() {
+    // 4 GiB configured, 1 GiB ballooned, resident unknown: 3 GiB counted.
+    let s = sample(0.0, 20 * G, vec![guest("a", G, G, G)]);
+    assert_eq!(s.fleet_used(), 3 * G);
+}
+
+#[test]
+fn the_limit_with_less_room_binds_both_ways() {
+    let mut c = Controller::new(budget(8 * G));
+    // The VMs are far under their budget, but the host is below its floor: the floor binds.
+    let d = c.decide(&sample(
+        0.0,
+        G,
+        vec![resident_guest("a", 2 * G, 0, 3 * G / 2)],
+    ));
+    assert_eq!(targets(&d), vec![("a".into(), 256)]);
+    assert!(
+        d[0].to_string().contains("below the 2048 MiB floor"),
+        "{}",
+        d[0]
+    );
+    // Plenty on the host, the VMs 5 GiB under their budget: memory goes back to the guest
+    // short of it, and the reason names the budget (the limit with less room).
+    let mut c = Controller::new(budget(8 * G));
+    let short = GuestSample {
+        resident: Some(3 * G),
+        ..guest("s", G, G, 10 * MIB)
+    };
+    let d = c.decide(&sample(0.0, 20 * G, vec![short.clone()]));
+    assert_eq!(targets(&d), vec![("s".into(), 768)]);
+    assert!(
+        d[0].to_string()
+            .contains("the VMs use 3072 MiB, below 7168 MiB"),
+        "{}",
+        d[0]
+    );
+    // 600 MiB under the budget: inside the 1 GiB margin, nothing moves.
+    let mut c = Controller::new(budget(3 * G + 600 * MIB));
+    assert!(targets(&c.decide(&sample(0.0, 20 * G, vec![short]))).is_empty());
 }
