@@ -233,7 +233,10 @@ impl Vmm {
             &nets,
             intx_resampler,
             &ram,
-            filters.get(ThreadKind::Devices),
+            DeviceThreadSpec {
+                filter: filters.get(ThreadKind::Devices),
+                cpus: config.device_cpus(),
+            },
         )?;
         let setup = t0.elapsed();
         let started = Instant::now();
@@ -597,6 +600,12 @@ impl Drop for Vmm {
     }
 }
 
+/// How the device thread runs: its seccomp filter and the host CPUs it may use (empty: any).
+struct DeviceThreadSpec {
+    filter: ThreadFilter,
+    cpus: Vec<usize>,
+}
+
 /// Starts the device event thread serving the balloon, the disks and the network interfaces (each with its own
 /// subscriber; their queue notifications become ioeventfds here, before any vCPU runs) and
 /// the PCI INTx line's resample eventfd, or nothing when the VM has no device.
@@ -607,7 +616,7 @@ fn start_devices(
     nets: &[NetHandle],
     intx: Option<crate::devices::pci::shared_intx::IntxResampler>,
     ram: &Arc<GuestRam>,
-    filter: ThreadFilter,
+    thread: DeviceThreadSpec,
 ) -> Result<Option<DeviceThread>, VmmError> {
     use crate::devices::balloon::BalloonEvents;
     use crate::devices::event_thread::{DeviceThreadError::Descriptors, Subscriber};
@@ -640,7 +649,11 @@ fn start_devices(
     if let Some(r) = intx {
         subscribers.push(Box::new(r));
     }
-    Ok(Some(DeviceThread::start(subscribers, filter)?))
+    Ok(Some(DeviceThread::start_on(
+        subscribers,
+        thread.filter,
+        &thread.cpus,
+    )?))
 }
 
 /// GSI that INTA# of PCI devices is routed to (the DSDT's `_PRT`); Linux uses MSI-X first.

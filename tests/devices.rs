@@ -126,6 +126,71 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
     assert_eq!(out.status.code(), Some(130), "{}", text(&out));
 }
 
+/// `Cpus_allowed_list` of the threads of `pid` named `name`.
+fn cpus_of(pid: u32, name: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+    {
+        if std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name) {
+            let status = std::fs::read_to_string(e.path().join("status")).unwrap();
+            let line = status
+                .lines()
+                .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
+                .unwrap();
+            out.push(line.trim().to_string());
+        }
+    }
+    out
+}
+
+/// `--pin`: the device thread runs on the pinned vCPUs' CPU unless `devices=CPU` names its own.
+#[test]
+fn the_device_thread_runs_on_the_vcpus_cpus_or_where_pinned() {
+    let t = "the_device_thread_runs_on_the_vcpus_cpus_or_where_pinned";
+    if !kvm_or_skip(t) {
+        return;
+    }
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let last = (cpus - 1).to_string();
+    let mut cases = vec![(format!("0={last}"), last.clone(), last.clone())];
+    if cpus >= 2 {
+        cases.push((format!("0={last},devices=0"), last.clone(), "0".to_string()));
+    } else {
+        common::skip(
+            t,
+            "one host CPU: the device thread pinned apart from the vCPU was not tried",
+        );
+    }
+    for (pin, vcpu, devices) in cases {
+        let sock =
+            std::env::temp_dir().join(format!("memvisor-devices-pin-{}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&sock);
+        let (mut vm, pid) = run_with_api(
+            &[
+                "-m",
+                "64M",
+                "--pin",
+                &pin,
+                "--balloon",
+                "amount_mib=0",
+                "-w",
+                "balloon:data=4M,seconds=0",
+            ],
+            &sock,
+        );
+        assert_eq!(cpus_of(pid, "vcpu0"), vec![vcpu.clone()], "--pin {pin}");
+        assert_eq!(cpus_of(pid, "devices"), vec![devices], "--pin {pin}");
+        let out = vm.interrupt(Duration::from_secs(30));
+        assert_eq!(out.status.code(), Some(130), "{}", text(&out));
+    }
+    // A CPU that is not online is refused before anything starts.
+    let out = memvisor(&["run", "--pin", "devices=100000", "-m", "64M"]);
+    assert!(!out.status.success());
+    assert!(text(&out).contains("is not online"), "{}", text(&out));
+}
+
 /// Inflating 256 MiB: the device processes the guest's notifications (its eventfds woke the
 /// device thread) and none of them was an MMIO exit the transport had to forward (what happens
 /// when KVM has no ioeventfd for the address or the written value does not match).

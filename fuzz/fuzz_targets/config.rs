@@ -316,7 +316,7 @@ fn command_line(text: &str) -> Result<(), ConfigError> {
                 })
             }
             "workload" => workload.push(value),
-            "pin" => c.pin = parse_pin(value)?,
+            "pin" => (c.pin, c.pin_devices) = parse_pin(value)?,
             "vcpus" => c.vcpus = value.parse().unwrap_or(0),
             _ => {}
         }

@@ -23,6 +23,22 @@ pub struct BalloonBenchOptions {
     pub size: u64,
     /// Repetitions (each inflates and deflates once).
     pub reps: usize,
+    /// Host CPU for the guests' vCPU, and so their device thread (`--pin 0=CPU`); `None`:
+    /// unpinned.
+    pub cpu: Option<usize>,
+}
+
+impl BalloonBenchOptions {
+    /// The default CPU: the host's last, away from CPU 0 where the host's own work tends to
+    /// go; unpinned on a one-CPU host.
+    pub fn default_cpu() -> Option<usize> {
+        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        (n >= 2).then(|| n - 1)
+    }
+
+    fn pins(&self) -> std::collections::BTreeMap<u32, usize> {
+        self.cpu.map(|c| (0, c)).into_iter().collect()
+    }
 }
 
 /// One row.
@@ -121,8 +137,9 @@ fn wait_every(
 /// timed (one call per extent, so one below 3 GiB): the discard calls the balloon makes, in one
 /// piece, on memory KVM has mapped for a guest (the raw baseline's mapping has never been
 /// mapped by KVM). Returns seconds.
-fn guest_discard_floor(size: u64) -> Result<f64, BenchError> {
+fn guest_discard_floor(size: u64, opts: &BalloonBenchOptions) -> Result<f64, BenchError> {
     let config = VmConfig {
+        pin: opts.pins(),
         memory: vec![
             RegionConfig::anon(16 << 20),
             RegionConfig::parse(1, &format!("size={size},thp=off")).map_err(|e| {
@@ -201,6 +218,7 @@ pub fn run(
         ],
         workload: Workload::parse(&["touch:work-only=1;balloon:data=0,seconds=0"])
             .expect("valid workload"),
+        pin: opts.pins(),
         balloon: Some(balloon::BalloonOptions::default()),
         ..Default::default()
     };
@@ -314,7 +332,7 @@ pub fn run(
     vmm.request_finish();
     drop(vmm);
     let floor = (0..opts.reps.max(1))
-        .map(|_| guest_discard_floor(opts.size))
+        .map(|_| guest_discard_floor(opts.size, opts))
         .collect::<Result<Vec<f64>, BenchError>>()?;
     let rate = |s: &[f64]| {
         Summary::of(
@@ -366,6 +384,10 @@ pub fn run(
             format!("raw: a fresh {mib} MiB private anonymous mapping, every page touched, then one madvise(MADV_DONTNEED) timed; interleaved with the balloon rounds"),
             "the guest driver runs in ring 3 under shadow paging here (no VMX/SVM): its MMIO notifications and hypercalls are VM exits of tens of µs each".into(),
             format!("platform floor: another built-in guest touches {mib} MiB, then at a sync point (its vCPU waiting in the VMM) one GuestRam::discard of exactly that memory is timed: the balloon's discard calls in one piece, on memory KVM has mapped; after the balloon rounds"),
+            match opts.cpu {
+                Some(c) => format!("both guests' vCPU pinned to host CPU {c} (--pin 0={c}), so their device thread runs there too (memvisor's default with pinned vCPUs): the balloon frees guest pages on the CPU whose vCPU faulted them in, as the raw side frees on the CPU that touched them; --cpu none runs unpinned"),
+                None => "unpinned (--cpu none, or a one-CPU host): the device thread may free guest pages on another CPU than the vCPU that faulted them in, which took twice as long on the development host".into(),
+            },
         ],
         rows: vec![ours_row, raw_row, floor_row],
         targets: vec![target],

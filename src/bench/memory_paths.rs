@@ -404,6 +404,7 @@ pub fn run(
         let b = balloon::BalloonBenchOptions {
             size: opts.balloon_size,
             reps: opts.reps,
+            cpu: balloon::BalloonBenchOptions::default_cpu(),
         };
         let command = format!(
             "memvisor bench balloon --size {} --reps {}",

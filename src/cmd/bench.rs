@@ -96,9 +96,34 @@ pub struct BalloonArgs {
     /// Rounds (each inflates and deflates once).
     #[arg(long, default_value_t = 3)]
     reps: usize,
+    /// Host CPU for the guest's vCPU and so its device thread (`--pin 0=CPU`), or `none` for
+    /// unpinned [default: the host's last CPU; none on a one-CPU host].
+    #[arg(long, value_name = "CPU|none", value_parser = cpu_or_none)]
+    cpu: Option<CpuChoice>,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
+}
+
+/// `--cpu N` or `--cpu none`.
+#[derive(Clone, Copy, Debug)]
+pub enum CpuChoice {
+    /// Pinned to this CPU.
+    Cpu(usize),
+    /// Not pinned.
+    Unpinned,
+}
+
+fn cpu_or_none(s: &str) -> Result<CpuChoice, String> {
+    if s == "none" {
+        return Ok(CpuChoice::Unpinned);
+    }
+    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match s.parse::<usize>() {
+        Ok(c) if c < n => Ok(CpuChoice::Cpu(c)),
+        Ok(c) => Err(format!("host CPU {c} is not online (this host has {n})")),
+        Err(_) => Err(format!("`{s}`: a host CPU number or `none`")),
+    }
 }
 
 #[derive(Args, Debug)]
@@ -214,9 +239,15 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
             print(uffd_faults::run(&opts, &progress), a.json)
         }
         BenchCmd::Balloon(a) => {
-            let opts = memvisor::bench::balloon::BalloonBenchOptions {
+            use memvisor::bench::balloon::BalloonBenchOptions;
+            let opts = BalloonBenchOptions {
                 size: a.size,
                 reps: a.reps,
+                cpu: match a.cpu {
+                    Some(CpuChoice::Cpu(c)) => Some(c),
+                    Some(CpuChoice::Unpinned) => None,
+                    None => BalloonBenchOptions::default_cpu(),
+                },
             };
             print(memvisor::bench::balloon::run(&opts, command_line()), a.json)
         }

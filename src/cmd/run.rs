@@ -26,8 +26,10 @@ pub struct RunArgs {
     /// Read the VM configuration from a JSON file (the --json report's "config" object).
     #[arg(long, value_name = "FILE", conflicts_with_all = ["memory", "workload"])]
     config: Option<PathBuf>,
-    /// Pin vCPU threads to host CPUs, e.g. 0=2,1=3 (what `taskset` does by hand).
-    #[arg(long, value_name = "VCPU=CPU,...")]
+    /// Pin vCPU threads to host CPUs, e.g. 0=2,1=3 (what `taskset` does by hand), and the
+    /// device thread with devices=CPU. Without devices=, the device thread runs on the pinned
+    /// vCPUs' CPUs (anywhere when no vCPU is pinned).
+    #[arg(long, value_name = "VCPU=CPU,...[,devices=CPU]")]
     pin: Option<String>,
     /// Built-in guest workload, repeatable or `;`-separated, run in order by every vCPU on its
     /// own share of RAM: touch[:stride=4K,passes=1,work-only=0,ws=SIZE], fill[:seed=1],
@@ -122,7 +124,7 @@ fn build_config(a: &RunArgs) -> Result<VmConfig, ConfigError> {
         c.workload = Workload::parse(&a.workload)?;
     }
     if let Some(p) = &a.pin {
-        c.pin = parse_pin(p)?;
+        (c.pin, c.pin_devices) = parse_pin(p)?;
     }
     c.triple_fault |= a.triple_fault;
     if let Some(kernel) = &a.kernel {

@@ -416,6 +416,10 @@ pub struct VmConfig {
     /// vCPU index -> host CPU.
     #[serde(default)]
     pub pin: BTreeMap<u32, usize>,
+    /// Host CPU of the device thread (`--pin devices=CPU`); without it, the device thread runs
+    /// on the pinned vCPUs' CPUs ([`VmConfig::device_cpus`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pin_devices: Option<usize>,
     /// What the built-in guest does.
     pub workload: Workload,
     /// Triple-fault deliberately at entry (tests the failure path).
@@ -441,6 +445,7 @@ impl Default for VmConfig {
             vcpus: 1,
             memory: vec![RegionConfig::anon(512 << 20)],
             pin: BTreeMap::new(),
+            pin_devices: None,
             workload: Workload::default_run(),
             triple_fault: false,
             balloon: None,
@@ -596,20 +601,20 @@ pub fn parse_balloon(text: &str) -> Result<balloon::BalloonOptions, ConfigError>
     Ok(o)
 }
 
-/// Parses `--pin 0=2,1=3`.
-pub fn parse_pin(text: &str) -> Result<BTreeMap<u32, usize>, ConfigError> {
+/// What `--pin` sets: vCPU index -> host CPU, and the device thread's host CPU.
+pub type Pins = (BTreeMap<u32, usize>, Option<usize>);
+
+/// Parses `--pin 0=2,1=3,devices=2`.
+pub fn parse_pin(text: &str) -> Result<Pins, ConfigError> {
     let online = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
     let mut map = BTreeMap::new();
+    let mut devices = None;
     for pair in text.split(',').filter(|p| !p.is_empty()) {
         let (v, c) = pair
             .split_once('=')
             .ok_or_else(|| ConfigError::BadPin(pair.into()))?;
-        let v: u32 = v
-            .trim()
-            .parse()
-            .map_err(|_| ConfigError::BadPin(pair.into()))?;
         let c: usize = c
             .trim()
             .parse()
@@ -619,9 +624,36 @@ pub fn parse_pin(text: &str) -> Result<BTreeMap<u32, usize>, ConfigError> {
                 "{pair}: host CPU {c} is not online (this host has {online})"
             )));
         }
+        if v.trim() == "devices" {
+            devices = Some(c);
+            continue;
+        }
+        let v: u32 = v
+            .trim()
+            .parse()
+            .map_err(|_| ConfigError::BadPin(pair.into()))?;
         map.insert(v, c);
     }
-    Ok(map)
+    Ok((map, devices))
+}
+
+impl VmConfig {
+    /// Host CPUs the device thread may run on (empty: anywhere). `--pin devices=CPU` names
+    /// one; otherwise, when vCPUs are pinned, the device thread shares their CPUs. That keeps
+    /// a VM's threads on its CPUs, and the balloon frees guest pages on the CPUs whose vCPUs
+    /// faulted them in: freeing memory on another CPU than the one that allocated it cost
+    /// twice as long on the development host (`memvisor bench balloon`, docs/benchmarks.md).
+    pub fn device_cpus(&self) -> Vec<usize> {
+        match self.pin_devices {
+            Some(c) => vec![c],
+            None => {
+                let mut cpus: Vec<usize> = self.pin.values().copied().collect();
+                cpus.sort_unstable();
+                cpus.dedup();
+                cpus
+            }
+        }
+    }
 }
 
 /// Parses a size: a byte count or a number with K, M, G, T (optionally KiB/KB/...) suffix,
@@ -760,6 +792,18 @@ mod tests {
         assert!(parse_pin("0=0").is_ok());
         assert!(parse_pin("0=9999").is_err());
         assert!(parse_pin("x").is_err());
+        assert!(parse_pin("devices=9999").is_err());
+        assert!(parse_pin("vcpus=0").is_err());
+        let (vcpus, devices) = parse_pin("1=0,devices=0,0=0").unwrap();
+        assert_eq!((vcpus.len(), devices), (2, Some(0)));
+        // The device thread: its own CPU, else the pinned vCPUs' CPUs, else anywhere.
+        c.pin = BTreeMap::from([(0, 3), (1, 1), (2, 3)]);
+        assert_eq!(c.device_cpus(), vec![1, 3]);
+        c.pin_devices = Some(2);
+        assert_eq!(c.device_cpus(), vec![2]);
+        c.pin.clear();
+        c.pin_devices = None;
+        assert!(c.device_cpus().is_empty());
     }
 
     /// Fuzzing finding (config target): `hugepage_size: 0` in a JSON config divided by zero.

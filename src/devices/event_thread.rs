@@ -75,6 +75,24 @@ impl DeviceThread {
         subscribers: Vec<Subscriber>,
         filter: ThreadFilter,
     ) -> Result<DeviceThread, DeviceThreadError> {
+        Self::start_on(subscribers, filter, &[])
+    }
+
+    /// [`DeviceThread::start`] with the thread's CPU affinity set to `cpus` (empty: any CPU)
+    /// before it installs its filter.
+    pub fn start_on(
+        subscribers: Vec<Subscriber>,
+        filter: ThreadFilter,
+        cpus: &[usize],
+    ) -> Result<DeviceThread, DeviceThreadError> {
+        let mut set = nix::sched::CpuSet::new();
+        for &c in cpus {
+            set.set(c).map_err(|e| {
+                DeviceThreadError::Spawn(io::Error::other(format!("host CPU {c}: {e}")))
+            })?;
+        }
+        let pin = !cpus.is_empty();
+        let cpus = cpus.to_vec();
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DeviceThreadError::Descriptors)?);
         let stopping = Arc::new(AtomicBool::new(false));
         let stop_sub = StopEvents(stop.clone());
@@ -83,6 +101,15 @@ impl DeviceThread {
         let thread = std::thread::Builder::new()
             .name("devices".into())
             .spawn(move || {
+                // As for vCPU threads: a pin the host refuses (a CPU outside this process's
+                // cpuset) is said and the thread runs unpinned.
+                if pin {
+                    if let Err(e) =
+                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
+                    {
+                        log::warn!("devices: could not pin to host CPUs {cpus:?}: {e}");
+                    }
+                }
                 let mut em = match EventManager::<Subscriber>::new() {
                     Ok(em) => em,
                     Err(e) => {
