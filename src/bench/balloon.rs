@@ -74,6 +74,33 @@ impl BenchRow for BalloonRow {
     }
 }
 
+/// [`raw_madvise`] on a thread pinned to `cpu` (the guests' CPU), so both sides touch and free
+/// their memory on the same CPU; on the calling thread when `None`.
+fn raw_madvise_on(size: u64, cpu: Option<usize>) -> Result<f64, BenchError> {
+    let Some(cpu) = cpu else {
+        return raw_madvise(size);
+    };
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut set = nix::sched::CpuSet::new();
+            set.set(cpu)
+                .and_then(|_| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
+                .map_err(|e| BenchError::Check {
+                    what: format!("pinning the raw baseline to host CPU {cpu}"),
+                    detail: e.to_string(),
+                })?;
+            raw_madvise(size)
+        })
+        .join()
+        .unwrap_or_else(|_| {
+            Err(BenchError::Check {
+                what: "the raw baseline".into(),
+                detail: "its thread panicked".into(),
+            })
+        })
+    })
+}
+
 fn raw_madvise(size: u64) -> Result<f64, BenchError> {
     // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
     let p = unsafe {
@@ -319,7 +346,7 @@ pub fn run(
                 resident()
             ),
         })?;
-        raw.push(raw_madvise(opts.size)?);
+        raw.push(raw_madvise_on(opts.size, opts.cpu)?);
         // Deflate and let the guest refill before the next round.
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
         // The refill faults every page in again (~20 s per GiB on a busy nested host).
@@ -385,7 +412,7 @@ pub fn run(
             "the guest driver runs in ring 3 under shadow paging here (no VMX/SVM): its MMIO notifications and hypercalls are VM exits of tens of µs each".into(),
             format!("platform floor: another built-in guest touches {mib} MiB, then at a sync point (its vCPU waiting in the VMM) one GuestRam::discard of exactly that memory is timed: the balloon's discard calls in one piece, on memory KVM has mapped; after the balloon rounds"),
             match opts.cpu {
-                Some(c) => format!("both guests' vCPU pinned to host CPU {c} (--pin 0={c}), so their device thread runs there too (memvisor's default with pinned vCPUs): the balloon frees guest pages on the CPU whose vCPU faulted them in, as the raw side frees on the CPU that touched them; --cpu none runs unpinned"),
+                Some(c) => format!("both guests' vCPU pinned to host CPU {c} (--pin 0={c}), so their device thread runs there too (memvisor's default with pinned vCPUs): the balloon frees guest pages on the CPU whose vCPU faulted them in; the raw side touches and frees its mapping on a thread pinned to the same CPU; --cpu none runs all unpinned"),
                 None => "unpinned (--cpu none, or a one-CPU host): the device thread may free guest pages on another CPU than the vCPU that faulted them in, which took twice as long on the development host".into(),
             },
         ],
