@@ -12,13 +12,35 @@ use hugepages::{mount, HugePageSize};
 use nix::mount::{umount2, MntFlags};
 use nix::sys::mman::{mmap, mmap_anonymous, munmap, MapFlags, ProtFlags};
 
-/// Prints `skip: <reason>` and returns from the test.
+/// Prints `skip: <test>: <reason>`, appends the line to the file named by `MEMVISOR_SKIP_LOG`
+/// when set (`.ci/run` shows those lines, which the test harness would otherwise capture, as for
+/// the VMM's own tests), and returns from the test.
 #[macro_export]
 macro_rules! skip {
     ($($arg:tt)*) => {{
-        println!("skip: {}", format!($($arg)*));
+        $crate::common::skip_line(&format!($($arg)*));
         return;
     }};
+}
+
+/// The line [`skip!`] prints and logs; the test is named by its thread (the harness names each
+/// test's thread after it).
+pub fn skip_line(reason: &str) {
+    let test = std::thread::current()
+        .name()
+        .unwrap_or("hugepages test")
+        .to_string();
+    println!("skip: {test}: {reason}");
+    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
+        use std::io::Write as _;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "skip: {test}: {reason}");
+        }
+    }
 }
 
 /// Why this process cannot change huge page pools or mounts, if it cannot.
