@@ -52,22 +52,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Prints one `skip: <test>: <reason>` line, and appends it to the file named by
-/// `MEMVISOR_SKIP_LOG` when set (`.ci/run` shows those lines, which the test harness would
-/// otherwise capture).
-pub fn skip(test: &str, reason: impl std::fmt::Display) {
-    println!("skip: {test}: {reason}");
-    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "skip: {test}: {reason}");
-        }
-    }
-}
+pub use test_support::skip;
 
 /// Whether userfaultfd can be used here; prints one skip line when not.
 pub fn uffd_or_skip(test: &str) -> bool {

@@ -18,22 +18,8 @@ use virtio_queue::mock::MockSplitQueue;
 use virtio_queue::Queue;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryMmap};
 
-/// Prints one `skip: <test>: <reason>` line for a part of a test that could not run here, and
-/// appends it to the file named by `MEMVISOR_SKIP_LOG` when set (`.ci/run` shows those lines,
-/// which the test harness would otherwise capture) — as the VMM's tests (`tests/common`) do.
-pub fn skip(test: &str, reason: impl std::fmt::Display) {
-    println!("skip: {test}: {reason}");
-    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "skip: {test}: {reason}");
-        }
-    }
-}
+/// The `skip:` line of memvisor's tests, for the device-model tests that use this mock.
+pub use test_support::skip;
 
 /// `VRING_DESC_F_WRITE`: a device-writable descriptor.
 pub const WRITE: u16 = VRING_DESC_F_WRITE as u16;

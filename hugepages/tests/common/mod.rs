@@ -26,21 +26,8 @@ macro_rules! skip {
 /// The line [`skip!`] prints and logs; the test is named by its thread (the harness names each
 /// test's thread after it).
 pub fn skip_line(reason: &str) {
-    let test = std::thread::current()
-        .name()
-        .unwrap_or("hugepages test")
-        .to_string();
-    println!("skip: {test}: {reason}");
-    if let Ok(path) = std::env::var("MEMVISOR_SKIP_LOG") {
-        use std::io::Write as _;
-        if let Ok(mut f) = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-        {
-            let _ = writeln!(f, "skip: {test}: {reason}");
-        }
-    }
+    let thread = std::thread::current();
+    test_support::skip(thread.name().unwrap_or("hugepages test"), reason);
 }
 
 /// Why this process cannot change huge page pools or mounts, if it cannot.
