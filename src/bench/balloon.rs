@@ -32,7 +32,7 @@ impl BalloonBenchOptions {
     /// The default CPU: the host's last, away from CPU 0 where the host's own work tends to
     /// go; unpinned on a one-CPU host.
     pub fn default_cpu() -> Option<usize> {
-        let n = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let n = crate::host::cpus::online();
         (n >= 2).then(|| n - 1)
     }
 
@@ -82,13 +82,12 @@ fn raw_madvise_on(size: u64, cpu: Option<usize>) -> Result<f64, BenchError> {
     };
     std::thread::scope(|s| {
         s.spawn(|| {
-            let mut set = nix::sched::CpuSet::new();
-            set.set(cpu)
-                .and_then(|_| nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set))
-                .map_err(|e| BenchError::Check {
+            crate::host::cpus::pin_current_thread_to(&[cpu]).map_err(|detail| {
+                BenchError::Check {
                     what: format!("pinning the raw baseline to host CPU {cpu}"),
-                    detail: e.to_string(),
-                })?;
+                    detail,
+                }
+            })?;
             raw_madvise(size)
         })
         .join()

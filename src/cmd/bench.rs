@@ -118,11 +118,12 @@ fn cpu_or_none(s: &str) -> Result<CpuChoice, String> {
     if s == "none" {
         return Ok(CpuChoice::Unpinned);
     }
-    let n = std::thread::available_parallelism().map_or(1, |n| n.get());
-    match s.parse::<usize>() {
-        Ok(c) if c < n => Ok(CpuChoice::Cpu(c)),
-        Ok(c) => Err(format!("host CPU {c} is not online (this host has {n})")),
-        Err(_) => Err(format!("`{s}`: a host CPU number or `none`")),
+    let c: usize = s
+        .parse()
+        .map_err(|_| format!("`{s}`: a host CPU number or `none`"))?;
+    match memvisor::host::cpus::not_online(c) {
+        Some(why) => Err(why),
+        None => Ok(CpuChoice::Cpu(c)),
     }
 }
 

@@ -606,9 +606,6 @@ pub type Pins = (BTreeMap<u32, usize>, Option<usize>);
 
 /// Parses `--pin 0=2,1=3,devices=2`.
 pub fn parse_pin(text: &str) -> Result<Pins, ConfigError> {
-    let online = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
     let mut map = BTreeMap::new();
     let mut devices = None;
     for pair in text.split(',').filter(|p| !p.is_empty()) {
@@ -619,10 +616,8 @@ pub fn parse_pin(text: &str) -> Result<Pins, ConfigError> {
             .trim()
             .parse()
             .map_err(|_| ConfigError::BadPin(pair.into()))?;
-        if c >= online {
-            return Err(ConfigError::BadPin(format!(
-                "{pair}: host CPU {c} is not online (this host has {online})"
-            )));
+        if let Some(why) = crate::host::cpus::not_online(c) {
+            return Err(ConfigError::BadPin(format!("{pair}: {why}")));
         }
         if v.trim() == "devices" {
             devices = Some(c);

@@ -85,13 +85,10 @@ impl DeviceThread {
         filter: ThreadFilter,
         cpus: &[usize],
     ) -> Result<DeviceThread, DeviceThreadError> {
-        let mut set = nix::sched::CpuSet::new();
-        for &c in cpus {
-            set.set(c).map_err(|e| {
-                DeviceThreadError::Spawn(io::Error::other(format!("host CPU {c}: {e}")))
-            })?;
-        }
-        let pin = !cpus.is_empty();
+        let set = (!cpus.is_empty())
+            .then(|| crate::host::cpus::set_of(cpus))
+            .transpose()
+            .map_err(|e| DeviceThreadError::Spawn(io::Error::other(e)))?;
         let cpus = cpus.to_vec();
         let stop = Arc::new(EventFd::new(EFD_NONBLOCK).map_err(DeviceThreadError::Descriptors)?);
         let stopping = Arc::new(AtomicBool::new(false));
@@ -103,10 +100,8 @@ impl DeviceThread {
             .spawn(move || {
                 // As for vCPU threads: a pin the host refuses (a CPU outside this process's
                 // cpuset) is said and the thread runs unpinned.
-                if pin {
-                    if let Err(e) =
-                        nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set)
-                    {
+                if let Some(set) = &set {
+                    if let Err(e) = crate::host::cpus::pin_current_thread(set) {
                         log::warn!("devices: could not pin to host CPUs {cpus:?}: {e}");
                     }
                 }

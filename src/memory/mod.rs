@@ -305,10 +305,7 @@ impl GuestRam {
         {
             let prealloc = if config.prealloc {
                 let threads = match config.prealloc_threads {
-                    0 => std::thread::available_parallelism()
-                        .map(|n| n.get())
-                        .unwrap_or(1)
-                        .min(8),
+                    0 => crate::host::cpus::online().min(8),
                     n => n,
                 };
                 let total = config.size;

@@ -456,10 +456,7 @@ pub fn spawn(
         .name(format!("vcpu{id}"))
         .spawn(move || {
             if let Some(cpu) = pin {
-                let mut set = nix::sched::CpuSet::new();
-                if set.set(cpu).is_err()
-                    || nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), &set).is_err()
-                {
+                if crate::host::cpus::pin_current_thread_to(&[cpu]).is_err() {
                     log::warn!("vcpu{id}: could not pin to host CPU {cpu}");
                 }
             }

@@ -1,0 +1,54 @@
+//! Host CPUs: how many this process may use, and pinning the calling thread to some of them
+//! (vCPU threads, the device thread, benchmark baselines). The one place that calls
+//! `sched_setaffinity`.
+
+use nix::sched::CpuSet;
+
+/// Host CPUs this process may run on (at least 1).
+pub fn online() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why `cpu` cannot be used here (`None`: it can).
+pub fn not_online(cpu: usize) -> Option<String> {
+    let n = online();
+    (cpu >= n).then(|| format!("host CPU {cpu} is not online (this host has {n})"))
+}
+
+/// The set of `cpus`; an error names a CPU the kernel's set cannot hold.
+pub fn set_of(cpus: &[usize]) -> Result<CpuSet, String> {
+    let mut set = CpuSet::new();
+    for &c in cpus {
+        set.set(c).map_err(|e| format!("host CPU {c}: {e}"))?;
+    }
+    Ok(set)
+}
+
+/// Pins the calling thread to `set`.
+pub fn pin_current_thread(set: &CpuSet) -> nix::Result<()> {
+    nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)
+}
+
+/// Pins the calling thread to `cpus`.
+pub fn pin_current_thread_to(cpus: &[usize]) -> Result<(), String> {
+    pin_current_thread(&set_of(cpus)?).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn a_thread_pinned_to_one_cpu_runs_only_there() {
+        let last = super::online() - 1;
+        std::thread::spawn(move || {
+            super::pin_current_thread_to(&[last]).unwrap();
+            let got = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
+            assert!(got.is_set(last).unwrap());
+            assert!((0..last).all(|c| !got.is_set(c).unwrap()));
+        })
+        .join()
+        .unwrap();
+        assert!(super::not_online(last).is_none());
+        assert!(super::not_online(last + 1).is_some());
+        assert!(super::set_of(&[nix::sched::CpuSet::count()]).is_err());
+    }
+}
