@@ -410,6 +410,14 @@ impl HostSwap {
     }
 }
 
+/// What KSM saves a fleet of VMs (bytes): the kernel's host-wide `pages_sharing`, capped by the
+/// pages the VMs merged (other processes' merging does not count), and at least `within`, what
+/// each VM saves inside itself. The report's *used* and `memvisor balance --fleet-budget` both
+/// subtract it from the fleet's resident guest RAM.
+pub fn fleet_ksm_saved(pages_sharing_bytes: u64, merged_bytes: u64, within: u64) -> u64 {
+    pages_sharing_bytes.min(merged_bytes).max(within)
+}
+
 impl HostReport {
     /// Builds the report from the host figures and what each entry answered.
     pub fn build(
@@ -422,15 +430,13 @@ impl HostReport {
         let live: Vec<&VmMemory> = vms.iter().filter_map(|v| v.memory.as_ref()).collect();
         let configured: u64 = live.iter().map(|m| m.configured_bytes).sum();
         let resident: u64 = live.iter().map(|m| m.resident_bytes).sum();
-        // KSM across VMs: the kernel's host-wide `pages_sharing` (pages saved), capped by the
-        // pages the VMs have merged; at least what each VM saves inside itself.
         let within: u64 = live.iter().map(|m| m.ksm.saved_bytes).sum();
         let merged: u64 = live.iter().map(|m| m.ksm.merging_pages).sum();
-        let saved = ksm
-            .as_ref()
-            .map(|k| k.pages_sharing.min(merged) * PAGE)
-            .unwrap_or(0)
-            .max(within);
+        let saved = fleet_ksm_saved(
+            ksm.as_ref().map_or(0, |k| k.pages_sharing * PAGE),
+            merged * PAGE,
+            within,
+        );
         let used = resident.saturating_sub(saved);
         HostReport {
             runtime_dir,

@@ -200,7 +200,13 @@ impl Sample {
             })
             .sum();
         let merged: u64 = self.guests.iter().filter_map(|g| g.ksm_merging).sum();
-        resident.saturating_sub(self.host.ksm_sharing.unwrap_or(0).min(merged))
+        // The savings inside each VM are not sampled (they need each VM's page frames).
+        let saved = crate::report::overcommit::fleet_ksm_saved(
+            self.host.ksm_sharing.unwrap_or(0),
+            merged,
+            0,
+        );
+        resident.saturating_sub(saved)
     }
 }
 
