@@ -18,16 +18,23 @@ use std::time::{Duration, Instant};
 
 const MIB: u64 = 1 << 20;
 
+/// The threads of `pid`: each one's name and `/proc/PID/task/TID` directory.
+fn threads(pid: u32) -> Vec<(String, std::path::PathBuf)> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| {
+            let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
+            Some((name.trim().to_string(), e.path()))
+        })
+        .collect()
+}
+
 /// Thread names of `pid` with how many threads carry each.
 fn thread_names(pid: u32) -> BTreeMap<String, usize> {
     let mut out = BTreeMap::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if let Ok(c) = std::fs::read_to_string(e.path().join("comm")) {
-            *out.entry(c.trim().to_string()).or_default() += 1;
-        }
+    for (name, _) in threads(pid) {
+        *out.entry(name).or_default() += 1;
     }
     out
 }
@@ -128,21 +135,18 @@ fn a_vm_with_a_balloon_runs_vcpus_the_device_thread_and_the_api_only() {
 
 /// `Cpus_allowed_list` of the threads of `pid` named `name`.
 fn cpus_of(pid: u32, name: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for e in std::fs::read_dir(format!("/proc/{pid}/task"))
-        .unwrap()
-        .flatten()
-    {
-        if std::fs::read_to_string(e.path().join("comm")).is_ok_and(|c| c.trim() == name) {
-            let status = std::fs::read_to_string(e.path().join("status")).unwrap();
+    threads(pid)
+        .into_iter()
+        .filter(|(n, _)| n == name)
+        .map(|(_, dir)| {
+            let status = std::fs::read_to_string(dir.join("status")).unwrap();
             let line = status
                 .lines()
                 .find_map(|l| l.strip_prefix("Cpus_allowed_list:"))
                 .unwrap();
-            out.push(line.trim().to_string());
-        }
-    }
-    out
+            line.trim().to_string()
+        })
+        .collect()
 }
 
 /// `--pin`: the device thread runs on the pinned vCPUs' CPU unless `devices=CPU` names its own.
@@ -152,7 +156,7 @@ fn the_device_thread_runs_on_the_vcpus_cpus_or_where_pinned() {
     if !kvm_or_skip(t) {
         return;
     }
-    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let cpus = memvisor::host::cpus::online();
     let last = (cpus - 1).to_string();
     let mut cases = vec![(format!("0={last}"), last.clone(), last.clone())];
     if cpus >= 2 {
