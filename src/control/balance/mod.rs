@@ -1,9 +1,11 @@
-//! The balloon controller behind `memvisor balance`: keeps the host's free-memory floor by
-//! moving the balloon targets of the VMs registered in the runtime directory.
+//! The balloon controller behind `memvisor balance`: keeps the host's free-memory floor (and,
+//! when one is set, the VMs' budget) by moving the balloon targets of the VMs registered in the
+//! runtime directory, then by reclaiming guest memory to host swap.
 //!
 //! This module owns the policy ([`Controller::decide`], a pure function of what it is given,
-//! so it is tested on recorded inputs) and the loop that samples the host and the guests and
-//! applies decisions ([`run`]).
+//! so it is tested on recorded inputs) and the I/O of the loop that samples the host and the
+//! guests and applies decisions ([`sample`], [`apply`]; the loop is `memvisor balance`'s, in
+//! `src/cmd/balance.rs`).
 //!
 //! The policy, in order:
 //! 1. A guest whose balloon has not moved towards its target for
@@ -12,23 +14,22 @@
 //!    statistics are older than [`Policy::stale_after`] is not taken from either (its free
 //!    memory is unknown). Both recover when the guest moves / reports again.
 //! 2. **Pressure** is `MemAvailable` below `min_host_free`, the VMs' used memory above
-//!    [`Policy::fleet_budget`] (when set; [`Sample::fleet_used`]), or memory PSI `some avg10`
-//!    above [`Policy::psi_limit`]. The floor and the budget are both limits with room above
-//!    them; the one with less room binds ([`Limit`]). Under pressure the controller aims for
-//!    `release_margin / 2` of room above it: it subtracts what responsive guests still owe (target above actual),
-//!    then inflates guests **with the most free memory first**, each by at most `max_step`,
-//!    never below the guest's `guest_floor` of RAM and never into its last `headroom` of free
-//!    memory. A guest's free memory is its statistics' figure corrected for what its balloon
-//!    moved since they arrived and still owes ([`GuestSample::free_after_balloon`]): the
-//!    statistics lag the balloon.
-//! 3. When both limits have more than `release_margin` of room (and no PSI pressure) the
-//!    controller **gives back to the guests that need it**: those whose free memory (from fresh
-//!    statistics) has fallen below their `headroom`, the least free first, each by at most
-//!    `max_step`, until the room above `release_margin / 2` is spent. A guest
-//!    with free memory to spare keeps its balloon even when the host has plenty: a deflated page
-//!    costs the host nothing at once, but lets the guest grow back past the budget later, and
-//!    deflating everyone whenever the host looks free undoes the controller's work in seconds
-//!    (it did, in the full-size fleet run, before this rule).
+//!    [`Policy::fleet_budget`] (when set; [`Sample::fleet_used`]), or memory PSI `some avg10` above
+//!    [`Policy::psi_limit`]. The floor and the budget are both limits with room above them; the one
+//!    with less room binds (`Limit`). Under pressure the controller aims for `release_margin / 2`
+//!    of room above it: it subtracts what responsive guests still owe (target above actual), then
+//!    inflates guests **with the most free memory first**, each by at most `max_step`, never below
+//!    the guest's `guest_floor` of RAM and never into its last `headroom` of free memory. A guest's
+//!    free memory is its statistics' figure corrected for what its balloon moved since they arrived
+//!    and still owes ([`GuestSample::free_after_balloon`]): the statistics lag the balloon.
+//! 3. When both limits have more than `release_margin` of room (and no PSI pressure) the controller
+//!    **gives back to the guests that need it**: those whose free memory (from fresh statistics)
+//!    has fallen below their `headroom`, the least free first, each by at most `max_step`, until
+//!    the room above `release_margin / 2` is spent. A guest with free memory to spare keeps its
+//!    balloon even when the host has plenty: a deflated page costs the host nothing at once, but
+//!    lets the guest grow back past the budget later, and deflating everyone whenever the host
+//!    looks free undoes the controller's work in seconds (it did, in the full-size fleet run,
+//!    before this rule).
 //! 4. Between the two, it holds (hysteresis), so targets do not oscillate.
 //! 5. **The swap lever**: when, under pressure, the balloons leave memory missing (a guest has
 //!    no balloon, is unresponsive, has no fresh statistics, or is at its floor or headroom),
@@ -58,7 +59,8 @@ pub struct Policy {
     /// the floor cannot: they move `MemAvailable`.
     #[serde(default)]
     pub fleet_budget: Option<u64>,
-    /// Width of the band above the floor where nothing moves; memory is given back above it.
+    /// Width of the band above the floor (and below the budget) where nothing moves; memory is
+    /// given back beyond it.
     pub release_margin: u64,
     /// RAM no guest is ballooned below (configured minus balloon target).
     pub guest_floor: u64,
