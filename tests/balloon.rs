@@ -334,7 +334,7 @@ struct TempMount(PathBuf);
 
 impl Drop for TempMount {
     fn drop(&mut self) {
-        let _ = hugepages::unmount(&self.0);
+        let _ = hugepages::unmount_or_detach(&self.0);
         let _ = std::fs::remove_dir(&self.0);
     }
 }

@@ -28,7 +28,9 @@ pub mod status;
 pub mod thp;
 
 pub use error::HugePageError;
-pub use mounts::{mount, mount_info, mounts, parse_mounts, unmount, HugetlbfsMount};
+pub use mounts::{
+    mount, mount_info, mounts, parse_mounts, unmount, unmount_or_detach, HugetlbfsMount,
+};
 pub use pool::{check_pool, pool_status, reserve_command, set_pool_size, PoolChange, PoolStatus};
 pub use populate::{
     populate, populate_with, populate_with_method, populate_write_supported, PopulateMethod,

@@ -197,6 +197,30 @@ pub fn unmount(dir: &Path) -> Result<(), HugePageError> {
     })
 }
 
+/// [`unmount`] for a mount memvisor made for itself and must not leave behind (the scratch
+/// mount, test mounts). While it is busy (`EBUSY`: some process still has a file of it open or
+/// mapped — seen in CI, where a scratch mount was left behind after its test passed and could
+/// be unmounted by hand minutes later) it retries for two seconds, then detaches it
+/// (`MNT_DETACH`: gone from the file system tree at once, released by the kernel when its last
+/// user goes) rather than leave a mount behind on the host.
+pub fn unmount_or_detach(dir: &Path) -> Result<(), HugePageError> {
+    for _ in 0..100 {
+        match unmount(dir) {
+            Err(HugePageError::Fs {
+                errno: Errno::EBUSY,
+                ..
+            }) => std::thread::sleep(std::time::Duration::from_millis(20)),
+            done => return done,
+        }
+    }
+    log::warn!(
+        "the scratch hugetlbfs at {} stayed busy for 2 s; detaching it (MNT_DETACH)",
+        dir.display()
+    );
+    nix::mount::umount2(dir, MntFlags::MNT_DETACH)
+        .map_err(|e| fs_error("umount (MNT_DETACH)", dir, e, "see umount(8)"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,7 +2,7 @@
 //! pool grown by what is missing and a temporary mount; dropping it unmounts, removes the
 //! directory and puts the pool back (also when the caller fails or panics).
 
-use crate::mounts::{mount, unmount};
+use crate::mounts::{mount, unmount_or_detach};
 use crate::pool::pool_status;
 use crate::reserve::{lock_pools, PoolLock, PoolReservation};
 use crate::{HugePageError, HugePageSize};
@@ -84,37 +84,10 @@ impl HugetlbfsScratch {
     }
 }
 
-/// Unmounts the scratch mount. While it is busy (`EBUSY`: some process still has a file of it
-/// open or mapped — seen in CI, where a scratch mount was left behind after its test passed and
-/// could be unmounted by hand minutes later) it retries for two seconds, then detaches it
-/// (`MNT_DETACH`: gone from the file system tree at once, released by the kernel when its last
-/// user goes) rather than leave a mount behind on the host.
-fn unmount_scratch(dir: &Path) -> Result<(), HugePageError> {
-    for _ in 0..100 {
-        match unmount(dir) {
-            Err(HugePageError::Fs {
-                errno: nix::errno::Errno::EBUSY,
-                ..
-            }) => std::thread::sleep(std::time::Duration::from_millis(20)),
-            done => return done,
-        }
-    }
-    log::warn!(
-        "the scratch hugetlbfs at {} stayed busy for 2 s; detaching it (MNT_DETACH)",
-        dir.display()
-    );
-    nix::mount::umount2(dir, nix::mount::MntFlags::MNT_DETACH).map_err(|errno| HugePageError::Fs {
-        op: "umount (MNT_DETACH)".into(),
-        path: dir.to_path_buf(),
-        errno,
-        hint: "see umount(8)",
-    })
-}
-
 impl Drop for HugetlbfsScratch {
     fn drop(&mut self) {
         if self.mounted {
-            if let Err(e) = unmount_scratch(&self.dir) {
+            if let Err(e) = unmount_or_detach(&self.dir) {
                 log::error!(
                     "could not unmount the scratch hugetlbfs at {}: {e}; unmount it with `umount {}`",
                     self.dir.display(),
