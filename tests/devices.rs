@@ -156,7 +156,7 @@ fn the_device_thread_runs_on_the_vcpus_cpus_or_where_pinned() {
     if !kvm_or_skip(t) {
         return;
     }
-    let cpus = memvisor::host::cpus::online();
+    let cpus = memvisor::config::host_cpus();
     let last = (cpus - 1).to_string();
     let mut cases = vec![(format!("0={last}"), last.clone(), last.clone())];
     if cpus >= 2 {

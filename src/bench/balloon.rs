@@ -32,7 +32,7 @@ impl BalloonBenchOptions {
     /// The default CPU: the host's last, away from CPU 0 where the host's own work tends to
     /// go; unpinned on a one-CPU host.
     pub fn default_cpu() -> Option<usize> {
-        let n = crate::host::cpus::online();
+        let n = crate::config::host_cpus();
         (n >= 2).then(|| n - 1)
     }
 

@@ -121,7 +121,7 @@ fn cpu_or_none(s: &str) -> Result<CpuChoice, String> {
     let c: usize = s
         .parse()
         .map_err(|_| format!("`{s}`: a host CPU number or `none`"))?;
-    match memvisor::host::cpus::not_online(c) {
+    match memvisor::config::host_cpu_not_online(c) {
         Some(why) => Err(why),
         None => Ok(CpuChoice::Cpu(c)),
     }

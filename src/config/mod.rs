@@ -601,6 +601,17 @@ pub fn parse_balloon(text: &str) -> Result<balloon::BalloonOptions, ConfigError>
     Ok(o)
 }
 
+/// Host CPUs this process may run on (at least 1).
+pub fn host_cpus() -> usize {
+    std::thread::available_parallelism().map_or(1, |n| n.get())
+}
+
+/// Why host CPU `cpu` cannot be named in a configuration here (`None`: it can).
+pub fn host_cpu_not_online(cpu: usize) -> Option<String> {
+    let n = host_cpus();
+    (cpu >= n).then(|| format!("host CPU {cpu} is not online (this host has {n})"))
+}
+
 /// What `--pin` sets: vCPU index -> host CPU, and the device thread's host CPU.
 pub type Pins = (BTreeMap<u32, usize>, Option<usize>);
 
@@ -616,7 +627,7 @@ pub fn parse_pin(text: &str) -> Result<Pins, ConfigError> {
             .trim()
             .parse()
             .map_err(|_| ConfigError::BadPin(pair.into()))?;
-        if let Some(why) = crate::host::cpus::not_online(c) {
+        if let Some(why) = host_cpu_not_online(c) {
             return Err(ConfigError::BadPin(format!("{pair}: {why}")));
         }
         if v.trim() == "devices" {

@@ -1,19 +1,8 @@
-//! Host CPUs: how many this process may use, and pinning the calling thread to some of them
-//! (vCPU threads, the device thread, benchmark baselines). The one place that calls
-//! `sched_setaffinity`.
+//! Pinning the calling thread to host CPUs (vCPU threads, the device thread, benchmark
+//! baselines): the one place that calls `sched_setaffinity`. How many CPUs there are is the
+//! configuration's question ([`crate::config::host_cpus`]), which sits below this layer.
 
 use nix::sched::CpuSet;
-
-/// Host CPUs this process may run on (at least 1).
-pub fn online() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// Why `cpu` cannot be used here (`None`: it can).
-pub fn not_online(cpu: usize) -> Option<String> {
-    let n = online();
-    (cpu >= n).then(|| format!("host CPU {cpu} is not online (this host has {n})"))
-}
 
 /// The set of `cpus`; an error names a CPU the kernel's set cannot hold.
 pub fn set_of(cpus: &[usize]) -> Result<CpuSet, String> {
@@ -38,7 +27,7 @@ pub fn pin_current_thread_to(cpus: &[usize]) -> Result<(), String> {
 mod tests {
     #[test]
     fn a_thread_pinned_to_one_cpu_runs_only_there() {
-        let last = super::online() - 1;
+        let last = crate::config::host_cpus() - 1;
         std::thread::spawn(move || {
             super::pin_current_thread_to(&[last]).unwrap();
             let got = nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).unwrap();
@@ -47,8 +36,8 @@ mod tests {
         })
         .join()
         .unwrap();
-        assert!(super::not_online(last).is_none());
-        assert!(super::not_online(last + 1).is_some());
+        assert!(crate::config::host_cpu_not_online(last).is_none());
+        assert!(crate::config::host_cpu_not_online(last + 1).is_some());
         assert!(super::set_of(&[nix::sched::CpuSet::count()]).is_err());
     }
 }

@@ -305,7 +305,7 @@ impl GuestRam {
         {
             let prealloc = if config.prealloc {
                 let threads = match config.prealloc_threads {
-                    0 => crate::host::cpus::online().min(8),
+                    0 => crate::config::host_cpus().min(8),
                     n => n,
                 };
                 let total = config.size;
