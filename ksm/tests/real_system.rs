@@ -136,13 +136,15 @@ fn identical_pages_merge_and_unmerge() {
         "only {merging}/{PAGES} pages merged"
     );
     // One KSM page per max_page_sharing mappings; the rest count as sharing.
+    // The host-wide counter must hold at least ours. It is not compared with
+    // its value at the start: it can carry stale counts of processes that
+    // exited while KSM was stopped (ksmd drops their rmap items only when it
+    // scans again), seen in CI as 5093 -> 2040 across this merge.
     let expected = merging - merging.div_ceil(max_sharing);
-    let grown = merged
-        .pages_sharing
-        .saturating_sub(start_counters.pages_sharing);
     assert!(
-        grown * 10 >= expected * 9,
-        "pages_sharing grew by {grown}, expected ~{expected}"
+        merged.pages_sharing * 10 >= expected * 9,
+        "host pages_sharing is {}, below the ~{expected} of this process' merge",
+        merged.pages_sharing
     );
     let stats = ksm::self_stats().unwrap();
     assert_eq!(stats.mergeable, Some(true));
