@@ -158,12 +158,25 @@ fn wait_every(
     Ok(())
 }
 
-/// The floor for a balloon return here: a built-in guest touches `size` of its RAM, then, at a
-/// sync point (the vCPU waiting in the VMM), `GuestRam::discard` of exactly that memory is
-/// timed (one call per extent, so one below 3 GiB): the discard calls the balloon makes, in one
-/// piece, on memory KVM has mapped for a guest (the raw baseline's mapping has never been
-/// mapped by KVM). Returns seconds.
-fn guest_discard_floor(size: u64, opts: &BalloonBenchOptions) -> Result<f64, BenchError> {
+/// Who touches the memory [`guest_discard_floor`] discards.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Toucher {
+    /// The guest (ring 3, through KVM's shadow or nested page tables: KVM maps every page).
+    Guest,
+    /// The VMM, at the sync point, on the vCPU's thread (`GuestRam::reclaim` with populate):
+    /// the same guest RAM, never mapped by KVM. What the floor costs beyond this is KVM's.
+    Vmm,
+}
+
+/// The floor for a balloon return here: a built-in guest's `size` of RAM is touched (by the
+/// guest, or by the VMM: [`Toucher`]), then, at a sync point (the vCPU waiting in the VMM),
+/// `GuestRam::discard` of exactly that memory is timed (one call per extent, so one below
+/// 3 GiB): the discard calls the balloon makes, in one piece. Returns seconds.
+fn guest_discard_floor(
+    size: u64,
+    opts: &BalloonBenchOptions,
+    toucher: Toucher,
+) -> Result<f64, BenchError> {
     let config = VmConfig {
         pin: opts.pins(),
         memory: vec![
@@ -175,17 +188,30 @@ fn guest_discard_floor(size: u64, opts: &BalloonBenchOptions) -> Result<f64, Ben
                 }
             })?,
         ],
-        workload: Workload::parse(&["touch:work-only=1;sync:tag=1"]).expect("valid workload"),
+        workload: Workload::parse(&[match toucher {
+            Toucher::Guest => "touch:work-only=1;sync:tag=1",
+            Toucher::Vmm => "sync:tag=1",
+        }])
+        .expect("valid workload"),
         ..Default::default()
     };
     let timed: Arc<Mutex<Result<f64, String>>> = Arc::new(Mutex::new(Err("no sync".into())));
     let hook = {
         let timed = timed.clone();
         Arc::new(move |_vcpu: u32, _tag: u64, ram: &GuestRam| {
+            let extents = &ram.regions()[1].extents;
+            if toucher == Toucher::Vmm {
+                if let Err(e) = extents
+                    .iter()
+                    .try_for_each(|e| ram.reclaim(e.gpa, e.len, true))
+                {
+                    *timed.lock().unwrap() = Err(format!("populating: {e}"));
+                    return;
+                }
+            }
             // One discard per extent: a region above ~3 GiB is split around the PCI hole.
             let t = Instant::now();
-            let released = ram.regions()[1]
-                .extents
+            let released = extents
                 .iter()
                 .map(|e| ram.discard(e.gpa, e.len).map(|o| o.released))
                 .sum::<Result<u64, _>>();
@@ -357,9 +383,14 @@ pub fn run(
     }
     vmm.request_finish();
     drop(vmm);
-    let floor = (0..opts.reps.max(1))
-        .map(|_| guest_discard_floor(opts.size, opts))
-        .collect::<Result<Vec<f64>, BenchError>>()?;
+    // The floors, each round beside a raw round too, so that their ratios to raw are of
+    // interleaved runs as well.
+    let (mut floor, mut unmapped) = (Vec::new(), Vec::new());
+    for _ in 0..opts.reps.max(1) {
+        floor.push(guest_discard_floor(opts.size, opts, Toucher::Guest)?);
+        unmapped.push(guest_discard_floor(opts.size, opts, Toucher::Vmm)?);
+        raw.push(raw_madvise_on(opts.size, opts.cpu)?);
+    }
     let rate = |s: &[f64]| {
         Summary::of(
             &s.iter()
@@ -387,11 +418,28 @@ pub fn run(
         ratio_to_raw: None,
     };
     floor_row.ratio_to_raw = median_ratio(floor_row.gib_per_s.as_ref(), raw_row.gib_per_s.as_ref());
+    let mut unmapped_row = BalloonRow {
+        path: "platform: one discard of guest RAM the VMM touched (not KVM-mapped)".into(),
+        gib_per_s: rate(&unmapped),
+        seconds: Summary::of(&unmapped),
+        ratio_to_raw: None,
+    };
+    unmapped_row.ratio_to_raw =
+        median_ratio(unmapped_row.gib_per_s.as_ref(), raw_row.gib_per_s.as_ref());
     let mut notes = RoundParts::notes(&parts);
     if let (Some(o), Some(f)) = (ours_row.gib_per_s.as_ref(), floor_row.gib_per_s.as_ref()) {
         notes.push(format!(
             "the balloon returns memory at {:.2}x of one discard of the same amount of KVM-mapped guest RAM (the platform's floor: what the discard calls alone cost on memory a guest uses)",
             o.median / f.median
+        ));
+    }
+    if let (Some(f), Some(u)) = (
+        floor_row.gib_per_s.as_ref(),
+        unmapped_row.gib_per_s.as_ref(),
+    ) {
+        notes.push(format!(
+            "KVM's share of the floor: discarding guest RAM a guest touched takes {:.2}x the time of discarding the same RAM touched by the VMM (KVM's MMU notifier zapping its mappings, and the kernel freeing pages KVM marked accessed)",
+            u.median / f.median
         ));
     }
     // Issue 17: at least 0.8x at 1 GiB and 0.5x at 256 MiB (smaller amounts leave fixed
@@ -409,13 +457,14 @@ pub fn run(
             format!("a built-in guest (16 MiB + {} MiB anon, THP off) touches all its RAM and runs its balloon driver; each round sends PATCH /balloon {{\"amount_mib\": {mib}}} over the control API and times until the device has released {mib} MiB (madvise/fallocate returned for them; polled, cheap), then confirms with mincore that the guest region has at most (region - {mib} MiB) resident; then deflates and waits for the guest to refill", region >> 20),
             format!("raw: a fresh {mib} MiB private anonymous mapping, every page touched, then one madvise(MADV_DONTNEED) timed; interleaved with the balloon rounds"),
             "the guest driver runs in ring 3 under shadow paging here (no VMX/SVM): its MMIO notifications and hypercalls are VM exits of tens of µs each".into(),
-            format!("platform floor: another built-in guest touches {mib} MiB, then at a sync point (its vCPU waiting in the VMM) one GuestRam::discard of exactly that memory is timed: the balloon's discard calls in one piece, on memory KVM has mapped; after the balloon rounds"),
+            format!("platform floor: another built-in guest touches {mib} MiB, then at a sync point (its vCPU waiting in the VMM) one GuestRam::discard of exactly that memory is timed: the balloon's discard calls in one piece, on memory KVM has mapped; after the balloon rounds, each beside a raw round"),
+            "platform, not KVM-mapped: the same, but the guest does not touch the memory; the VMM faults it in at the sync point (GuestRam::reclaim with populate, MADV_POPULATE_WRITE on the vCPU thread), so KVM never maps it: the difference to the floor is KVM's".into(),
             match opts.cpu {
                 Some(c) => format!("both guests' vCPU pinned to host CPU {c} (--pin 0={c}), so their device thread runs there too (memvisor's default with pinned vCPUs): the balloon frees guest pages on the CPU whose vCPU faulted them in; the raw side touches and frees its mapping on a thread pinned to the same CPU; --cpu none runs all unpinned"),
                 None => "unpinned (--cpu none, or a one-CPU host): the device thread may free guest pages on another CPU than the vCPU that faulted them in, which took twice as long on the development host".into(),
             },
         ],
-        rows: vec![ours_row, raw_row, floor_row],
+        rows: vec![ours_row, raw_row, floor_row, unmapped_row],
         targets: vec![target],
         notes,
     })
@@ -428,6 +477,8 @@ struct RoundParts {
     reaction: f64,
     /// Time inside discard calls.
     discard: f64,
+    /// CPU time the device thread used inside them.
+    discard_cpu: f64,
     /// Between the first discard's start and the last one's end, outside discard calls: the
     /// device waiting for (or walking) the guest's next buffers.
     gaps: f64,
@@ -440,6 +491,7 @@ impl RoundParts {
         RoundParts {
             reaction: first.saturating_duration_since(sent).as_secs_f64(),
             discard: t.busy.as_secs_f64(),
+            discard_cpu: t.cpu.as_secs_f64(),
             gaps: (last.saturating_duration_since(first).saturating_sub(t.busy)).as_secs_f64(),
             calls: t.calls,
         }
@@ -452,9 +504,10 @@ impl RoundParts {
         };
         let calls: Vec<u64> = parts.iter().map(|p| p.calls).collect();
         vec![format!(
-            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1}, between discards {:.1}; discard calls per round {calls:?} (one per merged range)",
+            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range)",
             med(&|p| p.reaction),
             med(&|p| p.discard),
+            med(&|p| p.discard_cpu),
             med(&|p| p.gaps),
         )]
     }

@@ -39,6 +39,9 @@ pub struct DiscardTiming {
     pub calls: u64,
     /// Time spent inside them.
     pub busy: std::time::Duration,
+    /// CPU time the calling thread used inside them (less than `busy` when it waited for a
+    /// CPU or a lock).
+    pub cpu: std::time::Duration,
     /// When the first of them started.
     pub first_start: Option<std::time::Instant>,
     /// When the last of them ended.
@@ -51,13 +54,18 @@ impl MemoryBackend for RamBackend {
     }
 
     fn discard(&self, gpa: u64, len: u64) -> Result<u64, String> {
-        let t0 = std::time::Instant::now();
+        let cpu = || {
+            nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+                .map_or(std::time::Duration::ZERO, std::time::Duration::from)
+        };
+        let (t0, c0) = (std::time::Instant::now(), cpu());
         let out = self.ram.discard(gpa, len).map_err(|e| e.to_string());
-        let t1 = std::time::Instant::now();
+        let (t1, c1) = (std::time::Instant::now(), cpu());
         {
             let mut t = self.timing.lock().unwrap();
             t.calls += 1;
             t.busy += t1 - t0;
+            t.cpu += c1.saturating_sub(c0);
             t.first_start.get_or_insert(t0);
             t.last_end = Some(t1);
         }
