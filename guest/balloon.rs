@@ -11,8 +11,9 @@
 //!
 //! Driver: virtio-mmio v2 with features `VERSION_1`, and `STATS_VQ` and `DEFLATE_ON_OOM` when
 //! offered. Queues live in the driver area (`abi::DRIVER_AREA_GPA`): inflate (0), deflate (1),
-//! stats (2). Inflate/deflate buffers are arrays of up to 256 PFNs; they are posted half a
-//! queue (128 buffers, 128 MiB) at a time, each half announced with one `QueueNotify` (an
+//! stats (2). Inflate/deflate buffers are arrays of up to 256 PFNs in queues of up to 1024
+//! (1 GiB in flight; 1.25 MiB of the driver area each); they are posted half a queue (512
+//! buffers, 512 MiB) at a time, each half announced with one `QueueNotify` (an
 //! ioeventfd in the VMM: no exit), and while the device works on one half the driver posts the
 //! next; it waits for returned buffers in the used ring (sleeping in `HC_WAIT`, never spinning
 //! on registers) and writes `actual` as they come back.
@@ -37,7 +38,7 @@ const CFG_NUM_PAGES: u64 = 0;
 const CFG_ACTUAL: u64 = 4;
 /// PFNs per inflate/deflate buffer (what Linux sends and the device accepts).
 const PFNS_PER_BUFFER: u64 = 256;
-const PFN_QUEUE_SIZE: u16 = 256;
+const PFN_QUEUE_SIZE: u16 = 1024;
 const STATS_QUEUE_SIZE: u16 = 1;
 const STATS_BUFFER_BYTES: u64 = 64;
 /// virtio stat tags the guest can know.
@@ -65,7 +66,7 @@ const Q_INFLATE: u64 = 0;
 const Q_DEFLATE: u64 = 1;
 const Q_STATS: u64 = 2;
 /// Bytes of the driver area each queue gets.
-const QUEUE_AREA: u64 = 0x10_0000;
+const QUEUE_AREA: u64 = 0x14_0000;
 const _: () = assert!(
     (Q_STATS + 1) * QUEUE_AREA <= DRIVER_AREA_BYTES
         && Virtq::area_bytes(PFN_QUEUE_SIZE, PFNS_PER_BUFFER * 4) <= QUEUE_AREA

@@ -129,10 +129,11 @@ impl Mmio {
 }
 
 /// Bytes between the parts of a queue's area: descriptor table, available ring, used ring
-/// (each fits in one page for up to 256 entries), then the buffers.
-const PART: u64 = 0x1000;
-/// Largest queue this driver sets up (one page per ring part).
-pub const MAX_QUEUE_SIZE: u16 = 256;
+/// (each fits in four pages for up to 1024 entries: the descriptor table takes 16 bytes an
+/// entry), then the buffers.
+const PART: u64 = 0x4000;
+/// Largest queue this driver sets up (four pages per ring part).
+pub const MAX_QUEUE_SIZE: u16 = 1024;
 
 /// A split virtqueue whose descriptor `i` always points at buffer `i` of its area, so every
 /// chain is one descriptor and the head index names the buffer.

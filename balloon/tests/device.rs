@@ -35,19 +35,19 @@ fn offered_features_follow_options() {
     let dev = Balloon::new(BalloonOptions::default());
     assert_eq!(dev.device_type(), 5);
     assert_eq!(dev.avail_features(), version_1());
-    assert_eq!(dev.queue_max_sizes(), vec![256, 256]);
+    assert_eq!(dev.queue_max_sizes(), vec![1024, 1024]);
 
     let dev = Balloon::new(all_opts());
     assert_eq!(dev.avail_features(), version_1() | STATS | DOOM | FPR);
     assert_eq!(dev.avail_features(), (1 << 32) | 0b10_0110);
-    assert_eq!(dev.queue_max_sizes(), vec![256; 4]);
+    assert_eq!(dev.queue_max_sizes(), vec![1024; 4]);
 
     let dev = Balloon::new(BalloonOptions {
         stats_polling_interval_s: 3,
         ..Default::default()
     });
     assert_eq!(dev.avail_features(), version_1() | STATS);
-    assert_eq!(dev.queue_max_sizes(), vec![256; 3]);
+    assert_eq!(dev.queue_max_sizes(), vec![1024; 3]);
 }
 
 #[test]
