@@ -26,6 +26,9 @@ pub struct BalloonBenchOptions {
     /// Host CPU for the guests' vCPU, and so their device thread (`--pin 0=CPU`); `None`:
     /// unpinned.
     pub cpu: Option<usize>,
+    /// When not zero, each balloon round also gets a raw round whose memory sat this long
+    /// between its touch and the madvise.
+    pub raw_age: Duration,
 }
 
 impl BalloonBenchOptions {
@@ -76,9 +79,9 @@ impl BenchRow for BalloonRow {
 
 /// [`raw_madvise`] on a thread pinned to `cpu` (the guests' CPU), so both sides touch and free
 /// their memory on the same CPU; on the calling thread when `None`.
-fn raw_madvise_on(size: u64, cpu: Option<usize>) -> Result<f64, BenchError> {
+fn raw_madvise_on(size: u64, cpu: Option<usize>, age: Duration) -> Result<f64, BenchError> {
     let Some(cpu) = cpu else {
-        return raw_madvise(size);
+        return raw_madvise(size, age);
     };
     std::thread::scope(|s| {
         s.spawn(|| {
@@ -88,7 +91,7 @@ fn raw_madvise_on(size: u64, cpu: Option<usize>) -> Result<f64, BenchError> {
                     detail,
                 }
             })?;
-            raw_madvise(size)
+            raw_madvise(size, age)
         })
         .join()
         .unwrap_or_else(|_| {
@@ -100,7 +103,9 @@ fn raw_madvise_on(size: u64, cpu: Option<usize>) -> Result<f64, BenchError> {
     })
 }
 
-fn raw_madvise(size: u64) -> Result<f64, BenchError> {
+/// One raw round: touches a fresh mapping of `size`, waits `age`, times one
+/// `madvise(MADV_DONTNEED)` of it. Returns seconds.
+fn raw_madvise(size: u64, age: Duration) -> Result<f64, BenchError> {
     // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
     let p = unsafe {
         libc::mmap(
@@ -122,6 +127,7 @@ fn raw_madvise(size: u64) -> Result<f64, BenchError> {
             *(p as *mut u8).add(off as usize) = 1;
         }
     }
+    std::thread::sleep(age);
     let t = Instant::now();
     // SAFETY: the whole mapping created above.
     let rc = unsafe { libc::madvise(p, size as usize, libc::MADV_DONTNEED) };
@@ -310,6 +316,7 @@ pub fn run(
     idle_after(updates())?;
     let mut ours = Vec::new();
     let mut raw = Vec::new();
+    let mut aged = Vec::new();
     let mut parts: Vec<RoundParts> = Vec::new();
     for _ in 0..opts.reps.max(1) {
         let before = resident();
@@ -371,7 +378,10 @@ pub fn run(
                 resident()
             ),
         })?;
-        raw.push(raw_madvise_on(opts.size, opts.cpu)?);
+        raw.push(raw_madvise_on(opts.size, opts.cpu, Duration::ZERO)?);
+        if !opts.raw_age.is_zero() {
+            aged.push(raw_madvise_on(opts.size, opts.cpu, opts.raw_age)?);
+        }
         // Deflate and let the guest refill before the next round.
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
         // The refill faults every page in again (~20 s per GiB on a busy nested host).
@@ -389,7 +399,7 @@ pub fn run(
     for _ in 0..opts.reps.max(1) {
         floor.push(guest_discard_floor(opts.size, opts, Toucher::Guest)?);
         unmapped.push(guest_discard_floor(opts.size, opts, Toucher::Vmm)?);
-        raw.push(raw_madvise_on(opts.size, opts.cpu)?);
+        raw.push(raw_madvise_on(opts.size, opts.cpu, Duration::ZERO)?);
     }
     let rate = |s: &[f64]| {
         Summary::of(
@@ -418,6 +428,18 @@ pub fn run(
         ratio_to_raw: None,
     };
     floor_row.ratio_to_raw = median_ratio(floor_row.gib_per_s.as_ref(), raw_row.gib_per_s.as_ref());
+    let aged_row = (!aged.is_empty()).then(|| {
+        let gib_per_s = rate(&aged);
+        BalloonRow {
+            path: format!(
+                "raw madvise, the pages left {} s after their touch",
+                opts.raw_age.as_secs()
+            ),
+            ratio_to_raw: median_ratio(gib_per_s.as_ref(), raw_row.gib_per_s.as_ref()),
+            gib_per_s,
+            seconds: Summary::of(&aged),
+        }
+    });
     let mut unmapped_row = BalloonRow {
         path: "platform: one discard of guest RAM the VMM touched (not KVM-mapped)".into(),
         gib_per_s: rate(&unmapped),
@@ -431,6 +453,16 @@ pub fn run(
         notes.push(format!(
             "the balloon returns memory at {:.2}x of one discard of the same amount of KVM-mapped guest RAM (the platform's floor: what the discard calls alone cost on memory a guest uses)",
             o.median / f.median
+        ));
+    }
+    if let (Some(o), Some(a)) = (
+        ours_row.gib_per_s.as_ref(),
+        aged_row.as_ref().and_then(|r| r.gib_per_s.as_ref()),
+    ) {
+        notes.push(format!(
+            "against raw rounds whose pages sat {} s after their touch (what a balloon takes is memory the guest touched seconds before, here 0-20 s: the refill of the deflated memory takes that long) the balloon returns memory at {:.2}x",
+            opts.raw_age.as_secs(),
+            o.median / a.median
         ));
     }
     if let (Some(f), Some(u)) = (
@@ -456,6 +488,7 @@ pub fn run(
         method: vec![
             format!("a built-in guest (16 MiB + {} MiB anon, THP off) touches all its RAM and runs its balloon driver; each round sends PATCH /balloon {{\"amount_mib\": {mib}}} over the control API and times until the device has released {mib} MiB (madvise/fallocate returned for them; polled, cheap), then confirms with mincore that the guest region has at most (region - {mib} MiB) resident; then deflates and waits for the guest to refill", region >> 20),
             format!("raw: a fresh {mib} MiB private anonymous mapping, every page touched, then one madvise(MADV_DONTNEED) timed; interleaved with the balloon rounds"),
+            format!("raw, aged (--raw-age, 0 for none): the same, with the mapping left {} s between its touch and the madvise; after each balloon round's raw round. The target stays judged against the raw row", opts.raw_age.as_secs()),
             "the guest driver runs in ring 3 under shadow paging here (no VMX/SVM): its MMIO notifications and hypercalls are VM exits of tens of µs each".into(),
             format!("platform floor: another built-in guest touches {mib} MiB, then at a sync point (its vCPU waiting in the VMM) one GuestRam::discard of exactly that memory is timed: the balloon's discard calls in one piece, on memory KVM has mapped; after the balloon rounds, each beside a raw round"),
             "platform, not KVM-mapped: the same, but the guest does not touch the memory; the VMM faults it in at the sync point (GuestRam::reclaim with populate, MADV_POPULATE_WRITE on the vCPU thread), so KVM never maps it: the difference to the floor is KVM's".into(),
@@ -464,7 +497,11 @@ pub fn run(
                 None => "unpinned (--cpu none, or a one-CPU host): the device thread may free guest pages on another CPU than the vCPU that faulted them in, which took twice as long on the development host".into(),
             },
         ],
-        rows: vec![ours_row, raw_row, floor_row, unmapped_row],
+        rows: [ours_row, raw_row]
+            .into_iter()
+            .chain(aged_row)
+            .chain([floor_row, unmapped_row])
+            .collect(),
         targets: vec![target],
         notes,
     })
@@ -503,12 +540,17 @@ impl RoundParts {
             Summary::of(&v).map_or(0.0, |s| s.median) * 1000.0
         };
         let calls: Vec<u64> = parts.iter().map(|p| p.calls).collect();
+        let per_round: Vec<String> = parts
+            .iter()
+            .map(|p| format!("{:.1}", p.discard * 1000.0))
+            .collect();
         vec![format!(
-            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range)",
+            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range), ms inside them per round [{}]",
             med(&|p| p.reaction),
             med(&|p| p.discard),
             med(&|p| p.discard_cpu),
             med(&|p| p.gaps),
+            per_round.join(", "),
         )]
     }
 }

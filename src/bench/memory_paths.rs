@@ -405,6 +405,7 @@ pub fn run(
             size: opts.balloon_size,
             reps: opts.reps,
             cpu: balloon::BalloonBenchOptions::default_cpu(),
+            raw_age: std::time::Duration::ZERO,
         };
         let command = format!(
             "memvisor bench balloon --size {} --reps {}",

@@ -100,6 +100,11 @@ pub struct BalloonArgs {
     /// unpinned [default: the host's last CPU; none on a one-CPU host].
     #[arg(long, value_name = "CPU|none", value_parser = cpu_or_none)]
     cpu: Option<CpuChoice>,
+    /// Also time raw madvise rounds whose memory sat this many seconds between its touch and
+    /// the madvise (0: none). A balloon gives back memory the guest touched seconds before,
+    /// and on some hosts that alone frees slower than memory touched just now.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    raw_age: u64,
     /// Print JSON instead of the table.
     #[arg(long)]
     json: bool,
@@ -249,6 +254,7 @@ pub fn run(cmd: BenchCmd) -> Result<ExitCode, String> {
                     Some(CpuChoice::Unpinned) => None,
                     None => BalloonBenchOptions::default_cpu(),
                 },
+                raw_age: std::time::Duration::from_secs(a.raw_age),
             };
             print(memvisor::bench::balloon::run(&opts, command_line()), a.json)
         }
