@@ -794,7 +794,7 @@ fn common_configuration_fields() {
     assert_eq!(r(MSIX_CONFIG, 2), 0xffff, "NO_VECTOR after reset");
     for q in 0..3u64 {
         w(QUEUE_SELECT, 2, q);
-        assert_eq!(r(QUEUE_SIZE, 2), 256, "queue {q}: maximum size");
+        assert_eq!(r(QUEUE_SIZE, 2), 1024, "queue {q}: maximum size");
         assert_eq!(r(QUEUE_NOTIFY_OFF, 2), q);
         assert_eq!(r(QUEUE_ENABLE, 2), 0);
         assert_eq!(r(QUEUE_MSIX_VECTOR, 2), 0xffff);
@@ -813,7 +813,7 @@ fn common_configuration_fields() {
     w(QUEUE_SIZE, 2, 64);
     assert_eq!(r(QUEUE_SIZE, 2), 64);
     let bad = f.dev.bad_accesses();
-    for s in [0, 100, 512] {
+    for s in [0, 100, 2048] {
         w(QUEUE_SIZE, 2, s);
     }
     assert_eq!(r(QUEUE_SIZE, 2), 64);
@@ -925,7 +925,7 @@ fn device_status_rules() {
     w(DEVICE_STATUS, 1, 0);
     assert_eq!(r(DEVICE_STATUS, 1), 0);
     assert_eq!(r(MSIX_CONFIG, 2), 0xffff);
-    assert_eq!(r(QUEUE_SIZE, 2), 256);
+    assert_eq!(r(QUEUE_SIZE, 2), 1024);
     assert_eq!(r(DRIVER_FEATURE, 4), 0);
     assert!(!f.dev.intx_asserted(), "reset clears the ISR");
 }
