@@ -470,7 +470,7 @@ pub fn run(
         unmapped_row.gib_per_s.as_ref(),
     ) {
         notes.push(format!(
-            "KVM's share of the floor: discarding guest RAM a guest touched takes {:.2}x the time of discarding the same RAM touched by the VMM (KVM's MMU notifier zapping its mappings, and the kernel freeing pages KVM marked accessed)",
+            "KVM's share of the floor: discarding guest RAM a guest touched takes {:.2}x the time of discarding the same RAM touched by the VMM (KVM's MMU notifier zapping its mappings of each page)",
             u.median / f.median
         ));
     }
