@@ -193,12 +193,6 @@ fn run(sys: &ksm::Ksm) {
     assert_eq!(w, u64::from_le_bytes(buf));
     drop(ram);
     drop(vmm);
-    // The VM's memory is gone; let ksmd run over it once more so the stable nodes it left
-    // are pruned (a stopped ksmd keeps them, and they would make `max_page_sharing` busy).
-    sys.set_run(ksm::KsmRun::Merge).unwrap();
-    let t0 = Instant::now();
-    while sys.counters().unwrap().pages_shared > 0 && t0.elapsed() < Duration::from_secs(10) {
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    sys.set_run(ksm::KsmRun::Stop).unwrap();
+    // The VM's memory is gone, and ksmd is stopped.
+    common::prune_ksm_after_exit();
 }

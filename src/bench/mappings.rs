@@ -17,6 +17,7 @@ use super::stats::{median_ratio, Summary};
 use super::table::{min_med_max, ratio_cell, Align, Table};
 use super::{host, BenchError, BenchReport, BenchRow, Machine};
 use crate::config::{Backend, RegionConfig, Size};
+use crate::host::cpus::thread_cpu_time;
 use crate::memory::GuestRam;
 use serde::Serialize;
 use std::fs::File;
@@ -223,13 +224,6 @@ impl BenchRow for MappingsRow {
         }
         t
     }
-}
-
-/// CPU time of the calling thread so far.
-pub fn thread_cpu() -> Duration {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .map(Duration::from)
-        .unwrap_or_default()
 }
 
 /// What one raw read found.
@@ -509,7 +503,7 @@ pub fn measure(
         for i in 0..readers.len() {
             let reader = readers[(i + rep) % readers.len()];
             let k = reader as usize;
-            let cpu_before = thread_cpu();
+            let cpu_before = thread_cpu_time().unwrap_or_default();
             let elapsed: Duration = match reader {
                 Reader::Memvisor => {
                     let (m, t) = host::timed(|| crate::report::mappings::map(ram, None));
@@ -537,7 +531,8 @@ pub fn measure(
             };
             if rep > 0 {
                 ms[k].push(elapsed.as_secs_f64() * 1e3);
-                cpu_ms[k].push((thread_cpu() - cpu_before).as_secs_f64() * 1e3);
+                cpu_ms[k]
+                    .push((thread_cpu_time().unwrap_or_default() - cpu_before).as_secs_f64() * 1e3);
             }
         }
         if rep > 0 {

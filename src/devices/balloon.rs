@@ -54,10 +54,7 @@ impl MemoryBackend for RamBackend {
     }
 
     fn discard(&self, gpa: u64, len: u64) -> Result<u64, String> {
-        let cpu = || {
-            nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-                .map_or(std::time::Duration::ZERO, std::time::Duration::from)
-        };
+        let cpu = || crate::host::cpus::thread_cpu_time().unwrap_or_default();
         let (t0, c0) = (std::time::Instant::now(), cpu());
         let out = self.ram.discard(gpa, len).map_err(|e| e.to_string());
         let (t1, c1) = (std::time::Instant::now(), cpu());

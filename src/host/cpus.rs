@@ -1,5 +1,6 @@
 //! Pinning the calling thread to host CPUs (vCPU threads, the device thread, benchmark
-//! baselines): the one place that calls `sched_setaffinity`. How many CPUs there are is the
+//! baselines): the one place that calls `sched_setaffinity`; and the one reader of a
+//! thread's CPU time. How many CPUs there are is the
 //! configuration's question ([`crate::config::host_cpus`]), which sits below this layer.
 
 use nix::sched::CpuSet;
@@ -16,6 +17,15 @@ pub fn set_of(cpus: &[usize]) -> Result<CpuSet, String> {
 /// Pins the calling thread to `set`.
 pub fn pin_current_thread(set: &CpuSet) -> nix::Result<()> {
     nix::sched::sched_setaffinity(nix::unistd::Pid::from_raw(0), set)
+}
+
+/// CPU time the calling thread has used so far (`CLOCK_THREAD_CPUTIME_ID`); `None` if the
+/// kernel cannot say. The one reader of that clock: the balloon's discard timing and the
+/// benchmarks' per-thread CPU figures use it.
+pub fn thread_cpu_time() -> Option<std::time::Duration> {
+    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .ok()
+        .map(std::time::Duration::from)
 }
 
 /// Pins the calling thread to `cpus`.

@@ -493,24 +493,7 @@ fn test_kernel_hugetlbfs_ksm_and_balance() {
         let out = g.vm.interrupt(Duration::from_secs(30));
         assert_eq!(out.status.code(), Some(130), "{}", common::text(&out));
     }
-    prune_ksm_after_exit();
+    // K exited while KSM was stopped again (`ksm_part` restores the knobs while K runs on).
+    common::prune_ksm_after_exit();
     println!("{t}: whole test {:.0} s", t0.elapsed().as_secs_f64());
-}
-
-/// K exited while KSM was stopped again (`ksm_part` restores the knobs while K runs on): its
-/// merged pages stay counted in `pages_sharing`, and their stable nodes stay, until ksmd scans.
-/// One full scan drops them, so the host is left as it was found (a later test or CI run saw
-/// 5093 such pages at its start). Best effort: a timeout leaves them for the next scan.
-fn prune_ksm_after_exit() {
-    let sys = ksm::Ksm::system();
-    if !sys.available() || sys.settings().is_ok_and(|s| s.run == ksm::KsmRun::Merge) {
-        return;
-    }
-    let Ok(guard) = ksm::SettingsGuard::save(&sys) else {
-        return;
-    };
-    if sys.set_run(ksm::KsmRun::Merge).is_ok() {
-        let _ = sys.wait_full_scans(2, Duration::from_secs(30));
-    }
-    drop(guard);
 }

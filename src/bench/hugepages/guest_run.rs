@@ -82,13 +82,6 @@ struct RecorderState {
 /// A vCPU thread's (minor, major) page faults when it reached a sync point and when it left.
 type ThreadFaults = (Option<(u64, u64)>, Option<(u64, u64)>);
 
-/// CPU time of the calling thread.
-fn thread_cpu_time() -> Option<Duration> {
-    nix::time::clock_gettime(nix::time::ClockId::CLOCK_THREAD_CPUTIME_ID)
-        .ok()
-        .map(Duration::from)
-}
-
 /// The sync hook of a benchmark guest: holds the vCPUs at the start gate until the bench has
 /// attached the VM's KVM statistics, and at every sync point waits for all vCPUs, then takes
 /// one [`Snapshot`] (by the last vCPU to arrive, while all are stopped) and lets them go on.
@@ -161,7 +154,7 @@ impl PhaseRecorder {
         if tag >= PHASES {
             return;
         }
-        let cpu = thread_cpu_time();
+        let cpu = crate::host::cpus::thread_cpu_time();
         let deadline = Instant::now() + self.patience;
         let mut st = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if st.cpu.len() <= vcpu {
