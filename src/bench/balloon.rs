@@ -2,7 +2,10 @@
 //! from `PATCH /balloon` on the control API to the host pages being gone — beside a raw
 //! `madvise(MADV_DONTNEED)` of the same amount of touched memory, in the same run; and, as the
 //! platform's floor, one discard through the memory module of the same amount of guest RAM a
-//! guest has just touched (mapped by KVM), without the balloon.
+//! guest has just touched (mapped by KVM), without the balloon. Beside the figures it reports
+//! what the kernel decides for each side: how long before the free the pages were touched, and
+//! the room on the freeing CPU's per-CPU free page lists ([`crate::host::pcp`]), which the raw
+//! side's own touch has just widened.
 
 use super::stats::{gib_per_s, median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell, Align, Table};
@@ -79,7 +82,7 @@ impl BenchRow for BalloonRow {
 
 /// [`raw_madvise`] on a thread pinned to `cpu` (the guests' CPU), so both sides touch and free
 /// their memory on the same CPU; on the calling thread when `None`.
-fn raw_madvise_on(size: u64, cpu: Option<usize>, age: Duration) -> Result<f64, BenchError> {
+fn raw_madvise_on(size: u64, cpu: Option<usize>, age: Duration) -> Result<Freed, BenchError> {
     let Some(cpu) = cpu else {
         return raw_madvise(size, age);
     };
@@ -104,8 +107,8 @@ fn raw_madvise_on(size: u64, cpu: Option<usize>, age: Duration) -> Result<f64, B
 }
 
 /// One raw round: touches a fresh mapping of `size`, waits `age`, times one
-/// `madvise(MADV_DONTNEED)` of it. Returns seconds.
-fn raw_madvise(size: u64, age: Duration) -> Result<f64, BenchError> {
+/// `madvise(MADV_DONTNEED)` of it.
+fn raw_madvise(size: u64, age: Duration) -> Result<Freed, BenchError> {
     // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
     let p = unsafe {
         libc::mmap(
@@ -128,6 +131,7 @@ fn raw_madvise(size: u64, age: Duration) -> Result<f64, BenchError> {
         }
     }
     std::thread::sleep(age);
+    let room = crate::host::pcp::of_this_cpu().map(|l| l.room());
     let t = Instant::now();
     // SAFETY: the whole mapping created above.
     let rc = unsafe { libc::madvise(p, size as usize, libc::MADV_DONTNEED) };
@@ -137,7 +141,17 @@ fn raw_madvise(size: u64, age: Duration) -> Result<f64, BenchError> {
     if rc != 0 {
         return Err(BenchError::last_os("madvise(MADV_DONTNEED)", ""));
     }
-    Ok(secs)
+    Ok(Freed { secs, room })
+}
+
+/// One timed free of memory.
+#[derive(Clone, Copy, Debug)]
+struct Freed {
+    /// Seconds it took.
+    secs: f64,
+    /// Room on the freeing CPU's per-CPU free page lists just before ([`crate::host::pcp`]):
+    /// the pages it could free there without the buddy allocator.
+    room: Option<u64>,
 }
 
 fn wait(what: &str, timeout: Duration, f: impl FnMut() -> bool) -> Result<(), BenchError> {
@@ -177,12 +191,13 @@ enum Toucher {
 /// The floor for a balloon return here: a built-in guest's `size` of RAM is touched (by the
 /// guest, or by the VMM: [`Toucher`]), then, at a sync point (the vCPU waiting in the VMM),
 /// `GuestRam::discard` of exactly that memory is timed (one call per extent, so one below
-/// 3 GiB): the discard calls the balloon makes, in one piece. Returns seconds.
+/// 3 GiB): the discard calls the balloon makes, in one piece. Returns the discard, and how long
+/// after the guest's start it began (the guest touched the memory in between).
 fn guest_discard_floor(
     size: u64,
     opts: &BalloonBenchOptions,
     toucher: Toucher,
-) -> Result<f64, BenchError> {
+) -> Result<(Freed, f64), BenchError> {
     let config = VmConfig {
         pin: opts.pins(),
         memory: vec![
@@ -201,7 +216,9 @@ fn guest_discard_floor(
         .expect("valid workload"),
         ..Default::default()
     };
-    let timed: Arc<Mutex<Result<f64, String>>> = Arc::new(Mutex::new(Err("no sync".into())));
+    type Timed = Result<(Freed, f64), String>;
+    let timed: Arc<Mutex<Timed>> = Arc::new(Mutex::new(Err("no sync".into())));
+    let started = Instant::now();
     let hook = {
         let timed = timed.clone();
         Arc::new(move |_vcpu: u32, _tag: u64, ram: &GuestRam| {
@@ -216,13 +233,21 @@ fn guest_discard_floor(
                 }
             }
             // One discard per extent: a region above ~3 GiB is split around the PCI hole.
+            let room = crate::host::pcp::of_this_cpu().map(|l| l.room());
             let t = Instant::now();
+            let touched = (t - started).as_secs_f64();
             let released = extents
                 .iter()
                 .map(|e| ram.discard(e.gpa, e.len).map(|o| o.released))
                 .sum::<Result<u64, _>>();
             *timed.lock().unwrap() = match released {
-                Ok(n) if n == size => Ok(t.elapsed().as_secs_f64()),
+                Ok(n) if n == size => Ok((
+                    Freed {
+                        secs: t.elapsed().as_secs_f64(),
+                        room,
+                    },
+                    touched,
+                )),
                 Ok(n) => Err(format!("released {n} of {size} bytes")),
                 Err(e) => Err(e.to_string()),
             };
@@ -280,6 +305,7 @@ pub fn run(
         balloon: Some(balloon::BalloonOptions::default()),
         ..Default::default()
     };
+    let started = Instant::now();
     let vmm = Vmm::start_with(
         &config,
         StartOptions {
@@ -313,11 +339,16 @@ pub fn run(
         Duration::from_secs(120),
         || resident() >= len - (1 << 20) && dev.with_device(|d| (d.model.is_activated(), false)),
     )?;
+    // When the memory a round takes was touched: between these two instants.
+    let mut fill = (started, Instant::now());
     idle_after(updates())?;
     let mut ours = Vec::new();
     let mut raw = Vec::new();
     let mut aged = Vec::new();
     let mut parts: Vec<RoundParts> = Vec::new();
+    let mut ages = Vec::new();
+    // Room on the device thread's CPU's per-CPU free page lists before each round.
+    let mut ours_room = Vec::new();
     for _ in 0..opts.reps.max(1) {
         let before = resident();
         let released = |dev: &crate::devices::balloon::BalloonHandle| {
@@ -326,6 +357,12 @@ pub fn run(
         let released_before = released(&dev);
         dev.with_device(|d| (d.take_discard_timing(), false));
         let t = Instant::now();
+        ages.push(PageAge::between(fill, t));
+        ours_room.push(
+            opts.cpu
+                .and_then(crate::host::pcp::of_cpu)
+                .map(|l| l.room()),
+        );
         let (status, body) = client::request(
             &sock,
             "PATCH",
@@ -384,23 +421,44 @@ pub fn run(
         }
         // Deflate and let the guest refill before the next round.
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
+        let refill = Instant::now();
         // The refill faults every page in again (~20 s per GiB on a busy nested host).
         wait("deflate and refill", Duration::from_secs(600), || {
             dev.with_device(|d| (d.model.actual_pages(), false)) == 0
                 && resident() >= len - (1 << 20)
         })?;
+        fill = (refill, Instant::now());
         idle_after(updates())?;
     }
     vmm.request_finish();
     drop(vmm);
     // The floors, each round beside a raw round too, so that their ratios to raw are of
     // interleaved runs as well.
-    let (mut floor, mut unmapped) = (Vec::new(), Vec::new());
+    let (mut floor, mut unmapped, mut floor_ages) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..opts.reps.max(1) {
-        floor.push(guest_discard_floor(opts.size, opts, Toucher::Guest)?);
-        unmapped.push(guest_discard_floor(opts.size, opts, Toucher::Vmm)?);
+        let (freed, touched) = guest_discard_floor(opts.size, opts, Toucher::Guest)?;
+        floor.push(freed);
+        // The guest boots and starts touching within milliseconds of its start.
+        floor_ages.push(PageAge {
+            youngest: 0.0,
+            oldest: touched,
+        });
+        unmapped.push(guest_discard_floor(opts.size, opts, Toucher::Vmm)?.0);
         raw.push(raw_madvise_on(opts.size, opts.cpu, Duration::ZERO)?);
     }
+    let room_note = format!(
+        "room on the freeing CPU's per-CPU free page lists just before each free, in thousands of pages (1 GiB is 262k; a free beyond the room goes to the buddy allocator, several times dearer per page; the kernel widens the room while a CPU allocates and narrows it by an eighth a second after: host::pcp): balloon {}; floor {}; raw {}{}",
+        rooms(&ours_room),
+        rooms(&floor.iter().map(|f| f.room).collect::<Vec<_>>()),
+        rooms(&raw.iter().map(|f| f.room).collect::<Vec<_>>()),
+        if aged.is_empty() {
+            String::new()
+        } else {
+            format!("; raw, aged {}", rooms(&aged.iter().map(|f| f.room).collect::<Vec<_>>()))
+        }
+    );
+    let secs = |v: &[Freed]| v.iter().map(|f| f.secs).collect::<Vec<f64>>();
+    let (raw, aged, floor, unmapped) = (secs(&raw), secs(&aged), secs(&floor), secs(&unmapped));
     let rate = |s: &[f64]| {
         Summary::of(
             &s.iter()
@@ -449,6 +507,12 @@ pub fn run(
     unmapped_row.ratio_to_raw =
         median_ratio(unmapped_row.gib_per_s.as_ref(), raw_row.gib_per_s.as_ref());
     let mut notes = RoundParts::notes(&parts);
+    notes.push(room_note);
+    notes.push(format!(
+        "how long before the discards the freed memory was touched (s, youngest-oldest page, per round; the memory is filled at an even pace): balloon {}; floor {}. Freeing older pages costs more here without any VMM (docs/benchmarks.md, \"How old the memory is\"), and the raw side frees pages it touched just before",
+        PageAge::list(&ages),
+        PageAge::list(&floor_ages)
+    ));
     if let (Some(o), Some(f)) = (ours_row.gib_per_s.as_ref(), floor_row.gib_per_s.as_ref()) {
         notes.push(format!(
             "the balloon returns memory at {:.2}x of one discard of the same amount of KVM-mapped guest RAM (the platform's floor: what the discard calls alone cost on memory a guest uses)",
@@ -460,7 +524,7 @@ pub fn run(
         aged_row.as_ref().and_then(|r| r.gib_per_s.as_ref()),
     ) {
         notes.push(format!(
-            "against raw rounds whose pages sat {} s after their touch (what a balloon takes is memory the guest touched seconds before, here 0-20 s: the refill of the deflated memory takes that long) the balloon returns memory at {:.2}x",
+            "against raw rounds whose pages sat {} s after their touch (a balloon takes memory the guest touched seconds before: the ages above) the balloon returns memory at {:.2}x",
             opts.raw_age.as_secs(),
             o.median / a.median
         ));
@@ -516,6 +580,9 @@ struct RoundParts {
     discard: f64,
     /// CPU time the device thread used inside them.
     discard_cpu: f64,
+    /// Time inside the first of them (the guest posts its second half meanwhile, then sleeps
+    /// in `HC_WAIT`; it wakes when the first half comes back, during the second call).
+    first_call: f64,
     /// Between the first discard's start and the last one's end, outside discard calls: the
     /// device waiting for (or walking) the guest's next buffers.
     gaps: f64,
@@ -529,6 +596,7 @@ impl RoundParts {
             reaction: first.saturating_duration_since(sent).as_secs_f64(),
             discard: t.busy.as_secs_f64(),
             discard_cpu: t.cpu.as_secs_f64(),
+            first_call: t.first_call.as_secs_f64(),
             gaps: (last.saturating_duration_since(first).saturating_sub(t.busy)).as_secs_f64(),
             calls: t.calls,
         }
@@ -542,10 +610,17 @@ impl RoundParts {
         let calls: Vec<u64> = parts.iter().map(|p| p.calls).collect();
         let per_round: Vec<String> = parts
             .iter()
-            .map(|p| format!("{:.1}", p.discard * 1000.0))
+            .map(|p| {
+                format!(
+                    "{:.1} ({:.1} + {:.1})",
+                    p.discard * 1000.0,
+                    p.first_call * 1000.0,
+                    (p.discard - p.first_call) * 1000.0
+                )
+            })
             .collect();
         vec![format!(
-            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range), ms inside them per round [{}]",
+            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range), ms inside them per round [total (first call + the others)] [{}]",
             med(&|p| p.reaction),
             med(&|p| p.discard),
             med(&|p| p.discard_cpu),
@@ -553,4 +628,38 @@ impl RoundParts {
             per_round.join(", "),
         )]
     }
+}
+
+/// How long before a discard the memory it freed was touched, in seconds: the guest filled
+/// it between `oldest` and `youngest` seconds before.
+struct PageAge {
+    youngest: f64,
+    oldest: f64,
+}
+
+impl PageAge {
+    /// Memory filled between `fill.0` and `fill.1`, freed from `at` on.
+    fn between(fill: (Instant, Instant), at: Instant) -> PageAge {
+        PageAge {
+            youngest: at.saturating_duration_since(fill.1).as_secs_f64(),
+            oldest: at.saturating_duration_since(fill.0).as_secs_f64(),
+        }
+    }
+
+    fn list(ages: &[PageAge]) -> String {
+        let v: Vec<String> = ages
+            .iter()
+            .map(|a| format!("{:.1}-{:.1}", a.youngest, a.oldest))
+            .collect();
+        format!("[{}]", v.join(", "))
+    }
+}
+
+/// Per-round rooms ([`Freed::room`]) in thousands of pages; `?` where unknown.
+fn rooms(v: &[Option<u64>]) -> String {
+    let v: Vec<String> = v
+        .iter()
+        .map(|r| r.map_or_else(|| "?".into(), |r| format!("{}k", r / 1000)))
+        .collect();
+    format!("[{}]", v.join(", "))
 }

@@ -42,6 +42,8 @@ pub struct DiscardTiming {
     /// CPU time the calling thread used inside them (less than `busy` when it waited for a
     /// CPU or a lock).
     pub cpu: std::time::Duration,
+    /// Time inside the first of them.
+    pub first_call: std::time::Duration,
     /// When the first of them started.
     pub first_start: Option<std::time::Instant>,
     /// When the last of them ended.
@@ -60,6 +62,9 @@ impl MemoryBackend for RamBackend {
         let (t1, c1) = (std::time::Instant::now(), cpu());
         {
             let mut t = self.timing.lock().unwrap();
+            if t.calls == 0 {
+                t.first_call = t1 - t0;
+            }
             t.calls += 1;
             t.busy += t1 - t0;
             t.cpu += c1.saturating_sub(c0);
