@@ -7,16 +7,19 @@
 //! the room on the freeing CPU's per-CPU free page lists ([`crate::host::pcp`]), which the raw
 //! side's own touch has just widened.
 
+mod account;
+mod baselines;
+
 use super::stats::{gib_per_s, median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell, Align, Table};
 use super::{BenchError, BenchReport, BenchRow, Machine};
 use crate::config::workload::Workload;
 use crate::config::{RegionConfig, VmConfig};
 use crate::control::api::client;
-use crate::memory::GuestRam;
 use crate::runner::{StartOptions, Vmm};
+use account::{rooms, PageAge, RoundParts};
+use baselines::{guest_discard_floor, raw_madvise_on, Freed, Toucher};
 use serde::Serialize;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Options.
@@ -80,80 +83,6 @@ impl BenchRow for BalloonRow {
     }
 }
 
-/// [`raw_madvise`] on a thread pinned to `cpu` (the guests' CPU), so both sides touch and free
-/// their memory on the same CPU; on the calling thread when `None`.
-fn raw_madvise_on(size: u64, cpu: Option<usize>, age: Duration) -> Result<Freed, BenchError> {
-    let Some(cpu) = cpu else {
-        return raw_madvise(size, age);
-    };
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            crate::host::cpus::pin_current_thread_to(&[cpu]).map_err(|detail| {
-                BenchError::Check {
-                    what: format!("pinning the raw baseline to host CPU {cpu}"),
-                    detail,
-                }
-            })?;
-            raw_madvise(size, age)
-        })
-        .join()
-        .unwrap_or_else(|_| {
-            Err(BenchError::Check {
-                what: "the raw baseline".into(),
-                detail: "its thread panicked".into(),
-            })
-        })
-    })
-}
-
-/// One raw round: touches a fresh mapping of `size`, waits `age`, times one
-/// `madvise(MADV_DONTNEED)` of it.
-fn raw_madvise(size: u64, age: Duration) -> Result<Freed, BenchError> {
-    // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(BenchError::last_os("mmap", "is there enough memory?"));
-    }
-    // SAFETY: touching every page of the mapping just created; THP off for a 4K baseline.
-    unsafe {
-        libc::madvise(p, size as usize, libc::MADV_NOHUGEPAGE);
-        for off in (0..size).step_by(4096) {
-            *(p as *mut u8).add(off as usize) = 1;
-        }
-    }
-    std::thread::sleep(age);
-    let room = crate::host::pcp::of_this_cpu().map(|l| l.room());
-    let t = Instant::now();
-    // SAFETY: the whole mapping created above.
-    let rc = unsafe { libc::madvise(p, size as usize, libc::MADV_DONTNEED) };
-    let secs = t.elapsed().as_secs_f64();
-    // SAFETY: unmapping the mapping created above.
-    unsafe { libc::munmap(p, size as usize) };
-    if rc != 0 {
-        return Err(BenchError::last_os("madvise(MADV_DONTNEED)", ""));
-    }
-    Ok(Freed { secs, room })
-}
-
-/// One timed free of memory.
-#[derive(Clone, Copy, Debug)]
-struct Freed {
-    /// Seconds it took.
-    secs: f64,
-    /// Room on the freeing CPU's per-CPU free page lists just before ([`crate::host::pcp`]):
-    /// the pages it could free there without the buddy allocator.
-    room: Option<u64>,
-}
-
 fn wait(what: &str, timeout: Duration, f: impl FnMut() -> bool) -> Result<(), BenchError> {
     wait_every(what, timeout, Duration::from_micros(200), f)
 }
@@ -176,100 +105,6 @@ fn wait_every(
         std::thread::sleep(every);
     }
     Ok(())
-}
-
-/// Who touches the memory [`guest_discard_floor`] discards.
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Toucher {
-    /// The guest (ring 3, through KVM's shadow or nested page tables: KVM maps every page).
-    Guest,
-    /// The VMM, at the sync point, on the vCPU's thread (`GuestRam::reclaim` with populate):
-    /// the same guest RAM, never mapped by KVM. What the floor costs beyond this is KVM's.
-    Vmm,
-}
-
-/// The floor for a balloon return here: a built-in guest's `size` of RAM is touched (by the
-/// guest, or by the VMM: [`Toucher`]), then, at a sync point (the vCPU waiting in the VMM),
-/// `GuestRam::discard` of exactly that memory is timed (one call per extent, so one below
-/// 3 GiB): the discard calls the balloon makes, in one piece. Returns the discard, and how long
-/// after the guest's start it began (the guest touched the memory in between).
-fn guest_discard_floor(
-    size: u64,
-    opts: &BalloonBenchOptions,
-    toucher: Toucher,
-) -> Result<(Freed, f64), BenchError> {
-    let config = VmConfig {
-        pin: opts.pins(),
-        memory: vec![
-            RegionConfig::anon(16 << 20),
-            RegionConfig::parse(1, &format!("size={size},thp=off")).map_err(|e| {
-                BenchError::Option {
-                    option: "--size",
-                    reason: e.to_string(),
-                }
-            })?,
-        ],
-        workload: Workload::parse(&[match toucher {
-            Toucher::Guest => "touch:work-only=1;sync:tag=1",
-            Toucher::Vmm => "sync:tag=1",
-        }])
-        .expect("valid workload"),
-        ..Default::default()
-    };
-    type Timed = Result<(Freed, f64), String>;
-    let timed: Arc<Mutex<Timed>> = Arc::new(Mutex::new(Err("no sync".into())));
-    let started = Instant::now();
-    let hook = {
-        let timed = timed.clone();
-        Arc::new(move |_vcpu: u32, _tag: u64, ram: &GuestRam| {
-            let extents = &ram.regions()[1].extents;
-            if toucher == Toucher::Vmm {
-                if let Err(e) = extents
-                    .iter()
-                    .try_for_each(|e| ram.reclaim(e.gpa, e.len, true))
-                {
-                    *timed.lock().unwrap() = Err(format!("populating: {e}"));
-                    return;
-                }
-            }
-            // One discard per extent: a region above ~3 GiB is split around the PCI hole.
-            let room = crate::host::pcp::of_this_cpu().map(|l| l.room());
-            let t = Instant::now();
-            let touched = (t - started).as_secs_f64();
-            let released = extents
-                .iter()
-                .map(|e| ram.discard(e.gpa, e.len).map(|o| o.released))
-                .sum::<Result<u64, _>>();
-            *timed.lock().unwrap() = match released {
-                Ok(n) if n == size => Ok((
-                    Freed {
-                        secs: t.elapsed().as_secs_f64(),
-                        room,
-                    },
-                    touched,
-                )),
-                Ok(n) => Err(format!("released {n} of {size} bytes")),
-                Err(e) => Err(e.to_string()),
-            };
-        }) as crate::vmm::vcpu::SyncHook
-    };
-    let mut vmm = Vmm::start_with(
-        &config,
-        StartOptions {
-            sync: Some(hook),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| BenchError::Check {
-        what: "starting the floor's guest".into(),
-        detail: e.to_string(),
-    })?;
-    vmm.wait(&crate::runner::RunOptions::default());
-    let r = timed.lock().unwrap().clone();
-    r.map_err(|detail| BenchError::Check {
-        what: "discarding the guest's touched RAM".into(),
-        detail,
-    })
 }
 
 /// Runs the benchmark.
@@ -422,7 +257,7 @@ pub fn run(
         // Deflate and let the guest refill before the next round.
         dev.with_device(|d| ((), d.model.set_target_mib(0)));
         let refill = Instant::now();
-        // The refill faults every page in again (~20 s per GiB on a busy nested host).
+        // The refill faults every page in again (5-20 s per GiB on this nested host).
         wait("deflate and refill", Duration::from_secs(600), || {
             dev.with_device(|d| (d.model.actual_pages(), false)) == 0
                 && resident() >= len - (1 << 20)
@@ -569,97 +404,4 @@ pub fn run(
         targets: vec![target],
         notes,
     })
-}
-
-/// Where one balloon round's time went, from the device's discard timing.
-struct RoundParts {
-    /// PATCH sent until the first discard started: the API, the guest waking up and posting
-    /// its first buffers, the device thread waking up and walking them.
-    reaction: f64,
-    /// Time inside discard calls.
-    discard: f64,
-    /// CPU time the device thread used inside them.
-    discard_cpu: f64,
-    /// Time inside the first of them (the guest posts its second half meanwhile, then sleeps
-    /// in `HC_WAIT`; it wakes when the first half comes back, during the second call).
-    first_call: f64,
-    /// Between the first discard's start and the last one's end, outside discard calls: the
-    /// device waiting for (or walking) the guest's next buffers.
-    gaps: f64,
-    calls: u64,
-}
-
-impl RoundParts {
-    fn of(sent: Instant, done: Instant, t: &crate::devices::balloon::DiscardTiming) -> RoundParts {
-        let (first, last) = (t.first_start.unwrap_or(sent), t.last_end.unwrap_or(done));
-        RoundParts {
-            reaction: first.saturating_duration_since(sent).as_secs_f64(),
-            discard: t.busy.as_secs_f64(),
-            discard_cpu: t.cpu.as_secs_f64(),
-            first_call: t.first_call.as_secs_f64(),
-            gaps: (last.saturating_duration_since(first).saturating_sub(t.busy)).as_secs_f64(),
-            calls: t.calls,
-        }
-    }
-
-    fn notes(parts: &[RoundParts]) -> Vec<String> {
-        let med = |f: &dyn Fn(&RoundParts) -> f64| {
-            let v: Vec<f64> = parts.iter().map(f).collect();
-            Summary::of(&v).map_or(0.0, |s| s.median) * 1000.0
-        };
-        let calls: Vec<u64> = parts.iter().map(|p| p.calls).collect();
-        let per_round: Vec<String> = parts
-            .iter()
-            .map(|p| {
-                format!(
-                    "{:.1} ({:.1} + {:.1})",
-                    p.discard * 1000.0,
-                    p.first_call * 1000.0,
-                    (p.discard - p.first_call) * 1000.0
-                )
-            })
-            .collect();
-        vec![format!(
-            "where the time goes (medians over the rounds, ms): PATCH to first discard {:.1}, inside discard calls {:.1} (on the CPU {:.1}), between discards {:.1}; discard calls per round {calls:?} (one per merged range), ms inside them per round [total (first call + the others)] [{}]",
-            med(&|p| p.reaction),
-            med(&|p| p.discard),
-            med(&|p| p.discard_cpu),
-            med(&|p| p.gaps),
-            per_round.join(", "),
-        )]
-    }
-}
-
-/// How long before a discard the memory it freed was touched, in seconds: the guest filled
-/// it between `oldest` and `youngest` seconds before.
-struct PageAge {
-    youngest: f64,
-    oldest: f64,
-}
-
-impl PageAge {
-    /// Memory filled between `fill.0` and `fill.1`, freed from `at` on.
-    fn between(fill: (Instant, Instant), at: Instant) -> PageAge {
-        PageAge {
-            youngest: at.saturating_duration_since(fill.1).as_secs_f64(),
-            oldest: at.saturating_duration_since(fill.0).as_secs_f64(),
-        }
-    }
-
-    fn list(ages: &[PageAge]) -> String {
-        let v: Vec<String> = ages
-            .iter()
-            .map(|a| format!("{:.1}-{:.1}", a.youngest, a.oldest))
-            .collect();
-        format!("[{}]", v.join(", "))
-    }
-}
-
-/// Per-round rooms ([`Freed::room`]) in thousands of pages; `?` where unknown.
-fn rooms(v: &[Option<u64>]) -> String {
-    let v: Vec<String> = v
-        .iter()
-        .map(|r| r.map_or_else(|| "?".into(), |r| format!("{}k", r / 1000)))
-        .collect();
-    format!("[{}]", v.join(", "))
 }
