@@ -11,6 +11,7 @@
 //! Needs root and host swap: without swap it sets up a zram device of twice `--size` for the
 //! run and resets it afterwards (also on failure).
 
+use super::host::{resident_bytes, BareMapping};
 use super::stats::{median_ratio, Summary, Target};
 use super::table::{min_med_max, ratio_cell, Align, Table};
 use super::{BenchError, BenchReport, BenchRow, Machine};
@@ -83,13 +84,6 @@ fn fill(p: *mut u8, len: u64, seed: u64) {
     }
 }
 
-fn resident(p: *mut u8, len: u64) -> u64 {
-    let mut v = vec![0u8; (len / PAGE) as usize];
-    // SAFETY: a live mapping of `len` bytes; one byte per page.
-    unsafe { libc::mincore(p.cast(), len as usize, v.as_mut_ptr()) };
-    v.iter().filter(|b| **b & 1 != 0).count() as u64 * PAGE
-}
-
 fn major_faults_thread() -> u64 {
     // SAFETY: getrusage fills the struct it is given.
     let mut u: libc::rusage = unsafe { std::mem::zeroed() };
@@ -98,53 +92,40 @@ fn major_faults_thread() -> u64 {
     u.ru_majflt as u64
 }
 
-/// A private anonymous 4 KiB mapping, unmapped on drop.
-struct Raw {
-    p: *mut u8,
-    len: u64,
-}
+/// A private anonymous 4 KiB mapping (THP off), unmapped on drop.
+struct Raw(BareMapping);
 
 impl Raw {
     fn new(len: u64) -> Result<Raw, BenchError> {
-        // SAFETY: a fresh private anonymous mapping.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            return Err(BenchError::last_os("mmap", "is there enough memory?"));
-        }
+        let map = BareMapping::anon(len as usize)?;
         // SAFETY: the mapping just created.
-        unsafe { libc::madvise(p, len as usize, libc::MADV_NOHUGEPAGE) };
-        Ok(Raw { p: p.cast(), len })
+        unsafe { libc::madvise(map.addr().cast(), map.len(), libc::MADV_NOHUGEPAGE) };
+        Ok(Raw(map))
+    }
+
+    fn p(&self) -> *mut u8 {
+        self.0.addr()
+    }
+
+    fn len(&self) -> u64 {
+        self.0.len() as u64
     }
 
     /// One `madvise(MADV_PAGEOUT)` of all of it: (seconds, bytes that left RAM).
     fn page_out(&self) -> Result<(f64, u64), BenchError> {
-        let before = resident(self.p, self.len);
+        // SAFETY (both calls): the whole live mapping.
+        let resident = || unsafe { resident_bytes(self.p(), self.0.len()) };
+        let before = resident()?;
         let t = Instant::now();
         // SAFETY: the whole mapping.
-        if unsafe { libc::madvise(self.p.cast(), self.len as usize, libc::MADV_PAGEOUT) } != 0 {
+        if unsafe { libc::madvise(self.p().cast(), self.0.len(), libc::MADV_PAGEOUT) } != 0 {
             return Err(BenchError::last_os(
                 "madvise(MADV_PAGEOUT)",
                 "Linux 5.4+ has it",
             ));
         }
         let secs = t.elapsed().as_secs_f64();
-        Ok((secs, before.saturating_sub(resident(self.p, self.len))))
-    }
-}
-
-impl Drop for Raw {
-    fn drop(&mut self) {
-        // SAFETY: the mapping this struct created.
-        unsafe { libc::munmap(self.p.cast(), self.len as usize) };
+        Ok((secs, before.saturating_sub(resident()?)))
     }
 }
 
@@ -301,17 +282,17 @@ pub fn run(opts: &SwapBenchOptions, command: String) -> Result<BenchReport<SwapR
         let out = ram.page_out_to(0, None, true)?;
         ours.push(out.paged_out_bytes as f64 / out.seconds / (1u64 << 30) as f64);
         let raw = Raw::new(opts.size)?;
-        fill(raw.p, raw.len, rep as u64 + 7);
+        fill(raw.p(), raw.len(), rep as u64 + 7);
         let (secs, bytes) = raw.page_out()?;
         raw_rate.push(bytes as f64 / secs / (1u64 << 30) as f64);
         // Swap-in: a host loop over the paged-out mapping.
         let f0 = major_faults_thread();
         let t = Instant::now();
         let mut sum = 0u64;
-        for off in (0..raw.len).step_by(PAGE as usize) {
+        for off in (0..raw.len()).step_by(PAGE as usize) {
             // SAFETY: a word inside the live mapping.
             sum = sum
-                .wrapping_add(unsafe { (raw.p.add(off as usize) as *const u64).read_volatile() });
+                .wrapping_add(unsafe { (raw.p().add(off as usize) as *const u64).read_volatile() });
         }
         let secs = t.elapsed().as_secs_f64();
         std::hint::black_box(sum);

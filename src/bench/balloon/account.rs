@@ -1,6 +1,7 @@
 //! Where a `bench balloon` round's time went and what the kernel decided for it: the device's
 //! discard timing per round, how old the freed pages were, the per-CPU free lists' room.
 
+use super::baselines::Freed;
 use crate::bench::stats::Summary;
 use std::time::Instant;
 
@@ -92,12 +93,15 @@ impl PageAge {
     }
 }
 
-/// Per-round rooms on the per-CPU free lists (`Freed::room`) in thousands of pages; `?` where
-/// unknown.
-pub(super) fn rooms(v: &[Option<u64>]) -> String {
+/// Each free's room on the per-CPU free lists ([`Freed::room`]) in thousands of pages; `?`
+/// where unknown.
+pub(super) fn rooms(v: &[Freed]) -> String {
     let v: Vec<String> = v
         .iter()
-        .map(|r| r.map_or_else(|| "?".into(), |r| format!("{}k", r / 1000)))
+        .map(|f| {
+            f.room
+                .map_or_else(|| "?".into(), |r| format!("{}k", r / 1000))
+        })
         .collect();
     format!("[{}]", v.join(", "))
 }

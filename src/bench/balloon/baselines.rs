@@ -2,10 +2,11 @@
 //! touched (or aged) memory, and the platform's floors (one discard of guest RAM at a sync
 //! point).
 
-use super::BalloonBenchOptions;
+use super::{guest_memory, BalloonBenchOptions};
+use crate::bench::host::BareMapping;
 use crate::bench::BenchError;
 use crate::config::workload::Workload;
-use crate::config::{RegionConfig, VmConfig};
+use crate::config::VmConfig;
 use crate::memory::GuestRam;
 use crate::runner::{StartOptions, Vmm};
 use std::sync::{Arc, Mutex};
@@ -44,35 +45,21 @@ pub(super) fn raw_madvise_on(
 /// One raw round: touches a fresh mapping of `size`, waits `age`, times one
 /// `madvise(MADV_DONTNEED)` of it.
 fn raw_madvise(size: u64, age: Duration) -> Result<Freed, BenchError> {
-    // SAFETY: a fresh private anonymous mapping of `size` bytes, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if p == libc::MAP_FAILED {
-        return Err(BenchError::last_os("mmap", "is there enough memory?"));
-    }
+    let map = BareMapping::anon(size as usize)?;
+    let p = map.addr();
     // SAFETY: touching every page of the mapping just created; THP off for a 4K baseline.
     unsafe {
-        libc::madvise(p, size as usize, libc::MADV_NOHUGEPAGE);
-        for off in (0..size).step_by(4096) {
-            *(p as *mut u8).add(off as usize) = 1;
+        libc::madvise(p.cast(), map.len(), libc::MADV_NOHUGEPAGE);
+        for off in (0..map.len()).step_by(4096) {
+            *p.add(off) = 1;
         }
     }
     std::thread::sleep(age);
     let room = crate::host::pcp::of_this_cpu().map(|l| l.room());
     let t = Instant::now();
-    // SAFETY: the whole mapping created above.
-    let rc = unsafe { libc::madvise(p, size as usize, libc::MADV_DONTNEED) };
+    // SAFETY: the whole mapping created above (unmapped when `map` drops).
+    let rc = unsafe { libc::madvise(p.cast(), map.len(), libc::MADV_DONTNEED) };
     let secs = t.elapsed().as_secs_f64();
-    // SAFETY: unmapping the mapping created above.
-    unsafe { libc::munmap(p, size as usize) };
     if rc != 0 {
         return Err(BenchError::last_os("madvise(MADV_DONTNEED)", ""));
     }
@@ -111,15 +98,7 @@ pub(super) fn guest_discard_floor(
 ) -> Result<(Freed, f64), BenchError> {
     let config = VmConfig {
         pin: opts.pins(),
-        memory: vec![
-            RegionConfig::anon(16 << 20),
-            RegionConfig::parse(1, &format!("size={size},thp=off")).map_err(|e| {
-                BenchError::Option {
-                    option: "--size",
-                    reason: e.to_string(),
-                }
-            })?,
-        ],
+        memory: guest_memory(size)?,
         workload: Workload::parse(&[match toucher {
             Toucher::Guest => "touch:work-only=1;sync:tag=1",
             Toucher::Vmm => "sync:tag=1",

@@ -107,6 +107,20 @@ fn wait_every(
     Ok(())
 }
 
+/// The memory of the benchmark's guests: 16 MiB for the guest itself, then `work` bytes of
+/// 4 KiB anonymous RAM (THP off, like the raw side) in region 1, the one a round frees.
+fn guest_memory(work: u64) -> Result<Vec<RegionConfig>, BenchError> {
+    Ok(vec![
+        RegionConfig::anon(16 << 20),
+        RegionConfig::parse(1, &format!("size={work},thp=off")).map_err(|e| {
+            BenchError::Option {
+                option: "--size",
+                reason: e.to_string(),
+            }
+        })?,
+    ])
+}
+
 /// Runs the benchmark.
 pub fn run(
     opts: &BalloonBenchOptions,
@@ -125,15 +139,7 @@ pub fn run(
         std::process::id()
     ));
     let config = VmConfig {
-        memory: vec![
-            RegionConfig::anon(16 << 20),
-            RegionConfig::parse(1, &format!("size={region},thp=off")).map_err(|e| {
-                BenchError::Option {
-                    option: "--size",
-                    reason: e.to_string(),
-                }
-            })?,
-        ],
+        memory: guest_memory(region)?,
         workload: Workload::parse(&["touch:work-only=1;balloon:data=0,seconds=0"])
             .expect("valid workload"),
         pin: opts.pins(),
@@ -182,8 +188,6 @@ pub fn run(
     let mut aged = Vec::new();
     let mut parts: Vec<RoundParts> = Vec::new();
     let mut ages = Vec::new();
-    // Room on the device thread's CPU's per-CPU free page lists before each round.
-    let mut ours_room = Vec::new();
     for _ in 0..opts.reps.max(1) {
         let before = resident();
         let released = |dev: &crate::devices::balloon::BalloonHandle| {
@@ -193,11 +197,11 @@ pub fn run(
         dev.with_device(|d| (d.take_discard_timing(), false));
         let t = Instant::now();
         ages.push(PageAge::between(fill, t));
-        ours_room.push(
-            opts.cpu
-                .and_then(crate::host::pcp::of_cpu)
-                .map(|l| l.room()),
-        );
+        // The device thread runs on the vCPU's CPU (unknown when unpinned).
+        let room = opts
+            .cpu
+            .and_then(crate::host::pcp::of_cpu)
+            .map(|l| l.room());
         let (status, body) = client::request(
             &sock,
             "PATCH",
@@ -231,7 +235,7 @@ pub fn run(
             let done = timing.last_end.unwrap_or_else(Instant::now);
             let secs = (done - t).as_secs_f64();
             if resident() <= len - opts.size {
-                ours.push(secs);
+                ours.push(Freed { secs, room });
                 parts.push(RoundParts::of(t, done, &timing));
                 Ok(())
             } else {
@@ -283,17 +287,18 @@ pub fn run(
     }
     let room_note = format!(
         "room on the freeing CPU's per-CPU free page lists just before each free, in thousands of pages (1 GiB is 262k; a free beyond the room goes to the buddy allocator, several times dearer per page; the kernel widens the room while a CPU allocates and narrows it by an eighth a second after: host::pcp): balloon {}; floor {}; raw {}{}",
-        rooms(&ours_room),
-        rooms(&floor.iter().map(|f| f.room).collect::<Vec<_>>()),
-        rooms(&raw.iter().map(|f| f.room).collect::<Vec<_>>()),
+        rooms(&ours),
+        rooms(&floor),
+        rooms(&raw),
         if aged.is_empty() {
             String::new()
         } else {
-            format!("; raw, aged {}", rooms(&aged.iter().map(|f| f.room).collect::<Vec<_>>()))
+            format!("; raw, aged {}", rooms(&aged))
         }
     );
     let secs = |v: &[Freed]| v.iter().map(|f| f.secs).collect::<Vec<f64>>();
-    let (raw, aged, floor, unmapped) = (secs(&raw), secs(&aged), secs(&floor), secs(&unmapped));
+    let (ours, raw, aged) = (secs(&ours), secs(&raw), secs(&aged));
+    let (floor, unmapped) = (secs(&floor), secs(&unmapped));
     let rate = |s: &[f64]| {
         Summary::of(
             &s.iter()
