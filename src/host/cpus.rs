@@ -1,7 +1,7 @@
 //! Pinning the calling thread to host CPUs (vCPU threads, the device thread, benchmark
-//! baselines): the one place that calls `sched_setaffinity`; and the one reader of a
-//! thread's CPU time. How many CPUs there are is the
-//! configuration's question ([`crate::config::host_cpus`]), which sits below this layer.
+//! baselines): the one place that calls `sched_setaffinity`; and the one reader of a thread's
+//! CPU time. How many CPUs there are is the configuration's question
+//! ([`crate::config::host_cpus`]), which sits below this layer.
 
 use nix::sched::CpuSet;
 
